@@ -1,0 +1,437 @@
+"""The `basin` command line: a thin click layer over `porcelain`.
+
+Modules are imported inside commands so that `basin --help` and `basin log` never pay for torch,
+networkx or nacl. Every BasinError becomes one `error: ...` line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from .errors import BasinError
+
+SHORT = 16  # characters of a CID shown in short form ("bafyrei" + 9)
+
+
+class BasinGroup(click.Group):
+    """Turns expected failures into one line and an exit code, like git's `fatal:`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BasinError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            sys.stderr.close()  # reader went away (`basin log | head`): not an error
+            ctx.exit(0)
+
+
+@click.group(cls=BasinGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "chdir", type=click.Path(file_okay=False), help="Run as if started in this directory.")
+@click.version_option(package_name="basinvcs")
+def main(chdir: str | None) -> None:
+    """basin: version control for basins, small signed packets of what a model learned."""
+    if chdir:
+        try:
+            os.chdir(chdir)
+        except OSError as exc:
+            raise click.UsageError(f"cannot change to {chdir}: {exc.strerror}") from None
+
+
+def _repo():
+    from .repository import Repository
+
+    return Repository.open()
+
+
+def short(cid) -> str:
+    return str(cid)[:SHORT]
+
+
+def _date(ms: int) -> str:
+    return time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(ms / 1000))
+
+
+def _author(key: bytes, names: dict[bytes, str]) -> str:
+    from .identity import format_key
+
+    name = names.get(key, "untrusted")
+    return f"{name} <{format_key(key)}>"
+
+
+# -- init / commit / fork -----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.option("--dim", default=1024, show_default=True, type=click.IntRange(1, 1 << 16),
+              help="Chart dimension d: how many coordinates a basin has.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, (1 << 64) - 1),
+              help="Chart seed: repositories share coordinates only with the same seed.")
+@click.option("--name", help="Your name, used if a new identity is created.")
+def init(path: str, dim: int, seed: int, name: str | None) -> None:
+    """Create a repository: chart, genesis commit on `general`, identity key."""
+    from . import porcelain
+    from .identity import format_key, load_identity
+
+    had_identity = load_identity() is not None
+    with porcelain.init(path, dim=dim, seed=seed, name=name) as repo:
+        head = repo.head_commit()
+        ident = repo.identity()
+    click.echo(f"Initialized empty basin repository in {repo.basin_dir}")
+    click.echo(f"chart: srht d={dim} seed={seed}")
+    click.echo(f"genesis: {head} on branch general")
+    made = "" if had_identity else " (new identity created)"
+    click.echo(f"identity: {ident.name} <{format_key(ident.public_key)}>{made}")
+
+
+@main.command()
+@click.option("--packet", "packet_file", type=click.File("rb"), required=True,
+              help="A basin packet, DAG-CBOR or DAG-JSON ('-' for stdin).")
+@click.option("-m", "--message", required=True, help="What this basin is.")
+@click.option("--allow-empty", is_flag=True, help="Commit even if the basin equals HEAD's.")
+def commit(packet_file, message: str, allow_empty: bool) -> None:
+    """Record a basin as a new signed commit on the current branch."""
+    from . import porcelain
+
+    basin = porcelain.load_packet(packet_file.read())
+    with _repo() as repo:
+        cid = porcelain.commit(repo, basin, message, allow_empty=allow_empty)
+        branch = repo.current_branch()
+    where = branch.removeprefix("refs/heads/") if branch else "detached HEAD"
+    click.echo(f"[{where} {short(cid)}] {message.splitlines()[0]}")
+    click.echo(cid)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--specialize", required=True, help="The specialisation label of the new branch.")
+@click.option("--branch", help="Branch name (default: the specialisation).")
+def fork(source: str, specialize: str, branch: str | None) -> None:
+    """Start a specialisation branch from SOURCE and switch to it."""
+    from . import porcelain
+
+    with _repo() as repo:
+        cid = porcelain.fork(repo, source, specialize, branch)
+    click.echo(f"Switched to a new branch '{branch or specialize}' (specialize: {specialize})")
+    click.echo(cid)
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("rev", default="HEAD")
+@click.option("--oneline", is_flag=True, help="One line per commit.")
+@click.option("--graph", is_flag=True, help="Draw the commit graph (topological order).")
+@click.option("--all", "all_refs", is_flag=True, help="Start from every branch, not just REV.")
+@click.option("-n", "--max-count", "limit", type=click.IntRange(0), default=None,
+              help="Show at most N commits.")
+def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None) -> None:
+    """Show the history of REV (default HEAD), newest first."""
+    from . import porcelain
+
+    with _repo() as repo:
+        names = {t.key: t.name for t in repo.config.trusted}
+        deco = porcelain.decorations(repo)
+        if graph:
+            from .graph import graph_log
+
+            entries = graph_log(repo, rev, limit, all_refs)
+        else:
+            entries = (
+                (None, c, m)
+                for c, m in porcelain.log(repo, rev, -1 if limit is None else limit, all_refs)
+            )
+        out = sys.stdout
+        for lane, cid, commit_ in entries:
+            text = str(cid)
+            refs = f" ({', '.join(deco[text])})" if text in deco else ""
+            if oneline:
+                body = f"{text[:SHORT]}{refs} {commit_.message.partition(chr(10))[0]}\n"
+            else:
+                merge = ""
+                if len(commit_.parents) > 1:
+                    merge = "Merge: " + " ".join(short(p) for p in commit_.parents) + "\n"
+                msg = "".join(f"    {line}\n" for line in commit_.message.splitlines())
+                body = (
+                    f"commit {text}{refs}\n{merge}Author: {_author(commit_.author, names)}\n"
+                    f"Date:   {_date(commit_.time)}\n\n{msg}\n"
+                )
+            out.write(body if lane is None else lane.prefix(body))
+        out.flush()
+
+
+@main.command()
+@click.argument("rev", default="HEAD")
+@click.option("--format", "fmt", type=click.Choice(["text", "dag-json"]), default="text",
+              show_default=True)
+def show(rev: str, fmt: str) -> None:
+    """Show a commit and its basin (or any stored block)."""
+    from . import porcelain
+    from .codec import dagjson
+
+    with _repo() as repo:
+        cid = repo.resolve(rev)
+        kind, obj = porcelain.describe_block(repo, cid)
+        if fmt == "dag-json":
+            data = repo.store.get(cid)
+            node = obj.to_node() if kind != "block" else obj
+            click.echo(dagjson.encode(node) if not isinstance(node, bytes) else data.hex())
+            return
+        names = {t.key: t.name for t in repo.config.trusted}
+        if kind == "commit":
+            click.echo(f"commit {cid}")
+            for p in obj.parents:
+                click.echo(f"Parent: {p}")
+            click.echo(f"Author: {_author(obj.author, names)}")
+            click.echo(f"Date:   {_date(obj.time)}")
+            if obj.specialize:
+                click.echo(f"Specialize: {obj.specialize}")
+            click.echo("")
+            for line in obj.message.splitlines():
+                click.echo(f"    {line}")
+            if obj.metrics:
+                click.echo("")
+                for key, value in sorted(obj.metrics.items()):
+                    click.echo(f"    {key}: {value:.6g}")
+            click.echo("")
+            click.echo(f"basin {obj.basin}")
+            _show_basin(repo.read_basin(obj.basin), repo.store.size(obj.basin))
+        elif kind == "basin":
+            click.echo(f"basin {cid}")
+            _show_basin(obj, repo.store.size(cid))
+        else:
+            click.echo(f"block {cid} ({cid.codec_name}, {repo.store.size(cid)} bytes)")
+
+
+def _show_basin(basin, size: int) -> None:
+    nonzero = sum(1 for v in basin.z if v)
+    click.echo(f"  chart:      {basin.chart}")
+    click.echo(f"  substrate:  {basin.substrate.name if basin.substrate else '(none: genesis)'}")
+    click.echo(f"  labels:     {', '.join(basin.labels) or '(none)'}")
+    click.echo(f"  |z|:        {basin.norm():.6g} ({nonzero} of {basin.chart.dim} coordinates nonzero)")
+    click.echo(f"  fisher:     {'yes' if basin.fisher is not None else 'no (identity metric)'}")
+    click.echo(f"  beta:       {', '.join(f'{b:g}' for b in basin.beta)}")
+    for e in basin.entanglements:
+        click.echo(f"  entangled:  {e.a} ~ {e.b} ({e.strength:+.3f})")
+    click.echo(f"  size:       {size} bytes")
+
+
+# -- branches, status, verify -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.argument("start", required=False, default="HEAD")
+@click.option("-d", "--delete", "delete", is_flag=True, help="Delete branch NAME.")
+def branch(name: str | None, start: str, delete: bool) -> None:
+    """List branches, create NAME at START, or delete NAME with -d."""
+    from . import porcelain
+
+    with _repo() as repo:
+        if name is None:
+            if delete:
+                raise click.UsageError("branch -d needs a branch name")
+            current = repo.current_branch()
+            for bname, cid in repo.branches():
+                mark = "*" if current == f"refs/heads/{bname}" else " "
+                click.echo(f"{mark} {bname:<20} {short(cid)}")
+            return
+        if delete:
+            cid = porcelain.delete_branch(repo, name)
+            click.echo(f"Deleted branch {name} (was {short(cid)}).")
+        else:
+            cid = porcelain.create_branch(repo, name, start)
+            click.echo(f"Created branch {name} at {short(cid)}")
+
+
+@main.command()
+def status() -> None:
+    """Where HEAD is and what the basin there holds."""
+    from . import porcelain
+
+    with _repo() as repo:
+        st = porcelain.status(repo)
+        size = repo.store.size(st.commit.basin)
+    click.echo(f"On branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}")
+    click.echo(f"commit {st.head}")
+    click.echo(f"  {st.commit.message.partition(chr(10))[0]}")
+    _show_basin(st.basin, size)
+    click.echo(f"{st.branches} branch{'es' if st.branches != 1 else ''}; chart {st.chart}")
+
+
+@main.command()
+@click.option("--require-trusted", is_flag=True, help="Fail if any commit's signer is not trusted.")
+def verify(require_trusted: bool) -> None:
+    """Check every reachable block: hashes, links, packets, signatures, trusted signers."""
+    from . import porcelain
+    from .identity import format_key
+
+    with _repo() as repo:
+        report = porcelain.verify(repo)
+    for where, problem in report.problems:
+        click.echo(f"error: {where}: {problem}", err=True)
+    for key, cids in report.untrusted.items():
+        click.echo(
+            f"warning: {len(cids)} commit(s) signed by untrusted key {format_key(key)}, "
+            f"e.g. {cids[0]}",
+            err=True,
+        )
+    click.echo(f"checked {report.commits} commits and {report.packets} basin packets")
+    if not report.ok or (require_trusted and report.untrusted):
+        raise SystemExit(1)
+    click.echo("ok")
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def key(ctx: click.Context) -> None:
+    """Your identity and the repository's trusted signers."""
+    if ctx.invoked_subcommand is None:
+        from . import porcelain
+        from .identity import format_key
+
+        ident = porcelain.whoami()
+        click.echo(f"{ident.name} <{format_key(ident.public_key)}>")
+
+
+@key.command("generate")
+@click.option("--name", help="Your display name.")
+def key_generate(name: str | None) -> None:
+    """Create your identity if you have none (it is never overwritten)."""
+    from . import porcelain
+    from .identity import format_key, identity_path
+
+    ident, made = porcelain.generate_identity(name)
+    verb = "created" if made else "exists already"
+    click.echo(f"identity {verb}: {ident.name} <{format_key(ident.public_key)}> ({identity_path()})")
+
+
+@key.command("list")
+def key_list() -> None:
+    """Trusted signers: key, name, weight."""
+    from .identity import format_key
+
+    with _repo() as repo:
+        for t in repo.config.trusted:
+            click.echo(f"{format_key(t.key)}  {t.name}  weight={t.weight:g}")
+
+
+@key.command("add")
+@click.argument("public_key")
+@click.option("--name", required=True, help="Who this key belongs to.")
+@click.option("--weight", default=1.0, show_default=True, type=float, help="Trust weight in merges.")
+def key_add(public_key: str, name: str, weight: float) -> None:
+    """Trust PUBLIC_KEY (z6Mk... or did:key:z6Mk...)."""
+    from . import porcelain
+
+    with _repo() as repo:
+        entry = porcelain.trust(repo, public_key, name, weight)
+    click.echo(f"trusted {entry.name} (weight {entry.weight:g})")
+
+
+@key.command("remove")
+@click.argument("key_or_name")
+def key_remove(key_or_name: str) -> None:
+    """Stop trusting a key, given by key or by name."""
+    from . import porcelain
+
+    with _repo() as repo:
+        entry = porcelain.untrust(repo, key_or_name)
+    click.echo(f"removed {entry.name}")
+
+
+# -- plumbing: block and dag --------------------------------------------------------------------
+
+
+def _read_input(file) -> bytes:
+    return (file or sys.stdin.buffer).read()
+
+
+@main.group()
+def block() -> None:
+    """Raw blocks, as `ipfs block` has them."""
+
+
+@block.command("put")
+@click.argument("file", type=click.File("rb"), required=False)
+@click.option("--cid-codec", type=click.Choice(["raw", "dag-cbor", "dag-json"]), default="raw",
+              show_default=True)
+def block_put(file, cid_codec: str) -> None:
+    """Store FILE (or stdin) as one block and print its CID (DAG codecs are checked strictly)."""
+    from .cid import CODECS
+
+    data = _read_input(file)
+    with _repo() as repo:
+        click.echo(repo.store.put(data, CODECS[cid_codec]))
+
+
+@block.command("get")
+@click.argument("cid")
+def block_get(cid: str) -> None:
+    """Write a block's raw bytes to stdout (verified against the CID)."""
+    with _repo() as repo:
+        data = repo.store.get(repo.resolve(cid))
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+@block.command("stat")
+@click.argument("cid")
+def block_stat(cid: str) -> None:
+    """Key and size of a block."""
+    with _repo() as repo:
+        resolved = repo.resolve(cid)
+        size = len(repo.store.get(resolved))
+    click.echo(f"Key: {resolved}\nSize: {size}")
+
+
+@main.group()
+def dag() -> None:
+    """IPLD DAG nodes, as `ipfs dag` has them."""
+
+
+@dag.command("put")
+@click.argument("files", type=click.File("rb"), nargs=-1)
+@click.option("--input-codec", type=click.Choice(["dag-json", "dag-cbor"]), default="dag-json",
+              show_default=True)
+@click.option("--store-codec", type=click.Choice(["dag-cbor", "dag-json"]), default="dag-cbor",
+              show_default=True)
+def dag_put(files, input_codec: str, store_codec: str) -> None:
+    """Store each FILE (or stdin) as a node; print each CID. Non-canonical input is refused."""
+    from . import porcelain
+
+    with _repo() as repo:
+        for file in files or (None,):
+            click.echo(porcelain.dag_put(repo, _read_input(file), input_codec, store_codec))
+
+
+@dag.command("get")
+@click.argument("path")
+@click.option("--output-codec", type=click.Choice(["dag-json", "dag-cbor"]), default="dag-json",
+              show_default=True)
+def dag_get(path: str, output_codec: str) -> None:
+    """Print the node at CID[/path] (links are followed)."""
+    from . import porcelain
+
+    with _repo() as repo:
+        data = porcelain.dag_get(repo, path, output_codec)
+    out = sys.stdout.buffer
+    out.write(data)
+    if output_codec == "dag-json" and sys.stdout.isatty():
+        out.write(b"\n")
+    out.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,85 @@
+"""The repository config (`.basin/config.json`): chart, trusted signers, merge settings.
+
+Plain JSON so people can read it; always rewritten whole through a temporary file and a rename,
+so a crash leaves either the old config or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RepositoryError, SignatureError
+from .identity import format_key, parse_key
+from .objects import Chart
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A signer whose commits this repository accepts, and how much its changes weigh in merges."""
+
+    key: bytes
+    name: str
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.weight) or self.weight <= 0:
+            raise SignatureError(f"trust weight {self.weight} must be a positive number")
+
+
+@dataclass
+class Config:
+    chart: Chart
+    trusted: list[TrustedKey] = field(default_factory=list)
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def trusted_key(self, key: bytes) -> TrustedKey | None:
+        return next((t for t in self.trusted if t.key == key), None)
+
+    def to_json(self) -> dict:
+        return {
+            "chart": self.chart.to_node(),
+            "trusted": [
+                {"key": format_key(t.key), "name": t.name, "weight": t.weight} for t in self.trusted
+            ],
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Config:
+        trusted = [
+            TrustedKey(parse_key(t["key"]), str(t["name"]), float(t["weight"]))
+            for t in doc.get("trusted", [])
+        ]
+        return cls(Chart.from_node(doc["chart"]), trusted, dict(doc.get("settings", {})))
+
+
+def load_config(basin_dir: Path) -> Config:
+    path = basin_dir / CONFIG_FILE
+    try:
+        return Config.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise RepositoryError(f"repository config {path} is missing") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RepositoryError(f"repository config {path} is unreadable: {exc!r}") from None
+
+
+def save_config(basin_dir: Path, config: Config) -> None:
+    path = basin_dir / CONFIG_FILE
+    fd, tmp = tempfile.mkstemp(dir=basin_dir, prefix=".config-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(config.to_json(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

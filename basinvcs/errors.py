@@ -1,0 +1,53 @@
+"""Every error basinvcs raises on purpose.
+
+Each one carries a single-line message fit to print after ``error:``; the CLI catches
+``BasinError`` and exits non-zero, so anything else escaping is a bug, not bad input.
+"""
+
+from __future__ import annotations
+
+
+class BasinError(Exception):
+    """Base of all expected failures: bad input, missing objects, refused operations."""
+
+    exit_code = 1
+
+
+class CodecError(BasinError):
+    """Bytes or values that are not valid DAG-CBOR / DAG-JSON (strictly, per the IPLD spec)."""
+
+
+class CIDError(BasinError):
+    """A string or byte sequence that is not a CID we can use."""
+
+
+class HashMismatch(BasinError):
+    """Stored bytes whose hash differs from the CID they are stored under."""
+
+
+class BlockNotFound(BasinError):
+    """A CID that the block store does not hold."""
+
+
+class BlockTooLarge(BasinError):
+    """A block over the per-block size limit."""
+
+
+class SchemaError(BasinError):
+    """A well-formed block that is not a valid basin packet or commit."""
+
+
+class RefError(BasinError):
+    """A bad ref name, a ref that does not exist, or one that cannot be resolved."""
+
+
+class RefConflict(BasinError):
+    """A compare-and-swap ref update that lost the race: the ref moved underneath us."""
+
+
+class SignatureError(BasinError):
+    """A commit signature that does not verify, or a key that is malformed."""
+
+
+class RepositoryError(BasinError):
+    """No repository here, an unreadable or corrupt database, or a config we cannot use."""

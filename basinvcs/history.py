@@ -1,0 +1,48 @@
+"""History questions over the commit graph, answered with networkx.
+
+The graph has an edge child -> parent for every commit; it is built from the store's commit-graph
+index (one query), not by decoding blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+
+from .cid import CID
+
+
+def commit_graph(store) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    graph.add_nodes_from(store.indexed_commits())
+    graph.add_edges_from(store.commit_edges())
+    return graph
+
+
+def ancestors(graph: nx.DiGraph, cid: CID) -> set[str]:
+    """Every commit in the history of `cid`, itself included."""
+    return nx.descendants(graph, str(cid)) | {str(cid)}
+
+
+def is_ancestor(graph: nx.DiGraph, ancestor: CID, descendant: CID) -> bool:
+    return str(ancestor) == str(descendant) or nx.has_path(graph, str(descendant), str(ancestor))
+
+
+def merge_bases(graph: nx.DiGraph, a: CID, b: CID) -> list[CID]:
+    """The best common ancestors of `a` and `b`: common ones that no other common one descends from.
+
+    There can be several (criss-cross merges); they come sorted, and callers decide what to do.
+    """
+    common = ancestors(graph, a) & ancestors(graph, b)
+    sub = graph.subgraph(common)
+    return sorted(CID.parse(c) for c in common if sub.in_degree(c) == 0)
+
+
+def topo_order(graph: nx.DiGraph, heads: Iterable[CID], times: dict[str, int]) -> list[str]:
+    """Commits reachable from `heads`, children before parents, newest first among the ready."""
+    reach: set[str] = set()
+    for head in heads:
+        reach |= ancestors(graph, head)
+    sub = graph.subgraph(reach)
+    return list(nx.lexicographical_topological_sort(sub, key=lambda c: (-times.get(c, 0), c)))

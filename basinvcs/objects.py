@@ -1,0 +1,370 @@
+"""The basin objects: chart, basin packet and commit, as versioned DAG-CBOR maps.
+
+Each object converts to and from the IPLD data model (``to_node`` / ``from_node``) and validates
+everything on the way in, so a block that decodes is a block the rest of the code can trust.
+The IPLD schema of these maps is written down in docs/format.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import numeric
+from .cid import CID
+from .codec import dagcbor
+from .errors import SchemaError
+
+PACKET_TYPE = "basin/packet"
+COMMIT_TYPE = "basin/commit"
+FORMAT_VERSION = 1
+
+CHART_KINDS = ("srht",)  # subsampled randomized Hadamard transform (BRIEF §2)
+DEFAULT_DIM = 1024
+MAX_DIM = 1 << 16
+PACKET_BYTES_PER_1024 = 4096
+MAX_BETA = 8
+MAX_LABELS = 16
+MAX_ENTANGLEMENTS = 64
+MAX_MESSAGE_BYTES = 16384
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def packet_limit(dim: int) -> int:
+    """Largest encoded packet allowed: 4096 bytes up to d = 1024, growing in proportion above."""
+    return max(PACKET_BYTES_PER_1024, -(-PACKET_BYTES_PER_1024 * dim // 1024))
+
+
+def _fields(node: Any, what: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(node, dict):
+        raise SchemaError(f"{what} must be a map, not {type(node).__name__}")
+    missing = required - node.keys()
+    if missing:
+        raise SchemaError(f"{what} lacks field {sorted(missing)[0]!r}")
+    extra = node.keys() - required - optional
+    if extra:
+        raise SchemaError(f"{what} has unknown field {sorted(extra)[0]!r}")
+    return node
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise SchemaError(f"{what} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _finite(value: Any, what: str) -> float:
+    value = _typed(value, float, what)
+    if not math.isfinite(value):
+        raise SchemaError(f"{what} is {value}: it must be finite")
+    return value
+
+
+def check_label(label: str) -> str:
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise SchemaError(
+            f"bad label {label!r}: use 1-64 letters, digits, '.', '_' or '-', starting alnum"
+        )
+    return label
+
+
+@dataclass(frozen=True)
+class Chart:
+    """The coordinate system of a repository: coordinates mean nothing outside their chart."""
+
+    kind: str = "srht"
+    seed: int = 0
+    dim: int = DEFAULT_DIM
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHART_KINDS:
+            raise SchemaError(f"unknown chart kind {self.kind!r} (known: {', '.join(CHART_KINDS)})")
+        _typed(self.seed, int, "chart seed")
+        _typed(self.dim, int, "chart dim")
+        if not 0 <= self.seed < 1 << 64:
+            raise SchemaError(f"chart seed {self.seed} is outside 0..2^64-1")
+        if not 1 <= self.dim <= MAX_DIM:
+            raise SchemaError(f"chart dimension {self.dim} is outside 1..{MAX_DIM}")
+
+    def to_node(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed, "dim": self.dim}
+
+    @classmethod
+    def from_node(cls, node: Any) -> Chart:
+        node = _fields(node, "chart", {"kind", "seed", "dim"})
+        return cls(_typed(node["kind"], str, "chart kind"), node["seed"], node["dim"])
+
+    def __str__(self) -> str:
+        return f"{self.kind}(d={self.dim}, seed={self.seed})"
+
+
+@dataclass(frozen=True)
+class SubstrateRef:
+    """Which substrate a basin was fitted on: a name for people, a fingerprint for machines."""
+
+    name: str
+    fingerprint: str
+
+    def to_node(self) -> dict:
+        return {"name": self.name, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_node(cls, node: Any) -> SubstrateRef:
+        node = _fields(node, "substrate", {"name", "fingerprint"})
+        return cls(
+            _typed(node["name"], str, "substrate name"),
+            _typed(node["fingerprint"], str, "substrate fingerprint"),
+        )
+
+
+@dataclass(frozen=True)
+class Entanglement:
+    """A link between two concepts with its Fisher-weighted cosine strength in [-1, 1]."""
+
+    a: str
+    b: str
+    strength: float
+
+    def __post_init__(self) -> None:
+        check_label(self.a)
+        check_label(self.b)
+        if not self.a < self.b:
+            raise SchemaError(f"entanglement {self.a!r}-{self.b!r}: names must be distinct, sorted")
+        if not -1.0 <= _finite(self.strength, "entanglement strength") <= 1.0:
+            raise SchemaError(f"entanglement strength {self.strength} is outside [-1, 1]")
+
+    def to_node(self) -> dict:
+        return {"a": self.a, "b": self.b, "w": self.strength}
+
+    @classmethod
+    def from_node(cls, node: Any) -> Entanglement:
+        node = _fields(node, "entanglement", {"a", "b", "w"})
+        return cls(node["a"], node["b"], node["w"])
+
+
+@dataclass(frozen=True)
+class Basin:
+    """A basin packet: coordinates z in a chart, plus what is needed to weigh and decode them.
+
+    `z` holds exactly the values the packet stores (float24, see numeric.py); construct through
+    `Basin.create` to have arbitrary floats rounded the way the packet will keep them.
+    """
+
+    chart: Chart
+    z: array
+    fisher: array | None = None
+    beta: tuple[float, ...] = (1.0,)
+    entanglements: tuple[Entanglement, ...] = ()
+    labels: tuple[str, ...] = ()
+    substrate: SubstrateRef | None = None
+    _fisher_raw: tuple[float, bytes] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def create(
+        cls,
+        chart: Chart,
+        z: Sequence[float] | None = None,
+        *,
+        fisher: Sequence[float] | None = None,
+        beta: Sequence[float] = (1.0,),
+        entanglements: Sequence[Entanglement] = (),
+        labels: Sequence[str] = (),
+        substrate: SubstrateRef | None = None,
+    ) -> Basin:
+        """A packet from plain floats (z = 0 when omitted), rounded as it will be stored."""
+        coords = numeric.quantize(z) if z is not None else array("f", bytes(4 * chart.dim))
+        raw = numeric.fisher_encode(fisher) if fisher is not None else None
+        return cls._build(chart, coords, raw, beta, entanglements, labels, substrate)
+
+    @classmethod
+    def _build(cls, chart, z, fisher_raw, beta, entanglements, labels, substrate) -> Basin:
+        if len(z) != chart.dim:
+            raise SchemaError(f"basin has {len(z)} coordinates but its chart has dimension {chart.dim}")
+        fisher = None
+        if fisher_raw is not None:
+            fisher = numeric.fisher_decode(fisher_raw[0], fisher_raw[1], chart.dim)
+        beta = tuple(_finite(b, "beta coefficient") for b in beta)
+        if not 1 <= len(beta) <= MAX_BETA:
+            raise SchemaError(f"beta has {len(beta)} coefficients; 1..{MAX_BETA} allowed")
+        labels = tuple(check_label(label) for label in labels)
+        if len(labels) > MAX_LABELS or len(set(labels)) != len(labels):
+            raise SchemaError(f"labels must be distinct and at most {MAX_LABELS}")
+        ents = tuple(entanglements)
+        if len(ents) > MAX_ENTANGLEMENTS or len({(e.a, e.b) for e in ents}) != len(ents):
+            raise SchemaError(f"entanglements must be distinct pairs, at most {MAX_ENTANGLEMENTS}")
+        return cls(chart, z, fisher, beta, ents, labels, substrate, fisher_raw)
+
+    def with_labels(self, labels: Sequence[str]) -> Basin:
+        return self._build(
+            self.chart, self.z, self._fisher_raw, self.beta, self.entanglements, labels,
+            self.substrate,
+        )
+
+    def to_node(self) -> dict:
+        node: dict[str, Any] = {
+            "type": PACKET_TYPE,
+            "version": FORMAT_VERSION,
+            "chart": self.chart.to_node(),
+            "z": numeric.float24_encode(self.z),
+            "beta": list(self.beta),
+            "labels": list(self.labels),
+            "entanglements": [e.to_node() for e in self.entanglements],
+        }
+        if self._fisher_raw is not None:
+            node["fisher"] = {"max": self._fisher_raw[0], "codes": self._fisher_raw[1]}
+        if self.substrate is not None:
+            node["substrate"] = self.substrate.to_node()
+        return node
+
+    @classmethod
+    def from_node(cls, node: Any) -> Basin:
+        node = _fields(
+            node,
+            "basin packet",
+            {"type", "version", "chart", "z", "beta", "labels", "entanglements"},
+            {"fisher", "substrate"},
+        )
+        _check_type(node, PACKET_TYPE)
+        chart = Chart.from_node(node["chart"])
+        z = numeric.float24_decode(_typed(node["z"], bytes, "z"))
+        fisher_raw = None
+        if "fisher" in node:
+            f = _fields(node["fisher"], "fisher", {"max", "codes"})
+            fisher_raw = (_finite(f["max"], "fisher max"), _typed(f["codes"], bytes, "fisher codes"))
+        substrate = SubstrateRef.from_node(node["substrate"]) if "substrate" in node else None
+        return cls._build(
+            chart,
+            z,
+            fisher_raw,
+            _typed(node["beta"], list, "beta"),
+            [Entanglement.from_node(e) for e in _typed(node["entanglements"], list, "entanglements")],
+            _typed(node["labels"], list, "labels"),
+            substrate,
+        )
+
+    def encode(self) -> bytes:
+        data = dagcbor.encode(self.to_node())
+        limit = packet_limit(self.chart.dim)
+        if len(data) > limit:
+            raise SchemaError(f"basin packet is {len(data)} bytes; the limit at d={self.chart.dim} is {limit}")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes, *, trusted: bool = False) -> Basin:
+        node = (dagcbor.decode_trusted if trusted else dagcbor.decode)(data)
+        basin = cls.from_node(node)
+        limit = packet_limit(basin.chart.dim)
+        if len(data) > limit:
+            raise SchemaError(f"basin packet is {len(data)} bytes; the limit at d={basin.chart.dim} is {limit}")
+        return basin
+
+    def norm(self) -> float:
+        return math.sqrt(math.fsum(v * v for v in self.z))
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A signed commit: a basin packet, its parents, who made it, when and why."""
+
+    basin: CID
+    parents: tuple[CID, ...]
+    author: bytes
+    time: int  # milliseconds since the Unix epoch, UTC
+    message: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    specialize: str | None = None
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.author) != 32:
+            raise SchemaError("commit author must be a 32-byte Ed25519 public key")
+        if len(self.message.encode()) > MAX_MESSAGE_BYTES:
+            raise SchemaError(f"commit message is over {MAX_MESSAGE_BYTES} bytes")
+        if not 0 <= self.time < 1 << 63:
+            raise SchemaError(f"commit time {self.time} is out of range")
+        for key, value in self.metrics.items():
+            _typed(key, str, "metric name")
+            _finite(value, f"metric {key!r}")
+        if self.specialize is not None:
+            check_label(self.specialize)
+        if len(set(self.parents)) != len(self.parents):
+            raise SchemaError("commit lists a parent twice")
+
+    def unsigned_node(self) -> dict:
+        node: dict[str, Any] = {
+            "type": COMMIT_TYPE,
+            "version": FORMAT_VERSION,
+            "basin": self.basin,
+            "parents": list(self.parents),
+            "author": self.author,
+            "time": self.time,
+            "message": self.message,
+            "metrics": dict(self.metrics),
+        }
+        if self.specialize is not None:
+            node["specialize"] = self.specialize
+        return node
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: the canonical encoding of the commit without `signature`."""
+        return dagcbor.encode(self.unsigned_node())
+
+    def to_node(self) -> dict:
+        if len(self.signature) != 64:
+            raise SchemaError("commit is not signed")
+        return {**self.unsigned_node(), "signature": self.signature}
+
+    def encode(self) -> bytes:
+        return dagcbor.encode(self.to_node())
+
+    @classmethod
+    def from_node(cls, node: Any) -> Commit:
+        node = _fields(
+            node,
+            "commit",
+            {"type", "version", "basin", "parents", "author", "time", "message", "metrics",
+             "signature"},
+            {"specialize"},
+        )
+        _check_type(node, COMMIT_TYPE)
+        parents = tuple(_typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents"))
+        signature = _typed(node["signature"], bytes, "signature")
+        if len(signature) != 64:
+            raise SchemaError(f"commit signature has {len(signature)} bytes, not 64")
+        return cls(
+            basin=_typed(node["basin"], CID, "commit basin"),
+            parents=parents,
+            author=_typed(node["author"], bytes, "commit author"),
+            time=_typed(node["time"], int, "commit time"),
+            message=_typed(node["message"], str, "commit message"),
+            metrics=dict(_typed(node["metrics"], dict, "metrics")),
+            specialize=node.get("specialize"),
+            signature=signature,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes, *, trusted: bool = False) -> Commit:
+        return cls.from_node((dagcbor.decode_trusted if trusted else dagcbor.decode)(data))
+
+    def signed(self, sign) -> Commit:
+        """This commit with a signature made by `sign(bytes) -> bytes`."""
+        return replace(self, signature=sign(self.signing_bytes()))
+
+
+def _check_type(node: dict, expected: str) -> None:
+    if node["type"] != expected:
+        raise SchemaError(f"block is a {node['type']!r}, not a {expected!r}")
+    if node["version"] != FORMAT_VERSION:
+        raise SchemaError(f"{expected} version {node['version']!r} is not supported (this is {FORMAT_VERSION})")
+
+
+def kind_of(node: Any) -> str | None:
+    """The `type` of a decoded block if it is one of ours, else None."""
+    if isinstance(node, dict) and isinstance(node.get("type"), str):
+        return node["type"] if node["type"] in (PACKET_TYPE, COMMIT_TYPE) else None
+    return None

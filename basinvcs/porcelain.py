@@ -1,0 +1,394 @@
+"""The operations people run (`init`, `commit`, `fork`, `log`, `verify`, ...) as plain functions.
+
+The CLI is a thin layer over these; Python users call them directly. Each one either does all of
+its work or, on bad input, raises a BasinError before anything in the repository changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cid import CID, DAG_CBOR, DAG_JSON
+from .codec import dagcbor, dagjson
+from .config import Config, TrustedKey
+from .errors import BasinError, CodecError, RefError, RepositoryError, SchemaError, SignatureError
+from .identity import (
+    Identity,
+    default_name,
+    format_key,
+    load_identity,
+    load_or_create_identity,
+    parse_key,
+    verify_signature,
+)
+from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
+from .refnames import HEAD, branch_ref, check_branch_name, short_name
+from .repository import Repository
+
+GENESIS_BRANCH = "general"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- init ---------------------------------------------------------------------------------------
+
+
+def init(path: Path | str = ".", *, dim: int = 1024, seed: int = 0, name: str | None = None) -> Repository:
+    """A new repository at `path`: chart fixed, genesis commit (z = 0) on `general`, identity made."""
+    chart = Chart(seed=seed, dim=dim)
+    ident, _ = load_or_create_identity(name or default_name())
+    config = Config(chart, [TrustedKey(ident.public_key, ident.name, 1.0)])
+    repo = Repository.create(Path(path).resolve(), config)
+    genesis = Basin.create(chart, labels=[GENESIS_BRANCH])
+    with repo.store.transaction():
+        basin_cid = repo.write_basin(genesis)
+        commit = _sign(ident, Commit(basin_cid, (), ident.public_key, now_ms(), "genesis"))
+        cid = repo.write_commit(commit)
+        repo.store.update_ref(branch_ref(GENESIS_BRANCH), str(cid), None, "init: genesis")
+        repo.store.update_ref(HEAD, branch_ref(GENESIS_BRANCH), None, "init", symbolic=True)
+    return repo
+
+
+def _sign(ident: Identity, commit: Commit) -> Commit:
+    return commit.signed(ident.sign)
+
+
+# -- commit / fork ------------------------------------------------------------------------------
+
+
+def load_packet(data: bytes) -> Basin:
+    """A basin packet from a file's bytes, DAG-CBOR or DAG-JSON (told apart by the first byte)."""
+    if data[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+        node = dagjson.decode(data.strip())
+        return Basin.from_node(node)
+    return Basin.decode(data)
+
+
+def commit(
+    repo: Repository,
+    basin: Basin,
+    message: str,
+    *,
+    metrics: dict[str, float] | None = None,
+    specialize: str | None = None,
+    allow_empty: bool = False,
+) -> CID:
+    """Record `basin` as a new commit on the current branch (or detached HEAD).
+
+    A packet without labels takes those of HEAD's basin, so committing on a specialisation branch
+    keeps the branch's specialisation.
+
+    The head is read and moved inside one write transaction, so concurrent committers serialise
+    and every commit lands on top of the previous one.
+    """
+    if basin.chart != repo.config.chart:
+        raise SchemaError(
+            f"basin chart {basin.chart} differs from the repository's {repo.config.chart}: "
+            "its coordinates mean something else here"
+        )
+    if not message.strip():
+        raise BasinError("empty commit message: say what changed with -m")
+    ident = repo.identity()
+    with repo.store.transaction():
+        parent = repo.head_commit()
+        parent_commit = repo.read_commit(parent)
+        if not basin.labels:  # a bare packet stays on its branch's specialisation
+            basin = basin.with_labels(repo.read_basin(parent_commit.basin).labels)
+        basin_cid = repo.write_basin(basin)
+        if not allow_empty and parent_commit.basin == basin_cid:
+            raise BasinError("nothing to commit: the basin is the same as HEAD's")
+        new = _sign(
+            ident,
+            Commit(basin_cid, (parent,), ident.public_key, now_ms(), message, metrics or {},
+                   specialize),
+        )
+        cid = repo.write_commit(new)
+        _advance_head(repo, cid, parent, f"commit: {message.splitlines()[0]}")
+    return cid
+
+
+def _advance_head(repo: Repository, new: CID, old: CID, message: str) -> None:
+    ref = repo.current_branch() or HEAD
+    repo.store.update_ref(ref, str(new), str(old), message)
+
+
+def fork(repo: Repository, source: str, specialization: str, branch: str | None = None) -> CID:
+    """A new branch from `source` whose fork commit labels the basin with `specialization`."""
+    name = check_branch_name(branch or specialization)
+    src = repo.resolve(source)
+    parent = repo.read_commit(src)
+    basin = repo.read_basin(parent.basin)
+    if repo.branch_commit(name) is not None:
+        raise RefError(f"a branch named {name!r} already exists")
+    labels = [*basin.labels, specialization] if specialization not in basin.labels else basin.labels
+    forked = basin.with_labels(labels)
+    ident = repo.identity()
+    message = f"fork {short_name(source)} -> {name}: specialize {specialization}"
+    with repo.store.transaction():
+        basin_cid = repo.write_basin(forked)
+        new = _sign(
+            ident,
+            Commit(basin_cid, (src,), ident.public_key, now_ms(), message, {}, specialization),
+        )
+        cid = repo.write_commit(new)
+        repo.create_branch(name, cid, f"fork: from {source}")
+        old_head = repo.head()
+        repo.store.update_ref(HEAD, branch_ref(name), old_head.target, f"fork: switch to {name}",
+                              symbolic=True)
+    return cid
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+def log(
+    repo: Repository, rev: str = HEAD, limit: int = -1, all_refs: bool = False
+) -> Iterator[tuple[CID, Commit]]:
+    """Commits reachable from `rev` (or every branch), newest first, each block re-hashed as read."""
+    heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
+    for cid, data in repo.store.walk_commits(heads, limit):
+        yield cid, Commit.decode(data, trusted=True)
+
+
+def decorations(repo: Repository) -> dict[str, list[str]]:
+    """CID text -> names pointing at it (HEAD -> branch first), as `git log --decorate` shows."""
+    out: dict[str, list[str]] = {}
+    head = repo.head()
+    for name, cid in repo.branches():
+        label = f"HEAD -> {name}" if head.symbolic and short_name(head.target) == name else name
+        out.setdefault(str(cid), []).append(label)
+    if not head.symbolic:
+        out.setdefault(head.target, []).insert(0, "HEAD")
+    for labels in out.values():
+        labels.sort(key=lambda s: not s.startswith("HEAD"))
+    return out
+
+
+# -- branches and status ------------------------------------------------------------------------
+
+
+def create_branch(repo: Repository, name: str, start: str = HEAD) -> CID:
+    cid = repo.resolve(start)
+    repo.read_commit(cid)
+    repo.create_branch(name, cid, f"branch: created from {start}")
+    return cid
+
+
+def delete_branch(repo: Repository, name: str) -> CID:
+    cid = repo.branch_commit(check_branch_name(name))
+    if cid is None:
+        raise RefError(f"branch {name!r} not found")
+    if repo.current_branch() == branch_ref(name):
+        raise RefError(f"cannot delete branch {name!r}: it is checked out")
+    repo.store.update_ref(branch_ref(name), None, str(cid), "branch: deleted")
+    return cid
+
+
+@dataclass
+class Status:
+    branch: str | None
+    head: CID
+    commit: Commit
+    basin: Basin
+    chart: Chart
+    branches: int
+
+
+def status(repo: Repository) -> Status:
+    branch = repo.current_branch()
+    head = repo.head_commit()
+    commit_ = repo.read_commit(head)
+    return Status(
+        short_name(branch) if branch else None,
+        head,
+        commit_,
+        repo.read_basin(commit_.basin),
+        repo.config.chart,
+        len(repo.branches()),
+    )
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    commits: int = 0
+    packets: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    untrusted: dict[bytes, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(repo: Repository) -> VerifyReport:
+    """Check everything reachable from every ref: hashes, links, packets, signatures, trust."""
+    report = VerifyReport()
+    _check_database(repo, report)
+    pending: list[CID] = []
+    for ref in [repo.head(), *repo.store.list_refs()]:
+        if ref.symbolic:
+            if repo.store.read_ref(ref.target) is None:
+                report.problems.append((ref.name, f"points at missing ref {ref.target}"))
+            continue
+        try:
+            pending.append(CID.parse(ref.target))
+        except BasinError as exc:
+            report.problems.append((ref.name, str(exc)))
+    seen_commits: set[CID] = set()
+    seen_packets: set[CID] = set()
+    while pending:
+        cid = pending.pop()
+        if cid in seen_commits:
+            continue
+        seen_commits.add(cid)
+        commit_ = _verify_commit(repo, cid, report)
+        if commit_ is None:
+            continue
+        pending.extend(commit_.parents)
+        if commit_.basin not in seen_packets:
+            seen_packets.add(commit_.basin)
+            _verify_packet(repo, commit_.basin, cid, report)
+    report.commits = len(seen_commits)
+    report.packets = len(seen_packets)
+    return report
+
+
+def _check_database(repo: Repository, report: VerifyReport) -> None:
+    rows = repo.store._exec("PRAGMA quick_check").fetchall()
+    if rows != [("ok",)]:
+        report.problems.append((str(repo.store.path), "database check failed: " + rows[0][0]))
+
+
+def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit | None:
+    try:
+        data = repo.store.get(cid)
+        commit_ = Commit.decode(data)
+    except BasinError as exc:
+        report.problems.append((str(cid), str(exc)))
+        return None
+    if not verify_signature(commit_.author, commit_.signing_bytes(), commit_.signature):
+        report.problems.append((str(cid), f"bad signature by {format_key(commit_.author)}"))
+    if repo.config.trusted_key(commit_.author) is None:
+        report.untrusted.setdefault(commit_.author, []).append(str(cid))
+    if [str(p) for p in commit_.parents] != repo.store.indexed_parents(cid):
+        report.problems.append((str(cid), "commit-graph index disagrees with the commit's parents"))
+    for parent in commit_.parents:
+        if not repo.store.has(parent):
+            report.problems.append((str(cid), f"parent {parent} is missing"))
+    return commit_
+
+
+def _verify_packet(repo: Repository, cid: CID, owner: CID, report: VerifyReport) -> None:
+    try:
+        basin = Basin.decode(repo.store.get(cid))
+    except BasinError as exc:
+        report.problems.append((str(cid), f"basin of commit {owner}: {exc}"))
+        return
+    if basin.chart != repo.config.chart:
+        report.problems.append((str(cid), f"basin chart {basin.chart} is not the repository's"))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def trust(repo: Repository, key: str, name: str, weight: float = 1.0) -> TrustedKey:
+    """Add (or update) a trusted signer."""
+    entry = TrustedKey(parse_key(key), name, weight)
+    repo.config.trusted = [t for t in repo.config.trusted if t.key != entry.key] + [entry]
+    repo.save_config()
+    return entry
+
+
+def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
+    matches = [t for t in repo.config.trusted if t.name == key_or_name or format_key(t.key) == key_or_name]
+    if not matches:
+        raise SignatureError(f"no trusted key named {key_or_name!r}")
+    if len(matches) > 1:
+        raise SignatureError(f"{key_or_name!r} names several trusted keys: give the key itself")
+    repo.config.trusted = [t for t in repo.config.trusted if t is not matches[0]]
+    repo.save_config()
+    return matches[0]
+
+
+def generate_identity(name: str | None = None) -> tuple[Identity, bool]:
+    """The user's identity, made now if there was none."""
+    return load_or_create_identity(name or default_name())
+
+
+def whoami() -> Identity:
+    ident = load_identity()
+    if ident is None:
+        raise RepositoryError("no identity yet: run 'basin key generate' or 'basin init'")
+    return ident
+
+
+# -- blocks and DAG plumbing --------------------------------------------------------------------
+
+CODEC_CHOICES = {"dag-cbor": DAG_CBOR, "dag-json": DAG_JSON}
+
+
+def dag_put(repo: Repository, data: bytes, input_codec: str = "dag-json",
+            store_codec: str = "dag-cbor") -> CID:
+    """Decode strictly in `input_codec`, re-encode in `store_codec`, store, return the CID.
+
+    Non-canonical input is refused rather than silently canonicalised: a caller that sends bytes
+    should get the CID of those bytes or an error, never the CID of something else.
+    """
+    node = _decode(data, input_codec)
+    encoded = _encode(node, store_codec)
+    return repo.store.put(encoded, CODEC_CHOICES[store_codec])
+
+
+def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> bytes:
+    """The node at `CID[/path...]`, following links, encoded in `output_codec`."""
+    root, *parts = [p for p in path.split("/") if p] or [""]
+    node = _load_node(repo, repo.resolve(root))
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise BasinError(f"no link named {'/'.join(parts[: i + 1])!r} under {root}")
+        if isinstance(node, CID) and i < len(parts) - 1:
+            node = _load_node(repo, node)
+    return _encode(node, output_codec)
+
+
+def _load_node(repo: Repository, cid: CID):
+    data = repo.store.get(cid)
+    if cid.codec == DAG_CBOR:
+        return dagcbor.decode_trusted(data)
+    if cid.codec == DAG_JSON:
+        return dagjson.decode(data)
+    raise CodecError(f"{cid} is a {cid.codec_name} block, not DAG-CBOR or DAG-JSON")
+
+
+def _decode(data: bytes, codec: str):
+    return (dagcbor.decode if codec == "dag-cbor" else dagjson.decode)(data)
+
+
+def _encode(node, codec: str) -> bytes:
+    return (dagcbor.encode if codec == "dag-cbor" else dagjson.encode)(node)
+
+
+def describe_block(repo: Repository, cid: CID) -> tuple[str, object]:
+    """What a stored block is: ('commit', Commit), ('basin', Basin) or ('block', node or bytes)."""
+    data = repo.store.get(cid)
+    if cid.codec != DAG_CBOR:
+        return "block", data
+    node = dagcbor.decode_trusted(data)
+    kind = kind_of(node)
+    if kind == COMMIT_TYPE:
+        return "commit", Commit.from_node(node)
+    if kind == PACKET_TYPE:
+        return "basin", Basin.from_node(node)
+    return "block", node

@@ -1,0 +1,67 @@
+"""Ref names, checked by git's check-ref-format rules so names mean the same thing in both tools."""
+
+from __future__ import annotations
+
+from .errors import RefError
+
+HEADS = "refs/heads/"
+HEAD = "HEAD"
+
+_FORBIDDEN_CHARS = frozenset(" ~^:?*[\\\x7f")
+
+
+def _problem(name: str) -> str | None:
+    """Why `name` breaks check-ref-format, or None when it is fine."""
+    if not name:
+        return "it is empty"
+    if name == "@":
+        return "it is '@'"
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        return "it has an empty path component"
+    if name.endswith("."):
+        return "it ends with '.'"
+    if ".." in name:
+        return "it contains '..'"
+    if "@{" in name:
+        return "it contains '@{'"
+    for ch in name:
+        if ch < " " or ch in _FORBIDDEN_CHARS:
+            return f"it contains {ch!r}"
+    for part in name.split("/"):
+        if part.startswith("."):
+            return "a component starts with '.'"
+        if part.endswith(".lock"):
+            return "a component ends with '.lock'"
+    return None
+
+
+def check_ref_name(name: str) -> str:
+    """Return `name` if it is a valid full ref name, else raise RefError saying why."""
+    problem = _problem(name)
+    if problem is None and name != HEAD and not name.startswith("refs/"):
+        problem = "it is not under refs/"
+    if problem:
+        raise RefError(f"bad ref name {name!r}: {problem}")
+    return name
+
+
+def check_branch_name(name: str) -> str:
+    """Return `name` if it is a valid short branch name (as `git branch` accepts), else raise."""
+    problem = _problem(name)
+    if problem is None and name.startswith("-"):
+        problem = "it starts with '-'"
+    if problem is None and name == HEAD:
+        problem = "HEAD is not a branch name"
+    if problem:
+        raise RefError(f"bad branch name {name!r}: {problem}")
+    return name
+
+
+def branch_ref(name: str) -> str:
+    """The full ref for branch `name`, validated."""
+    return HEADS + check_branch_name(name)
+
+
+def short_name(ref: str) -> str:
+    """`refs/heads/x` -> `x`; other refs unchanged."""
+    return ref[len(HEADS):] if ref.startswith(HEADS) else ref

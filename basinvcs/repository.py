@@ -1,0 +1,199 @@
+"""A basin repository on disk: `.basin/` with the block database and the config.
+
+`Repository` is the plumbing the operations in `porcelain` are written with: read and write
+objects, read and move refs, resolve revisions. It never decides policy (what to commit, what to
+refuse); that is porcelain's job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .cid import CID
+from .config import Config, load_config, save_config
+from .errors import BasinError, RefError, RepositoryError, SchemaError
+from .identity import Identity, load_identity
+from .objects import Basin, Commit
+from .refnames import HEAD, HEADS, branch_ref, check_branch_name
+from .store.sqlite import Ref, SQLiteStore
+
+BASIN_DIR = ".basin"
+DB_FILE = "basin.db"
+_REV_SUFFIX = re.compile(r"(\^\d*|~\d*)$")
+MIN_PREFIX = 8
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above `start` (or $BASIN_DIR's parent) holding `.basin/`."""
+    if env := os.environ.get("BASIN_DIR"):
+        return Path(env).resolve().parent
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / BASIN_DIR).is_dir():
+            return candidate
+    raise RepositoryError(f"not a basin repository (or any parent up to /): {here}")
+
+
+class Repository:
+    """Objects, refs and config of one repository."""
+
+    def __init__(self, root: Path, store: SQLiteStore, config: Config):
+        self.root = root
+        self.store = store
+        self.config = config
+
+    @property
+    def basin_dir(self) -> Path:
+        return self.root / BASIN_DIR
+
+    @classmethod
+    def open(cls, path: Path | str | None = None) -> Repository:
+        root = find_root(Path(path) if path is not None else None)
+        basin_dir = root / BASIN_DIR
+        store = SQLiteStore.open(basin_dir / DB_FILE)
+        return cls(root, store, load_config(basin_dir))
+
+    @classmethod
+    def create(cls, root: Path, config: Config) -> Repository:
+        basin_dir = root / BASIN_DIR
+        if basin_dir.exists():
+            raise RepositoryError(f"{basin_dir} already exists: this is a repository already")
+        basin_dir.mkdir(parents=True)
+        try:
+            save_config(basin_dir, config)
+            store = SQLiteStore.create(basin_dir / DB_FILE)
+        except BaseException:
+            for leftover in basin_dir.iterdir():
+                leftover.unlink()
+            basin_dir.rmdir()
+            raise
+        return cls(root, store, config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def save_config(self) -> None:
+        save_config(self.basin_dir, self.config)
+
+    def identity(self) -> Identity:
+        ident = load_identity()
+        if ident is None:
+            raise RepositoryError("no identity to sign with: run 'basin key generate'")
+        return ident
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def read_commit(self, cid: CID) -> Commit:
+        data = self.store.get(cid)
+        try:
+            return Commit.decode(data, trusted=True)
+        except SchemaError as exc:
+            raise SchemaError(f"{cid} is not a valid commit: {exc}") from None
+
+    def read_basin(self, cid: CID) -> Basin:
+        data = self.store.get(cid)
+        try:
+            return Basin.decode(data, trusted=True)
+        except SchemaError as exc:
+            raise SchemaError(f"{cid} is not a valid basin packet: {exc}") from None
+
+    def write_basin(self, basin: Basin) -> CID:
+        return self.store.put(basin.encode())
+
+    def write_commit(self, commit: Commit) -> CID:
+        """Store a signed commit whose basin and parents are already stored, and index it."""
+        for needed in (commit.basin, *commit.parents):
+            if not self.store.has(needed):
+                raise SchemaError(f"commit links {needed}, which is not in the repository")
+        with self.store.transaction():
+            cid = self.store.put(commit.encode())
+            self.store.index_commit(cid, commit.parents, commit.time)
+        return cid
+
+    # -- refs ---------------------------------------------------------------------------------
+
+    def head(self) -> Ref:
+        ref = self.store.read_ref(HEAD)
+        if ref is None:
+            raise RepositoryError("repository has no HEAD")
+        return ref
+
+    def current_branch(self) -> str | None:
+        """The full ref HEAD points at, or None when HEAD is detached."""
+        head = self.head()
+        return head.target if head.symbolic else None
+
+    def head_commit(self) -> CID:
+        head = self.head()
+        if not head.symbolic:
+            return CID.parse(head.target)
+        branch = self.store.read_ref(head.target)
+        if branch is None:
+            raise RefError(f"HEAD points at {head.target}, which does not exist")
+        return CID.parse(branch.target)
+
+    def branch_commit(self, name: str) -> CID | None:
+        ref = self.store.read_ref(branch_ref(name))
+        return CID.parse(ref.target) if ref else None
+
+    def branches(self) -> list[tuple[str, CID]]:
+        return [(r.name[len(HEADS):], CID.parse(r.target)) for r in self.store.list_refs(HEADS)]
+
+    def resolve(self, rev: str) -> CID:
+        """A revision to a CID: HEAD, a branch, a full ref, a CID or a unique CID prefix, with ~N / ^N."""
+        match = _REV_SUFFIX.search(rev)
+        if match and match.start() > 0:
+            base = self.resolve(rev[: match.start()])
+            op, num = match.group(1)[0], match.group(1)[1:]
+            n = int(num) if num else 1
+            if op == "~":
+                for _ in range(n):
+                    base = self._parent(base, 1, rev)
+                return base
+            return base if n == 0 else self._parent(base, n, rev)
+        return self._resolve_name(rev)
+
+    def _parent(self, cid: CID, n: int, rev: str) -> CID:
+        parents = self.read_commit(cid).parents
+        if len(parents) < n:
+            raise RefError(f"revision {rev!r}: {cid} has no parent number {n}")
+        return parents[n - 1]
+
+    def _resolve_name(self, rev: str) -> CID:
+        if not rev:
+            raise RefError("empty revision")
+        if rev == HEAD:
+            return self.head_commit()
+        for name in (rev, HEADS + rev) if not rev.startswith("refs/") else (rev,):
+            ref = self.store.read_ref(name)
+            if ref is not None and not ref.symbolic:
+                return CID.parse(ref.target)
+        try:
+            cid = CID.parse(rev)
+        except BasinError:
+            cid = None
+        if cid is not None:
+            if not self.store.has(cid):
+                raise RefError(f"revision {rev!r}: no such block in this repository")
+            return cid
+        if len(rev) >= MIN_PREFIX and rev.isalnum():
+            found = self.store.match_prefix(rev)
+            if len(found) == 1:
+                return CID.parse(found[0])
+            if len(found) > 1:
+                raise RefError(f"revision {rev!r} is ambiguous: more than one CID starts with it")
+        raise RefError(f"unknown revision {rev!r}: not a branch, ref or CID in this repository")
+
+    def create_branch(self, name: str, target: CID, message: str) -> None:
+        check_branch_name(name)
+        if self.branch_commit(name) is not None:
+            raise RefError(f"a branch named {name!r} already exists")
+        self.store.update_ref(branch_ref(name), str(target), None, message)

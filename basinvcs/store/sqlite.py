@@ -1,0 +1,262 @@
+"""The embedded store: one SQLite database (WAL) holding blocks, refs, the reflog and a commit graph.
+
+Refs change only by compare-and-swap inside an IMMEDIATE transaction, so two writers serialise and
+neither loses an update; the commit graph (child -> parents, commit time) is a derived index, like
+git's commit-graph file, that lets `log` walk history in one query instead of one per commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cid import CID, DAG_CBOR
+from ..errors import BlockNotFound, RefConflict, RefError, RepositoryError
+from ..refnames import check_ref_name
+from .base import BlockStore, check_block
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE blocks (cid TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE refs (name TEXT PRIMARY KEY, target TEXT NOT NULL, symbolic INTEGER NOT NULL);
+CREATE TABLE reflog (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, old TEXT, new TEXT, time INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX reflog_name ON reflog (name, id);
+CREATE TABLE commits (cid TEXT PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE commit_parents (
+    child TEXT NOT NULL, idx INTEGER NOT NULL, parent TEXT NOT NULL, PRIMARY KEY (child, idx)
+) WITHOUT ROWID;
+"""
+
+# A priority-queue walk (newest first) over the commit graph; LIMIT inside the CTE stops it early.
+_WALK = """
+WITH RECURSIVE walk(cid, time) AS (
+    SELECT cid, time FROM commits WHERE cid IN ({heads})
+    UNION
+    SELECT c.cid, c.time FROM walk
+        JOIN commit_parents p ON p.child = walk.cid
+        JOIN commits c ON c.cid = p.parent
+    ORDER BY 2 DESC
+    LIMIT ?
+)
+SELECT walk.cid, blocks.data FROM walk JOIN blocks ON blocks.cid = walk.cid
+"""
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    target: str  # a CID string, or a ref name when symbolic
+    symbolic: bool
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    name: str
+    old: str | None
+    new: str | None
+    time: float
+    message: str
+
+
+class SQLiteStore(BlockStore):
+    """Blocks, refs and reflog in one SQLite file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self._db = conn
+        self.path = path
+        self._depth = 0
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path) -> SQLiteStore:
+        if path.exists():
+            raise RepositoryError(f"{path} already exists")
+        conn = _connect(path, "rwc")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        return cls(conn, path)
+
+    @classmethod
+    def open(cls, path: Path) -> SQLiteStore:
+        if not path.is_file():
+            raise RepositoryError(f"no block database at {path}")
+        conn = _connect(path, "rw")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise RepositoryError(f"corrupt repository database {path}: {exc}") from None
+        if version != SCHEMA_VERSION or not {"blocks", "refs", "reflog", "commits"} <= tables:
+            raise RepositoryError(
+                f"corrupt repository database {path}: schema version {version}, "
+                f"tables {sorted(tables)}"
+            )
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """An IMMEDIATE transaction (nesting joins the outer one): all of it happens, or none."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._exec("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._exec("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _exec(self, sql: str, params: Sequence = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise RepositoryError(f"repository database {self.path}: {exc}") from None
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def put(self, data: bytes, codec: int = DAG_CBOR) -> CID:
+        check_block(data, codec)
+        cid = CID.for_block(data, codec)
+        self._exec("INSERT OR IGNORE INTO blocks (cid, data) VALUES (?, ?)", (str(cid), data))
+        return cid
+
+    def get(self, cid: CID) -> bytes:
+        row = self._exec("SELECT data FROM blocks WHERE cid = ?", (str(cid),)).fetchone()
+        if row is None:
+            raise BlockNotFound(f"block {cid} not found")
+        data = bytes(row[0])
+        cid.verify(data)
+        return data
+
+    def has(self, cid: CID) -> bool:
+        return self._exec("SELECT 1 FROM blocks WHERE cid = ?", (str(cid),)).fetchone() is not None
+
+    def size(self, cid: CID) -> int:
+        row = self._exec("SELECT length(data) FROM blocks WHERE cid = ?", (str(cid),)).fetchone()
+        if row is None:
+            raise BlockNotFound(f"block {cid} not found")
+        return row[0]
+
+    def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """CIDs (as text) starting with `prefix`, at most `limit` of them."""
+        rows = self._exec(
+            "SELECT cid FROM blocks WHERE cid >= ? AND cid < ? ORDER BY cid LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    # -- commit graph -------------------------------------------------------------------------
+
+    def index_commit(self, cid: CID, parents: Sequence[CID], time_ms: int) -> None:
+        self._exec("INSERT OR IGNORE INTO commits (cid, time) VALUES (?, ?)", (str(cid), time_ms))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO commit_parents (child, idx, parent) VALUES (?, ?, ?)",
+            [(str(cid), i, str(p)) for i, p in enumerate(parents)],
+        )
+
+    def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
+        """Commits reachable from `heads`, newest first (a child always before its parents), verified."""
+        sql = _WALK.format(heads=",".join("?" * len(heads)))
+        for text, data in self._exec(sql, [*map(str, heads), limit]):
+            cid = CID.parse(text)
+            data = bytes(data)
+            cid.verify(data)
+            yield cid, data
+
+    def commit_edges(self) -> list[tuple[str, str]]:
+        """Every (child, parent) edge in the commit graph."""
+        return self._exec("SELECT child, parent FROM commit_parents").fetchall()
+
+    def indexed_commits(self) -> dict[str, int]:
+        return dict(self._exec("SELECT cid, time FROM commits").fetchall())
+
+    def indexed_parents(self, cid: CID) -> list[str]:
+        rows = self._exec(
+            "SELECT parent FROM commit_parents WHERE child = ? ORDER BY idx", (str(cid),)
+        )
+        return [r[0] for r in rows]
+
+    # -- refs ---------------------------------------------------------------------------------
+
+    def read_ref(self, name: str) -> Ref | None:
+        row = self._exec("SELECT target, symbolic FROM refs WHERE name = ?", (name,)).fetchone()
+        return Ref(name, row[0], bool(row[1])) if row else None
+
+    def list_refs(self, prefix: str = "refs/") -> list[Ref]:
+        rows = self._exec(
+            "SELECT name, target, symbolic FROM refs WHERE name >= ? AND name < ? ORDER BY name",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return [Ref(n, t, bool(s)) for n, t, s in rows]
+
+    def update_ref(
+        self,
+        name: str,
+        new: str | None,
+        expected: str | None,
+        message: str,
+        *,
+        symbolic: bool = False,
+    ) -> None:
+        """Set `name` to `new` (None deletes it) only if it now holds `expected` (None: absent)."""
+        check_ref_name(name)
+        with self.transaction():
+            current = self.read_ref(name)
+            found = current.target if current else None
+            if found != expected:
+                raise RefConflict(
+                    f"ref {name} changed underneath this operation "
+                    f"(expected {expected or 'nothing'}, found {found or 'nothing'})"
+                )
+            if new is None:
+                self._exec("DELETE FROM refs WHERE name = ?", (name,))
+            else:
+                self._exec(
+                    "INSERT OR REPLACE INTO refs (name, target, symbolic) VALUES (?, ?, ?)",
+                    (name, new, int(symbolic)),
+                )
+            self._exec(
+                "INSERT INTO reflog (name, old, new, time, message) VALUES (?, ?, ?, ?, ?)",
+                (name, expected, new, int(time.time() * 1000), message),
+            )
+
+    def reflog(self, name: str, limit: int = -1) -> list[ReflogEntry]:
+        rows = self._exec(
+            "SELECT name, old, new, time, message FROM reflog WHERE name = ? ORDER BY id DESC LIMIT ?",
+            (name, limit),
+        )
+        return [ReflogEntry(n, o, w, t / 1000, m) for n, o, w, t, m in rows]
+
+
+def _connect(path: Path, mode: str) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None, timeout=60
+        )
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+    except sqlite3.OperationalError as exc:
+        raise RepositoryError(f"cannot open repository database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise RepositoryError(f"corrupt repository database {path}: {exc}") from None
+    return conn

@@ -1,0 +1,101 @@
+"""Shared test fixtures: an isolated identity home, fresh repositories, a CLI runner."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from basinvcs import porcelain
+from basinvcs.cli import main
+from basinvcs.objects import Basin
+from basinvcs.repository import Repository
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+DIM = 64  # small chart for most tests; d = 1024 where packet size matters
+
+
+@pytest.fixture(autouse=True)
+def basin_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own identity directory; nothing touches the real ~/.config."""
+    home = tmp_path_factory.mktemp("basin-home")
+    monkeypatch.setenv("BASIN_HOME", str(home))
+    monkeypatch.setenv("BASIN_AUTHOR", "tester")
+    monkeypatch.delenv("BASIN_DIR", raising=False)
+    return home
+
+
+@pytest.fixture
+def repo_dir(tmp_path, monkeypatch) -> Path:
+    """An initialised repository (d = 64) that is also the working directory."""
+    path = tmp_path / "repo"
+    porcelain.init(path, dim=DIM, seed=7).close()
+    monkeypatch.chdir(path)
+    return path
+
+
+@pytest.fixture
+def repo(repo_dir) -> Repository:
+    with Repository.open(repo_dir) as r:
+        yield r
+
+
+class Cli:
+    """Runs `basin` in-process with click's CliRunner."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: bytes | str | None = None, ok: bool = True) -> Result:
+        result = self.runner.invoke(main, list(args), input=input, catch_exceptions=False)
+        if ok and result.exit_code != 0:
+            raise AssertionError(f"basin {' '.join(args)} failed ({result.exit_code}):\n{result.output}")
+        return result
+
+    def fails(self, *args: str, input: bytes | str | None = None) -> Result:
+        """Run a command that must fail with exactly one `error:` line and a non-zero exit."""
+        result = self(*args, input=input, ok=False)
+        assert result.exit_code != 0, result.output
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(("error:", "Error:")), result.stderr
+        return result
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+def packet(seed: int, dim: int = DIM, *, scale: float = 1.0, **kw) -> Basin:
+    """A deterministic pseudo-random packet in the test chart (seed 7)."""
+    from basinvcs.objects import Chart
+
+    values = [
+        (int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:4], "big") / 2**32 - 0.5)
+        * scale
+        for i in range(dim)
+    ]
+    return Basin.create(Chart(seed=7, dim=dim), values, **kw)
+
+
+def state(repo_path: Path) -> dict[str, object]:
+    """Everything a repository holds, table by table, plus its config and the files present.
+
+    Compared before and after a refused command: SQLite may checkpoint its WAL on close, so the
+    database file's bytes are not a fair measure of 'nothing changed', its rows are.
+    """
+    basin = repo_path / ".basin"
+    out: dict[str, object] = {"files": sorted(p.name for p in basin.iterdir() if "-wal" not in p.name
+                                               and "-shm" not in p.name)}
+    out["config"] = (basin / "config.json").read_bytes()
+    conn = sqlite3.connect(basin / "basin.db")
+    try:
+        for table in ("blocks", "refs", "reflog", "commits", "commit_parents"):
+            out[table] = sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
+    finally:
+        conn.close()
+    return out

@@ -1,0 +1,252 @@
+"""The `basin` command line as a new user meets it, and every bad input it must refuse cleanly."""
+
+import json
+import sqlite3
+
+import pytest
+
+from basinvcs.cid import CID
+from basinvcs.codec import dagjson
+from basinvcs.objects import Basin, Chart
+from basinvcs.repository import Repository
+from tests.conftest import DIM, packet, state
+
+
+def write_packet(path, seed, **kw):
+    path.write_bytes(packet(seed, **kw).encode())
+    return path
+
+
+def test_walkthrough_init_fork_commit_log_show_verify(tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    out = cli("init", "work", "--dim", str(DIM), "--seed", "7").output
+    assert "genesis:" in out and "branch general" in out and "new identity created" in out
+    monkeypatch.chdir(tmp_path / "work")
+
+    out = cli("fork", "general", "--specialize", "medicine").output
+    assert "Switched to a new branch 'medicine'" in out
+    assert "* medicine" in cli("branch").output
+
+    p = write_packet(tmp_path / "p.cbor", 1)
+    out = cli("commit", "--packet", str(p), "-m", "first medicine basin").output
+    assert out.startswith("[medicine bafyrei")
+    commit_cid = out.splitlines()[-1]
+
+    log = cli("log").output
+    assert log.count("\ncommit ") + log.startswith("commit ") == 3
+    assert f"commit {commit_cid} (HEAD -> medicine)" in log
+    assert "Author: tester <z6Mk" in log and "first medicine basin" in log
+
+    oneline = cli("log", "--oneline").output.splitlines()
+    assert len(oneline) == 3 and oneline[0].endswith("first medicine basin")
+    assert oneline[2].endswith("(general) genesis")
+    assert len(cli("log", "-n", "1", "--oneline").output.splitlines()) == 1
+
+    show = cli("show").output
+    assert f"commit {commit_cid}" in show and "labels:     general, medicine" in show
+    assert f"{DIM} coordinates nonzero" in show or "coordinates nonzero" in show
+    shown = json.loads(cli("show", "--format", "dag-json").output)
+    assert shown["type"] == "basin/commit" and shown["message"] == "first medicine basin"
+
+    st = cli("status").output
+    assert st.startswith("On branch medicine") and "chart srht(d=64, seed=7)" in st
+
+    out = cli("verify").output
+    assert "checked 3 commits and 3 basin packets" in out and out.rstrip().endswith("ok")
+
+
+def test_revisions_resolve_like_git(repo_dir, cli):
+    first = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[-1]
+    second = cli("commit", "--packet", str(write_packet(repo_dir / "b", 2)), "-m", "b").output.split()[-1]
+    assert cli("block", "stat", "HEAD~1").output.startswith(f"Key: {first}")
+    assert cli("block", "stat", "HEAD^").output.startswith(f"Key: {first}")
+    assert cli("block", "stat", "general").output.startswith(f"Key: {second}")
+    assert cli("block", "stat", second[:20]).output.startswith(f"Key: {second}")
+    cli.fails("block", "stat", "HEAD~9")
+    cli.fails("block", "stat", "nonexistent-branch")
+
+
+def test_log_graph_all_shows_the_fork(repo_dir, cli):
+    cli("fork", "general", "--specialize", "medicine")
+    cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "med")
+    cli("fork", "general", "--specialize", "law")
+    cli("commit", "--packet", str(write_packet(repo_dir / "b", 2)), "-m", "law")
+    graph = cli("log", "--graph", "--oneline", "--all").output.splitlines()
+    assert len([ln for ln in graph if "*" in ln]) == 5
+    assert graph[0].startswith("* ") and any(ln.startswith("| * ") for ln in graph)
+    assert graph[-1].startswith("* ") and graph[-1].endswith("genesis")
+
+
+def test_branch_create_and_delete(repo_dir, cli):
+    cli("branch", "exp")
+    assert "  exp" in cli("branch").output
+    cli.fails("branch", "exp")  # exists
+    cli.fails("branch", "-d", "general")  # checked out
+    assert "Deleted branch exp" in cli("branch", "-d", "exp").output
+    cli.fails("branch", "bad..name")
+
+
+def test_keys(repo_dir, cli):
+    me = cli("key").output.strip()
+    assert me.startswith("tester <z6Mk")
+    key = me.split("<")[1].rstrip(">")
+    assert key in cli("key", "list").output
+    cli("key", "add", key, "--name", "me-again", "--weight", "2.5")
+    assert "me-again  weight=2.5" in cli("key", "list").output
+    cli("key", "remove", "me-again")
+    assert key not in cli("key", "list").output
+    cli.fails("key", "add", "not-a-key", "--name", "x")
+    cli.fails("key", "remove", "nobody")
+
+
+# -- bad input: one line, non-zero exit, nothing changed -----------------------------------------
+
+
+def refuses_without_change(cli, repo_dir, *args, input=None, match=None):
+    before = state(repo_dir)
+    result = cli.fails(*args, input=input)
+    assert state(repo_dir) == before
+    if match:
+        assert match in result.stderr, result.stderr
+    return result
+
+
+def test_commit_bad_packets(repo_dir, cli, tmp_path):
+    node = packet(1).to_node()
+    cases = {
+        "malformed": (b"\xa1\x61", "invalid DAG-CBOR"),
+        "noncanonical": (bytes.fromhex("a2616202616101"), "DAG-CBOR"),
+        "not-a-packet": (bytes.fromhex("a0"), "lacks field"),
+        "wrong-dim": (Basin.create(Chart(seed=7, dim=32), [0.5] * 32).encode(),
+                      "differs from the repository"),
+        "other-seed": (Basin.create(Chart(seed=8, dim=DIM), [0.5] * DIM).encode(), "differs"),
+        "nan": (dagjson.encode({**node, "z": b"\x7f\xc0\x00" * DIM}), "not finite"),
+        "unknown-chart": (dagjson.encode({**node, "chart": {"kind": "x", "seed": 7, "dim": DIM}}),
+                          "unknown chart kind"),
+    }
+    for name, (data, match) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        refuses_without_change(cli, repo_dir, "commit", "--packet", str(path), "-m", "x", match=match)
+
+
+def test_commit_same_basin_is_nothing_to_commit(repo_dir, cli):
+    p = write_packet(repo_dir / "a", 1)
+    cli("commit", "--packet", str(p), "-m", "a")
+    refuses_without_change(cli, repo_dir, "commit", "--packet", str(p), "-m", "again",
+                           match="nothing to commit")
+
+
+def test_dag_json_packet_commits(repo_dir, cli):
+    p = repo_dir / "p.json"
+    p.write_bytes(dagjson.encode(packet(4).to_node()))
+    out = cli("commit", "--packet", str(p), "-m", "from json").output
+    assert out.startswith("[general ")
+
+
+def test_bad_refs_and_names(repo_dir, cli):
+    refuses_without_change(cli, repo_dir, "fork", "general", "--specialize", "bad name")
+    refuses_without_change(cli, repo_dir, "fork", "general", "--specialize", "x", "--branch", "a..b")
+    refuses_without_change(cli, repo_dir, "fork", "nowhere", "--specialize", "x")
+    refuses_without_change(cli, repo_dir, "fork", "general", "--specialize", "general")
+    refuses_without_change(cli, repo_dir, "log", "bafyreinotacid")
+
+
+def test_no_repository(tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    result = cli.fails("log")
+    assert "not a basin repository" in result.stderr
+
+
+def test_init_twice_is_refused(repo_dir, cli):
+    refuses_without_change(cli, repo_dir, "init", ".", match="already")
+
+
+def test_corrupt_database(repo_dir, cli):
+    db = repo_dir / ".basin" / "basin.db"
+    for suffix in ("-wal", "-shm"):
+        (repo_dir / ".basin" / ("basin.db" + suffix)).unlink(missing_ok=True)
+    db.write_bytes(b"garbage" * 1000)
+    result = cli.fails("log")
+    assert "corrupt repository database" in result.stderr
+
+
+def test_missing_identity_is_a_clear_error(repo_dir, cli, basin_home):
+    (basin_home / "identity.json").unlink()
+    p = write_packet(repo_dir / "a", 1)
+    refuses_without_change(cli, repo_dir, "commit", "--packet", str(p), "-m", "a",
+                           match="no identity")
+
+
+# -- verify catches tampering ---------------------------------------------------------------------
+
+
+def test_verify_names_a_tampered_block(repo_dir, cli):
+    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[-1]
+    with Repository.open(repo_dir) as repo:
+        basin_cid = repo.read_commit(CID.parse(cid)).basin
+    conn = sqlite3.connect(repo_dir / ".basin" / "basin.db")
+    conn.execute("UPDATE blocks SET data = ? WHERE cid = ?", (packet(9).encode(), str(basin_cid)))
+    conn.commit()
+    conn.close()
+    result = cli("verify", ok=False)
+    assert result.exit_code == 1
+    assert f"error: {basin_cid}: " in result.stderr
+    assert f"block {basin_cid} does not match its hash" in result.stderr
+
+
+def test_verify_names_a_bad_signature(repo_dir, cli):
+    from basinvcs.codec import dagcbor
+
+    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[-1]
+    with Repository.open(repo_dir) as repo:
+        node = dagcbor.decode(repo.store.get(CID.parse(cid)))
+        node["signature"] = bytes(64)
+        forged = repo.store.put(dagcbor.encode(node))
+        repo.store.index_commit(forged, [CID.parse(p) for p in repo.store.indexed_parents(CID.parse(cid))], 1)
+        repo.store.update_ref("refs/heads/general", str(forged), cid, "forge")
+    result = cli("verify", ok=False)
+    assert result.exit_code == 1
+    assert f"error: {forged}: bad signature by z6Mk" in result.stderr
+
+
+def test_verify_reports_untrusted_signers(repo_dir, cli):
+    cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a")
+    me = cli("key").output.split("<")[1].strip().rstrip(">")
+    cli("key", "remove", me)
+    result = cli("verify")
+    assert "untrusted key" in result.stderr and "ok" in result.output
+    assert cli("verify", "--require-trusted", ok=False).exit_code == 1
+
+
+# -- block and dag plumbing -----------------------------------------------------------------------
+
+
+def test_block_put_get_stat(repo_dir, cli):
+    cid = cli("block", "put", input=b"hello").output.strip()
+    assert cid.startswith("bafkrei")  # raw codec, as Kubo's default
+    assert cli("block", "get", cid).stdout_bytes == b"hello"
+    assert cli("block", "stat", cid).output == f"Key: {cid}\nSize: 5\n"
+    refuses_without_change(cli, repo_dir, "block", "put", "--cid-codec", "dag-cbor", input=b"\xff")
+
+
+def test_dag_put_get_round_trip(repo_dir, cli):
+    cid = cli("dag", "put", input='{"a":1,"b":[true,null,"x"]}').output.strip()
+    assert cli("dag", "get", cid).output.strip() == '{"a":1,"b":[true,null,"x"]}'
+    assert cli("dag", "get", cid + "/b/2").output.strip() == '"x"'
+    cbor = cli("dag", "get", cid, "--output-codec", "dag-cbor").stdout_bytes
+    assert cli("dag", "put", "--input-codec", "dag-cbor", input=cbor).output.strip() == cid
+    refuses_without_change(cli, repo_dir, "dag", "put", input='{"a":1,"a":2}')
+    refuses_without_change(cli, repo_dir, "dag", "put", input="{nope")
+    refuses_without_change(cli, repo_dir, "dag", "put", "--input-codec", "dag-cbor",
+                           input=bytes.fromhex("a2616202616101"))
+
+
+def test_dag_get_follows_links_into_the_basin(repo_dir, cli):
+    out = cli("dag", "get", "HEAD/basin/chart").output.strip()
+    assert json.loads(out) == {"dim": DIM, "kind": "srht", "seed": 7}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["log", "--help"], ["dag", "put", "--help"]])
+def test_help(cli, args):
+    assert "Usage:" in cli(*args).output

@@ -1,0 +1,42 @@
+"""Two processes committing to one branch at once never lose a commit."""
+
+import subprocess
+import sys
+import textwrap
+
+from basinvcs import porcelain
+from basinvcs.repository import Repository
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from basinvcs import porcelain
+    from basinvcs.objects import Basin, Chart
+    from basinvcs.repository import Repository
+
+    tag, count = sys.argv[1], int(sys.argv[2])
+    for i in range(count):
+        with Repository.open(sys.argv[3]) as repo:
+            z = [0.0] * 64
+            z[i % 64] = float(i + 1)
+            z[63 - (hash(tag) % 32)] += 0.5 if tag == "a" else -0.5
+            porcelain.commit(repo, Basin.create(Chart(seed=7, dim=64), z), f"{tag} {i}")
+    """
+)
+
+
+def test_two_processes_fifty_commits_each(repo_dir):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, tag, "50", str(repo_dir)],
+                         stderr=subprocess.PIPE, text=True)
+        for tag in ("a", "b")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    with Repository.open(repo_dir) as repo:
+        messages = [c.message for _, c in porcelain.log(repo)]
+        report = porcelain.verify(repo)
+    assert report.ok, report.problems
+    assert len(messages) == 101  # 100 commits and genesis, all on one line of history
+    assert {m for m in messages if m != "genesis"} == {f"{t} {i}" for t in "ab" for i in range(50)}

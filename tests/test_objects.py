@@ -1,0 +1,121 @@
+import math
+
+import pytest
+
+from basinvcs.cid import CID
+from basinvcs.codec import dagcbor
+from basinvcs.errors import SchemaError
+from basinvcs.objects import (
+    Basin,
+    Chart,
+    Commit,
+    Entanglement,
+    SubstrateRef,
+    packet_limit,
+)
+from tests.conftest import packet
+
+
+def full_packet(dim: int = 1024) -> Basin:
+    return Basin.create(
+        Chart(seed=7, dim=dim),
+        [math.sin(i) for i in range(dim)],
+        fisher=[1.0 + i for i in range(dim)],
+        beta=(1.0, -0.25, 0.125),
+        labels=["general", "medicine", "cardiology"],
+        entanglements=[Entanglement("cardiology", "medicine", 0.5),
+                       Entanglement("general", "medicine", -0.125)],
+        substrate=SubstrateRef("tiny", "sha256:" + "ab" * 32),
+    )
+
+
+def test_a_full_packet_at_d1024_fits_in_4096_bytes_and_round_trips():
+    basin = full_packet()
+    data = basin.encode()
+    assert len(data) <= 4096 == packet_limit(1024)
+    back = Basin.decode(data)
+    assert back == basin
+    assert back.encode() == data
+
+
+def test_packet_keeps_exactly_the_quantised_coordinates():
+    basin = full_packet(64)
+    assert Basin.decode(basin.encode()).z == basin.z
+    assert all(abs(a - math.sin(i)) <= 2**-16 for i, a in enumerate(basin.z))
+
+
+def test_oversized_packet_is_refused():
+    basin = Basin.create(Chart(dim=1024), labels=[f"l{i}" for i in range(16)],
+                         fisher=[1.0] * 1024,
+                         entanglements=[Entanglement(f"a{i:02d}" + "x" * 50, f"b{i:02d}" + "y" * 50, 0.1)
+                                        for i in range(20)])
+    with pytest.raises(SchemaError, match="limit at d=1024 is 4096"):
+        basin.encode()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda n: n.update(type="basin/other"), "not a 'basin/packet'"),
+        (lambda n: n.update(version=2), "version 2 is not supported"),
+        (lambda n: n.update(chart={"kind": "gaussian", "seed": 0, "dim": 64}), "unknown chart kind"),
+        (lambda n: n.update(chart={"kind": "srht", "seed": 0, "dim": 0}), "dimension 0"),
+        (lambda n: n.update(z=n["z"][:-3]), "63 coordinates but its chart has dimension 64"),
+        (lambda n: n.update(z=b"\x7f\xc0\x00" + n["z"][3:]), "coordinate 0 is not finite"),
+        (lambda n: n.update(beta=[]), "beta has 0 coefficients"),
+        (lambda n: n.update(labels=["bad label"]), "bad label"),
+        (lambda n: n.update(extra=1), "unknown field 'extra'"),
+        (lambda n: n.pop("z"), "lacks field 'z'"),
+        (lambda n: n.update(z=[1.0] * 64), "z must be bytes"),
+        (lambda n: n.update(fisher={"max": 1.0, "codes": b"\0"}), "Fisher codes have 1 bytes"),
+        (lambda n: n.update(entanglements=[{"a": "b", "b": "a", "w": 0.1}]), "distinct, sorted"),
+        (lambda n: n.update(entanglements=[{"a": "a", "b": "b", "w": 2.0}]), "outside"),
+    ],
+)
+def test_invalid_packets_are_refused_on_read(mutate, message):
+    node = packet(3).to_node()
+    mutate(node)
+    with pytest.raises(SchemaError, match=message):
+        Basin.decode(dagcbor.encode(node))
+
+
+def test_chart_validation():
+    with pytest.raises(SchemaError, match="unknown chart kind"):
+        Chart(kind="nope")
+    with pytest.raises(SchemaError, match="outside 0..2"):
+        Chart(seed=-1)
+
+
+def _commit(**kw) -> Commit:
+    basin = CID.for_block(packet(1).encode())
+    fields = dict(basin=basin, parents=(), author=b"\1" * 32, time=1, message="m")
+    fields.update(kw)
+    return Commit(**fields)
+
+
+def test_commit_round_trip_and_signing_bytes_exclude_signature():
+    c = _commit(metrics={"captured": 0.5}, specialize="medicine").signed(lambda b: b"\2" * 64)
+    data = c.encode()
+    back = Commit.decode(data)
+    assert back == c
+    assert b"signature" not in back.signing_bytes()
+    assert dagcbor.decode(data)["signature"] == b"\2" * 64
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(author=b"\1" * 31), "32-byte"),
+        (dict(metrics={"x": math.nan}), "finite"),
+        (dict(time=-1), "out of range"),
+        (dict(specialize="no spaces"), "bad label"),
+    ],
+)
+def test_bad_commits_are_refused(kw, message):
+    with pytest.raises(SchemaError, match=message):
+        _commit(**kw)
+
+
+def test_unsigned_commit_cannot_be_encoded():
+    with pytest.raises(SchemaError, match="not signed"):
+        _commit().encode()
