@@ -6,13 +6,15 @@ networkx or nacl. Every BasinError becomes one `error: ...` line on stderr and a
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 
 import click
 
-from .errors import BasinError
+from .errors import BasinError, RefError
+from .refnames import short_name
 
 SHORT = 16  # characters of a CID shown in short form ("bafyrei" + 9)
 
@@ -57,10 +59,10 @@ def _date(ms: int) -> str:
     return time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(ms / 1000))
 
 
-def _author(key: bytes, names: dict[bytes, str]) -> str:
+@functools.cache
+def _author(key: bytes, name: str) -> str:
     from .identity import format_key
 
-    name = names.get(key, "untrusted")
     return f"{name} <{format_key(key)}>"
 
 
@@ -160,7 +162,7 @@ def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None)
                     merge = "Merge: " + " ".join(short(p) for p in commit_.parents) + "\n"
                 msg = "".join(f"    {line}\n" for line in commit_.message.splitlines())
                 body = (
-                    f"commit {text}{refs}\n{merge}Author: {_author(commit_.author, names)}\n"
+                    f"commit {text}{refs}\n{merge}Author: {_author(commit_.author, names.get(commit_.author, 'untrusted'))}\n"
                     f"Date:   {_date(commit_.time)}\n\n{msg}\n"
                 )
             out.write(body if lane is None else lane.prefix(body))
@@ -189,7 +191,7 @@ def show(rev: str, fmt: str) -> None:
             click.echo(f"commit {cid}")
             for p in obj.parents:
                 click.echo(f"Parent: {p}")
-            click.echo(f"Author: {_author(obj.author, names)}")
+            click.echo(f"Author: {_author(obj.author, names.get(obj.author, 'untrusted'))}")
             click.echo(f"Date:   {_date(obj.time)}")
             if obj.specialize:
                 click.echo(f"Specialize: {obj.specialize}")
@@ -213,7 +215,7 @@ def show(rev: str, fmt: str) -> None:
 def _show_basin(basin, size: int) -> None:
     nonzero = sum(1 for v in basin.z if v)
     click.echo(f"  chart:      {basin.chart}")
-    click.echo(f"  substrate:  {basin.substrate.name if basin.substrate else '(none: genesis)'}")
+    click.echo(f"  substrate:  {basin.substrate.name if basin.substrate else '(none)'}")
     click.echo(f"  labels:     {', '.join(basin.labels) or '(none)'}")
     click.echo(f"  |z|:        {basin.norm():.6g} ({nonzero} of {basin.chart.dim} coordinates nonzero)")
     click.echo(f"  fisher:     {'yes' if basin.fisher is not None else 'no (identity metric)'}")
@@ -221,6 +223,23 @@ def _show_basin(basin, size: int) -> None:
     for e in basin.entanglements:
         click.echo(f"  entangled:  {e.a} ~ {e.b} ({e.strength:+.3f})")
     click.echo(f"  size:       {size} bytes")
+
+
+@main.command()
+@click.argument("ref", default="HEAD")
+@click.option("-n", "--max-count", "limit", type=click.IntRange(0), default=None)
+def reflog(ref: str, limit: int | None) -> None:
+    """How REF (a branch, or HEAD) moved, newest first."""
+    from .refnames import HEAD, branch_ref
+
+    with _repo() as repo:
+        name = ref if ref == HEAD or ref.startswith("refs/") else branch_ref(ref)
+        entries = repo.store.reflog(name, -1 if limit is None else limit)
+        if not entries and repo.store.read_ref(name) is None:
+            raise RefError(f"no such ref {ref!r}")
+    for i, e in enumerate(entries):
+        new = (e.new or "(deleted)")[:SHORT]
+        click.echo(f"{new} {short_name(name)}@{{{i}}}: {e.message}")
 
 
 # -- branches, status, verify -------------------------------------------------------------------

@@ -250,3 +250,12 @@ def test_dag_get_follows_links_into_the_basin(repo_dir, cli):
 @pytest.mark.parametrize("args", [["--help"], ["log", "--help"], ["dag", "put", "--help"]])
 def test_help(cli, args):
     assert "Usage:" in cli(*args).output
+
+
+def test_reflog_records_every_move(repo_dir, cli):
+    cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a")
+    cli("fork", "general", "--specialize", "law")
+    lines = cli("reflog", "general").output.splitlines()
+    assert [ln.split(" ", 1)[1] for ln in lines] == ["general@{0}: commit: a", "general@{1}: init: genesis"]
+    assert "HEAD@{0}: fork: switch to law" in cli("reflog").output
+    cli.fails("reflog", "nope")

@@ -40,3 +40,19 @@ def test_two_processes_fifty_commits_each(repo_dir):
     assert report.ok, report.problems
     assert len(messages) == 101  # 100 commits and genesis, all on one line of history
     assert {m for m in messages if m != "genesis"} == {f"{t} {i}" for t in "ab" for i in range(50)}
+
+
+def test_a_process_killed_mid_commit_leaves_a_repository_that_verifies(repo_dir):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, "a", "100000", str(repo_dir)],
+                            stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Repository.open(repo_dir) as repo:
+        report = porcelain.verify(repo)
+        count = sum(1 for _ in porcelain.log(repo))
+    assert report.ok, report.problems
+    assert count > 2  # it had committed before it died, and what it committed is intact

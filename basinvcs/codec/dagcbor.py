@@ -100,19 +100,18 @@ def _prepare_list(value: list[Any] | tuple[Any, ...], level: int) -> list[Any]:
     return out
 
 
-def _strict_link(content: Any, immutable: bool) -> CID:
-    """Tag 42 on the strict fast path; any failure hands the block to the scanner."""
-    if type(content) is not bytes or content[:1] != b"\x00":
-        raise ValueError("tag 42 content is not 0x00-prefixed bytes")
+def _strict_link(tag: cbor2.CBORTag, immutable: bool) -> CID:
+    """cbor2 tag hook on the strict fast path; any failure hands the block to the scanner."""
+    content = tag.value
+    if tag.tag != _LINK_TAG or type(content) is not bytes or content[:1] != b"\x00":
+        raise ValueError("not a well-formed link")
     return CID.from_bytes(content[1:])
 
 
-def _trusted_link(content: bytes, immutable: bool) -> CID:
-    return CID(content[1:])
-
-
-_STRICT_TAGS = {_LINK_TAG: _strict_link}
-_TRUSTED_TAGS = {_LINK_TAG: _trusted_link}
+def _trusted_link(tag: cbor2.CBORTag, immutable: bool) -> CID:
+    if tag.tag != _LINK_TAG:
+        raise ValueError("not a link")
+    return CID(tag.value[1:])
 
 
 def decode(data: bytes) -> Any:
@@ -123,7 +122,7 @@ def decode(data: bytes) -> Any:
     input, which only canonical DAG-CBOR does.
     """
     try:
-        value = cbor2.loads(data, semantic_decoders=_STRICT_TAGS)
+        value = cbor2.loads(data, tag_hook=_strict_link)
         if encode(value) == data:
             return value
     except Exception:  # noqa: S110 - whatever went wrong, the scanner below names it precisely
@@ -140,7 +139,7 @@ def decode_trusted(data: bytes) -> Any:
     Skips the re-encode check and CID validation: the hot path for walking history.
     """
     try:
-        return cbor2.loads(data, semantic_decoders=_TRUSTED_TAGS)
+        return cbor2.loads(data, tag_hook=_trusted_link)
     except Exception:
         return decode(data)  # raises with a precise message (or decodes, if cbor2 was wrong)
 
