@@ -125,7 +125,7 @@ def decode(data: bytes) -> Any:
         value = cbor2.loads(data, tag_hook=_strict_link)
         if encode(value) == data:
             return value
-    except Exception:  # noqa: S110 - whatever went wrong, the scanner below names it precisely
+    except Exception:  # whatever went wrong, the scanner below names it precisely
         pass
     try:
         return _Scanner(data).document()

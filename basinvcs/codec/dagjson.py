@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+from json.encoder import encode_basestring  # json.dumps(s, ensure_ascii=False) minus its overhead
 from typing import Any, NoReturn
 
 from basinvcs.cid import CID
@@ -108,7 +109,7 @@ def _write_list(value: list[Any] | tuple[Any, ...], level: int, out: list[str]) 
 def _string(text: str, what: str) -> str:
     if not text.isascii():
         utf8_size(text, what)
-    return json.dumps(text, ensure_ascii=False)
+    return encode_basestring(text)
 
 
 def _base64(data: bytes) -> str:
@@ -149,8 +150,10 @@ def decode(data: bytes) -> Any:
         raise CodecError(f"invalid DAG-JSON: not valid UTF-8 at byte {exc.start}") from None
     try:
         value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
-    except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
+    except json.JSONDecodeError as exc:
         raise CodecError(f"invalid DAG-JSON: {exc}") from None
+    except ValueError:  # int() refusing over 4300 digits: far outside the data model anyway
+        raise CodecError("invalid DAG-JSON: out-of-range integer of over 4300 digits") from None
     except RecursionError:
         raise CodecError("invalid DAG-JSON: nesting too deep for the Python stack") from None
     try:
