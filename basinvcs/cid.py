@@ -12,6 +12,7 @@ import base64
 import hashlib
 import re
 
+from basinvcs import base58
 from basinvcs.errors import CIDError, HashMismatch
 
 DAG_PB = 0x70
@@ -24,7 +25,6 @@ SHA2_256 = 0x12
 CODECS: dict[str, int] = {"dag-cbor": DAG_CBOR, "dag-json": DAG_JSON, "raw": RAW, "dag-pb": DAG_PB}
 _CODEC_NAMES = {code: name for name, code in CODECS.items()}
 
-_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _BASE32_TEXT = re.compile("[a-z2-7]+")
 # int(s, 32) reads the digits 0-9a-v; RFC 4648 base32 spells the same values a-z2-7.
 _BASE32_TO_INT_DIGITS = str.maketrans(
@@ -77,11 +77,15 @@ class CID:
     """A CID held as its binary form: v0 is the bare 34-byte sha2-256 multihash, v1 is
     varint(1) varint(codec) multihash."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ("buffer", "_text")
 
-    def __init__(self, buffer: bytes) -> None:
-        """Wrap trusted bytes without checking them: the hot path for stored links."""
+    def __init__(self, buffer: bytes, text: str | None = None) -> None:
+        """Wrap trusted bytes without checking them: the hot path for stored links.
+
+        `text`, when given, must be this CID's canonical string; it saves encoding it again.
+        """
         self.buffer = buffer
+        self._text = text
 
     @classmethod
     def from_bytes(cls, b: bytes) -> CID:
@@ -134,6 +138,8 @@ class CID:
             raise CIDError(f"invalid CID {text!r}: {reason}") from None
         if (cid.version == 0) != is_v0:
             raise CIDError(f"invalid CID {text!r}: a CIDv0 is written as bare base58btc 'Qm...'")
+        if is_v0 or text[0] == "b":
+            cid._text = text  # already the canonical form str() would produce
         return cid
 
     @classmethod
@@ -184,6 +190,12 @@ class CID:
 
     def verify(self, data: bytes) -> None:
         """Check that data is the block this CID names; corrupt storage raises HashMismatch."""
+        buf = self.buffer
+        if len(buf) == 36 and buf[0] == 1 and buf[1] < 0x80 and buf[2:4] == b"\x12\x20":
+            # CIDv1, one-byte codec, sha2-256: every block we write; the hot path of `log`
+            if hashlib.sha256(data).digest() != buf[4:]:
+                raise HashMismatch(f"block {self} does not match its hash (stored bytes are corrupt)")
+            return
         code, digest = self.hash_code, self.digest
         if code == SHA2_256:
             if len(digest) != 32:
@@ -203,10 +215,13 @@ class CID:
             raise HashMismatch(f"block {self} does not match its hash (stored bytes are corrupt)")
 
     def __str__(self) -> str:
-        buf = self.buffer
-        if buf[0] == SHA2_256:
-            return _base58btc(buf)
-        return "b" + base64.b32encode(buf).decode("ascii").lower().rstrip("=")
+        if self._text is None:
+            buf = self.buffer
+            if buf[0] == SHA2_256:
+                self._text = base58.encode(buf)
+            else:
+                self._text = "b" + base64.b32encode(buf).decode("ascii").lower().rstrip("=")
+        return self._text
 
     def __repr__(self) -> str:
         return f"CID({str(self)!r})"
@@ -241,14 +256,3 @@ def _base32_decode(text: str) -> bytes | None:
     if n & ((1 << spare_bits) - 1):
         return None  # stray bits past the last byte: another text for the same bytes
     return (n >> spare_bits).to_bytes(size, "big")
-
-
-def _base58btc(b: bytes) -> str:
-    """Bare base58btc (no multibase prefix), as CIDv0 strings are written."""
-    n = int.from_bytes(b, "big")
-    chars = []
-    while n:
-        n, r = divmod(n, 58)
-        chars.append(_BASE58[r])
-    zeros = len(b) - len(b.lstrip(b"\x00"))
-    return "1" * zeros + "".join(reversed(chars))

@@ -150,7 +150,7 @@ def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None)
                 (None, c, m)
                 for c, m in porcelain.log(repo, rev, -1 if limit is None else limit, all_refs)
             )
-        out = sys.stdout
+        chunk: list[str] = []
         for lane, cid, commit_ in entries:
             text = str(cid)
             refs = f" ({', '.join(deco[text])})" if text in deco else ""
@@ -161,12 +161,17 @@ def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None)
                 if len(commit_.parents) > 1:
                     merge = "Merge: " + " ".join(short(p) for p in commit_.parents) + "\n"
                 msg = "".join(f"    {line}\n" for line in commit_.message.splitlines())
+                author = _author(commit_.author, names.get(commit_.author, "untrusted"))
                 body = (
-                    f"commit {text}{refs}\n{merge}Author: {_author(commit_.author, names.get(commit_.author, 'untrusted'))}\n"
+                    f"commit {text}{refs}\n{merge}Author: {author}\n"
                     f"Date:   {_date(commit_.time)}\n\n{msg}\n"
                 )
-            out.write(body if lane is None else lane.prefix(body))
-        out.flush()
+            chunk.append(body if lane is None else lane.prefix(body))
+            if len(chunk) >= 256:  # one write per chunk: per-entry writes cost more than the rest
+                sys.stdout.write("".join(chunk))
+                chunk.clear()
+        sys.stdout.write("".join(chunk))
+        sys.stdout.flush()
 
 
 @main.command()
@@ -182,9 +187,7 @@ def show(rev: str, fmt: str) -> None:
         cid = repo.resolve(rev)
         kind, obj = porcelain.describe_block(repo, cid)
         if fmt == "dag-json":
-            data = repo.store.get(cid)
-            node = obj.to_node() if kind != "block" else obj
-            click.echo(dagjson.encode(node) if not isinstance(node, bytes) else data.hex())
+            click.echo(dagjson.encode(obj.to_node() if kind != "block" else obj))
             return
         names = {t.key: t.name for t in repo.config.trusted}
         if kind == "commit":
@@ -238,7 +241,7 @@ def reflog(ref: str, limit: int | None) -> None:
         if not entries and repo.store.read_ref(name) is None:
             raise RefError(f"no such ref {ref!r}")
     for i, e in enumerate(entries):
-        new = (e.new or "(deleted)")[:SHORT]
+        new = "(deleted)" if e.new is None else e.new if e.new.startswith("refs/") else e.new[:SHORT]
         click.echo(f"{new} {short_name(name)}@{{{i}}}: {e.message}")
 
 
@@ -430,9 +433,10 @@ def dag_put(files, input_codec: str, store_codec: str) -> None:
     """Store each FILE (or stdin) as a node; print each CID. Non-canonical input is refused."""
     from . import porcelain
 
+    inputs = [_read_input(file) for file in files or (None,)]
     with _repo() as repo:
-        for file in files or (None,):
-            click.echo(porcelain.dag_put(repo, _read_input(file), input_codec, store_codec))
+        for cid in porcelain.dag_put(repo, inputs, input_codec, store_codec):
+            click.echo(cid)
 
 
 @dag.command("get")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +70,8 @@ def load_config(basin_dir: Path) -> Config:
 
 
 def save_config(basin_dir: Path, config: Config) -> None:
+    import tempfile
+
     path = basin_dir / CONFIG_FILE
     fd, tmp = tempfile.mkstemp(dir=basin_dir, prefix=".config-", suffix=".tmp")
     try:

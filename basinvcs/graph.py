@@ -32,32 +32,49 @@ def _row(cols: Sequence[str | None], star: int | None = None) -> str:
     ).rstrip()
 
 
+def _connector(moves: list[tuple[int, int]]) -> str:
+    """One row of edges: lane i going to lane k draws '|' (k = i), '/' (k < i) or '\\' (k > i)."""
+    width = 2 * max(max(i, k) for i, k in moves) + 2
+    row = [" "] * width
+    for i, k in moves:
+        if k == i:
+            row[2 * i] = "|"
+        elif k < i:
+            row[2 * i - 1] = "/"
+        else:
+            row[2 * i + 1] = "\\"
+    return "".join(row).rstrip()
+
+
 def layout(order: Sequence[str], parents: dict[str, list[str]]) -> Iterator[tuple[str, Lanes]]:
-    """Assign each commit a lane; yield it with the lane drawing for its entry."""
-    cols: list[str | None] = []
+    """Give each commit a lane; yield it with the drawing around its entry.
+
+    Lanes hold the commit each one is waiting for. After a commit, its lane waits for its first
+    parent (or joins the lane already waiting for it); further parents open lanes to its right.
+    """
+    cols: list[str] = []
     for cid in order:
         if cid not in cols:
-            if None in cols:
-                cols[cols.index(None)] = cid
-            else:
-                cols.append(cid)
+            cols.append(cid)
         col = cols.index(cid)
         first = _row(cols, col)
-        nxt: list[str | None] = [None if (c == cid and i != col) else c for i, c in enumerate(cols)]
         ps = parents.get(cid, [])
-        nxt[col] = ps[0] if ps else None
-        after: list[str] = []
-        for p in ps[1:]:
-            if p not in nxt:
-                nxt.insert(col + 1, p)
-                after.append(_row(nxt[: col + 1]) + "\\")
-        closed = [i for i, c in enumerate(nxt) if c is None and any(x is not None for x in nxt[i + 1 :])]
-        if closed:
-            after.append(_row(nxt[: closed[0]]) + (" /" if closed[0] else "/"))
-        while nxt and nxt[-1] is None:
-            nxt.pop()
-        nxt = [c for c in nxt if c is not None] if closed else nxt
-        yield cid, Lanes(first, _row(nxt) or " ", tuple(after))
+        waiting = [c for i, c in enumerate(cols) if i != col and c != cid]
+        nxt: list[str] = []
+        for i, c in enumerate(cols):
+            if i == col:
+                nxt += [p for p in ps if p not in waiting and p not in nxt]
+            elif c != cid and c not in nxt:
+                nxt.append(c)
+        moves = []
+        for i, c in enumerate(cols):
+            if i == col or c == cid:
+                targets = [nxt.index(p) for p in ps] if i == col else [nxt.index(ps[0])] if ps else []
+                moves += [(i, k) for k in targets]
+            else:
+                moves.append((i, nxt.index(c)))
+        after = () if all(i == k for i, k in moves) else (_connector(moves),)
+        yield cid, Lanes(first, _row(nxt) or " ", after)
         cols = nxt
 
 

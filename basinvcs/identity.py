@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import base58
 from .errors import SignatureError
 
 _ED25519_PUB = b"\xed\x01"  # multicodec varint for ed25519-pub
@@ -28,19 +29,17 @@ def basin_home() -> Path:
 
 
 def format_key(public: bytes) -> str:
-    from multiformats import multibase
-
-    return multibase.encode(_ED25519_PUB + public, "base58btc")
+    return "z" + base58.encode(_ED25519_PUB + public)
 
 
 def parse_key(text: str) -> bytes:
     """A public key from its z6Mk... form (a did:key: prefix is accepted too)."""
-    from multiformats import multibase
-
     raw = text.removeprefix("did:key:")
+    if not raw.startswith("z"):
+        raise SignatureError(f"bad public key {text!r}: expected base58btc multibase 'z6Mk...'")
     try:
-        data = multibase.decode(raw)
-    except Exception as exc:  # multiformats raises several types for bad text
+        data = base58.decode(raw[1:])
+    except ValueError as exc:
         raise SignatureError(f"bad public key {text!r}: {exc}") from None
     if len(data) != 34 or not data.startswith(_ED25519_PUB):
         raise SignatureError(f"bad public key {text!r}: not an Ed25519 public key")

@@ -80,7 +80,11 @@ def fisher_decode(top: float, codes: bytes, dim: int) -> array:
         raise SchemaError(f"Fisher codes have {len(codes)} bytes, expected {fisher_nbytes(dim)}")
     if not math.isfinite(top) or top <= 0:
         raise SchemaError(f"Fisher maximum {top} must be finite and > 0")
-    acc = int.from_bytes(codes, "big") >> (8 * len(codes) - FISHER_BITS * dim)
+    acc = int.from_bytes(codes, "big")
+    padding = 8 * len(codes) - FISHER_BITS * dim
+    if acc & ((1 << padding) - 1):
+        raise SchemaError("Fisher codes have non-zero padding bits")
+    acc >>= padding
     out = array("d", bytes(8 * dim))
     for i in range(dim - 1, -1, -1):
         code = acc & _FISHER_TOP

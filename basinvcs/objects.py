@@ -31,7 +31,7 @@ MAX_BETA = 8
 MAX_LABELS = 16
 MAX_ENTANGLEMENTS = 64
 MAX_MESSAGE_BYTES = 16384
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def packet_limit(dim: int) -> int:
@@ -66,7 +66,7 @@ def _finite(value: Any, what: str) -> float:
 
 
 def check_label(label: str) -> str:
-    if not isinstance(label, str) or not _LABEL.match(label):
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
         raise SchemaError(
             f"bad label {label!r}: use 1-64 letters, digits, '.', '_' or '-', starting alnum"
         )
@@ -178,6 +178,8 @@ class Basin:
     ) -> Basin:
         """A packet from plain floats (z = 0 when omitted), rounded as it will be stored."""
         coords = numeric.quantize(z) if z is not None else array("f", bytes(4 * chart.dim))
+        if fisher is not None and len(fisher) != chart.dim:
+            raise SchemaError(f"Fisher diagonal has {len(fisher)} values; the chart has {chart.dim}")
         raw = numeric.fisher_encode(fisher) if fisher is not None else None
         return cls._build(chart, coords, raw, beta, entanglements, labels, substrate)
 
@@ -223,13 +225,13 @@ class Basin:
 
     @classmethod
     def from_node(cls, node: Any) -> Basin:
+        _check_type(node, PACKET_TYPE)
         node = _fields(
             node,
             "basin packet",
             {"type", "version", "chart", "z", "beta", "labels", "entanglements"},
             {"fisher", "substrate"},
         )
-        _check_type(node, PACKET_TYPE)
         chart = Chart.from_node(node["chart"])
         z = numeric.float24_decode(_typed(node["z"], bytes, "z"))
         fisher_raw = None
@@ -256,11 +258,11 @@ class Basin:
 
     @classmethod
     def decode(cls, data: bytes, *, trusted: bool = False) -> Basin:
-        node = (dagcbor.decode_trusted if trusted else dagcbor.decode)(data)
-        basin = cls.from_node(node)
-        limit = packet_limit(basin.chart.dim)
-        if len(data) > limit:
-            raise SchemaError(f"basin packet is {len(data)} bytes; the limit at d={basin.chart.dim} is {limit}")
+        """A packet from its block; `trusted` skips checks for bytes validated when stored."""
+        if trusted:
+            return cls.from_node(dagcbor.decode_trusted(data))
+        basin = cls.from_node(dagcbor.decode(data))
+        _check_canonical(basin, data)  # also enforces the size limit, through encode()
         return basin
 
     def norm(self) -> float:
@@ -324,6 +326,7 @@ class Commit:
 
     @classmethod
     def from_node(cls, node: Any) -> Commit:
+        _check_type(node, COMMIT_TYPE)
         node = _fields(
             node,
             "commit",
@@ -331,7 +334,6 @@ class Commit:
              "signature"},
             {"specialize"},
         )
-        _check_type(node, COMMIT_TYPE)
         parents = tuple(_typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents"))
         signature = _typed(node["signature"], bytes, "signature")
         if len(signature) != 64:
@@ -343,24 +345,57 @@ class Commit:
             time=_typed(node["time"], int, "commit time"),
             message=_typed(node["message"], str, "commit message"),
             metrics=dict(_typed(node["metrics"], dict, "metrics")),
-            specialize=node.get("specialize"),
+            specialize=_typed(node["specialize"], str, "specialize") if "specialize" in node else None,
             signature=signature,
         )
 
     @classmethod
     def decode(cls, data: bytes, *, trusted: bool = False) -> Commit:
-        return cls.from_node((dagcbor.decode_trusted if trusted else dagcbor.decode)(data))
+        """A commit from its block; `trusted` skips checks for bytes validated when stored."""
+        if not trusted:
+            commit = cls.from_node(dagcbor.decode(data))
+            _check_canonical(commit, data)
+            return commit
+        node = dagcbor.decode_trusted(data)
+        if node.get("version") != FORMAT_VERSION or node.get("type") != COMMIT_TYPE:
+            return cls.from_node(node)  # raises the precise error
+        commit = object.__new__(cls)  # bypass __post_init__: `log` reads thousands of these
+        for name in _COMMIT_FIELDS:
+            object.__setattr__(commit, name, node.get(name))
+        object.__setattr__(commit, "parents", tuple(node["parents"]))
+        return commit
 
     def signed(self, sign) -> Commit:
         """This commit with a signature made by `sign(bytes) -> bytes`."""
         return replace(self, signature=sign(self.signing_bytes()))
 
 
-def _check_type(node: dict, expected: str) -> None:
-    if node["type"] != expected:
-        raise SchemaError(f"block is a {node['type']!r}, not a {expected!r}")
-    if node["version"] != FORMAT_VERSION:
-        raise SchemaError(f"{expected} version {node['version']!r} is not supported (this is {FORMAT_VERSION})")
+_COMMIT_FIELDS = ("basin", "author", "time", "message", "metrics", "specialize", "signature")
+
+
+def _check_type(node: Any, expected: str) -> None:
+    """Say first what a block is, so a packet passed as a commit is named as such."""
+    kind = node.get("type") if isinstance(node, dict) else None
+    if kind != expected:
+        if isinstance(kind, str):
+            raise SchemaError(f"block is a {kind!r}, not a {expected!r}")
+        raise SchemaError(f"block is not a {expected!r}: it has no 'type' field")
+    version = node.get("version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise SchemaError(f"{expected} version {version!r} is not supported (this is {FORMAT_VERSION})")
+
+
+def _check_canonical(obj: Basin | Commit, data: bytes) -> None:
+    """A block must be exactly the encoding of what it decodes to.
+
+    Otherwise one signed commit could be re-encoded (a float 1.0 for the integer 1, a null for an
+    absent field) into many blocks with different CIDs whose signatures all verify.
+    """
+    if obj.encode() != data:
+        what = "commit" if isinstance(obj, Commit) else "basin packet"
+        raise SchemaError(
+            f"{what} is not in canonical form (a value of the wrong type or a null optional field)"
+        )
 
 
 def kind_of(node: Any) -> str | None:

@@ -26,7 +26,7 @@ from .identity import (
 )
 from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
 from .refnames import HEAD, branch_ref, check_branch_name, short_name
-from .repository import Repository
+from .repository import BASIN_DIR, Repository
 
 GENESIS_BRANCH = "general"
 
@@ -41,9 +41,12 @@ def now_ms() -> int:
 def init(path: Path | str = ".", *, dim: int = 1024, seed: int = 0, name: str | None = None) -> Repository:
     """A new repository at `path`: chart fixed, genesis commit (z = 0) on `general`, identity made."""
     chart = Chart(seed=seed, dim=dim)
+    target = Path(path).resolve()
+    if (target / BASIN_DIR).exists():
+        raise RepositoryError(f"{target / BASIN_DIR} already exists: this is a repository already")
     ident, _ = load_or_create_identity(name or default_name())
     config = Config(chart, [TrustedKey(ident.public_key, ident.name, 1.0)])
-    repo = Repository.create(Path(path).resolve(), config)
+    repo = Repository.create(target, config)
     genesis = Basin.create(chart, labels=[GENESIS_BRANCH])
     with repo.store.transaction():
         basin_cid = repo.write_basin(genesis)
@@ -108,13 +111,8 @@ def commit(
                    specialize),
         )
         cid = repo.write_commit(new)
-        _advance_head(repo, cid, parent, f"commit: {message.splitlines()[0]}")
+        repo.move_head(cid, parent, f"commit: {message.splitlines()[0]}")
     return cid
-
-
-def _advance_head(repo: Repository, new: CID, old: CID, message: str) -> None:
-    ref = repo.current_branch() or HEAD
-    repo.store.update_ref(ref, str(new), str(old), message)
 
 
 def fork(repo: Repository, source: str, specialization: str, branch: str | None = None) -> CID:
@@ -308,7 +306,9 @@ def trust(repo: Repository, key: str, name: str, weight: float = 1.0) -> Trusted
 
 
 def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
-    matches = [t for t in repo.config.trusted if t.name == key_or_name or format_key(t.key) == key_or_name]
+    text = key_or_name.removeprefix("did:key:")
+    matches = [t for t in repo.config.trusted if key_or_name in (t.name, format_key(t.key))
+               or text == format_key(t.key)]
     if not matches:
         raise SignatureError(f"no trusted key named {key_or_name!r}")
     if len(matches) > 1:
@@ -335,30 +335,48 @@ def whoami() -> Identity:
 CODEC_CHOICES = {"dag-cbor": DAG_CBOR, "dag-json": DAG_JSON}
 
 
-def dag_put(repo: Repository, data: bytes, input_codec: str = "dag-json",
-            store_codec: str = "dag-cbor") -> CID:
-    """Decode strictly in `input_codec`, re-encode in `store_codec`, store, return the CID.
+def dag_put(repo: Repository, inputs: list[bytes], input_codec: str = "dag-json",
+            store_codec: str = "dag-cbor") -> list[CID]:
+    """Decode each input strictly, re-encode in `store_codec`, store all or none, return CIDs.
 
-    Non-canonical input is refused rather than silently canonicalised: a caller that sends bytes
-    should get the CID of those bytes or an error, never the CID of something else.
+    Input that is not in its codec's canonical form is refused rather than silently rewritten:
+    whoever sends bytes gets the CID of those bytes' meaning, stated exactly once.
     """
-    node = _decode(data, input_codec)
-    encoded = _encode(node, store_codec)
-    return repo.store.put(encoded, CODEC_CHOICES[store_codec])
+    encoded = []
+    for i, data in enumerate(inputs):
+        node = _decode(data, input_codec)
+        canonical = _encode(node, input_codec)
+        if data != canonical and not (input_codec == "dag-json" and data.rstrip(b"\n") == canonical):
+            where = f"input {i + 1}: " if len(inputs) > 1 else ""
+            raise CodecError(f"{where}non-canonical {input_codec.upper()}: it encodes as {len(canonical)} "
+                             f"bytes, not the {len(data)} given (key order, spacing or number form)")
+        encoded.append(_encode(node, store_codec))
+    with repo.store.transaction():
+        return [repo.store.put(data, CODEC_CHOICES[store_codec]) for data in encoded]
 
 
 def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> bytes:
-    """The node at `CID[/path...]`, following links, encoded in `output_codec`."""
-    root, *parts = [p for p in path.split("/") if p] or [""]
+    """The node at `ROOT[/path...]`, following links (the last one too, as `ipfs dag get` does).
+
+    ROOT is a CID or revision; `refs/...` roots take as many components as name an existing ref.
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise BasinError("empty DAG path")
+    take = 1
+    if parts[0] == "refs":
+        take = next((n for n in range(2, len(parts) + 1)
+                     if repo.store.read_ref("/".join(parts[:n])) is not None), 1)
+    root, rest = "/".join(parts[:take]), parts[take:]
     node = _load_node(repo, repo.resolve(root))
-    for i, part in enumerate(parts):
+    for i, part in enumerate(rest):
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            raise BasinError(f"no link named {'/'.join(parts[: i + 1])!r} under {root}")
-        if isinstance(node, CID) and i < len(parts) - 1:
+            raise BasinError(f"no link named {'/'.join(rest[: i + 1])!r} under {root}")
+        if isinstance(node, CID):
             node = _load_node(repo, node)
     return _encode(node, output_codec)
 
@@ -382,10 +400,9 @@ def _encode(node, codec: str) -> bytes:
 
 def describe_block(repo: Repository, cid: CID) -> tuple[str, object]:
     """What a stored block is: ('commit', Commit), ('basin', Basin) or ('block', node or bytes)."""
-    data = repo.store.get(cid)
-    if cid.codec != DAG_CBOR:
-        return "block", data
-    node = dagcbor.decode_trusted(data)
+    if cid.codec not in (DAG_CBOR, DAG_JSON):
+        return "block", repo.store.get(cid)
+    node = _load_node(repo, cid)
     kind = kind_of(node)
     if kind == COMMIT_TYPE:
         return "commit", Commit.from_node(node)

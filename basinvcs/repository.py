@@ -25,35 +25,32 @@ _REV_SUFFIX = re.compile(r"(\^\d*|~\d*)$")
 MIN_PREFIX = 8
 
 
-def find_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above `start` (or $BASIN_DIR's parent) holding `.basin/`."""
+def find_basin_dir(start: Path | None = None) -> Path:
+    """$BASIN_DIR if set, else the nearest `.basin/` at or above `start` (default: cwd)."""
     if env := os.environ.get("BASIN_DIR"):
-        return Path(env).resolve().parent
+        return Path(env).resolve()
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / BASIN_DIR).is_dir():
-            return candidate
+            return candidate / BASIN_DIR
     raise RepositoryError(f"not a basin repository (or any parent up to /): {here}")
 
 
 class Repository:
     """Objects, refs and config of one repository."""
 
-    def __init__(self, root: Path, store: SQLiteStore, config: Config):
-        self.root = root
+    def __init__(self, basin_dir: Path, store: SQLiteStore, config: Config):
+        self.basin_dir = basin_dir
         self.store = store
         self.config = config
 
-    @property
-    def basin_dir(self) -> Path:
-        return self.root / BASIN_DIR
-
     @classmethod
     def open(cls, path: Path | str | None = None) -> Repository:
-        root = find_root(Path(path) if path is not None else None)
-        basin_dir = root / BASIN_DIR
+        basin_dir = find_basin_dir(Path(path) if path is not None else None)
+        if not (basin_dir / DB_FILE).is_file():
+            raise RepositoryError(f"{basin_dir} is not a basin repository: it has no {DB_FILE}")
         store = SQLiteStore.open(basin_dir / DB_FILE)
-        return cls(root, store, load_config(basin_dir))
+        return cls(basin_dir, store, load_config(basin_dir))
 
     @classmethod
     def create(cls, root: Path, config: Config) -> Repository:
@@ -69,7 +66,7 @@ class Repository:
                 leftover.unlink()
             basin_dir.rmdir()
             raise
-        return cls(root, store, config)
+        return cls(basin_dir, store, config)
 
     def close(self) -> None:
         self.store.close()
@@ -191,6 +188,14 @@ class Repository:
             if len(found) > 1:
                 raise RefError(f"revision {rev!r} is ambiguous: more than one CID starts with it")
         raise RefError(f"unknown revision {rev!r}: not a branch, ref or CID in this repository")
+
+    def move_head(self, new: CID, old: CID, message: str) -> None:
+        """Advance what HEAD points at (its branch, or HEAD itself when detached), logging both."""
+        branch = self.current_branch()
+        with self.store.transaction():
+            self.store.update_ref(branch or HEAD, str(new), str(old), message)
+            if branch:
+                self.store.append_reflog(HEAD, str(old), str(new), message)
 
     def create_branch(self, name: str, target: CID, message: str) -> None:
         check_branch_name(name)

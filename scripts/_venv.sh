@@ -5,5 +5,7 @@ ensure_venv() {
     if [ ! -x .venv/bin/python ]; then
         "${PYTHON:-python3}" -m venv .venv
     fi
-    .venv/bin/pip install --quiet --disable-pip-version-check -e ".${extras}"
+    # compat mode: a plain path entry instead of an import hook, ~15 ms off every `basin` start
+    .venv/bin/pip install --quiet --disable-pip-version-check \
+        --config-settings editable_mode=compat -e ".${extras}"
 }

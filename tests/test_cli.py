@@ -116,7 +116,7 @@ def test_commit_bad_packets(repo_dir, cli, tmp_path):
     cases = {
         "malformed": (b"\xa1\x61", "invalid DAG-CBOR"),
         "noncanonical": (bytes.fromhex("a2616202616101"), "DAG-CBOR"),
-        "not-a-packet": (bytes.fromhex("a0"), "lacks field"),
+        "not-a-packet": (bytes.fromhex("a0"), "not a 'basin/packet'"),
         "wrong-dim": (Basin.create(Chart(seed=7, dim=32), [0.5] * 32).encode(),
                       "differs from the repository"),
         "other-seed": (Basin.create(Chart(seed=8, dim=DIM), [0.5] * DIM).encode(), "differs"),
@@ -259,3 +259,68 @@ def test_reflog_records_every_move(repo_dir, cli):
     assert [ln.split(" ", 1)[1] for ln in lines] == ["general@{0}: commit: a", "general@{1}: init: genesis"]
     assert "HEAD@{0}: fork: switch to law" in cli("reflog").output
     cli.fails("reflog", "nope")
+
+
+def test_head_reflog_records_commits_on_its_branch(repo_dir, cli):
+    cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a")
+    head = cli("reflog").output.splitlines()
+    assert head[0].endswith("HEAD@{0}: commit: a") and head[-1] == "refs/heads/general HEAD@{1}: init"
+
+
+def test_log_graph_joins_lanes(repo_dir, cli):
+    cli("fork", "general", "--specialize", "medicine")
+    cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "med")
+    cli("fork", "general", "--specialize", "law")
+    rows = [ln.split(" bafy")[0] if "bafy" in ln else ln
+            for ln in cli("log", "--graph", "--oneline", "--all").output.splitlines()]
+    assert rows == ["*", "| *", "| *", "|/", "*"]  # law fork; med, med fork; join; genesis
+
+
+def test_dag_put_refuses_non_canonical_dag_json(repo_dir, cli):
+    refuses_without_change(cli, repo_dir, "dag", "put", input='{"n":1, "a":2}',
+                           match="non-canonical DAG-JSON")
+    refuses_without_change(cli, repo_dir, "dag", "put", input='{"n":1,"a":2}')
+    assert cli("dag", "put", input='{"a":2,"n":1}\n').output.startswith("bafyrei")
+
+
+def test_dag_put_of_several_inputs_is_all_or_nothing(repo_dir, cli, tmp_path):
+    (tmp_path / "good").write_text('{"a":1}')
+    (tmp_path / "bad").write_text("{nope")
+    refuses_without_change(cli, repo_dir, "dag", "put", str(tmp_path / "good"), str(tmp_path / "bad"))
+
+
+def test_dag_get_follows_the_last_link_and_refs_roots(repo_dir, cli):
+    basin = json.loads(cli("dag", "get", "HEAD/basin").output)
+    assert basin["type"] == "basin/packet"
+    assert json.loads(cli("dag", "get", "refs/heads/general/basin/chart/dim").output) == DIM
+
+
+def test_show_dag_json_of_a_raw_block(repo_dir, cli):
+    cid = cli("block", "put", input=b"hi").output.strip()
+    assert json.loads(cli("show", cid, "--format", "dag-json").output) == {"/": {"bytes": "aGk"}}
+
+
+def test_basin_dir_names_the_repository_directory(repo_dir, cli, tmp_path, monkeypatch):
+    custom = tmp_path / "elsewhere" / "custom"
+    (repo_dir / ".basin").rename(custom.parent.mkdir() or custom)
+    monkeypatch.setenv("BASIN_DIR", str(custom))
+    monkeypatch.chdir(tmp_path)
+    assert "genesis" in cli("log", "--oneline").output
+
+
+def test_failed_init_leaves_no_identity_behind(repo_dir, cli, basin_home):
+    (basin_home / "identity.json").unlink()
+    refuses_without_change(cli, repo_dir, "init", ".")
+    assert not (basin_home / "identity.json").exists()
+
+
+def test_key_remove_accepts_did_key(repo_dir, cli):
+    key = cli("key").output.split("<")[1].strip().rstrip(">")
+    cli("key", "remove", "did:key:" + key)
+    assert key not in cli("key", "list").output
+
+
+def test_fork_from_a_packet_says_it_is_a_packet(repo_dir, cli):
+    basin = json.loads(cli("dag", "get", "HEAD").output)["basin"]["/"]
+    result = refuses_without_change(cli, repo_dir, "fork", basin, "--specialize", "x")
+    assert "is a 'basin/packet', not a 'basin/commit'" in result.stderr

@@ -56,3 +56,9 @@ def test_fisher_refuses_bad_values():
         numeric.fisher_encode([0.0, 0.0])
     with pytest.raises(SchemaError, match="expected"):
         numeric.fisher_decode(1.0, b"\0", 10)
+
+
+def test_fisher_padding_bits_must_be_zero():
+    top, codes = numeric.fisher_encode([1.0, 0.5, 0.25])  # 15 bits in 2 bytes: 1 bit of padding
+    with pytest.raises(SchemaError, match="padding"):
+        numeric.fisher_decode(top, codes[:-1] + bytes([codes[-1] | 1]), 3)

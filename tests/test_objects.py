@@ -119,3 +119,47 @@ def test_bad_commits_are_refused(kw, message):
 def test_unsigned_commit_cannot_be_encoded():
     with pytest.raises(SchemaError, match="not signed"):
         _commit().encode()
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda n: n.update(version=1.0),
+        lambda n: n.update(version=True),
+        lambda n: n.update(specialize=None),
+        lambda n: n.update(time=float(n["time"])),
+    ],
+)
+def test_a_signed_commit_cannot_be_re_encoded_under_another_cid(mutate):
+    from basinvcs.identity import load_or_create_identity
+
+    ident, _ = load_or_create_identity("ada")
+    c = _commit(author=ident.public_key).signed(ident.sign)
+    node = c.to_node()
+    mutate(node)
+    with pytest.raises(SchemaError):
+        Commit.decode(dagcbor.encode(node))
+
+
+def test_packet_variants_that_re_encode_differently_are_refused():
+    node = packet(2).to_node()
+    node["version"] = True
+    with pytest.raises(SchemaError, match="version True is not supported"):
+        Basin.decode(dagcbor.encode(node))
+
+
+def test_a_packet_passed_as_a_commit_is_named_as_such():
+    with pytest.raises(SchemaError, match="block is a 'basin/packet', not a 'basin/commit'"):
+        Commit.decode(packet(1).encode())
+
+
+def test_labels_are_matched_whole():
+    from basinvcs.objects import check_label
+
+    with pytest.raises(SchemaError, match="bad label"):
+        check_label("general\n")
+
+
+def test_fisher_must_match_the_chart():
+    with pytest.raises(SchemaError, match="Fisher diagonal has 7 values; the chart has 8"):
+        Basin.create(Chart(dim=8), fisher=[1.0] * 7)

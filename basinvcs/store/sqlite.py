@@ -20,6 +20,7 @@ from ..refnames import check_ref_name
 from .base import BlockStore, check_block
 
 SCHEMA_VERSION = 1
+_TABLES = ("blocks", "refs", "reflog", "commits", "commit_parents")
 _SCHEMA = """
 CREATE TABLE blocks (cid TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE refs (name TEXT PRIMARY KEY, target TEXT NOT NULL, symbolic INTEGER NOT NULL);
@@ -94,7 +95,7 @@ class SQLiteStore(BlockStore):
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
             raise RepositoryError(f"corrupt repository database {path}: {exc}") from None
-        if version != SCHEMA_VERSION or not {"blocks", "refs", "reflog", "commits"} <= tables:
+        if version != SCHEMA_VERSION or not set(_TABLES) <= tables:
             raise RepositoryError(
                 f"corrupt repository database {path}: schema version {version}, "
                 f"tables {sorted(tables)}"
@@ -179,7 +180,6 @@ class SQLiteStore(BlockStore):
         sql = _WALK.format(heads=",".join("?" * len(heads)))
         for text, data in self._exec(sql, [*map(str, heads), limit]):
             cid = CID.parse(text)
-            data = bytes(data)
             cid.verify(data)
             yield cid, data
 
@@ -235,10 +235,13 @@ class SQLiteStore(BlockStore):
                     "INSERT OR REPLACE INTO refs (name, target, symbolic) VALUES (?, ?, ?)",
                     (name, new, int(symbolic)),
                 )
-            self._exec(
-                "INSERT INTO reflog (name, old, new, time, message) VALUES (?, ?, ?, ?, ?)",
-                (name, expected, new, int(time.time() * 1000), message),
-            )
+            self.append_reflog(name, expected, new, message)
+
+    def append_reflog(self, name: str, old: str | None, new: str | None, message: str) -> None:
+        self._exec(
+            "INSERT INTO reflog (name, old, new, time, message) VALUES (?, ?, ?, ?, ?)",
+            (name, old, new, int(time.time() * 1000), message),
+        )
 
     def reflog(self, name: str, limit: int = -1) -> list[ReflogEntry]:
         rows = self._exec(
