@@ -194,7 +194,9 @@ class CID:
         if len(buf) == 36 and buf[0] == 1 and buf[1] < 0x80 and buf[2:4] == b"\x12\x20":
             # CIDv1, one-byte codec, sha2-256: every block we write; the hot path of `log`
             if hashlib.sha256(data).digest() != buf[4:]:
-                raise HashMismatch(f"block {self} does not match its hash (stored bytes are corrupt)")
+                raise HashMismatch(
+                    f"block {self} does not match its hash (stored bytes are corrupt)"
+                )
             return
         code, digest = self.hash_code, self.digest
         if code == SHA2_256:

@@ -34,7 +34,9 @@ class BasinGroup(click.Group):
 
 
 @click.group(cls=BasinGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "chdir", type=click.Path(file_okay=False), help="Run as if started in this directory.")
+@click.option(
+    "-C", "chdir", type=click.Path(file_okay=False), help="Run as if started in this directory."
+)
 @click.version_option(package_name="basinvcs")
 def main(chdir: str | None) -> None:
     """basin: version control for basins, small signed packets of what a model learned."""
@@ -71,10 +73,20 @@ def _author(key: bytes, name: str) -> str:
 
 @main.command()
 @click.argument("path", default=".", type=click.Path(file_okay=False))
-@click.option("--dim", default=1024, show_default=True, type=click.IntRange(1, 1 << 16),
-              help="Chart dimension d: how many coordinates a basin has.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, (1 << 64) - 1),
-              help="Chart seed: repositories share coordinates only with the same seed.")
+@click.option(
+    "--dim",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1, 1 << 16),
+    help="Chart dimension d: how many coordinates a basin has.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, (1 << 64) - 1),
+    help="Chart seed: repositories share coordinates only with the same seed.",
+)
 @click.option("--name", help="Your name, used if a new identity is created.")
 def init(path: str, dim: int, seed: int, name: str | None) -> None:
     """Create a repository: chart, genesis commit on `general`, identity key."""
@@ -93,8 +105,13 @@ def init(path: str, dim: int, seed: int, name: str | None) -> None:
 
 
 @main.command()
-@click.option("--packet", "packet_file", type=click.File("rb"), required=True,
-              help="A basin packet, DAG-CBOR or DAG-JSON ('-' for stdin).")
+@click.option(
+    "--packet",
+    "packet_file",
+    type=click.File("rb"),
+    required=True,
+    help="A basin packet, DAG-CBOR or DAG-JSON ('-' for stdin).",
+)
 @click.option("-m", "--message", required=True, help="What this basin is.")
 @click.option("--allow-empty", is_flag=True, help="Commit even if the basin equals HEAD's.")
 def commit(packet_file, message: str, allow_empty: bool) -> None:
@@ -132,8 +149,14 @@ def fork(source: str, specialize: str, branch: str | None) -> None:
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("--graph", is_flag=True, help="Draw the commit graph (topological order).")
 @click.option("--all", "all_refs", is_flag=True, help="Start from every branch, not just REV.")
-@click.option("-n", "--max-count", "limit", type=click.IntRange(0), default=None,
-              help="Show at most N commits.")
+@click.option(
+    "-n",
+    "--max-count",
+    "limit",
+    type=click.IntRange(0),
+    default=None,
+    help="Show at most N commits.",
+)
 def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None) -> None:
     """Show the history of REV (default HEAD), newest first."""
     from . import porcelain
@@ -176,8 +199,9 @@ def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None)
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("--format", "fmt", type=click.Choice(["text", "dag-json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "dag-json"]), default="text", show_default=True
+)
 def show(rev: str, fmt: str) -> None:
     """Show a commit and its basin (or any stored block)."""
     from . import porcelain
@@ -220,7 +244,9 @@ def _show_basin(basin, size: int) -> None:
     click.echo(f"  chart:      {basin.chart}")
     click.echo(f"  substrate:  {basin.substrate.name if basin.substrate else '(none)'}")
     click.echo(f"  labels:     {', '.join(basin.labels) or '(none)'}")
-    click.echo(f"  |z|:        {basin.norm():.6g} ({nonzero} of {basin.chart.dim} coordinates nonzero)")
+    click.echo(
+        f"  |z|:        {basin.norm():.6g} ({nonzero} of {basin.chart.dim} coordinates nonzero)"
+    )
     click.echo(f"  fisher:     {'yes' if basin.fisher is not None else 'no (identity metric)'}")
     click.echo(f"  beta:       {', '.join(f'{b:g}' for b in basin.beta)}")
     for e in basin.entanglements:
@@ -241,7 +267,9 @@ def reflog(ref: str, limit: int | None) -> None:
         if not entries and repo.store.read_ref(name) is None:
             raise RefError(f"no such ref {ref!r}")
     for i, e in enumerate(entries):
-        new = "(deleted)" if e.new is None else e.new if e.new.startswith("refs/") else e.new[:SHORT]
+        new = (
+            "(deleted)" if e.new is None else e.new if e.new.startswith("refs/") else e.new[:SHORT]
+        )
         click.echo(f"{new} {short_name(name)}@{{{i}}}: {e.message}")
 
 
@@ -335,7 +363,9 @@ def key_generate(name: str | None) -> None:
 
     ident, made = porcelain.generate_identity(name)
     verb = "created" if made else "exists already"
-    click.echo(f"identity {verb}: {ident.name} <{format_key(ident.public_key)}> ({identity_path()})")
+    click.echo(
+        f"identity {verb}: {ident.name} <{format_key(ident.public_key)}> ({identity_path()})"
+    )
 
 
 @key.command("list")
@@ -351,7 +381,9 @@ def key_list() -> None:
 @key.command("add")
 @click.argument("public_key")
 @click.option("--name", required=True, help="Who this key belongs to.")
-@click.option("--weight", default=1.0, show_default=True, type=float, help="Trust weight in merges.")
+@click.option(
+    "--weight", default=1.0, show_default=True, type=float, help="Trust weight in merges."
+)
 def key_add(public_key: str, name: str, weight: float) -> None:
     """Trust PUBLIC_KEY (z6Mk... or did:key:z6Mk...)."""
     from . import porcelain
@@ -386,8 +418,12 @@ def block() -> None:
 
 @block.command("put")
 @click.argument("file", type=click.File("rb"), required=False)
-@click.option("--cid-codec", type=click.Choice(["raw", "dag-cbor", "dag-json"]), default="raw",
-              show_default=True)
+@click.option(
+    "--cid-codec",
+    type=click.Choice(["raw", "dag-cbor", "dag-json"]),
+    default="raw",
+    show_default=True,
+)
 def block_put(file, cid_codec: str) -> None:
     """Store FILE (or stdin) as one block and print its CID (DAG codecs are checked strictly)."""
     from .cid import CODECS
@@ -425,10 +461,18 @@ def dag() -> None:
 
 @dag.command("put")
 @click.argument("files", type=click.File("rb"), nargs=-1)
-@click.option("--input-codec", type=click.Choice(["dag-json", "dag-cbor"]), default="dag-json",
-              show_default=True)
-@click.option("--store-codec", type=click.Choice(["dag-cbor", "dag-json"]), default="dag-cbor",
-              show_default=True)
+@click.option(
+    "--input-codec",
+    type=click.Choice(["dag-json", "dag-cbor"]),
+    default="dag-json",
+    show_default=True,
+)
+@click.option(
+    "--store-codec",
+    type=click.Choice(["dag-cbor", "dag-json"]),
+    default="dag-cbor",
+    show_default=True,
+)
 def dag_put(files, input_codec: str, store_codec: str) -> None:
     """Store each FILE (or stdin) as a node; print each CID. Non-canonical input is refused."""
     from . import porcelain
@@ -441,8 +485,12 @@ def dag_put(files, input_codec: str, store_codec: str) -> None:
 
 @dag.command("get")
 @click.argument("path")
-@click.option("--output-codec", type=click.Choice(["dag-json", "dag-cbor"]), default="dag-json",
-              show_default=True)
+@click.option(
+    "--output-codec",
+    type=click.Choice(["dag-json", "dag-cbor"]),
+    default="dag-json",
+    show_default=True,
+)
 def dag_get(path: str, output_codec: str) -> None:
     """Print the node at CID[/path] (links are followed)."""
     from . import porcelain

@@ -1,4 +1,4 @@
-"""`basin log --graph`: history in topological order with ASCII lanes, as `git log --graph` draws."""
+"""`basin log --graph`: history in topological order with ASCII lanes, as git draws it."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ class Lanes:
     def prefix(self, body: str) -> str:
         lines = body.splitlines(keepends=True) or ["\n"]
         out = [self.first + " " + lines[0]]
-        out += [(self.rest + " " + line) if line.strip() else self.rest + "\n" for line in lines[1:]]
+        out += [
+            (self.rest + " " + line) if line.strip() else self.rest + "\n" for line in lines[1:]
+        ]
         out += [row + "\n" for row in self.after]
         return "".join(out)
 
@@ -69,7 +71,9 @@ def layout(order: Sequence[str], parents: dict[str, list[str]]) -> Iterator[tupl
         moves = []
         for i, c in enumerate(cols):
             if i == col or c == cid:
-                targets = [nxt.index(p) for p in ps] if i == col else [nxt.index(ps[0])] if ps else []
+                targets = (
+                    [nxt.index(p) for p in ps] if i == col else [nxt.index(ps[0])] if ps else []
+                )
                 moves += [(i, k) for k in targets]
             else:
                 moves.append((i, nxt.index(c)))
@@ -78,7 +82,9 @@ def layout(order: Sequence[str], parents: dict[str, list[str]]) -> Iterator[tupl
         cols = nxt
 
 
-def graph_log(repo, rev: str, limit: int | None, all_refs: bool = False) -> Iterator[tuple[Lanes, CID, Commit]]:
+def graph_log(
+    repo, rev: str, limit: int | None, all_refs: bool = False
+) -> Iterator[tuple[Lanes, CID, Commit]]:
     heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
     graph = commit_graph(repo.store)
     order = topo_order(graph, heads, repo.store.indexed_commits())

@@ -1,7 +1,7 @@
 """The user's Ed25519 identity and the textual form of public keys.
 
 The identity lives in the user's config directory (``BASIN_HOME``, else ``$XDG_CONFIG_HOME/basin``,
-else ``~/.config/basin``), never inside a repository, so pushing or copying a repository cannot leak it.
+else ``~/.config/basin``), never inside a repository, so pushing or copying one cannot leak it.
 Public keys print as multibase base58btc of the multicodec ``ed25519-pub`` key (``z6Mk...``), the
 form did:key uses, so they are recognisable and self-describing.
 """
@@ -66,7 +66,8 @@ class Identity:
 
 
 def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
-    from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
+    from nacl.exceptions import BadSignatureError
+    from nacl.exceptions import ValueError as NaclValueError
     from nacl.signing import VerifyKey
 
     try:

@@ -47,7 +47,9 @@ def float24_decode(data: bytes) -> array:
     """float24 bytes to float32 values (exact); NaN or infinity patterns are refused."""
     if len(data) % 3:
         raise SchemaError(f"float24 vector has {len(data)} bytes, not a multiple of 3")
-    words = array("I", (int.from_bytes(data[i : i + 3], "big") << 8 for i in range(0, len(data), 3)))
+    words = array(
+        "I", (int.from_bytes(data[i : i + 3], "big") << 8 for i in range(0, len(data), 3))
+    )
     for i, u in enumerate(words):
         if (u >> 16) & _EXP_MASK == _EXP_MASK:
             raise SchemaError(f"coordinate {i} is not finite")

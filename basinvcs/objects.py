@@ -179,14 +179,18 @@ class Basin:
         """A packet from plain floats (z = 0 when omitted), rounded as it will be stored."""
         coords = numeric.quantize(z) if z is not None else array("f", bytes(4 * chart.dim))
         if fisher is not None and len(fisher) != chart.dim:
-            raise SchemaError(f"Fisher diagonal has {len(fisher)} values; the chart has {chart.dim}")
+            raise SchemaError(
+                f"Fisher diagonal has {len(fisher)} values; the chart has {chart.dim}"
+            )
         raw = numeric.fisher_encode(fisher) if fisher is not None else None
         return cls._build(chart, coords, raw, beta, entanglements, labels, substrate)
 
     @classmethod
     def _build(cls, chart, z, fisher_raw, beta, entanglements, labels, substrate) -> Basin:
         if len(z) != chart.dim:
-            raise SchemaError(f"basin has {len(z)} coordinates but its chart has dimension {chart.dim}")
+            raise SchemaError(
+                f"basin has {len(z)} coordinates but its chart has dimension {chart.dim}"
+            )
         fisher = None
         if fisher_raw is not None:
             fisher = numeric.fisher_decode(fisher_raw[0], fisher_raw[1], chart.dim)
@@ -203,7 +207,12 @@ class Basin:
 
     def with_labels(self, labels: Sequence[str]) -> Basin:
         return self._build(
-            self.chart, self.z, self._fisher_raw, self.beta, self.entanglements, labels,
+            self.chart,
+            self.z,
+            self._fisher_raw,
+            self.beta,
+            self.entanglements,
+            labels,
             self.substrate,
         )
 
@@ -237,14 +246,20 @@ class Basin:
         fisher_raw = None
         if "fisher" in node:
             f = _fields(node["fisher"], "fisher", {"max", "codes"})
-            fisher_raw = (_finite(f["max"], "fisher max"), _typed(f["codes"], bytes, "fisher codes"))
+            fisher_raw = (
+                _finite(f["max"], "fisher max"),
+                _typed(f["codes"], bytes, "fisher codes"),
+            )
         substrate = SubstrateRef.from_node(node["substrate"]) if "substrate" in node else None
         return cls._build(
             chart,
             z,
             fisher_raw,
             _typed(node["beta"], list, "beta"),
-            [Entanglement.from_node(e) for e in _typed(node["entanglements"], list, "entanglements")],
+            [
+                Entanglement.from_node(e)
+                for e in _typed(node["entanglements"], list, "entanglements")
+            ],
             _typed(node["labels"], list, "labels"),
             substrate,
         )
@@ -253,7 +268,9 @@ class Basin:
         data = dagcbor.encode(self.to_node())
         limit = packet_limit(self.chart.dim)
         if len(data) > limit:
-            raise SchemaError(f"basin packet is {len(data)} bytes; the limit at d={self.chart.dim} is {limit}")
+            raise SchemaError(
+                f"basin packet is {len(data)} bytes; the limit at d={self.chart.dim} is {limit}"
+            )
         return data
 
     @classmethod
@@ -330,11 +347,22 @@ class Commit:
         node = _fields(
             node,
             "commit",
-            {"type", "version", "basin", "parents", "author", "time", "message", "metrics",
-             "signature"},
+            {
+                "type",
+                "version",
+                "basin",
+                "parents",
+                "author",
+                "time",
+                "message",
+                "metrics",
+                "signature",
+            },
             {"specialize"},
         )
-        parents = tuple(_typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents"))
+        parents = tuple(
+            _typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents")
+        )
         signature = _typed(node["signature"], bytes, "signature")
         if len(signature) != 64:
             raise SchemaError(f"commit signature has {len(signature)} bytes, not 64")
@@ -345,7 +373,9 @@ class Commit:
             time=_typed(node["time"], int, "commit time"),
             message=_typed(node["message"], str, "commit message"),
             metrics=dict(_typed(node["metrics"], dict, "metrics")),
-            specialize=_typed(node["specialize"], str, "specialize") if "specialize" in node else None,
+            specialize=_typed(node["specialize"], str, "specialize")
+            if "specialize" in node
+            else None,
             signature=signature,
         )
 
@@ -382,7 +412,9 @@ def _check_type(node: Any, expected: str) -> None:
         raise SchemaError(f"block is not a {expected!r}: it has no 'type' field")
     version = node.get("version")
     if type(version) is not int or version != FORMAT_VERSION:
-        raise SchemaError(f"{expected} version {version!r} is not supported (this is {FORMAT_VERSION})")
+        raise SchemaError(
+            f"{expected} version {version!r} is not supported (this is {FORMAT_VERSION})"
+        )
 
 
 def _check_canonical(obj: Basin | Commit, data: bytes) -> None:

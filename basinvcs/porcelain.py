@@ -38,8 +38,10 @@ def now_ms() -> int:
 # -- init ---------------------------------------------------------------------------------------
 
 
-def init(path: Path | str = ".", *, dim: int = 1024, seed: int = 0, name: str | None = None) -> Repository:
-    """A new repository at `path`: chart fixed, genesis commit (z = 0) on `general`, identity made."""
+def init(
+    path: Path | str = ".", *, dim: int = 1024, seed: int = 0, name: str | None = None
+) -> Repository:
+    """A new repository at `path`: its chart, genesis (z = 0) on `general`, an identity."""
     chart = Chart(seed=seed, dim=dim)
     target = Path(path).resolve()
     if (target / BASIN_DIR).exists():
@@ -107,8 +109,9 @@ def commit(
             raise BasinError("nothing to commit: the basin is the same as HEAD's")
         new = _sign(
             ident,
-            Commit(basin_cid, (parent,), ident.public_key, now_ms(), message, metrics or {},
-                   specialize),
+            Commit(
+                basin_cid, (parent,), ident.public_key, now_ms(), message, metrics or {}, specialize
+            ),
         )
         cid = repo.write_commit(new)
         repo.move_head(cid, parent, f"commit: {message.splitlines()[0]}")
@@ -136,8 +139,9 @@ def fork(repo: Repository, source: str, specialization: str, branch: str | None 
         cid = repo.write_commit(new)
         repo.create_branch(name, cid, f"fork: from {source}")
         old_head = repo.head()
-        repo.store.update_ref(HEAD, branch_ref(name), old_head.target, f"fork: switch to {name}",
-                              symbolic=True)
+        repo.store.update_ref(
+            HEAD, branch_ref(name), old_head.target, f"fork: switch to {name}", symbolic=True
+        )
     return cid
 
 
@@ -147,7 +151,7 @@ def fork(repo: Repository, source: str, specialization: str, branch: str | None 
 def log(
     repo: Repository, rev: str = HEAD, limit: int = -1, all_refs: bool = False
 ) -> Iterator[tuple[CID, Commit]]:
-    """Commits reachable from `rev` (or every branch), newest first, each block re-hashed as read."""
+    """Commits reachable from `rev` (or every branch), newest first, each block re-hashed."""
     heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
     for cid, data in repo.store.walk_commits(heads, limit):
         yield cid, Commit.decode(data, trusted=True)
@@ -307,8 +311,11 @@ def trust(repo: Repository, key: str, name: str, weight: float = 1.0) -> Trusted
 
 def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
     text = key_or_name.removeprefix("did:key:")
-    matches = [t for t in repo.config.trusted if key_or_name in (t.name, format_key(t.key))
-               or text == format_key(t.key)]
+    matches = [
+        t
+        for t in repo.config.trusted
+        if key_or_name in (t.name, format_key(t.key)) or text == format_key(t.key)
+    ]
     if not matches:
         raise SignatureError(f"no trusted key named {key_or_name!r}")
     if len(matches) > 1:
@@ -335,8 +342,12 @@ def whoami() -> Identity:
 CODEC_CHOICES = {"dag-cbor": DAG_CBOR, "dag-json": DAG_JSON}
 
 
-def dag_put(repo: Repository, inputs: list[bytes], input_codec: str = "dag-json",
-            store_codec: str = "dag-cbor") -> list[CID]:
+def dag_put(
+    repo: Repository,
+    inputs: list[bytes],
+    input_codec: str = "dag-json",
+    store_codec: str = "dag-cbor",
+) -> list[CID]:
     """Decode each input strictly, re-encode in `store_codec`, store all or none, return CIDs.
 
     Input that is not in its codec's canonical form is refused rather than silently rewritten:
@@ -346,10 +357,14 @@ def dag_put(repo: Repository, inputs: list[bytes], input_codec: str = "dag-json"
     for i, data in enumerate(inputs):
         node = _decode(data, input_codec)
         canonical = _encode(node, input_codec)
-        if data != canonical and not (input_codec == "dag-json" and data.rstrip(b"\n") == canonical):
+        if data != canonical and not (
+            input_codec == "dag-json" and data.rstrip(b"\n") == canonical
+        ):
             where = f"input {i + 1}: " if len(inputs) > 1 else ""
-            raise CodecError(f"{where}non-canonical {input_codec.upper()}: it encodes as {len(canonical)} "
-                             f"bytes, not the {len(data)} given (key order, spacing or number form)")
+            raise CodecError(
+                f"{where}non-canonical {input_codec.upper()}: it encodes as {len(canonical)} "
+                f"bytes, not the {len(data)} given (key order, spacing or number form)"
+            )
         encoded.append(_encode(node, store_codec))
     with repo.store.transaction():
         return [repo.store.put(data, CODEC_CHOICES[store_codec]) for data in encoded]
@@ -365,8 +380,14 @@ def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> byte
         raise BasinError("empty DAG path")
     take = 1
     if parts[0] == "refs":
-        take = next((n for n in range(2, len(parts) + 1)
-                     if repo.store.read_ref("/".join(parts[:n])) is not None), 1)
+        take = next(
+            (
+                n
+                for n in range(2, len(parts) + 1)
+                if repo.store.read_ref("/".join(parts[:n])) is not None
+            ),
+            1,
+        )
     root, rest = "/".join(parts[:take]), parts[take:]
     node = _load_node(repo, repo.resolve(root))
     for i, part in enumerate(rest):

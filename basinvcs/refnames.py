@@ -64,4 +64,4 @@ def branch_ref(name: str) -> str:
 
 def short_name(ref: str) -> str:
     """`refs/heads/x` -> `x`; other refs unchanged."""
-    return ref[len(HEADS):] if ref.startswith(HEADS) else ref
+    return ref[len(HEADS) :] if ref.startswith(HEADS) else ref

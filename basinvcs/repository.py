@@ -142,10 +142,10 @@ class Repository:
         return CID.parse(ref.target) if ref else None
 
     def branches(self) -> list[tuple[str, CID]]:
-        return [(r.name[len(HEADS):], CID.parse(r.target)) for r in self.store.list_refs(HEADS)]
+        return [(r.name[len(HEADS) :], CID.parse(r.target)) for r in self.store.list_refs(HEADS)]
 
     def resolve(self, rev: str) -> CID:
-        """A revision to a CID: HEAD, a branch, a full ref, a CID or a unique CID prefix, with ~N / ^N."""
+        """A revision to a CID: HEAD, branch, full ref, CID or unique CID prefix, with ~N / ^N."""
         match = _REV_SUFFIX.search(rev)
         if match and match.start() > 0:
             base = self.resolve(rev[: match.start()])

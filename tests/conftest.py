@@ -53,7 +53,9 @@ class Cli:
     def __call__(self, *args: str, input: bytes | str | None = None, ok: bool = True) -> Result:
         result = self.runner.invoke(main, list(args), input=input, catch_exceptions=False)
         if ok and result.exit_code != 0:
-            raise AssertionError(f"basin {' '.join(args)} failed ({result.exit_code}):\n{result.output}")
+            raise AssertionError(
+                f"basin {' '.join(args)} failed ({result.exit_code}):\n{result.output}"
+            )
         return result
 
     def fails(self, *args: str, input: bytes | str | None = None) -> Result:
@@ -89,8 +91,11 @@ def state(repo_path: Path) -> dict[str, object]:
     database file's bytes are not a fair measure of 'nothing changed', its rows are.
     """
     basin = repo_path / ".basin"
-    out: dict[str, object] = {"files": sorted(p.name for p in basin.iterdir() if "-wal" not in p.name
-                                               and "-shm" not in p.name)}
+    out: dict[str, object] = {
+        "files": sorted(
+            p.name for p in basin.iterdir() if "-wal" not in p.name and "-shm" not in p.name
+        )
+    }
     out["config"] = (basin / "config.json").read_bytes()
     conn = sqlite3.connect(basin / "basin.db")
     try:

@@ -56,8 +56,12 @@ def test_walkthrough_init_fork_commit_log_show_verify(tmp_path, monkeypatch, cli
 
 
 def test_revisions_resolve_like_git(repo_dir, cli):
-    first = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[-1]
-    second = cli("commit", "--packet", str(write_packet(repo_dir / "b", 2)), "-m", "b").output.split()[-1]
+    first = cli(
+        "commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a"
+    ).output.split()[-1]
+    second = cli(
+        "commit", "--packet", str(write_packet(repo_dir / "b", 2)), "-m", "b"
+    ).output.split()[-1]
     assert cli("block", "stat", "HEAD~1").output.startswith(f"Key: {first}")
     assert cli("block", "stat", "HEAD^").output.startswith(f"Key: {first}")
     assert cli("block", "stat", "general").output.startswith(f"Key: {second}")
@@ -117,24 +121,31 @@ def test_commit_bad_packets(repo_dir, cli, tmp_path):
         "malformed": (b"\xa1\x61", "invalid DAG-CBOR"),
         "noncanonical": (bytes.fromhex("a2616202616101"), "DAG-CBOR"),
         "not-a-packet": (bytes.fromhex("a0"), "not a 'basin/packet'"),
-        "wrong-dim": (Basin.create(Chart(seed=7, dim=32), [0.5] * 32).encode(),
-                      "differs from the repository"),
+        "wrong-dim": (
+            Basin.create(Chart(seed=7, dim=32), [0.5] * 32).encode(),
+            "differs from the repository",
+        ),
         "other-seed": (Basin.create(Chart(seed=8, dim=DIM), [0.5] * DIM).encode(), "differs"),
         "nan": (dagjson.encode({**node, "z": b"\x7f\xc0\x00" * DIM}), "not finite"),
-        "unknown-chart": (dagjson.encode({**node, "chart": {"kind": "x", "seed": 7, "dim": DIM}}),
-                          "unknown chart kind"),
+        "unknown-chart": (
+            dagjson.encode({**node, "chart": {"kind": "x", "seed": 7, "dim": DIM}}),
+            "unknown chart kind",
+        ),
     }
     for name, (data, match) in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        refuses_without_change(cli, repo_dir, "commit", "--packet", str(path), "-m", "x", match=match)
+        refuses_without_change(
+            cli, repo_dir, "commit", "--packet", str(path), "-m", "x", match=match
+        )
 
 
 def test_commit_same_basin_is_nothing_to_commit(repo_dir, cli):
     p = write_packet(repo_dir / "a", 1)
     cli("commit", "--packet", str(p), "-m", "a")
-    refuses_without_change(cli, repo_dir, "commit", "--packet", str(p), "-m", "again",
-                           match="nothing to commit")
+    refuses_without_change(
+        cli, repo_dir, "commit", "--packet", str(p), "-m", "again", match="nothing to commit"
+    )
 
 
 def test_dag_json_packet_commits(repo_dir, cli):
@@ -146,7 +157,9 @@ def test_dag_json_packet_commits(repo_dir, cli):
 
 def test_bad_refs_and_names(repo_dir, cli):
     refuses_without_change(cli, repo_dir, "fork", "general", "--specialize", "bad name")
-    refuses_without_change(cli, repo_dir, "fork", "general", "--specialize", "x", "--branch", "a..b")
+    refuses_without_change(
+        cli, repo_dir, "fork", "general", "--specialize", "x", "--branch", "a..b"
+    )
     refuses_without_change(cli, repo_dir, "fork", "nowhere", "--specialize", "x")
     refuses_without_change(cli, repo_dir, "fork", "general", "--specialize", "general")
     refuses_without_change(cli, repo_dir, "log", "bafyreinotacid")
@@ -174,15 +187,18 @@ def test_corrupt_database(repo_dir, cli):
 def test_missing_identity_is_a_clear_error(repo_dir, cli, basin_home):
     (basin_home / "identity.json").unlink()
     p = write_packet(repo_dir / "a", 1)
-    refuses_without_change(cli, repo_dir, "commit", "--packet", str(p), "-m", "a",
-                           match="no identity")
+    refuses_without_change(
+        cli, repo_dir, "commit", "--packet", str(p), "-m", "a", match="no identity"
+    )
 
 
 # -- verify catches tampering ---------------------------------------------------------------------
 
 
 def test_verify_names_a_tampered_block(repo_dir, cli):
-    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[-1]
+    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[
+        -1
+    ]
     with Repository.open(repo_dir) as repo:
         basin_cid = repo.read_commit(CID.parse(cid)).basin
     conn = sqlite3.connect(repo_dir / ".basin" / "basin.db")
@@ -198,12 +214,16 @@ def test_verify_names_a_tampered_block(repo_dir, cli):
 def test_verify_names_a_bad_signature(repo_dir, cli):
     from basinvcs.codec import dagcbor
 
-    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[-1]
+    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[
+        -1
+    ]
     with Repository.open(repo_dir) as repo:
         node = dagcbor.decode(repo.store.get(CID.parse(cid)))
         node["signature"] = bytes(64)
         forged = repo.store.put(dagcbor.encode(node))
-        repo.store.index_commit(forged, [CID.parse(p) for p in repo.store.indexed_parents(CID.parse(cid))], 1)
+        repo.store.index_commit(
+            forged, [CID.parse(p) for p in repo.store.indexed_parents(CID.parse(cid))], 1
+        )
         repo.store.update_ref("refs/heads/general", str(forged), cid, "forge")
     result = cli("verify", ok=False)
     assert result.exit_code == 1
@@ -238,8 +258,15 @@ def test_dag_put_get_round_trip(repo_dir, cli):
     assert cli("dag", "put", "--input-codec", "dag-cbor", input=cbor).output.strip() == cid
     refuses_without_change(cli, repo_dir, "dag", "put", input='{"a":1,"a":2}')
     refuses_without_change(cli, repo_dir, "dag", "put", input="{nope")
-    refuses_without_change(cli, repo_dir, "dag", "put", "--input-codec", "dag-cbor",
-                           input=bytes.fromhex("a2616202616101"))
+    refuses_without_change(
+        cli,
+        repo_dir,
+        "dag",
+        "put",
+        "--input-codec",
+        "dag-cbor",
+        input=bytes.fromhex("a2616202616101"),
+    )
 
 
 def test_dag_get_follows_links_into_the_basin(repo_dir, cli):
@@ -256,7 +283,10 @@ def test_reflog_records_every_move(repo_dir, cli):
     cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a")
     cli("fork", "general", "--specialize", "law")
     lines = cli("reflog", "general").output.splitlines()
-    assert [ln.split(" ", 1)[1] for ln in lines] == ["general@{0}: commit: a", "general@{1}: init: genesis"]
+    assert [ln.split(" ", 1)[1] for ln in lines] == [
+        "general@{0}: commit: a",
+        "general@{1}: init: genesis",
+    ]
     assert "HEAD@{0}: fork: switch to law" in cli("reflog").output
     cli.fails("reflog", "nope")
 
@@ -264,21 +294,26 @@ def test_reflog_records_every_move(repo_dir, cli):
 def test_head_reflog_records_commits_on_its_branch(repo_dir, cli):
     cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a")
     head = cli("reflog").output.splitlines()
-    assert head[0].endswith("HEAD@{0}: commit: a") and head[-1] == "refs/heads/general HEAD@{1}: init"
+    assert (
+        head[0].endswith("HEAD@{0}: commit: a") and head[-1] == "refs/heads/general HEAD@{1}: init"
+    )
 
 
 def test_log_graph_joins_lanes(repo_dir, cli):
     cli("fork", "general", "--specialize", "medicine")
     cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "med")
     cli("fork", "general", "--specialize", "law")
-    rows = [ln.split(" bafy")[0] if "bafy" in ln else ln
-            for ln in cli("log", "--graph", "--oneline", "--all").output.splitlines()]
+    rows = [
+        ln.split(" bafy")[0] if "bafy" in ln else ln
+        for ln in cli("log", "--graph", "--oneline", "--all").output.splitlines()
+    ]
     assert rows == ["*", "| *", "| *", "|/", "*"]  # law fork; med, med fork; join; genesis
 
 
 def test_dag_put_refuses_non_canonical_dag_json(repo_dir, cli):
-    refuses_without_change(cli, repo_dir, "dag", "put", input='{"n":1, "a":2}',
-                           match="non-canonical DAG-JSON")
+    refuses_without_change(
+        cli, repo_dir, "dag", "put", input='{"n":1, "a":2}', match="non-canonical DAG-JSON"
+    )
     refuses_without_change(cli, repo_dir, "dag", "put", input='{"n":1,"a":2}')
     assert cli("dag", "put", input='{"a":2,"n":1}\n').output.startswith("bafyrei")
 
@@ -286,7 +321,9 @@ def test_dag_put_refuses_non_canonical_dag_json(repo_dir, cli):
 def test_dag_put_of_several_inputs_is_all_or_nothing(repo_dir, cli, tmp_path):
     (tmp_path / "good").write_text('{"a":1}')
     (tmp_path / "bad").write_text("{nope")
-    refuses_without_change(cli, repo_dir, "dag", "put", str(tmp_path / "good"), str(tmp_path / "bad"))
+    refuses_without_change(
+        cli, repo_dir, "dag", "put", str(tmp_path / "good"), str(tmp_path / "bad")
+    )
 
 
 def test_dag_get_follows_the_last_link_and_refs_roots(repo_dir, cli):

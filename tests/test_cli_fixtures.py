@@ -26,7 +26,10 @@ def negative() -> list[tuple[str, str]]:
     return cases
 
 
-OURS = [(c["name"], c["hex"]) for c in json.loads((ROOT / "fixtures" / "dag-cbor-noncanonical.json").read_text())]
+OURS = [
+    (c["name"], c["hex"])
+    for c in json.loads((ROOT / "fixtures" / "dag-cbor-noncanonical.json").read_text())
+]
 
 
 @needs_fixtures
@@ -57,10 +60,17 @@ def test_our_noncanonical_encodings_are_refused(repo_dir, cli, name, hexdata):
 def test_dag_put_as_a_real_subprocess(repo_dir):
     basin = Path(sys.executable).with_name("basin")
     fixture = positive()[0]
-    done = subprocess.run([basin, "dag", "put", "--input-codec", "dag-cbor", fixture],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [basin, "dag", "put", "--input-codec", "dag-cbor", fixture],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == fixture.stem
-    bad = subprocess.run([basin, "dag", "put", "--input-codec", "dag-cbor"],
-                         input=bytes.fromhex("a2616202616101"), capture_output=True)
+    bad = subprocess.run(
+        [basin, "dag", "put", "--input-codec", "dag-cbor"],
+        input=bytes.fromhex("a2616202616101"),
+        capture_output=True,
+    )
     assert bad.returncode == 1 and bad.stderr.decode().startswith("error: ")
     assert bad.stderr.decode().count("\n") == 1

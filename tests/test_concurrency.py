@@ -27,8 +27,11 @@ WORKER = textwrap.dedent(
 
 def test_two_processes_fifty_commits_each(repo_dir):
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, tag, "50", str(repo_dir)],
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, tag, "50", str(repo_dir)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for tag in ("a", "b")
     ]
     for p in procs:
@@ -46,8 +49,9 @@ def test_a_process_killed_mid_commit_leaves_a_repository_that_verifies(repo_dir)
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, "a", "100000", str(repo_dir)],
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "a", "100000", str(repo_dir)], stderr=subprocess.PIPE
+    )
     time.sleep(1.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

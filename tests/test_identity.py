@@ -25,7 +25,9 @@ def test_keys_print_as_did_key_multibase_and_parse_back():
     assert identity.parse_key("did:key:" + text) == ident.public_key
 
 
-@pytest.mark.parametrize("bad", ["", "z", "hello", "zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme"])
+@pytest.mark.parametrize(
+    "bad", ["", "z", "hello", "zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme"]
+)
 def test_bad_keys_are_refused(bad):
     with pytest.raises(SignatureError, match="bad public key"):
         identity.parse_key(bad)

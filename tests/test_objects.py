@@ -23,8 +23,10 @@ def full_packet(dim: int = 1024) -> Basin:
         fisher=[1.0 + i for i in range(dim)],
         beta=(1.0, -0.25, 0.125),
         labels=["general", "medicine", "cardiology"],
-        entanglements=[Entanglement("cardiology", "medicine", 0.5),
-                       Entanglement("general", "medicine", -0.125)],
+        entanglements=[
+            Entanglement("cardiology", "medicine", 0.5),
+            Entanglement("general", "medicine", -0.125),
+        ],
         substrate=SubstrateRef("tiny", "sha256:" + "ab" * 32),
     )
 
@@ -45,10 +47,14 @@ def test_packet_keeps_exactly_the_quantised_coordinates():
 
 
 def test_oversized_packet_is_refused():
-    basin = Basin.create(Chart(dim=1024), labels=[f"l{i}" for i in range(16)],
-                         fisher=[1.0] * 1024,
-                         entanglements=[Entanglement(f"a{i:02d}" + "x" * 50, f"b{i:02d}" + "y" * 50, 0.1)
-                                        for i in range(20)])
+    basin = Basin.create(
+        Chart(dim=1024),
+        labels=[f"l{i}" for i in range(16)],
+        fisher=[1.0] * 1024,
+        entanglements=[
+            Entanglement(f"a{i:02d}" + "x" * 50, f"b{i:02d}" + "y" * 50, 0.1) for i in range(20)
+        ],
+    )
     with pytest.raises(SchemaError, match="limit at d=1024 is 4096"):
         basin.encode()
 
@@ -58,7 +64,10 @@ def test_oversized_packet_is_refused():
     [
         (lambda n: n.update(type="basin/other"), "not a 'basin/packet'"),
         (lambda n: n.update(version=2), "version 2 is not supported"),
-        (lambda n: n.update(chart={"kind": "gaussian", "seed": 0, "dim": 64}), "unknown chart kind"),
+        (
+            lambda n: n.update(chart={"kind": "gaussian", "seed": 0, "dim": 64}),
+            "unknown chart kind",
+        ),
         (lambda n: n.update(chart={"kind": "srht", "seed": 0, "dim": 0}), "dimension 0"),
         (lambda n: n.update(z=n["z"][:-3]), "63 coordinates but its chart has dimension 64"),
         (lambda n: n.update(z=b"\x7f\xc0\x00" + n["z"][3:]), "coordinate 0 is not finite"),

@@ -5,9 +5,30 @@ from basinvcs.refnames import branch_ref, check_branch_name, check_ref_name, sho
 
 GOOD = ["general", "medicine", "feature/x", "a.b", "v1.2-rc_3", "x@y", "ü"]
 BAD = [
-    "", "@", ".hidden", "a/.b", "a..b", "a.lock", "a/b.lock/c", "a/", "/a", "a//b", "a.",
-    "a@{1}", "sp ace", "til~de", "ca^ret", "co:lon", "q?", "st*r", "br[acket", "back\\slash",
-    "ctl\x01", "del\x7f", "-dash", "HEAD",
+    "",
+    "@",
+    ".hidden",
+    "a/.b",
+    "a..b",
+    "a.lock",
+    "a/b.lock/c",
+    "a/",
+    "/a",
+    "a//b",
+    "a.",
+    "a@{1}",
+    "sp ace",
+    "til~de",
+    "ca^ret",
+    "co:lon",
+    "q?",
+    "st*r",
+    "br[acket",
+    "back\\slash",
+    "ctl\x01",
+    "del\x7f",
+    "-dash",
+    "HEAD",
 ]
 
 

@@ -30,7 +30,11 @@ finally:
     ],
 )
 def test_light_commands_stay_light(repo_dir, args, allowed):
-    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True,
-                          text=True, cwd=repo_dir)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=args)],
+        capture_output=True,
+        text=True,
+        cwd=repo_dir,
+    )
     heavy = done.stderr.rsplit("HEAVY:", 1)[1].strip()
     assert set(filter(None, heavy.split(","))) <= allowed, done.stderr

@@ -1,4 +1,4 @@
-"""The embedded store: one SQLite database (WAL) holding blocks, refs, the reflog and a commit graph.
+"""The embedded store: one SQLite database (WAL) with blocks, refs, the reflog and a commit graph.
 
 Refs change only by compare-and-swap inside an IMMEDIATE transaction, so two writers serialise and
 neither loses an update; the commit graph (child -> parents, commit time) is a derived index, like
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cid import CID, DAG_CBOR
-from ..errors import BlockNotFound, RefConflict, RefError, RepositoryError
+from ..errors import BlockNotFound, RefConflict, RepositoryError
 from ..refnames import check_ref_name
 from .base import BlockStore, check_block
 
@@ -92,7 +92,9 @@ class SQLiteStore(BlockStore):
         conn = _connect(path, "rw")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         except sqlite3.DatabaseError as exc:
             raise RepositoryError(f"corrupt repository database {path}: {exc}") from None
         if version != SCHEMA_VERSION or not set(_TABLES) <= tables:
@@ -176,7 +178,7 @@ class SQLiteStore(BlockStore):
         )
 
     def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
-        """Commits reachable from `heads`, newest first (a child always before its parents), verified."""
+        """Commits reachable from `heads`, newest first (children before parents), verified."""
         sql = _WALK.format(heads=",".join("?" * len(heads)))
         for text, data in self._exec(sql, [*map(str, heads), limit]):
             cid = CID.parse(text)
@@ -245,7 +247,8 @@ class SQLiteStore(BlockStore):
 
     def reflog(self, name: str, limit: int = -1) -> list[ReflogEntry]:
         rows = self._exec(
-            "SELECT name, old, new, time, message FROM reflog WHERE name = ? ORDER BY id DESC LIMIT ?",
+            "SELECT name, old, new, time, message FROM reflog"
+            " WHERE name = ? ORDER BY id DESC LIMIT ?",
             (name, limit),
         )
         return [ReflogEntry(n, o, w, t / 1000, m) for n, o, w, t, m in rows]

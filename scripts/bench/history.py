@@ -1,4 +1,4 @@
-"""Time `basin log` against `git log` on histories of the same length (see scripts/bench/history)."""
+"""Time `basin log` against `git log` on histories of one length (see scripts/bench/history)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def build_basin(path: Path, commits: int) -> None:
         z = [0.0] * chart.dim
         for i in range(commits):
             z[i % chart.dim] += math.sin(i) + 1.5
-            porcelain.commit(repo, Basin.create(chart, z), f"step {i}: adjust coordinate {i % chart.dim}")
+            porcelain.commit(
+                repo, Basin.create(chart, z), f"step {i}: adjust coordinate {i % chart.dim}"
+            )
 
 
 def build_git(path: Path, commits: int) -> None:
@@ -57,15 +59,22 @@ def main() -> None:
         build_basin(Path(tmp) / "basin", commits)
         build_time = time.perf_counter() - start
         build_git(Path(tmp) / "git", commits)
-        count = subprocess.run([str(BASIN), "log", "--oneline"], cwd=Path(tmp) / "basin",
-                               capture_output=True, check=True).stdout.count(b"\n")
+        count = subprocess.run(
+            [str(BASIN), "log", "--oneline"],
+            cwd=Path(tmp) / "basin",
+            capture_output=True,
+            check=True,
+        ).stdout.count(b"\n")
         assert count == commits + 1, count
         rows = []
         for label, args in (("log -n 20", ["log", "-n", "20"]), ("full log", ["log"])):
             b = timed([str(BASIN), *args], Path(tmp) / "basin")
             g = timed(["git", *args], Path(tmp) / "git")
             rows.append((label, b, g))
-    print(f"history of {commits} commits (+ genesis); built in {build_time:.1f} s; median of {RUNS} runs")
+    print(
+        f"history of {commits} commits (+ genesis); built in {build_time:.1f} s; "
+        f"median of {RUNS} runs"
+    )
     print(f"{'command':<12} {'basin (s)':>10} {'git (s)':>10} {'ratio':>8}")
     for label, b, g in rows:
         print(f"{label:<12} {b:>10.3f} {g:>10.3f} {b / g:>7.1f}x")

@@ -73,7 +73,9 @@ def test_ref_compare_and_swap(store):
     assert store.read_ref("refs/heads/a") is None
     log = store.reflog("refs/heads/a")
     assert [(e.old, e.new, e.message) for e in log] == [
-        ("y", None, "delete"), ("x", "y", "move"), (None, "x", "create")
+        ("y", None, "delete"),
+        ("x", "y", "move"),
+        (None, "x", "create"),
     ]
 
 
