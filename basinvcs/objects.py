@@ -105,10 +105,19 @@ class Chart:
 
 @dataclass(frozen=True)
 class SubstrateRef:
-    """Which substrate a basin was fitted on: a name for people, a fingerprint for machines."""
+    """Which substrate a basin was fitted on: a name for people, a fingerprint for machines.
+
+    The fingerprint is the 32-byte sha2-256 digest the model bridge computes over tensor names,
+    shapes, dtypes and θ0; raw bytes, as the packet has little room to spare.
+    """
 
     name: str
-    fingerprint: str
+    fingerprint: bytes
+
+    def __post_init__(self) -> None:
+        check_label(self.name)
+        if not isinstance(self.fingerprint, bytes) or len(self.fingerprint) != 32:
+            raise SchemaError("substrate fingerprint must be 32 bytes")
 
     def to_node(self) -> dict:
         return {"name": self.name, "fingerprint": self.fingerprint}
@@ -118,7 +127,7 @@ class SubstrateRef:
         node = _fields(node, "substrate", {"name", "fingerprint"})
         return cls(
             _typed(node["name"], str, "substrate name"),
-            _typed(node["fingerprint"], str, "substrate fingerprint"),
+            _typed(node["fingerprint"], bytes, "substrate fingerprint"),
         )
 
 

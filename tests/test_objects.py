@@ -27,7 +27,7 @@ def full_packet(dim: int = 1024) -> Basin:
             Entanglement("cardiology", "medicine", 0.5),
             Entanglement("general", "medicine", -0.125),
         ],
-        substrate=SubstrateRef("tiny", "sha256:" + "ab" * 32),
+        substrate=SubstrateRef("tiny", bytes(range(32))),
     )
 
 
@@ -172,3 +172,8 @@ def test_labels_are_matched_whole():
 def test_fisher_must_match_the_chart():
     with pytest.raises(SchemaError, match="Fisher diagonal has 7 values; the chart has 8"):
         Basin.create(Chart(dim=8), fisher=[1.0] * 7)
+
+
+def test_substrate_fingerprint_is_32_bytes():
+    with pytest.raises(SchemaError, match="32 bytes"):
+        SubstrateRef("tiny", b"short")
