@@ -19,12 +19,14 @@ class Lanes:
     after: tuple[str, ...]
 
     def prefix(self, body: str) -> str:
+        """Draw the lanes left of `body`; connectors go beside its second line on, as git does."""
         lines = body.splitlines(keepends=True) or ["\n"]
-        out = [self.first + " " + lines[0]]
-        out += [
-            (self.rest + " " + line) if line.strip() else self.rest + "\n" for line in lines[1:]
-        ]
-        out += [row + "\n" for row in self.after]
+        leads = [*self.after, *[self.rest] * max(0, len(lines) - 1 - len(self.after))]
+        width = max(len(self.first), *(len(lead) for lead in leads)) if leads else len(self.first)
+        out = [self.first.ljust(width) + " " + lines[0]]
+        for lead, line in zip(leads, lines[1:], strict=False):
+            out.append(lead.ljust(width) + " " + line if line.strip() else lead + "\n")
+        out += [lead + "\n" for lead in leads[len(lines) - 1 :] if lead != self.rest]
         return "".join(out)
 
 

@@ -46,6 +46,10 @@ def init(
     target = Path(path).resolve()
     if (target / BASIN_DIR).exists():
         raise RepositoryError(f"{target / BASIN_DIR} already exists: this is a repository already")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create {target}: {exc.strerror}") from None
     ident, _ = load_or_create_identity(name or default_name())
     config = Config(chart, [TrustedKey(ident.public_key, ident.name, 1.0)])
     repo = Repository.create(target, config)
@@ -153,6 +157,8 @@ def log(
 ) -> Iterator[tuple[CID, Commit]]:
     """Commits reachable from `rev` (or every branch), newest first, each block re-hashed."""
     heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
+    for head in heads:
+        repo.read_commit(head)  # says precisely what a non-commit start is
     for cid, data in repo.store.walk_commits(heads, limit):
         yield cid, Commit.decode(data, trusted=True)
 
@@ -357,9 +363,7 @@ def dag_put(
     for i, data in enumerate(inputs):
         node = _decode(data, input_codec)
         canonical = _encode(node, input_codec)
-        if data != canonical and not (
-            input_codec == "dag-json" and data.rstrip(b"\n") == canonical
-        ):
+        if data != canonical and not (input_codec == "dag-json" and data == canonical + b"\n"):
             where = f"input {i + 1}: " if len(inputs) > 1 else ""
             raise CodecError(
                 f"{where}non-canonical {input_codec.upper()}: it encodes as {len(canonical)} "
@@ -380,14 +384,10 @@ def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> byte
         raise BasinError("empty DAG path")
     take = 1
     if parts[0] == "refs":
-        take = next(
-            (
-                n
-                for n in range(2, len(parts) + 1)
-                if repo.store.read_ref("/".join(parts[:n])) is not None
-            ),
-            1,
-        )
+        named = (n for n in range(2, len(parts) + 1) if repo.store.read_ref("/".join(parts[:n])))
+        take = next(named, 0)
+        if not take:
+            raise RefError(f"no ref names the start of {path!r}")
     root, rest = "/".join(parts[:take]), parts[take:]
     node = _load_node(repo, repo.resolve(root))
     for i, part in enumerate(rest):
@@ -408,7 +408,7 @@ def _load_node(repo: Repository, cid: CID):
         return dagcbor.decode_trusted(data)
     if cid.codec == DAG_JSON:
         return dagjson.decode(data)
-    raise CodecError(f"{cid} is a {cid.codec_name} block, not DAG-CBOR or DAG-JSON")
+    return data  # raw and other codecs: the bytes themselves, as `ipfs dag get` shows them
 
 
 def _decode(data: bytes, codec: str):
@@ -421,8 +421,6 @@ def _encode(node, codec: str) -> bytes:
 
 def describe_block(repo: Repository, cid: CID) -> tuple[str, object]:
     """What a stored block is: ('commit', Commit), ('basin', Basin) or ('block', node or bytes)."""
-    if cid.codec not in (DAG_CBOR, DAG_JSON):
-        return "block", repo.store.get(cid)
     node = _load_node(repo, cid)
     kind = kind_of(node)
     if kind == COMMIT_TYPE:

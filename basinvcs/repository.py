@@ -57,7 +57,10 @@ class Repository:
         basin_dir = root / BASIN_DIR
         if basin_dir.exists():
             raise RepositoryError(f"{basin_dir} already exists: this is a repository already")
-        basin_dir.mkdir(parents=True)
+        try:
+            basin_dir.mkdir(parents=True)
+        except OSError as exc:
+            raise RepositoryError(f"cannot create {basin_dir}: {exc.strerror}") from None
         try:
             save_config(basin_dir, config)
             store = SQLiteStore.create(basin_dir / DB_FILE)
@@ -89,11 +92,20 @@ class Repository:
     # -- objects ------------------------------------------------------------------------------
 
     def read_commit(self, cid: CID) -> Commit:
+        """A commit of this repository's history (one in the commit-graph index).
+
+        Indexed commits were validated strictly when written, so after the hash check they are
+        decoded on the fast path; any other block is decoded strictly and, even when it is a valid
+        commit (stored with `dag put`, say), refused: history only grows through validated writes.
+        """
         data = self.store.get(cid)
-        try:
+        if self.store.is_indexed_commit(cid):
             return Commit.decode(data, trusted=True)
-        except SchemaError as exc:
+        try:
+            Commit.decode(data)
+        except BasinError as exc:
             raise SchemaError(f"{cid} is not a valid commit: {exc}") from None
+        raise RefError(f"{cid} is a commit block but not part of this repository's history")
 
     def read_basin(self, cid: CID) -> Basin:
         data = self.store.get(cid)

@@ -361,3 +361,48 @@ def test_fork_from_a_packet_says_it_is_a_packet(repo_dir, cli):
     basin = json.loads(cli("dag", "get", "HEAD").output)["basin"]["/"]
     result = refuses_without_change(cli, repo_dir, "fork", basin, "--specialize", "x")
     assert "is a 'basin/packet', not a 'basin/commit'" in result.stderr
+
+
+def test_a_commit_stored_as_a_plain_block_is_not_history(repo_dir, cli):
+    from basinvcs.codec import dagcbor
+
+    node = dagcbor.decode(cli("dag", "get", "HEAD", "--output-codec", "dag-cbor").stdout_bytes)
+    node["version"] = 1.0  # a re-encoding of the genesis commit: its signature still verifies
+    path = repo_dir / "c.cbor"
+    path.write_bytes(dagcbor.encode(node))
+    cid = cli("block", "put", "--cid-codec", "dag-cbor", str(path)).output.strip()
+    refuses_without_change(cli, repo_dir, "branch", "x", cid, match="not a valid commit")
+    refuses_without_change(cli, repo_dir, "log", cid, match="not a valid commit")
+    packet_cid = json.loads(cli("dag", "get", "HEAD").output)["basin"]["/"]
+    refuses_without_change(cli, repo_dir, "log", packet_cid, match="not a 'basin/commit'")
+
+
+def test_dag_put_allows_one_trailing_newline_only(repo_dir, cli):
+    assert cli("dag", "put", input='{"a":1}\n').output.startswith("bafyrei")
+    refuses_without_change(cli, repo_dir, "dag", "put", input='{"a":1}\n\n')
+
+
+def test_dag_get_reports_refs_roots_that_name_nothing(repo_dir, cli):
+    result = refuses_without_change(cli, repo_dir, "dag", "get", "refs/heads/nosuch/x")
+    assert "no ref names the start of 'refs/heads/nosuch/x'" in result.stderr
+
+
+def test_dag_get_of_a_raw_block_shows_bytes(repo_dir, cli):
+    cid = cli("block", "put", input=b"hi").output.strip()
+    assert json.loads(cli("dag", "get", cid).output) == {"/": {"bytes": "aGk"}}
+
+
+def test_init_where_it_cannot_create_is_one_line_and_makes_no_identity(tmp_path, cli, basin_home):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = cli.fails("init", str(blocker / "repo"))
+    assert "cannot create" in result.stderr
+    assert not (basin_home / "identity.json").exists()
+
+
+def test_log_graph_puts_connectors_beside_the_entry(repo_dir, cli):
+    cli("fork", "general", "--specialize", "med")
+    cli("fork", "general", "--specialize", "law")
+    lines = cli("log", "--graph", "--all").output.splitlines()
+    med = next(i for i, ln in enumerate(lines) if ln.startswith("| * commit"))
+    assert lines[med + 1].startswith("|/  Author:")

@@ -189,6 +189,10 @@ class SQLiteStore(BlockStore):
         """Every (child, parent) edge in the commit graph."""
         return self._exec("SELECT child, parent FROM commit_parents").fetchall()
 
+    def is_indexed_commit(self, cid: CID) -> bool:
+        """Whether `cid` was recorded as a commit (only strictly validated commits are)."""
+        return self._exec("SELECT 1 FROM commits WHERE cid = ?", (str(cid),)).fetchone() is not None
+
     def indexed_commits(self) -> dict[str, int]:
         return dict(self._exec("SELECT cid, time FROM commits").fetchall())
 
