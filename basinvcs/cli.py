@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -109,22 +110,142 @@ def init(path: str, dim: int, seed: int, name: str | None) -> None:
     "--packet",
     "packet_file",
     type=click.File("rb"),
-    required=True,
     help="A basin packet, DAG-CBOR or DAG-JSON ('-' for stdin).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    help="A model to extract the basin of: safetensors (file, shards or directory) "
+    "or a torch file (read with weights_only).",
+)
+@click.option("--substrate", help="The model's substrate (default: found by its tensors).")
+@click.option(
+    "--fisher",
+    "fisher_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Fisher diagonal over z, for --model: a JSON list or safetensors with one tensor.",
 )
 @click.option("-m", "--message", required=True, help="What this basin is.")
 @click.option("--allow-empty", is_flag=True, help="Commit even if the basin equals HEAD's.")
-def commit(packet_file, message: str, allow_empty: bool) -> None:
-    """Record a basin as a new signed commit on the current branch."""
+def commit(
+    packet_file,
+    model_path: Path | None,
+    substrate: str | None,
+    fisher_path: Path | None,
+    message: str,
+    allow_empty: bool,
+) -> None:
+    """Record a basin (a packet, or the basin of a model) as a new signed commit."""
     from . import porcelain
 
+    if (packet_file is None) == (model_path is None):
+        raise click.UsageError("give exactly one of --packet FILE or --model PATH")
+    if packet_file is not None and (substrate or fisher_path):
+        raise click.UsageError("--substrate and --fisher go with --model")
+    if model_path is not None:
+        _commit_model(model_path, substrate, fisher_path, message)
+        return
     basin = porcelain.load_packet(packet_file.read())
     with _repo() as repo:
         cid = porcelain.commit(repo, basin, message, allow_empty=allow_empty)
         branch = repo.current_branch()
+    _report_commit(branch, cid, message)
+    click.echo(cid)
+
+
+def _report_commit(branch: str | None, cid, message: str) -> None:
     where = branch.removeprefix("refs/heads/") if branch else "detached HEAD"
     click.echo(f"[{where} {short(cid)}] {message.splitlines()[0]}")
-    click.echo(cid)
+
+
+def _commit_model(path: Path, substrate: str | None, fisher_path: Path | None, message: str):
+    from . import bridge
+
+    fisher = bridge.load_fisher(fisher_path) if fisher_path else None
+    with _repo() as repo:
+        result = bridge.commit_model(repo, path, message, substrate=substrate, fisher=fisher)
+        branch = repo.current_branch()
+    ex = result.extraction
+    _report_commit(branch, result.cid, message)
+    click.echo(
+        f"substrate {ex.substrate.name}: the basin captured {ex.captured:.2%} of the model's "
+        f"change (|θ-θ0| = {ex.delta_sq**0.5:.4g}, |z| = {float(ex.z.norm()):.4g})"
+    )
+    if ex.captured < bridge.LOW_CAPTURE:
+        click.echo(
+            f"warning: only {ex.captured:.2%} of this model's change lies in the basin: it was "
+            "trained outside it. Train inside the basin (basinvcs.train.BasinModel) to keep "
+            "all of what it learns.",
+            err=True,
+        )
+    if result.cross_substrate:
+        click.echo("note: HEAD's basin was fitted on another substrate", err=True)
+    click.echo(result.cid)
+
+
+@main.command()
+@click.argument("rev")
+@click.option("--model", "substrate", help="Decode the basin into this substrate's weights.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Output file or directory (default: ./<substrate>.safetensors).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+)
+@click.option(
+    "--max-shard-size",
+    type=click.IntRange(1),
+    default=2048,
+    show_default=True,
+    help="Largest shard in MiB; bigger models are written as Hugging Face-style shards.",
+)
+def checkout(
+    rev: str, substrate: str | None, output: Path | None, dtype: str, max_shard_size: int
+) -> None:
+    """Move HEAD to REV (like git), or with --model write REV's basin as model weights."""
+    from . import porcelain
+
+    if substrate is None:
+        if output is not None:
+            raise click.UsageError("-o needs --model")
+        with _repo() as repo:
+            where = porcelain.checkout(repo, rev)
+        click.echo(f"Switched to {where}")
+        return
+    import torch
+
+    from . import bridge
+    from .progress import progress_bar
+
+    out = output or Path(f"{substrate}.safetensors")
+    torch_dtype = getattr(torch, dtype)
+    with _repo() as repo:
+        dec = bridge.decode(repo, rev, substrate)
+        total = dec.substrate.num_params * torch_dtype.itemsize
+        with progress_bar(total, f"checkout {substrate}") as update:
+            files = bridge.write_decoded(
+                dec, out, dtype=torch_dtype, max_shard_bytes=max_shard_size << 20, progress=update
+            )
+    where = files[0] if len(files) == 1 else out
+    click.echo(
+        f"wrote {dec.substrate.name} ({dec.substrate.num_params:,} parameters, {dtype}) "
+        f"from {short(dec.commit)} to {where}"
+    )
+    if dec.cross_substrate:
+        fitted = dec.basin.substrate.name
+        click.echo(
+            f"note: this basin was fitted on {fitted}; its coordinates are decoded through "
+            f"{dec.substrate.name}'s chart projection. Behaviour there is not that of the "
+            f"{fitted} model: measure it before relying on it.",
+            err=True,
+        )
 
 
 @main.command()
@@ -502,6 +623,53 @@ def dag_get(path: str, output_codec: str) -> None:
     if output_codec == "dag-json" and sys.stdout.isatty():
         out.write(b"\n")
     out.flush()
+
+
+# -- substrates ---------------------------------------------------------------------------------
+
+
+def _count(n: int) -> str:
+    """A parameter count the way model cards print it: 1.03M, 1.01B."""
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+@main.group()
+def substrate() -> None:
+    """Model architectures with base weights θ0 that basins decode into."""
+
+
+@substrate.command("list")
+def substrate_list() -> None:
+    """Every substrate: name, parameters, layers, fingerprint, preset or user."""
+    from .substrate import list_substrates
+
+    for s in list_substrates():
+        click.echo(
+            f"{s.name:<16} {_count(s.num_params):>8} {s.num_layers:>4} layers  "
+            f"{s.fingerprint.hex()[:16]}  {s.kind}"
+        )
+
+
+@substrate.command("add")
+@click.argument("name")
+@click.option("--weights", required=True, help="Base weights θ0 (safetensors).")
+@click.option(
+    "--config", "config_file", help="GPTConfig fields as JSON; n_head at least (shapes hide it)."
+)
+def substrate_add(name: str, weights: str, config_file: str | None) -> None:
+    """Register NAME, a GPT-family model with its own base weights, for checkout and commit."""
+    from pathlib import Path
+
+    from .substrate import add_substrate
+
+    s = add_substrate(name, Path(weights), Path(config_file) if config_file else None)
+    click.echo(
+        f"added substrate {s.name}: {_count(s.num_params)} parameters, {s.num_layers} layers, "
+        f"fingerprint {s.fingerprint.hex()}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

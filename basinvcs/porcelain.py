@@ -177,6 +177,28 @@ def decorations(repo: Repository) -> dict[str, list[str]]:
     return out
 
 
+def checkout(repo: Repository, rev: str) -> str:
+    """Move HEAD: onto a branch when `rev` names one, else detached at the commit it resolves to."""
+    head = repo.head()
+    if _is_branch_name(rev) and repo.branch_commit(rev) is not None:
+        repo.store.update_ref(
+            HEAD, branch_ref(rev), head.target, f"checkout: moving to {rev}", symbolic=True
+        )
+        return f"branch '{rev}'"
+    cid = repo.resolve(rev)
+    repo.read_commit(cid)
+    repo.store.update_ref(HEAD, str(cid), head.target, f"checkout: moving to {cid}")
+    return f"detached HEAD at {cid}"
+
+
+def _is_branch_name(name: str) -> bool:
+    try:
+        check_branch_name(name)
+    except RefError:
+        return False
+    return True
+
+
 # -- branches and status ------------------------------------------------------------------------
 
 

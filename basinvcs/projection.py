@@ -10,9 +10,9 @@ seed fixes L base transforms and T sign patterns of length M:
 D_a are random signs, E_a a random choice of d of the M positions, S_b random signs. Every full
 block is an orthogonal transform of (H D_a E_a), so it has orthonormal columns; shorter blocks do
 not, so the whole P has Gram matrix G = PᵀP = (#full blocks)·I + Σ(short blocks' Grams), computed
-exactly (each short block's Gram comes from one more Walsh-Hadamard transform) and undone by
-z' = G^{-1/2} z.
-Hence PᵀP = I exactly, up to float rounding.
+exactly (each short block's Gram comes from one more Walsh-Hadamard transform) and undone with
+its Cholesky factor, G = L Lᵀ: decoding uses z' = L^{-T} z, encoding applies L^{-1} last.
+Hence (P L^{-T})ᵀ(P L^{-T}) = I exactly, up to float rounding.
 
 Cost: L transforms of length M per decode (independent of the substrate's size), then one fused
 multiply-add per parameter; encode is the adjoint: one multiply-add per parameter into L
@@ -150,33 +150,41 @@ class Projection:
     # -- the Gram correction --------------------------------------------------------------------
 
     @cached_property
-    def correction(self) -> torch.Tensor:
-        """G^{-1/2} (d × d, float64), so that the corrected P has PᵀP = I."""
+    def _cholesky(self) -> torch.Tensor:
+        """L with G = PᵀP = L Lᵀ (d × d, float64); P L^{-T} then has orthonormal columns.
+
+        Short blocks' Grams are summed per base in the Walsh domain (the transform is linear), so
+        the work is one transform and one d × d gather per base, whatever the substrate.
+        """
         d = self.chart.dim
-        gram = torch.zeros(d, d, dtype=torch.float64)
-        pos = self._positions
-        signs = self._in_signs.to(torch.float64)
+        windows = torch.zeros(BASES, BLOCK, dtype=torch.float64)
+        j = torch.arange(BLOCK)
         full = 0
         for spec in self.specs:
             for blk in self.blocks(spec):
                 if blk.length == BLOCK:
                     full += 1
-                    continue
-                # Window of rows this short block keeps, seen through the roll: w[j] = 1 iff
-                # (j + s) mod M < length. Its Walsh transform gives HᵀWH entries by XOR of indices.
-                j = torch.arange(BLOCK)
-                window = (((j + blk.shift) % BLOCK) < blk.length).to(torch.float64)
-                wt = fwht(window)
-                e = pos[blk.base]
-                de = signs[blk.base, e]
-                gram += (wt[e[:, None] ^ e[None, :]] / BLOCK) * (de[:, None] * de[None, :])
-        gram.diagonal().add_(full)
-        vals, vecs = torch.linalg.eigh(gram)
-        if vals[0] <= 1e-6 * vals[-1]:
-            raise SchemaError(
-                "this substrate is too small for the chart: its projection is singular"
-            )
-        return (vecs * vals.rsqrt()) @ vecs.T
+                else:  # rows kept, seen through the roll: w[j] = 1 iff (j + s) mod M < length
+                    windows[blk.base] += ((j + blk.shift) % BLOCK < blk.length).to(torch.float64)
+        spectra = fwht(windows) / BLOCK
+        signs = self._in_signs.to(torch.float64)
+        gram = torch.eye(d, dtype=torch.float64) * full
+        for a in range(BASES):
+            e = self._positions[a]
+            de = signs[a, e]
+            gram += spectra[a][e[:, None] ^ e[None, :]] * (de[:, None] * de[None, :])
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if info or factor.diagonal().min() <= 1e-6 * factor.diagonal().max():
+            raise SchemaError("this substrate is too small for the chart: its projection is singular")
+        return factor
+
+    def _whiten(self, z: torch.Tensor) -> torch.Tensor:
+        """L^{-T} z: coordinates as the raw blocks see them."""
+        return torch.linalg.solve_triangular(self._cholesky.T, z[:, None], upper=True)[:, 0]
+
+    def _unwhiten(self, v: torch.Tensor) -> torch.Tensor:
+        """L^{-1} v: the adjoint of _whiten, applied after the raw encode."""
+        return torch.linalg.solve_triangular(self._cholesky, v[:, None], upper=False)[:, 0]
 
     # -- decode: z -> offsets -------------------------------------------------------------------
 
@@ -184,7 +192,7 @@ class Projection:
         """u_a for corrected z, (L, M) float32: all the randomness a decode needs."""
         if z.shape != (self.chart.dim,):
             raise SchemaError(f"z has shape {tuple(z.shape)}, the chart needs ({self.chart.dim},)")
-        zc = self.correction @ z.to(torch.float64)
+        zc = self._whiten(z.to(torch.float64))
         scattered = torch.zeros(BASES, BLOCK, dtype=torch.float64)
         scattered.scatter_(1, self._positions, zc.expand(BASES, -1).clone())
         return (fwht(scattered * self._in_signs) / math.sqrt(BLOCK)).to(torch.float32)
@@ -262,7 +270,7 @@ class Encoder:
         self._flush()
         t = fwht(self.acc) / math.sqrt(BLOCK) * self.p._in_signs
         v = t.gather(1, self.p._positions).sum(0)
-        return self.p.correction @ v
+        return self.p._unwhiten(v)
 
 
 def offset_fn(projection: Projection) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,0 +1,257 @@
+"""The model bridge: models into basins (`commit --model`), basins into models (`checkout`).
+
+Both directions stream tensor by tensor: θ0 of one tensor is generated, compared or offset, and
+dropped before the next, so memory stays at a few tensors whatever the substrate's size. The CLI
+and the Python API call the same functions with different tensor sources and sinks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import porcelain
+from .cid import CID
+from .errors import BasinError, SchemaError
+from .objects import Basin, SubstrateRef
+from .projection import Projection, beta_at
+from .repository import Repository
+from .substrate import Substrate, TensorSpec, find_substrate, load_substrate
+
+LOW_CAPTURE = 0.5  # below this, tell the user plainly the basin lost most of the change
+
+TensorSource = Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What `extract` found: the coordinates and how much of the model's change they hold."""
+
+    substrate: Substrate
+    z: torch.Tensor  # float64, as computed (before the packet's float24 rounding)
+    delta_sq: float  # ‖θ − θ0‖²
+    captured_sq: float  # ‖β·P z‖² with z as the packet stores it
+
+    @property
+    def captured(self) -> float:
+        return self.captured_sq / self.delta_sq if self.delta_sq else 1.0
+
+
+@dataclass(frozen=True)
+class ModelCommit:
+    cid: CID
+    extraction: Extraction
+    cross_substrate: bool = False
+
+
+def projection_for(repo: Repository, substrate: Substrate) -> Projection:
+    return Projection(repo.config.chart, substrate.specs)
+
+
+def _offset_norm_sq(proj: Projection, z: torch.Tensor, beta: Sequence[float]) -> float:
+    """‖β·P z‖²: with constant β it is β²‖z‖² (P has orthonormal columns); else decode and sum."""
+    if len(beta) == 1 or all(b == 0 for b in beta[1:]):
+        return beta[0] ** 2 * float(z.double().square().sum())
+    return math.fsum(float(t.double().square().sum()) for _, t in proj.decode(z, beta))
+
+
+def extract(
+    proj: Projection, substrate: Substrate, tensor: TensorSource, beta: Sequence[float]
+) -> Extraction:
+    """z = Pᵀ((θ − θ0)/β) from a model given tensor by tensor; refuses non-finite weights."""
+    enc = proj.encoder()
+    delta_sq = 0.0
+    for spec in substrate.specs:
+        theta = tensor(spec.name).to(torch.float32)
+        if not torch.isfinite(theta).all():
+            raise SchemaError(f"tensor {spec.name} has NaN or infinite values")
+        delta = theta.sub_(substrate.theta0(spec))
+        delta_sq += float(delta.double().square().sum())
+        enc.add(spec, delta, 1.0 / beta_at(beta, spec.depth))
+    z = enc.finish()
+    stored = torch.tensor(Basin.create(proj.chart, z.tolist()).z, dtype=torch.float64)
+    return Extraction(substrate, z, delta_sq, _offset_norm_sq(proj, stored, beta))
+
+
+def commit_tensors(
+    repo: Repository,
+    tensor: TensorSource,
+    header: dict[str, tuple[str, tuple[int, ...]]],
+    message: str,
+    *,
+    substrate: str | None = None,
+    fisher: Sequence[float] | None = None,
+) -> ModelCommit:
+    """Commit the basin of a model whose tensors `tensor(name)` returns and `header` describes."""
+    sub = load_substrate(substrate) if substrate else find_substrate(header)
+    sub.match(header)
+    head = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+    ex = extract(projection_for(repo, sub), sub, tensor, head.beta)
+    basin = Basin.create(
+        repo.config.chart,
+        ex.z.tolist(),
+        fisher=fisher,
+        beta=head.beta,
+        entanglements=head.entanglements,
+        labels=head.labels,
+        substrate=SubstrateRef(sub.name, sub.fingerprint),
+    )
+    if basin.z == head.z and fisher is None:
+        raise BasinError("nothing to commit: the model's basin is the same as HEAD's")
+    metrics = {
+        "captured": ex.captured,
+        "delta_norm": math.sqrt(ex.delta_sq),
+        "z_norm": basin.norm(),
+    }
+    cid = porcelain.commit(repo, basin, message, metrics=metrics)
+    cross = head.substrate is not None and head.substrate.fingerprint != sub.fingerprint
+    return ModelCommit(cid, ex, cross)
+
+
+def commit_model(
+    repo: Repository,
+    path: Path,
+    message: str,
+    *,
+    substrate: str | None = None,
+    fisher: Sequence[float] | None = None,
+) -> ModelCommit:
+    """`basin commit --model PATH`: a model file (safetensors, or a torch file read safely)."""
+    from .modelio import open_model
+
+    with open_model(path) as model:
+        return commit_tensors(
+            repo, model.tensor, model.header(), message, substrate=substrate, fisher=fisher
+        )
+
+
+def commit_state_dict(
+    repo: Repository,
+    state: dict[str, torch.Tensor],
+    message: str,
+    *,
+    substrate: str | None = None,
+    fisher: Sequence[float] | None = None,
+) -> ModelCommit:
+    """Commit a model held in memory (a state dict), without writing weights to disk."""
+    header = {name: (_st_dtype(t.dtype), tuple(t.shape)) for name, t in state.items()}
+    return commit_tensors(
+        repo,
+        lambda name: state[name].detach().clone(),
+        header,
+        message,
+        substrate=substrate,
+        fisher=fisher,
+    )
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _st_dtype(dtype: torch.dtype) -> str:
+    try:
+        return _ST_DTYPES[dtype]
+    except KeyError:
+        raise SchemaError(f"unsupported tensor dtype {dtype}") from None
+
+
+# -- checkout -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A basin decoded into a substrate, ready to stream: the commit, basin and tensors."""
+
+    commit: CID
+    basin: Basin
+    substrate: Substrate
+    projection: Projection
+
+    @property
+    def cross_substrate(self) -> bool:
+        """True when the basin was fitted on another substrate than the one it is decoded into."""
+        fitted = self.basin.substrate
+        return fitted is not None and fitted.fingerprint != self.substrate.fingerprint
+
+    def tensors(self) -> Iterator[tuple[TensorSpec, torch.Tensor]]:
+        """(spec, θ0 + β·P z) for every tensor, one at a time, float32."""
+        u = self.projection.bases(torch.tensor(self.basin.z, dtype=torch.float64))
+        for spec in self.substrate.specs:
+            theta = self.substrate.theta0(spec)
+            self.projection.add_offset(theta, spec, u, beta_at(self.basin.beta, spec.depth))
+            yield spec, theta
+
+
+def decode(repo: Repository, rev: str, substrate: str) -> Decoded:
+    cid = repo.resolve(rev)
+    basin = repo.read_basin(repo.read_commit(cid).basin)
+    sub = load_substrate(substrate)
+    if basin.chart != repo.config.chart:
+        raise BasinError(f"basin chart {basin.chart} is not the repository's")
+    return Decoded(cid, basin, sub, projection_for(repo, sub))
+
+
+def write_decoded(
+    dec: Decoded,
+    out: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int = 2 << 30,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Stream a decoded basin to safetensors (sharded above `max_shard_bytes`)."""
+    from .modelio import write_model
+
+    metadata = {
+        "basinvcs.commit": str(dec.commit),
+        "basinvcs.substrate": dec.substrate.name,
+        "basinvcs.fingerprint": dec.substrate.fingerprint.hex(),
+        "basinvcs.chart": str(dec.basin.chart),
+    }
+    return write_model(
+        out,
+        [(s.name, s.shape) for s in dec.substrate.specs],
+        ((spec.name, t) for spec, t in dec.tensors()),
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+        metadata=metadata,
+        progress=progress,
+    )
+
+
+def checkout_model(
+    repo: Repository, rev: str, substrate: str, out: Path, **options
+) -> tuple[Decoded, list[Path]]:
+    """`basin checkout REV --model SUBSTRATE -o OUT`: write θ0 + β·P z as safetensors."""
+    dec = decode(repo, rev, substrate)
+    return dec, write_decoded(dec, out, **options)
+
+
+def load_fisher(path: Path) -> list[float]:
+    """A Fisher diagonal from a JSON list or a safetensors file holding exactly one tensor."""
+    import json
+
+    try:
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+            if not isinstance(values, list):
+                raise SchemaError(f"{path}: expected a JSON list of numbers")
+            return [float(v) for v in values]
+        from .modelio import open_model
+
+        with open_model(path) as model:
+            names = list(model.header())
+            if len(names) != 1:
+                raise SchemaError(f"{path}: expected one tensor, found {len(names)}")
+            return model.tensor(names[0]).double().reshape(-1).tolist()
+    except (OSError, ValueError, TypeError) as exc:
+        raise SchemaError(f"cannot read Fisher diagonal {path}: {exc}") from None
+
+
+def checkout_state_dict(repo: Repository, rev: str, substrate: str) -> dict[str, torch.Tensor]:
+    """A basin as a state dict for `substrate`, in memory (small substrates)."""
+    return {spec.name: t for spec, t in decode(repo, rev, substrate).tensors()}
