@@ -175,7 +175,7 @@ class Projection:
             gram += spectra[a][e[:, None] ^ e[None, :]] * (de[:, None] * de[None, :])
         factor, info = torch.linalg.cholesky_ex(gram)
         if info or factor.diagonal().min() <= 1e-6 * factor.diagonal().max():
-            raise SchemaError("this substrate is too small for the chart: its projection is singular")
+            raise SchemaError("substrate too small for the chart: its projection is singular")
         return factor
 
     def _whiten(self, z: torch.Tensor) -> torch.Tensor:
