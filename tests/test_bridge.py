@@ -1,0 +1,207 @@
+"""The model bridge end to end on the `tiny` substrate: commit --model, checkout --model."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from basinvcs import bridge, porcelain
+from basinvcs.objects import Basin
+from basinvcs.repository import Repository
+from basinvcs.substrate import load_substrate
+from tests.conftest import state
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_substrate("tiny")
+
+
+@pytest.fixture
+def repo1024(tmp_path, monkeypatch):
+    """A default repository (d = 1024) as the working directory."""
+    path = tmp_path / "r"
+    porcelain.init(path).close()
+    monkeypatch.chdir(path)
+    return path
+
+
+def commit_random_basin(path, scale=0.05, seed=0) -> Basin:
+    with Repository.open(path) as repo:
+        gen = torch.Generator().manual_seed(seed)
+        z = (torch.randn(repo.config.chart.dim, generator=gen) * scale).tolist()
+        basin = Basin.create(repo.config.chart, z)
+        porcelain.commit(repo, basin, "a random basin")
+        return repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+
+
+def test_checkout_then_commit_gives_the_same_coordinates(repo1024, cli):
+    basin = commit_random_basin(repo1024)
+    out = cli("checkout", "HEAD", "--model", "tiny", "-o", "m.safetensors").output
+    assert "wrote tiny (1,033,600 parameters, float32)" in out
+    cli("fork", "general~1", "--specialize", "again")  # from genesis, so the basin is new there
+    out = cli("commit", "--model", "m.safetensors", "-m", "round trip").output
+    captured = float(out.split("captured ")[1].split("%")[0]) / 100
+    assert captured >= 0.9999
+    with Repository.open(repo1024) as repo:
+        back = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+    z, z2 = torch.tensor(basin.z), torch.tensor(back.z)
+    assert float((z2 - z).norm() / z.norm()) <= 1e-5
+    assert back.substrate.name == "tiny"
+
+
+def test_a_full_parameter_random_change_is_mostly_lost_and_said_so(repo1024, cli, tiny):
+    gen = torch.Generator().manual_seed(1)
+    state_ = {
+        s.name: tiny.theta0(s) + 0.01 * torch.randn(s.shape, generator=gen) for s in tiny.specs
+    }
+    save_file(state_, "ft.safetensors")
+    result = cli("commit", "--model", "ft.safetensors", "-m", "outside the basin")
+    captured = float(result.output.split("captured ")[1].split("%")[0]) / 100
+    expected = 1024 / tiny.num_params
+    assert 0.5 * expected < captured < 2 * expected
+    assert "trained outside it" in result.stderr
+
+
+def test_checkout_into_another_substrate_says_so(repo1024, cli, tiny):
+    save_file({s.name: tiny.theta0(s) + 0.001 for s in tiny.specs}, "ft.safetensors")
+    cli("commit", "--model", "ft.safetensors", "-m", "fitted on tiny")
+    same = cli("checkout", "HEAD", "--model", "tiny", "-o", "t.safetensors")
+    assert "note:" not in same.stderr
+    other = cli("checkout", "HEAD", "--model", "100M", "-o", "big", "--dtype", "bfloat16")
+    assert "fitted on tiny" in other.stderr and "not that of the tiny model" in other.stderr
+    with Repository.open(repo1024) as repo:
+        z = torch.tensor(repo.read_basin(repo.read_commit(repo.head_commit()).basin).z)
+    big = load_substrate("100M")
+    written = load_file(next((repo1024 / "big").glob("*.safetensors")))
+    spec = next(s for s in big.specs if s.name in written)
+    assert written[spec.name].shape == spec.shape  # the same coordinates, 100M's tensors
+    assert float(z.norm()) > 0
+
+
+def test_checkout_writes_shards_and_dtypes(repo1024, cli):
+    commit_random_basin(repo1024)
+    cli("checkout", "HEAD", "--model", "tiny", "-o", "sharded", "--max-shard-size", "1")
+    index = json.loads((repo1024 / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 4
+    cli("checkout", "HEAD", "--model", "tiny", "-o", "bf.safetensors", "--dtype", "bfloat16")
+    assert load_file("bf.safetensors")["tok_emb.weight"].dtype == torch.bfloat16
+
+
+def test_checkout_without_model_moves_head(repo1024, cli):
+    cli("fork", "general", "--specialize", "med")
+    assert cli("checkout", "general").output.strip() == "Switched to branch 'general'"
+    assert cli("status").output.startswith("On branch general")
+    out = cli("checkout", "HEAD").output
+    assert "detached HEAD" in out and "HEAD detached" in cli("status").output
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def refuses(cli, repo_path, *args, match):
+    before = state(repo_path)
+    result = cli.fails(*args)
+    assert match in result.stderr, result.stderr
+    assert state(repo_path) == before
+
+
+def test_bad_models_are_refused_and_change_nothing(repo1024, cli, tiny, tmp_path):
+    theta = {s.name: tiny.theta0(s) for s in tiny.specs}
+    (tmp_path / "notamodel.safetensors").write_text("hello")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "notamodel.safetensors"),
+        "-m",
+        "x",
+        match="error:",
+    )
+    wrong_name = dict(theta)
+    wrong_name["extra.weight"] = wrong_name.pop("ln_f.weight")
+    save_file(wrong_name, tmp_path / "names.safetensors")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "names.safetensors"),
+        "-m",
+        "x",
+        match="error:",
+    )
+    wrong_shape = dict(theta)
+    wrong_shape["ln_f.weight"] = torch.ones(7)
+    save_file(wrong_shape, tmp_path / "shape.safetensors")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "shape.safetensors"),
+        "--substrate",
+        "tiny",
+        "-m",
+        "x",
+        match="ln_f.weight",
+    )
+    nan = dict(theta)
+    nan["ln_f.weight"] = nan["ln_f.weight"].clone()
+    nan["ln_f.weight"][3] = float("nan")
+    save_file(nan, tmp_path / "nan.safetensors")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "nan.safetensors"),
+        "-m",
+        "x",
+        match="NaN",
+    )
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "nan.safetensors"),
+        "--substrate",
+        "nosuch",
+        "-m",
+        "x",
+        match="nosuch",
+    )
+    save_file(theta, tmp_path / "same.safetensors")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "same.safetensors"),
+        "-m",
+        "x",
+        match="nothing to commit",
+    )
+    refuses(cli, repo1024, "checkout", "HEAD", "--model", "nosuch", match="nosuch")
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_carrying_code_is_never_run(repo1024, cli, tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"w": _Evil(str(marker))}, fh)
+    refuses(
+        cli, repo1024, "commit", "--model", str(tmp_path / "evil.pt"), "-m", "x", match="error:"
+    )
+    assert not marker.exists()
