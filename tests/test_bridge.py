@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from basinvcs import bridge, porcelain
+from basinvcs import porcelain
 from basinvcs.objects import Basin
 from basinvcs.repository import Repository
 from basinvcs.substrate import load_substrate
