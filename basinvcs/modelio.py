@@ -1,0 +1,476 @@
+"""Model files in and out: safetensors (single or sharded) and torch state dicts, never pickle.
+
+Models go up to 10B parameters, so nothing here holds a whole model in memory. Readers parse
+only the safetensors header and hand out one tensor at a time through `safe_open`, which mmaps.
+`write_model` knows every name, shape and the output dtype up front, so it writes the header
+first and then each tensor's bytes as the tensor arrives, in chunks: peak memory is about the one
+tensor the producer is holding.
+
+Torch files (`.pt`, `.pth`, `.bin`) are read only through
+`torch.load(weights_only=True, mmap=True)`: a pickle that would call anything outside torch's
+allowlist is refused before it runs, and so are legacy (non-zip) files, which cannot be mmapped.
+What loads must be a flat dict of name -> tensor.
+
+Output layout: `write_model(OUT, ...)` writes `OUT/model.safetensors` when OUT is a directory
+(created if missing), or OUT itself when it ends with `.safetensors`. Past `max_shard_bytes` it
+writes Hugging Face shards where the single file would go: `model-00001-of-0000N.safetensors`
+and `model.safetensors.index.json` (for `OUT=dir/name.safetensors`:
+`dir/name-00001-of-0000N.safetensors` and `dir/name.safetensors.index.json`). Every shard's
+`__metadata__` holds `"format": "pt"`, which transformers requires. Data is little-endian, as
+safetensors specifies and as every platform torch ships for is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import SchemaError
+
+Header = dict[str, tuple[str, tuple[int, ...]]]
+Progress = Callable[[int], None]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; more means "not a safetensors file"
+CHUNK_BYTES = 64 * 1024**2  # converted, checked and written at a time
+
+DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint64: "U64",
+    torch.uint32: "U32",
+    torch.uint16: "U16",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+DTYPE_BYTES = {name: dtype.itemsize for dtype, name in DTYPES.items()}
+WRITE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class ModelReader:
+    """A model file open for reading one tensor at a time; a context manager."""
+
+    path: Path
+
+    def header(self) -> Header:
+        """Every tensor's name -> (safetensors dtype, shape), in on-disk order."""
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors `__metadata__` strings (of the first shard); empty for torch files."""
+        raise NotImplementedError
+
+    def tensor(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) in header order: reads the files front to back, one tensor at a time."""
+        for name in self.header():
+            yield name, self.tensor(name)
+
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open_model(path: str | os.PathLike[str]) -> ModelReader:
+    """Open a `.safetensors` file, a sharded index, a directory holding either, or a torch file."""
+    path = Path(path)
+    if path.is_dir():
+        present = [path / name for name in (SINGLE_FILE, INDEX_FILE) if (path / name).is_file()]
+        if not present:
+            raise SchemaError(f"directory {path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+        if len(present) > 1:
+            raise SchemaError(f"directory {path} holds both {SINGLE_FILE} and {INDEX_FILE}")
+        path = present[0]
+    if not path.exists():
+        raise SchemaError(f"model file {path} does not exist")
+    if path.name.endswith(".safetensors.index.json"):
+        return SafetensorsReader(path, _read_index(path))
+    if path.suffix == ".safetensors":
+        return SafetensorsReader(path, None)
+    if path.suffix in TORCH_SUFFIXES:
+        return TorchReader(path)
+    raise SchemaError(
+        f"{path} is not a model file basin reads: use .safetensors, .safetensors.index.json, "
+        f"{', '.join(TORCH_SUFFIXES)} or a directory"
+    )
+
+
+class SafetensorsReader(ModelReader):
+    """One safetensors file, or the shards a Hugging Face index names (`weight_map`)."""
+
+    def __init__(self, path: Path, weight_map: dict[str, Path] | None) -> None:
+        self.path = path
+        self._header: Header = {}
+        self._shard_of: dict[str, Path] = {}
+        self._metadata: dict[str, str] = {}
+        self._handles: dict[Path, safe_open] = {}
+        shards = sorted(set(weight_map.values())) if weight_map is not None else [path]
+        for i, shard in enumerate(shards):
+            header, metadata = read_safetensors_header(shard)
+            if i == 0:
+                self._metadata = metadata
+            for name, entry in header.items():
+                if weight_map is not None and weight_map.get(name) != shard:
+                    raise SchemaError(f"{shard} holds tensor {name!r}, which index {path} does not")
+                self._header[name] = entry
+                self._shard_of[name] = shard
+        if weight_map is not None:
+            for name, shard in weight_map.items():
+                if name not in self._shard_of:
+                    raise SchemaError(
+                        f"index {path} puts tensor {name!r} in {shard}, which lacks it"
+                    )
+
+    def header(self) -> Header:
+        return dict(self._header)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        shard = self._shard_of.get(name)
+        if shard is None:
+            raise SchemaError(f"model {self.path} has no tensor {name!r}")
+        try:
+            handle = self._handles.get(shard)
+            if handle is None:
+                handle = self._handles[shard] = safe_open(str(shard), framework="pt")
+            return handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise SchemaError(f"cannot read tensor {name!r} from {shard}: {exc}") from None
+
+    def close(self) -> None:
+        self._handles.clear()  # dropping a handle unmaps its file
+
+
+class TorchReader(ModelReader):
+    """A torch state dict of tensors, mmapped; loaded with `weights_only=True` and nothing else."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tensors = _load_state_dict(path)
+
+    def header(self) -> Header:
+        return {name: (DTYPES[t.dtype], tuple(t.shape)) for name, t in self._tensors.items()}
+
+    def metadata(self) -> dict[str, str]:
+        return {}
+
+    def tensor(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise SchemaError(f"model {self.path} has no tensor {name!r}") from None
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def read_safetensors_header(path: Path) -> tuple[Header, dict[str, str]]:
+    """Parse and check a safetensors header (tensors sorted by offset) without reading data."""
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            prefix = fh.read(8)
+            length = int.from_bytes(prefix, "little")
+            if len(prefix) < 8 or length > MAX_HEADER_BYTES:
+                raise SchemaError(f"{path} is not a safetensors file")
+            if length > size - 8:
+                raise SchemaError(
+                    f"{path} has a truncated header: {length} bytes declared, {size - 8} present"
+                )
+            raw = fh.read(length)
+    except FileNotFoundError:
+        raise SchemaError(f"model file {path} does not exist") from None
+    except OSError as exc:
+        raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not raw.startswith(b"{"):
+        raise SchemaError(f"{path} is not a safetensors file")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise SchemaError(f"{path} has a bad JSON header: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{path} has a bad JSON header: not an object")
+    metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise SchemaError(f"{path} has bad __metadata__: it must map strings to strings")
+    data_bytes = size - 8 - length
+    entries = sorted(
+        (_header_entry(path, name, info, data_bytes), name) for name, info in doc.items()
+    )
+    return {name: (dtype, shape) for (_, dtype, shape), name in entries}, metadata
+
+
+def _header_entry(
+    path: Path, name: str, info: object, data_bytes: int
+) -> tuple[int, str, tuple[int, ...]]:
+    """(begin offset, dtype, shape) of one header entry, checked against the file's data size."""
+    if not isinstance(info, dict):
+        raise SchemaError(f"{path}: header entry {name!r} is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise SchemaError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_size(n) for n in shape):
+        raise SchemaError(f"{path}: tensor {name!r} has bad shape {shape!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_size, offsets)):
+        raise SchemaError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
+    begin, end = offsets
+    if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+        raise SchemaError(f"{path}: tensor {name!r} data_offsets do not match its dtype and shape")
+    if end > data_bytes:
+        raise SchemaError(
+            f"{path} is truncated: tensor {name!r} ends at data byte {end}, "
+            f"the file holds {data_bytes}"
+        )
+    return begin, dtype, tuple(shape)
+
+
+def _is_size(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _read_index(path: Path) -> dict[str, Path]:
+    """An index's weight_map as tensor name -> shard path, every shard checked to exist."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise SchemaError(f"{path} is not valid JSON: {exc}") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise SchemaError(f"{path} has no weight_map")
+    out: dict[str, Path] = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise SchemaError(f"{path} names shard {shard!r}: shards must be files beside it")
+        out[name] = path.parent / shard
+        if not out[name].is_file():
+            raise SchemaError(f"{path} names shard {shard}, which does not exist")
+    return out
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except pickle.UnpicklingError as exc:
+        call = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"its pickle would call {call[1]}" if call else "its pickle holds more than tensors"
+        raise SchemaError(
+            f"refusing to load {path}: {what}; only tensor state dicts are read"
+        ) from None
+    except RuntimeError as exc:
+        if "mmap can only be used" in str(exc):
+            raise SchemaError(
+                f"refusing to load {path}: it is a bare pickle or legacy torch file, not torch's "
+                "zip format; re-save it with torch.save or as safetensors"
+            ) from None
+        first = str(exc).split(". ")[0]
+        raise SchemaError(f"{path} is not a readable torch file: {first}") from None
+    except (EOFError, ValueError, OSError) as exc:
+        raise SchemaError(f"{path} is not a readable torch file: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise SchemaError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided:
+            raise SchemaError(f"{path}: tensor {name!r} is {value.layout}, not a dense tensor")
+        if value.dtype not in DTYPES:
+            raise SchemaError(f"{path}: tensor {name!r} has unsupported dtype {value.dtype}")
+    return obj
+
+
+def model_nbytes(specs: Iterable[tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> int:
+    """Bytes of tensor data `write_model` writes (the index's total_size; a progress total)."""
+    return sum(math.prod(shape) for _, shape in specs) * dtype.itemsize
+
+
+def write_model(
+    out: str | os.PathLike[str],
+    specs: list[tuple[str, tuple[int, ...]]],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    dtype: torch.dtype,
+    max_shard_bytes: int = 2 * 1024**3,
+    metadata: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Stream `tensors` (in `specs` order, finite) to safetensors; return the files written.
+
+    Everything goes to temporary files beside the targets and is renamed into place only when
+    all tensors arrived and checked out, so on any error the previous output is untouched.
+    `progress(n)` is called with the number of bytes just written.
+    """
+    if dtype not in WRITE_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in WRITE_DTYPES)
+        raise SchemaError(f"cannot write models as {dtype}; use one of {names}")
+    meta = {"format": "pt", **(metadata or {})}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise SchemaError("model metadata must map strings to strings")
+    _check_specs(specs)
+    shards = _plan_shards(specs, dtype.itemsize, max_shard_bytes)
+    targets, index = _layout(Path(out), len(shards))
+    temps: list[Path] = []
+    stream = iter(tensors)
+    try:
+        targets[0].parent.mkdir(parents=True, exist_ok=True)
+        for shard, target in zip(shards, targets, strict=True):
+            with _temp_beside(target, temps) as fh:
+                fh.write(_header_bytes(shard, DTYPES[dtype], dtype.itemsize, meta))
+                for name, shape in shard:
+                    _write_tensor(fh, name, shape, next(stream, None), dtype, progress)
+        extra = next(stream, None)
+        if extra is not None:
+            raise SchemaError(f"unexpected tensor {_name_of(extra)!r} after the last declared one")
+        if index is not None:
+            doc = {
+                "metadata": {"total_size": model_nbytes(specs, dtype)},
+                "weight_map": {
+                    name: target.name
+                    for shard, target in zip(shards, targets, strict=True)
+                    for name, _ in shard
+                },
+            }
+            with _temp_beside(index, temps) as fh:
+                fh.write(json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+        written = [*targets, *([index] if index is not None else [])]
+        for temp, target in zip(temps, written, strict=True):
+            os.replace(temp, target)  # the index last: it never names a shard not yet in place
+        return written
+    except OSError as exc:
+        raise SchemaError(f"cannot write model {out}: {exc.strerror or exc}") from None
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _check_specs(specs: list[tuple[str, tuple[int, ...]]]) -> None:
+    seen: set[str] = set()
+    for name, shape in specs:
+        if not isinstance(name, str) or name == "__metadata__" or name in seen:
+            raise SchemaError(f"tensor name {name!r} is reserved, repeated or not a string")
+        if not all(_is_size(n) for n in shape):
+            raise SchemaError(f"tensor {name!r} has bad shape {shape!r}")
+        seen.add(name)
+
+
+def _plan_shards(
+    specs: list[tuple[str, tuple[int, ...]]], itemsize: int, max_shard_bytes: int
+) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """Greedy in order, like Hugging Face: a tensor larger than a shard gets a shard of its own."""
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    filled = 0
+    for name, shape in specs:
+        nbytes = math.prod(shape) * itemsize
+        if shards[-1] and filled + nbytes > max_shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append((name, tuple(shape)))
+        filled += nbytes
+    return shards
+
+
+def _layout(out: Path, count: int) -> tuple[list[Path], Path | None]:
+    """Target files (and index) for `count` shards; see the module docstring."""
+    if out.suffix == ".safetensors":
+        folder, stem = out.parent, out.name.removesuffix(".safetensors")
+        single = out
+    else:
+        folder, stem = out, "model"
+        single = out / SINGLE_FILE
+    if count == 1:
+        return [single], None
+    shards = [folder / f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    return shards, folder / f"{stem}.safetensors.index.json"
+
+
+def _temp_beside(target: Path, temps: list[Path]) -> BinaryIO:
+    """A new hidden temporary file next to `target`, recorded in `temps` for rename or cleanup."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temps.append(Path(name))
+    return os.fdopen(fd, "wb")
+
+
+def _header_bytes(
+    shard: list[tuple[str, tuple[int, ...]]], code: str, itemsize: int, meta: dict[str, str]
+) -> bytes:
+    """Length prefix and JSON header, space-padded so the data starts 8-byte aligned."""
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
+    for name, shape in shard:
+        end = offset + math.prod(shape) * itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _write_tensor(
+    fh: BinaryIO,
+    name: str,
+    shape: tuple[int, ...],
+    item: object,
+    dtype: torch.dtype,
+    progress: Progress | None,
+) -> None:
+    """Check one arriving (name, tensor) against its spec and write it a chunk at a time."""
+    if item is None:
+        raise SchemaError(f"tensors ended before {name!r}")
+    got, tensor = item
+    if got != name:
+        raise SchemaError(f"expected tensor {name!r}, got {got!r}: tensors must come in order")
+    if not isinstance(tensor, torch.Tensor):
+        raise SchemaError(f"tensor {name!r} is a {type(tensor).__name__}, not a tensor")
+    if tuple(tensor.shape) != shape:
+        raise SchemaError(f"tensor {name!r} has shape {tuple(tensor.shape)}, declared {shape}")
+    flat = tensor.detach().reshape(-1)
+    step = CHUNK_BYTES // dtype.itemsize
+    for start in range(0, flat.numel(), step):
+        chunk = flat[start : start + step].to(device="cpu", dtype=dtype)
+        # aminmax propagates NaN, so both ends are finite exactly when every value is; unlike
+        # isfinite() it allocates nothing and is ten times faster
+        low, high = torch.aminmax(chunk)
+        if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+            raise SchemaError(f"tensor {name!r} has values that are not finite as {dtype}")
+        fh.write(chunk.view(torch.uint8).numpy())  # bytes of any dtype, bfloat16 included
+        if progress is not None:
+            progress(chunk.numel() * dtype.itemsize)
+
+
+def _name_of(item: object) -> object:
+    return item[0] if isinstance(item, tuple) and item else item

@@ -1,0 +1,408 @@
+import json
+import math
+import pickle
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from basinvcs import modelio
+from basinvcs.errors import SchemaError
+from basinvcs.modelio import open_model, write_model
+
+SPECS = [("embed.weight", (16, 8)), ("layer.0.bias", (8,)), ("scale", ()), ("empty", (0, 3))]
+
+
+def make_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(shape, generator=gen) for name, shape in SPECS}
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def load_sharded(folder: Path) -> dict[str, torch.Tensor]:
+    """What Hugging Face does: read the index, load every shard it names, merge."""
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        out.update(load_file(folder / shard))
+    assert set(out) == set(index["weight_map"])
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in out.values())
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_single_file_round_trip_in_every_dtype(tmp_path, dtype):
+    tensors = make_tensors()
+    out = tmp_path / "m.safetensors"
+    assert write_model(out, SPECS, tensors.items(), dtype=dtype, metadata={"basin": "x"}) == [out]
+    back = load_file(out)
+    assert list(back) == [name for name, _ in SPECS]
+    for name, t in tensors.items():
+        assert back[name].dtype == dtype and torch.equal(back[name], t.to(dtype))
+    with open_model(out) as reader:
+        code = modelio.DTYPES[dtype]
+        assert reader.header() == {name: (code, shape) for name, shape in SPECS}
+        assert reader.metadata() == {"format": "pt", "basin": "x"}
+        assert torch.equal(reader.tensor("embed.weight"), tensors["embed.weight"].to(dtype))
+
+
+def test_layout_is_the_safetensors_format(tmp_path):
+    out = tmp_path / "m.safetensors"
+    tensors = {"a": torch.tensor([1.0, -2.0]), "b": torch.tensor([[3]], dtype=torch.int64)}
+    write_model(out, [("a", (2,)), ("b", (1, 1))], tensors.items(), dtype=torch.bfloat16)
+    raw = out.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    assert (8 + length) % 8 == 0  # data starts 8-byte aligned
+    header = json.loads(raw[8 : 8 + length])
+    assert header == {
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]},
+        "b": {"dtype": "BF16", "shape": [1, 1], "data_offsets": [4, 6]},
+    }
+    # bfloat16 is the top half of float32, little-endian: 1.0 = 3f80, -2.0 = c000, 3.0 = 4040
+    assert raw[8 + length :] == bytes.fromhex("803f00c04040")
+
+
+def test_sharded_directory_loads_like_hugging_face(tmp_path):
+    tensors = make_tensors()
+    out = tmp_path / "model"
+    # embed.weight is 512 bytes, larger than a shard: it gets a shard of its own
+    files = write_model(out, SPECS, tensors.items(), dtype=torch.float32, max_shard_bytes=100)
+    assert [p.name for p in files] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    assert files_in(out) == [p.name for p in files]
+    index = json.loads(files[-1].read_text())
+    assert index["weight_map"]["embed.weight"] == "model-00001-of-00002.safetensors"
+    assert index["weight_map"]["scale"] == "model-00002-of-00002.safetensors"
+    back = load_sharded(out)
+    assert all(torch.equal(back[name], t) for name, t in tensors.items())
+    for source in (out, files[-1]):
+        with open_model(source) as reader:
+            assert list(reader.header()) == ["embed.weight", "layer.0.bias", "scale", "empty"]
+            assert reader.metadata() == {"format": "pt"}
+            assert all(torch.equal(t, tensors[name]) for name, t in reader.tensors())
+
+
+def test_every_tensor_over_the_limit_gets_its_own_shard(tmp_path):
+    specs = [(f"t{i}", (4,)) for i in range(3)]
+    tensors = [(name, torch.ones(shape)) for name, shape in specs]
+    files = write_model(tmp_path, specs, tensors, dtype=torch.float32, max_shard_bytes=1)
+    assert len(files) == 4 and files[2].name == "model-00003-of-00003.safetensors"
+
+
+def test_sharded_output_beside_a_safetensors_name(tmp_path):
+    tensors = make_tensors()
+    out = tmp_path / "sub" / "tuned.safetensors"
+    files = write_model(out, SPECS, tensors.items(), dtype=torch.float16, max_shard_bytes=100)
+    assert [p.name for p in files] == [
+        "tuned-00001-of-00002.safetensors",
+        "tuned-00002-of-00002.safetensors",
+        "tuned.safetensors.index.json",
+    ]
+    with open_model(files[-1]) as reader:
+        assert torch.equal(reader.tensor("layer.0.bias"), tensors["layer.0.bias"].half())
+
+
+def test_a_directory_gets_model_safetensors(tmp_path):
+    files = write_model(tmp_path / "new", SPECS, make_tensors().items(), dtype=torch.float32)
+    assert files == [tmp_path / "new" / "model.safetensors"]
+    with open_model(tmp_path / "new") as reader:
+        assert reader.path == files[0]
+
+
+def test_writing_streams_one_tensor_at_a_time(tmp_path):
+    specs = [(f"t{i}", (1000,)) for i in range(6)]
+    alive: list[weakref.ref] = []
+    reported: list[int] = []
+
+    def produce():
+        for name, shape in specs:
+            # by the time the next tensor is asked for, the writer holds none: peak is one tensor
+            if alive:
+                assert alive[-1]() is None
+            tensor = torch.rand(shape)
+            alive.append(weakref.ref(tensor))
+            yield name, tensor
+            del tensor
+
+    write_model(tmp_path, specs, produce(), dtype=torch.float32, progress=reported.append)
+    assert len(alive) == 6
+    assert sum(reported) == modelio.model_nbytes(specs, torch.float32) == 6 * 4000
+
+
+def test_large_tensors_are_written_in_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(modelio, "CHUNK_BYTES", 1024)
+    tensor = torch.randn(10, 100)
+    reported: list[int] = []
+    files = write_model(
+        tmp_path,
+        [("w", (10, 100))],
+        [("w", tensor)],
+        dtype=torch.bfloat16,
+        progress=reported.append,
+    )
+    assert reported == [1024, 976]  # 512 + 488 bfloat16 values
+    assert torch.equal(load_file(files[0])["w"], tensor.bfloat16())
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ([("embed.weight", torch.zeros(16, 8)), ("scale", torch.zeros(()))], "expected tensor"),
+        ([("embed.weight", torch.zeros(8, 16))], r"shape \(8, 16\), declared \(16, 8\)"),
+        ([("embed.weight", torch.zeros(16, 8))], "tensors ended before 'layer.0.bias'"),
+        ([("embed.weight", torch.full((16, 8), math.nan))], "not finite"),
+        ([("embed.weight", [0.0])], "not a tensor"),
+    ],
+)
+def test_bad_input_leaves_no_partial_output(tmp_path, tensors, message):
+    with pytest.raises(SchemaError, match=message):
+        write_model(tmp_path / "out", SPECS, tensors, dtype=torch.float32)
+    assert files_in(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", [0, 700, 999])
+def test_any_non_finite_value_is_refused(tmp_path, monkeypatch, dtype, bad, where):
+    monkeypatch.setattr(modelio, "CHUNK_BYTES", 512 * dtype.itemsize)  # two chunks
+    tensor = torch.rand(1000)
+    tensor[where] = bad
+    with pytest.raises(SchemaError, match="'w' has values that are not finite"):
+        write_model(tmp_path, [("w", (1000,))], [("w", tensor)], dtype=dtype)
+    assert files_in(tmp_path) == []
+
+
+def test_overflow_to_infinity_in_the_output_dtype_is_refused(tmp_path):
+    with pytest.raises(SchemaError, match="not finite as torch.float16"):
+        write_model(tmp_path, [("w", (1,))], [("w", torch.tensor([1e6]))], dtype=torch.float16)
+
+
+def test_a_failed_write_keeps_the_previous_output(tmp_path):
+    tensors = make_tensors()
+    files = write_model(tmp_path, SPECS, tensors.items(), dtype=torch.float32, max_shard_bytes=100)
+    before = {p.name: p.read_bytes() for p in files}
+
+    def failing():
+        yield "embed.weight", torch.zeros(16, 8)
+        raise RuntimeError("producer broke")
+
+    with pytest.raises(RuntimeError, match="producer broke"):
+        write_model(tmp_path, SPECS, failing(), dtype=torch.float32, max_shard_bytes=100)
+    extra = [("bonus", torch.zeros(1))]
+    with pytest.raises(SchemaError, match="unexpected tensor 'bonus'"):
+        write_model(tmp_path, SPECS, [*tensors.items(), *extra], dtype=torch.float32)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("specs", "kwargs", "message"),
+    [
+        ([("a", (1,)), ("a", (1,))], {}, "repeated"),
+        ([("__metadata__", (1,))], {}, "reserved"),
+        ([("a", (-1,))], {}, "bad shape"),
+        ([("a", (1,))], {"dtype": torch.int32}, "cannot write models as torch.int32"),
+        ([("a", (1,))], {"metadata": {"k": 1}}, "strings to strings"),
+    ],
+)
+def test_bad_arguments_are_refused(tmp_path, specs, kwargs, message):
+    with pytest.raises(SchemaError, match=message):
+        write_model(tmp_path, specs, [], **{"dtype": torch.float32, **kwargs})
+    assert files_in(tmp_path) == []
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SchemaError, match="cannot write model"):
+        write_model(tmp_path / "taken", SPECS, make_tensors().items(), dtype=torch.float32)
+
+
+def test_an_empty_model_is_a_valid_file(tmp_path):
+    files = write_model(tmp_path / "e.safetensors", [], [], dtype=torch.float32)
+    assert load_file(files[0]) == {}
+
+
+def test_reader_reads_what_save_file_wrote(tmp_path):
+    tensors = {"b": torch.randn(3, 2), "a": torch.arange(4, dtype=torch.int64)}
+    save_file(tensors, tmp_path / "m.safetensors", metadata={"k": "v"})
+    with open_model(tmp_path / "m.safetensors") as reader:
+        assert reader.header() == {"b": ("F32", (3, 2)), "a": ("I64", (4,))}
+        assert reader.metadata() == {"k": "v"}
+        assert torch.equal(reader.tensor("a"), tensors["a"])
+        with pytest.raises(SchemaError, match="has no tensor 'c'"):
+            reader.tensor("c")
+
+
+def write_raw(path: Path, header: bytes, data: bytes = b"") -> Path:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is not a safetensors file"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(100), "is not a safetensors file"),
+        ((1000).to_bytes(8, "little") + b'{"a":', "truncated header: 1000 bytes declared, 5"),
+        ((5).to_bytes(8, "little") + b"[1,2]", "is not a safetensors file"),
+        ((5).to_bytes(8, "little") + b'{"a":', "bad JSON header"),
+        ((3).to_bytes(8, "little") + b"{\xff}", "bad JSON header"),
+    ],
+)
+def test_broken_safetensors_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(SchemaError, match=message) as err:
+        open_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "truncated: tensor 'a' ends"),
+        ({"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}, "unsupported dtype 'X9'"),
+        ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "bad shape"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [0]}, "bad data_offsets"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}, "do not match"),
+        ([1], "not an object"),
+    ],
+)
+def test_bad_header_entries_are_refused(tmp_path, entry, message):
+    path = write_raw(tmp_path / "m.safetensors", json.dumps({"a": entry}).encode(), bytes(4))
+    with pytest.raises(SchemaError, match=message):
+        open_model(path)
+
+
+def test_missing_models_and_unknown_kinds_are_refused(tmp_path):
+    with pytest.raises(SchemaError, match="does not exist"):
+        open_model(tmp_path / "nope.safetensors")
+    with pytest.raises(SchemaError, match="holds neither model.safetensors"):
+        open_model(tmp_path)
+    (tmp_path / "model.txt").write_text("hi")
+    with pytest.raises(SchemaError, match="not a model file basin reads"):
+        open_model(tmp_path / "model.txt")
+
+
+def test_a_directory_with_both_layouts_is_ambiguous(tmp_path):
+    write_model(tmp_path, SPECS, make_tensors().items(), dtype=torch.float32)
+    write_model(tmp_path, SPECS, make_tensors().items(), dtype=torch.float32, max_shard_bytes=100)
+    with pytest.raises(SchemaError, match="holds both"):
+        open_model(tmp_path)
+
+
+def test_broken_indexes_are_refused(tmp_path):
+    files = write_model(
+        tmp_path, SPECS, make_tensors().items(), dtype=torch.float32, max_shard_bytes=100
+    )
+    index = files[-1]
+    doc = json.loads(index.read_text())
+
+    def refused(message: str) -> None:
+        index.write_text(json.dumps(doc))
+        with pytest.raises(SchemaError, match=message):
+            open_model(index)
+
+    files[1].rename(tmp_path / "moved.safetensors")
+    refused("names shard model-00002-of-00002.safetensors, which does not exist")
+    (tmp_path / "moved.safetensors").rename(files[1])
+    doc["weight_map"]["scale"] = "../model-00001-of-00002.safetensors"
+    refused("shards must be files beside it")
+    doc["weight_map"]["scale"] = files[0].name
+    refused("holds tensor 'scale', which index")
+    doc["weight_map"] = {}
+    refused("has no weight_map")
+    index.write_text("{")
+    with pytest.raises(SchemaError, match="is not valid JSON"):
+        open_model(index)
+
+
+def test_index_naming_a_tensor_its_shard_lacks(tmp_path):
+    files = write_model(
+        tmp_path, SPECS, make_tensors().items(), dtype=torch.float32, max_shard_bytes=100
+    )
+    doc = json.loads(files[-1].read_text())
+    doc["weight_map"]["ghost"] = files[0].name
+    files[-1].write_text(json.dumps(doc))
+    with pytest.raises(SchemaError, match="puts tensor 'ghost' in .*which lacks it"):
+        open_model(files[-1])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_torch_state_dicts_load(tmp_path, suffix):
+    tensors = {"w": torch.randn(4, 3).bfloat16(), "step": torch.tensor(7)}
+    torch.save(tensors, tmp_path / f"m{suffix}")
+    with open_model(tmp_path / f"m{suffix}") as reader:
+        assert reader.header() == {"w": ("BF16", (4, 3)), "step": ("I64", ())}
+        assert reader.metadata() == {}
+        assert torch.equal(reader.tensor("w"), tensors["w"])
+        with pytest.raises(SchemaError, match="has no tensor 'x'"):
+            reader.tensor("x")
+
+
+class Trap:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_torch_file_with_code_is_refused_without_running_it(tmp_path):
+    trap = tmp_path / "pwned"
+    torch.save({"w": torch.zeros(1), "x": Trap(trap)}, tmp_path / "evil.pt")
+    with pytest.raises(SchemaError, match=r"^refusing to load .*evil\.pt: its pickle would call"):
+        open_model(tmp_path / "evil.pt")
+    assert not trap.exists()
+
+
+def test_a_bare_pickle_is_refused_without_running_it(tmp_path):
+    trap = tmp_path / "pwned"
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps({"w": Trap(trap)}))
+    with pytest.raises(SchemaError, match=r"^refusing to load .*evil\.bin: it is a bare pickle"):
+        open_model(tmp_path / "evil.bin")
+    assert not trap.exists()
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ({"w": torch.zeros(1), "epoch": 3}, "entry 'epoch' is a int, not a tensor"),
+        ({"model": {"w": torch.zeros(1)}}, "entry 'model' is a dict, not a tensor"),
+        ([torch.zeros(1)], "holds a list, not a state dict"),
+        ({"w": torch.zeros(2, dtype=torch.complex64)}, "unsupported dtype torch.complex64"),
+        ({"w": torch.zeros(2).to_sparse()}, "is torch.sparse_coo, not a dense tensor"),
+    ],
+)
+def test_torch_files_that_are_not_flat_state_dicts_are_refused(tmp_path, obj, message):
+    torch.save(obj, tmp_path / "m.pt")
+    with pytest.raises(SchemaError, match=message):
+        open_model(tmp_path / "m.pt")
+
+
+def test_broken_torch_files_are_refused(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(SchemaError, match="junk.pt is not a readable torch file"):
+        open_model(tmp_path / "junk.pt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(SchemaError, match="refusing to load .*legacy torch file"):
+        open_model(tmp_path / "old.pt")
+
+
+def test_torch_model_copies_to_safetensors(tmp_path):
+    tensors = make_tensors()
+    torch.save(tensors, tmp_path / "m.pt")
+    with open_model(tmp_path / "m.pt") as reader:
+        specs = [(name, shape) for name, (_, shape) in reader.header().items()]
+        files = write_model(tmp_path / "out", specs, reader.tensors(), dtype=torch.float32)
+    assert all(torch.equal(load_file(files[0])[name], t) for name, t in tensors.items())
