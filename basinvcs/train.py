@@ -1,0 +1,268 @@
+"""Training inside the basin: a substrate whose only free parameters are the chart coordinates.
+
+`BasinModel` holds θ0 fixed and computes, on every forward,
+
+    θ_t = θ0_t + β(depth_t) · (P z)_t
+
+for every tensor t, then runs the substrate's GPT on those weights with
+`torch.func.functional_call`. P z comes from `projection.offset_fn`: one decode forward, one encode
+backward (its exact adjoint), so a step costs about two passes over the N weights and nothing of
+size N × d is ever formed. The trainable parameters are z (d values) and, if asked, the β
+coefficients: what the optimiser sees is exactly what a basin packet can hold.
+
+`commit_model_in_basin` writes the packet straight from `model.z` (no weights on disk). Packets
+store z as float24 (numeric.py), so it first rounds z in place onto that grid (`snap_`): the
+committed basin, checked out again, then reproduces the trained model up to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import numeric, porcelain
+from .cid import CID
+from .errors import SchemaError
+from .gpt import GPT
+from .objects import Basin, Chart, Entanglement, SubstrateRef
+from .projection import Projection, offset_fn
+from .repository import Repository
+from .substrate import Substrate
+from .tasks import Batch, Task
+
+B = TypeVar("B")
+
+
+class BasinModel(nn.Module):
+    """A substrate GPT reparametrised by basin coordinates: θ = θ0 + β(depth)·P z.
+
+    `projection` may be passed to share one `Projection(chart, substrate.specs)` between models:
+    building one computes the chart's Gram correction (a few seconds at d = 1024).
+    """
+
+    def __init__(
+        self,
+        substrate: Substrate,
+        chart: Chart,
+        z: torch.Tensor | Sequence[float] | None = None,
+        beta: Sequence[float] = (1.0,),
+        *,
+        train_beta: bool = False,
+        projection: Projection | None = None,
+    ) -> None:
+        super().__init__()
+        if projection is None:
+            projection = Projection(chart, substrate.specs)
+        elif projection.chart != chart or projection.specs != list(substrate.specs):
+            raise SchemaError("projection was built for another chart or substrate")
+        if not beta or not all(math.isfinite(b) for b in beta):
+            raise SchemaError("beta needs at least one finite coefficient")
+        self.substrate = substrate
+        self.chart = chart
+        self.projection = projection
+        self._offset = offset_fn(projection)
+        start = torch.zeros(chart.dim) if z is None else torch.as_tensor(z).detach().clone()
+        if start.shape != (chart.dim,) or not torch.isfinite(start).all():
+            raise SchemaError(
+                f"z must be {chart.dim} finite values, got shape {tuple(start.shape)}"
+            )
+        self.z = nn.Parameter(start.to(torch.float32))
+        coeffs = torch.tensor(list(beta), dtype=torch.float64)
+        if train_beta:
+            self.beta = nn.Parameter(coeffs)
+        else:
+            self.register_buffer("beta", coeffs)
+        depths = torch.tensor([s.depth for s in substrate.specs], dtype=torch.float64)
+        # Not persistent: a state_dict then holds only z and β, i.e. what a basin packet holds.
+        powers = depths[:, None] ** torch.arange(len(beta))
+        self.register_buffer("depth_powers", powers, persistent=False)
+        theta0 = torch.cat([substrate.theta0(s).reshape(-1) for s in substrate.specs])
+        self.register_buffer("theta0", theta0, persistent=False)
+        # The architecture only, on the meta device: functional_call supplies every weight. Set
+        # past nn.Module's registration so its (meta) parameters never reach an optimiser.
+        object.__setattr__(self, "net", GPT(substrate.config, device="meta"))
+
+    @classmethod
+    def from_basin(
+        cls,
+        substrate: Substrate,
+        basin: Basin,
+        *,
+        train_beta: bool = False,
+        projection: Projection | None = None,
+    ) -> BasinModel:
+        """Start from a packet's coordinates and β (e.g. HEAD's basin, to continue training)."""
+        return cls(
+            substrate,
+            basin.chart,
+            torch.tensor(basin.z, dtype=torch.float32),
+            basin.beta,
+            train_beta=train_beta,
+            projection=projection,
+        )
+
+    def scales(self) -> torch.Tensor:
+        """β(depth_t) for every tensor t, float64 (differentiable in β when β is trained)."""
+        return self.depth_powers @ self.beta
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """θ0 + β·P z, tensor by tensor, under the substrate's tensor names."""
+        device = self.theta0.device
+        offset = self._offset(self.z.cpu()).to(device)  # the projection runs on the CPU
+        sizes = [s.numel for s in self.substrate.specs]
+        scales = self.scales().to(device, self.theta0.dtype)
+        out = {}
+        for i, (spec, base, off) in enumerate(
+            zip(self.substrate.specs, self.theta0.split(sizes), offset.split(sizes), strict=True)
+        ):
+            out[spec.name] = (base + scales[i] * off).view(spec.shape)
+        return out
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits, exactly as `substrate.build()` loaded with `weights()` gives them."""
+        return torch.func.functional_call(self.net, self.weights(), (idx,))
+
+    def beta_values(self) -> tuple[float, ...]:
+        return tuple(float(b) for b in self.beta.detach().cpu())
+
+    def offset_norm_sq(self) -> float:
+        """‖β·P z‖², the squared size of the change this model makes to θ0."""
+        with torch.no_grad():
+            offset = self._offset(self.z.detach().cpu()).double()
+            sizes = [s.numel for s in self.substrate.specs]
+            return math.fsum(
+                float(s) ** 2 * float(o.square().sum())
+                for s, o in zip(self.scales().cpu(), offset.split(sizes), strict=True)
+            )
+
+    @torch.no_grad()
+    def snap_(self) -> BasinModel:
+        """Round z in place to the float24 values a basin packet stores (relative error ≤ 2^-16).
+
+        After this, `to_basin(model)` holds exactly `model.z`, so the packet decodes to this model.
+        """
+        stored = numeric.quantize(self.z.detach().cpu().tolist())
+        self.z.copy_(torch.tensor(stored, dtype=torch.float32))
+        return self
+
+
+def batch_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the answer positions of a batch (the mask), nothing else."""
+    inputs, targets, mask = batch
+    logits = model(inputs)
+    return F.cross_entropy(logits[mask], targets[mask])
+
+
+def fisher_diagonal(
+    model: BasinModel,
+    batches: Iterable[B],
+    loss_fn: Callable[[BasinModel, B], torch.Tensor] = batch_loss,
+) -> torch.Tensor:
+    """Empirical Fisher diagonal over z: F_i = (1/K) Σ_k (∂L_k/∂z_i)², float64, shape (d,).
+
+    L_k = loss_fn(model, batch_k) is the mean loss of batch k (the default: cross-entropy on its
+    answer tokens), and the gradient is taken at the model's current z. With one example per batch
+    this is the textbook empirical Fisher (squared per-example score, on the data's labels, not
+    labels sampled from the model); larger batches average the scores before squaring, which drops
+    part of the per-example variance, so compare Fisher diagonals computed with the same batch
+    size. Only relative values matter to merges and distances. For these classical models (a
+    probability distribution over next tokens, i.e. a pure state with real amplitudes √p) the
+    quantum Fisher information reduces exactly to this classical Fisher information.
+    """
+    total = torch.zeros(model.chart.dim, dtype=torch.float64)
+    count = 0
+    for batch in batches:
+        (grad,) = torch.autograd.grad(loss_fn(model, batch), model.z)
+        total += grad.detach().cpu().double().square()
+        count += 1
+    if not count:
+        raise ValueError("fisher_diagonal needs at least one batch")
+    return total / count
+
+
+def train(
+    model: BasinModel, task: Task, steps: int, lr: float, batch_size: int, seed: int
+) -> list[float]:
+    """Adam (one learning rate) on the model's trainable parameters: z, and β when trained.
+
+    Batches come from the task's training split drawn by a generator seeded with `seed`, so the
+    same model, task and arguments give the same losses. Returns the loss of every step.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    device = model.theta0.device
+    losses = []
+    for _ in range(steps):
+        batch = tuple(t.to(device) for t in task.batch(batch_size, gen))
+        loss = batch_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def to_basin(
+    model: BasinModel,
+    *,
+    fisher: Sequence[float] | torch.Tensor | None = None,
+    labels: Sequence[str] = (),
+    entanglements: Sequence[Entanglement] = (),
+    substrate_ref: SubstrateRef | None = None,
+) -> Basin:
+    """The packet of the model's coordinates and β, z rounded to float24 as the packet stores it
+    (call `model.snap_()` first for the model to be exactly what the packet decodes to).
+
+    The substrate reference defaults to the model's own substrate.
+    """
+    if substrate_ref is None:
+        substrate_ref = SubstrateRef(model.substrate.name, model.substrate.fingerprint)
+    return Basin.create(
+        model.chart,
+        model.z.detach().cpu().tolist(),
+        fisher=_floats(fisher),
+        beta=model.beta_values(),
+        entanglements=entanglements,
+        labels=labels,
+        substrate=substrate_ref,
+    )
+
+
+def commit_model_in_basin(
+    repo: Repository,
+    model: BasinModel,
+    message: str,
+    fisher: Sequence[float] | torch.Tensor | None = None,
+) -> CID:
+    """Commit the model's basin on the current branch, straight from `model.z`.
+
+    This calls `model.snap_()` first: z is rounded in place to the packet's float24 grid, so the
+    commit checked out again reproduces the model as it now is. Labels and entanglements come from
+    HEAD's basin, as `bridge.commit_tensors` does. Metrics: "captured" = ‖β·P z_stored‖² /
+    ‖β·P z‖² with z as trained (1 up to float24 rounding), and "z_norm" = ‖z_stored‖.
+    """
+    if model.chart != repo.config.chart:
+        raise SchemaError(f"model chart {model.chart} differs from the repository's")
+    trained_sq = model.offset_norm_sq()
+    model.snap_()
+    stored_sq = model.offset_norm_sq()
+    head = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+    basin = to_basin(model, fisher=fisher, labels=head.labels, entanglements=head.entanglements)
+    metrics = {
+        "captured": stored_sq / trained_sq if trained_sq else 1.0,
+        "z_norm": basin.norm(),
+    }
+    return porcelain.commit(repo, basin, message, metrics=metrics)
+
+
+def _floats(values: Sequence[float] | torch.Tensor | None) -> list[float] | None:
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().double().tolist()
+    return list(values)

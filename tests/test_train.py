@@ -1,0 +1,206 @@
+"""Training in the basin: exact θ(z), gradients, Fisher, learning, commit round trip."""
+
+import pytest
+import torch
+
+from basinvcs import numeric, porcelain
+from basinvcs.bridge import checkout_state_dict
+from basinvcs.errors import SchemaError
+from basinvcs.objects import Chart
+from basinvcs.projection import Projection
+from basinvcs.repository import Repository
+from basinvcs.substrate import Substrate, load_substrate
+from basinvcs.tasks import Task, make_task
+from basinvcs.train import (
+    BasinModel,
+    batch_loss,
+    commit_model_in_basin,
+    fisher_diagonal,
+    to_basin,
+    train,
+)
+
+CHART = Chart(seed=0, dim=1024)  # what porcelain.init(path, dim=1024) makes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine two threads of this small model often wait on each
+    other (measured: 0.06-0.09 s per step on one thread, up to 1.7 s on two under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sub() -> Substrate:
+    return load_substrate("tiny")
+
+
+@pytest.fixture(scope="module")
+def proj(sub) -> Projection:
+    return Projection(CHART, sub.specs)  # its Gram correction takes a few seconds: build it once
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return make_task("cipher")
+
+
+def model(sub, proj, z=None, **kw) -> BasinModel:
+    return BasinModel(sub, CHART, z, projection=proj, **kw)
+
+
+def test_zero_coordinates_give_the_substrate_exactly(sub, proj, task):
+    inputs = task.encode(list(task.test[:8]))[0]
+    assert torch.equal(model(sub, proj)(inputs), sub.build()(inputs))
+
+
+def test_only_z_and_beta_are_trainable(sub, proj):
+    m = model(sub, proj)
+    assert [n for n, p in m.named_parameters()] == ["z"]
+    assert m.z.shape == (1024,)
+    trained = model(sub, proj, beta=(1.0, 0.5), train_beta=True)
+    assert sorted(n for n, _ in trained.named_parameters()) == ["beta", "z"]
+    assert all(p.requires_grad for p in trained.parameters())
+    assert "theta0" in dict(m.named_buffers()) and not m.theta0.requires_grad
+
+
+def test_forward_is_theta0_plus_beta_times_decoded_offset(sub, proj, task):
+    z = torch.randn(1024, generator=torch.Generator().manual_seed(1)) * 20
+    beta = (0.5, 1.5, -0.25)
+    m = model(sub, proj, z, beta=beta)
+    gpt = sub.build()
+    gpt.load_state_dict({s.name: sub.theta0(s) + t for s, t in proj.decode(z, beta)})
+    inputs = task.encode(list(task.test[:8]))[0]
+    assert (m(inputs) - gpt(inputs)).abs().max() <= 1e-5
+
+
+def test_gradient_matches_finite_differences(sub, proj, task):
+    z = torch.randn(1024, generator=torch.Generator().manual_seed(2)) * 3
+    # float64 weights so that central differences resolve the loss (the offset is float32)
+    m = model(sub, proj, z, beta=(1.0, -0.5), train_beta=True).double()
+    batch = task.batch(8, torch.Generator().manual_seed(0))
+    batch_loss(m, batch).backward()
+    grad_z, grad_beta = m.z.grad.clone(), m.beta.grad.clone()
+    picks = [int(grad_z.abs().argmax()), 17, 900]
+
+    def loss_at(param: torch.Tensor, i: int, h: float) -> float:
+        with torch.no_grad():
+            param[i] += h
+            value = float(batch_loss(m, batch))
+            param[i] -= h
+        return value
+
+    h = 0.01
+    for param, grad, indices in ((m.z, grad_z, picks), (m.beta, grad_beta, [0, 1])):
+        for i in indices:
+            fd = (loss_at(param, i, h) - loss_at(param, i, -h)) / (2 * h)
+            assert fd == pytest.approx(float(grad[i]), rel=2e-3), (i, fd, grad[i])
+
+
+def test_fisher_is_the_mean_squared_batch_gradient(sub, proj, task):
+    m = model(sub, proj)
+    gen = torch.Generator().manual_seed(3)
+    batches = [task.batch(8, gen) for _ in range(3)]
+    fisher = fisher_diagonal(m, batches)
+    assert fisher.shape == (1024,) and fisher.dtype == torch.float64
+    assert (fisher >= 0).all() and torch.isfinite(fisher).all() and fisher.max() > 0
+    by_hand = torch.zeros(1024, dtype=torch.float64)
+    for b in batches:
+        m.zero_grad()
+        batch_loss(m, b).backward()
+        by_hand += m.z.grad.double() ** 2
+    assert torch.allclose(fisher, by_hand / 3, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError):
+        fisher_diagonal(m, [])
+
+    # Coordinates with large Fisher values are the ones that move the losses.
+    with torch.no_grad():
+        base = [float(batch_loss(m, b)) for b in batches]
+
+    def loss_change(indices: torch.Tensor) -> float:
+        total = 0.0
+        for i in indices.tolist():
+            with torch.no_grad():
+                m.z[i] = 0.5
+                total += sum(
+                    (float(batch_loss(m, b)) - base[k]) ** 2 for k, b in enumerate(batches)
+                )
+                m.z[i] = 0.0
+        return total
+
+    order = fisher.argsort()
+    assert loss_change(order[-3:]) > 10 * loss_change(order[:3])
+
+
+def test_training_is_deterministic(sub, proj, task):
+    runs = []
+    for _ in range(2):
+        m = model(sub, proj)
+        runs.append((train(m, task, 3, 0.05, 16, seed=9), m.z.detach().clone()))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_training_improves_held_out_accuracy(sub, proj, task):
+    m = model(sub, proj)
+    before = task.accuracy(m)
+    before_tokens = task.accuracy(m, per_token=True)
+    losses = train(m, task, 200, 0.05, 32, seed=0)
+    after = task.accuracy(m)
+    # Measured with these arguments: exact answers 0.000 -> 0.379, answer bytes 0.075 -> 0.855.
+    assert sum(losses[-20:]) / 20 < 0.5 * losses[0]
+    assert after >= before + 0.15
+    assert task.accuracy(m, per_token=True) >= before_tokens + 0.5
+
+
+def test_commit_round_trip_reproduces_the_trained_model(sub, proj, task, tmp_path):
+    with porcelain.init(tmp_path / "repo", dim=1024) as repo:
+        assert repo.config.chart == CHART
+        m = model(sub, proj, beta=(0.75, 0.5))
+        train(m, task, 20, 0.05, 16, seed=1)
+        trained = m.z.detach().clone()
+        cid = commit_model_in_basin(repo, m, "cipher, briefly")
+
+        # snap_ moved z onto the packet's float24 grid, by at most its rounding.
+        assert m.z.tolist() == list(numeric.quantize(m.z.tolist()))
+        assert ((m.z - trained).abs() <= trained.abs() * 2.0**-16).all()
+
+        commit = repo.read_commit(cid)
+        basin = repo.read_basin(commit.basin)
+        assert list(basin.z) == m.z.tolist()
+        assert basin.beta == (0.75, 0.5) and basin.labels == ("general",)
+        assert basin.substrate.fingerprint == sub.fingerprint
+        assert commit.metrics["captured"] == pytest.approx(1.0, abs=1e-4)
+        assert commit.metrics["z_norm"] == pytest.approx(
+            float(m.z.detach().double().norm()), rel=1e-12
+        )
+
+        gpt = sub.build()
+        gpt.load_state_dict(checkout_state_dict(repo, "HEAD", "tiny"))
+        inputs = task.encode(list(task.test[:32]))[0]
+        with torch.no_grad():
+            expected = m(inputs)
+            assert (gpt(inputs) - expected).abs().max() <= 1e-5
+            again = BasinModel.from_basin(sub, basin, projection=proj)
+            assert torch.equal(again(inputs), expected)
+
+
+def test_to_basin_carries_fisher_labels_and_substrate(sub, proj, task):
+    m = model(sub, proj, torch.full((1024,), 0.1))
+    fisher = fisher_diagonal(m, [task.batch(4, torch.Generator().manual_seed(0))])
+    basin = to_basin(m, fisher=fisher, labels=("cipher",))
+    assert basin.chart == CHART and basin.labels == ("cipher",)
+    assert basin.fisher is not None and len(basin.fisher) == 1024
+    assert int(torch.tensor(list(basin.fisher)).argmax()) == int(fisher.argmax())
+    assert basin.substrate.name == "tiny"
+    assert len(basin.encode()) <= 4096
+
+
+def test_commit_refuses_a_model_of_another_chart(sub, proj, repo_dir):
+    with Repository.open(repo_dir) as repo:  # d = 64
+        head = repo.head_commit()
+        with pytest.raises(SchemaError, match="chart"):
+            commit_model_in_basin(repo, model(sub, proj), "wrong chart")
+        assert repo.head_commit() == head
