@@ -66,11 +66,13 @@ def extract(
     enc = proj.encoder()
     delta_sq = 0.0
     for spec in substrate.specs:
-        theta = tensor(spec.name).to(torch.float32)
-        if not torch.isfinite(theta).all():
+        theta0 = substrate.theta0(spec)
+        # into θ0's buffer: writing to the model's tensor would copy-on-write its mmapped pages
+        delta = torch.sub(tensor(spec.name).to(torch.float32), theta0, out=theta0)
+        norm = float(torch.linalg.vector_norm(delta))  # NaN or inf anywhere makes it non-finite
+        if not math.isfinite(norm):
             raise SchemaError(f"tensor {spec.name} has NaN or infinite values")
-        delta = theta.sub_(substrate.theta0(spec))
-        delta_sq += float(delta.double().square().sum())
+        delta_sq += norm * norm
         enc.add(spec, delta, 1.0 / beta_at(beta, spec.depth))
     z = enc.finish()
     stored = torch.tensor(Basin.create(proj.chart, z.tolist()).z, dtype=torch.float64)
@@ -141,7 +143,7 @@ def commit_state_dict(
     header = {name: (_st_dtype(t.dtype), tuple(t.shape)) for name, t in state.items()}
     return commit_tensors(
         repo,
-        lambda name: state[name].detach().clone(),
+        lambda name: state[name].detach(),
         header,
         message,
         substrate=substrate,
@@ -149,12 +151,11 @@ def commit_state_dict(
     )
 
 
-_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
 def _st_dtype(dtype: torch.dtype) -> str:
+    from .modelio import DTYPES
+
     try:
-        return _ST_DTYPES[dtype]
+        return DTYPES[dtype]
     except KeyError:
         raise SchemaError(f"unsupported tensor dtype {dtype}") from None
 

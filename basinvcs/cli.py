@@ -233,7 +233,7 @@ def checkout(
             files = bridge.write_decoded(
                 dec, out, dtype=torch_dtype, max_shard_bytes=max_shard_size << 20, progress=update
             )
-    where = files[0] if len(files) == 1 else out
+    where = files[0] if len(files) == 1 else files[-1]  # the index of a sharded model
     click.echo(
         f"wrote {dec.substrate.name} ({dec.substrate.num_params:,} parameters, {dtype}) "
         f"from {short(dec.commit)} to {where}"
