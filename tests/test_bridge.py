@@ -108,8 +108,54 @@ def refuses(cli, repo_path, *args, match):
     assert state(repo_path) == before
 
 
-def test_bad_models_are_refused_and_change_nothing(repo1024, cli, tiny, tmp_path):
+def _renamed(theta):
+    theta["extra.weight"] = theta.pop("ln_f.weight")
+
+
+def _reshaped(theta):
+    theta["ln_f.weight"] = torch.ones(7)
+
+
+def _nan(theta):
+    theta["ln_f.weight"] = theta["ln_f.weight"].clone()
+    theta["ln_f.weight"][3] = float("nan")
+
+
+def _ints(theta):
+    theta["ln_f.weight"] = theta["ln_f.weight"].to(torch.int32)
+
+
+@pytest.mark.parametrize(
+    "mutate, extra, match",
+    [
+        (_renamed, [], "no substrate matches"),
+        (_reshaped, ["--substrate", "tiny"], "ln_f.weight"),
+        (_ints, ["--substrate", "tiny"], "ln_f.weight"),
+        (_nan, [], "NaN"),
+        (_nan, ["--substrate", "nosuch"], "nosuch"),
+        (lambda theta: None, [], "nothing to commit"),
+    ],
+)
+def test_bad_models_are_refused_and_change_nothing(
+    repo1024, cli, tiny, tmp_path, mutate, extra, match
+):
     theta = {s.name: tiny.theta0(s) for s in tiny.specs}
+    mutate(theta)
+    save_file(theta, tmp_path / "m.safetensors")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "m.safetensors"),
+        *extra,
+        "-m",
+        "x",
+        match=match,
+    )
+
+
+def test_files_that_are_not_models_are_refused(repo1024, cli, tmp_path):
     (tmp_path / "notamodel.safetensors").write_text("hello")
     refuses(
         cli,
@@ -120,71 +166,6 @@ def test_bad_models_are_refused_and_change_nothing(repo1024, cli, tiny, tmp_path
         "-m",
         "x",
         match="error:",
-    )
-    wrong_name = dict(theta)
-    wrong_name["extra.weight"] = wrong_name.pop("ln_f.weight")
-    save_file(wrong_name, tmp_path / "names.safetensors")
-    refuses(
-        cli,
-        repo1024,
-        "commit",
-        "--model",
-        str(tmp_path / "names.safetensors"),
-        "-m",
-        "x",
-        match="error:",
-    )
-    wrong_shape = dict(theta)
-    wrong_shape["ln_f.weight"] = torch.ones(7)
-    save_file(wrong_shape, tmp_path / "shape.safetensors")
-    refuses(
-        cli,
-        repo1024,
-        "commit",
-        "--model",
-        str(tmp_path / "shape.safetensors"),
-        "--substrate",
-        "tiny",
-        "-m",
-        "x",
-        match="ln_f.weight",
-    )
-    nan = dict(theta)
-    nan["ln_f.weight"] = nan["ln_f.weight"].clone()
-    nan["ln_f.weight"][3] = float("nan")
-    save_file(nan, tmp_path / "nan.safetensors")
-    refuses(
-        cli,
-        repo1024,
-        "commit",
-        "--model",
-        str(tmp_path / "nan.safetensors"),
-        "-m",
-        "x",
-        match="NaN",
-    )
-    refuses(
-        cli,
-        repo1024,
-        "commit",
-        "--model",
-        str(tmp_path / "nan.safetensors"),
-        "--substrate",
-        "nosuch",
-        "-m",
-        "x",
-        match="nosuch",
-    )
-    save_file(theta, tmp_path / "same.safetensors")
-    refuses(
-        cli,
-        repo1024,
-        "commit",
-        "--model",
-        str(tmp_path / "same.safetensors"),
-        "-m",
-        "x",
-        match="nothing to commit",
     )
     refuses(cli, repo1024, "checkout", "HEAD", "--model", "nosuch", match="nosuch")
 

@@ -12,22 +12,11 @@ import pytest
 from basinvcs.cid import CID, DAG_PB
 from basinvcs.codec import MAX_DEPTH, dagcbor
 from basinvcs.errors import CodecError
+from tests.codec.common import LINK, LINK_V0, typed
 
 NONCANONICAL = json.loads(
     (Path(__file__).resolve().parents[2] / "fixtures" / "dag-cbor-noncanonical.json").read_text()
 )
-
-LINK = CID.for_block(b"a block")
-LINK_V0 = CID(b"\x12\x20" + bytes(range(32)))
-
-
-def typed(value: Any) -> Any:
-    """value with every scalar paired with its type, so 1, 1.0, True and -0.0 stay distinct."""
-    if type(value) is dict:
-        return {k: typed(v) for k, v in value.items()}
-    if type(value) is list:
-        return [typed(v) for v in value]
-    return (type(value), repr(value) if type(value) is float else value)
 
 
 def test_noncanonical_fixture_file_covers_enough() -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from basinvcs.cid import CID, DAG_JSON
 from basinvcs.codec import dagcbor, dagjson
 from basinvcs.errors import CodecError
+from tests.codec.common import typed
 
 FIXTURES = (
     Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "ipld-codec-fixtures"
@@ -44,15 +44,6 @@ def _name(path: Path) -> str:
 
 def _twin_name(pair: tuple[Path, Path]) -> str:
     return pair[0].parent.name
-
-
-def typed(value: Any) -> Any:
-    """value with every scalar paired with its type, so 1, 1.0, True and -0.0 stay distinct."""
-    if type(value) is dict:
-        return {k: typed(v) for k, v in value.items()}
-    if type(value) is list:
-        return [typed(v) for v in value]
-    return (type(value), repr(value) if type(value) is float else value)
 
 
 def test_fixture_set_is_complete() -> None:
