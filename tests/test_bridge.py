@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from basinvcs import porcelain
+from basinvcs import bridge, porcelain
 from basinvcs.objects import Basin
 from basinvcs.repository import Repository
 from basinvcs.substrate import load_substrate
@@ -186,3 +186,22 @@ def test_a_pickle_carrying_code_is_never_run(repo1024, cli, tmp_path):
         cli, repo1024, "commit", "--model", str(tmp_path / "evil.pt"), "-m", "x", match="error:"
     )
     assert not marker.exists()
+
+
+def test_python_api_commits_a_state_dict_and_checks_out_to_a_file(repo1024, tiny):
+    gen = torch.Generator().manual_seed(5)
+    state_ = {
+        s.name: tiny.theta0(s) + 0.001 * torch.randn(s.shape, generator=gen) for s in tiny.specs
+    }
+    kept = {k: v.clone() for k, v in state_.items()}
+    with Repository.open(repo1024) as repo:
+        result = bridge.commit_state_dict(repo, state_, "from memory")
+        assert all(torch.equal(state_[k], kept[k]) for k in kept)  # the caller's tensors untouched
+        assert result.extraction.substrate.name == "tiny"
+        assert repo.read_commit(result.cid).metrics["captured"] == pytest.approx(
+            result.extraction.captured
+        )
+        dec, files = bridge.checkout_model(repo, "HEAD", "tiny", repo1024 / "out.safetensors")
+    written = load_file(files[0])
+    in_memory = dict((s.name, t) for s, t in dec.tensors())
+    assert all(torch.equal(written[k], in_memory[k]) for k in in_memory)
