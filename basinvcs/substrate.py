@@ -49,11 +49,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from .errors import BasinError, SchemaError
 from .gpt import GPT, GPTConfig
 from .identity import basin_home
+from .modelio import read_safetensors_header
 from .objects import check_label
 
 PRESETS: dict[str, GPTConfig] = {
@@ -190,17 +191,7 @@ def read_header(path: Path) -> Header:
     """Tensor names, dtypes and shapes of a safetensors file, without loading any tensor."""
     if Path(path).is_dir():
         raise SchemaError(f"{path} is a directory, not a safetensors file")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = {}
-            for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
-                view = fh.get_slice(key)
-                header[key] = (view.get_dtype(), tuple(view.get_shape()))
-            return header
-    except OSError as exc:
-        raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except SafetensorError as exc:
-        raise SchemaError(f"{path} is not a safetensors file: {exc}") from None
+    return read_safetensors_header(Path(path))[0]
 
 
 def add_substrate(name: str, weights: Path, config: Path | None = None) -> Substrate:

@@ -130,7 +130,7 @@ def test_add_refusals(cli, weights, tmp_path, basin_home, name, config_doc, mess
     [
         (b"", "is not a safetensors file"),
         (b"not a model at all, just text", "is not a safetensors file"),
-        (None, "cannot read"),
+        (None, "does not exist"),
         ("dir", "is a directory, not a safetensors file"),
     ],
 )
