@@ -60,9 +60,16 @@ def _offset_norm_sq(proj: Projection, z: torch.Tensor, beta: Sequence[float]) ->
 
 
 def extract(
-    proj: Projection, substrate: Substrate, tensor: TensorSource, beta: Sequence[float]
+    proj: Projection,
+    substrate: Substrate,
+    tensor: TensorSource,
+    beta: Sequence[float],
+    progress: Callable[[int], None] | None = None,
 ) -> Extraction:
-    """z = Pᵀ((θ − θ0)/β) from a model given tensor by tensor; refuses non-finite weights."""
+    """z = Pᵀ((θ − θ0)/β) from a model given tensor by tensor; refuses non-finite weights.
+
+    `progress(n)` is told the parameters done after each tensor.
+    """
     enc = proj.encoder()
     delta_sq = 0.0
     for spec in substrate.specs:
@@ -74,6 +81,8 @@ def extract(
             raise SchemaError(f"tensor {spec.name} has NaN or infinite values")
         delta_sq += norm * norm
         enc.add(spec, delta, 1.0 / beta_at(beta, spec.depth))
+        if progress:
+            progress(spec.numel)
     z = enc.finish()
     stored = torch.tensor(Basin.create(proj.chart, z.tolist()).z, dtype=torch.float64)
     return Extraction(substrate, z, delta_sq, _offset_norm_sq(proj, stored, beta))
@@ -88,11 +97,17 @@ def commit_tensors(
     substrate: str | None = None,
     fisher: Sequence[float] | None = None,
 ) -> ModelCommit:
-    """Commit the basin of a model whose tensors `tensor(name)` returns and `header` describes."""
+    """Commit the basin of a model whose tensors `tensor(name)` returns and `header` describes.
+
+    A progress bar over the model's parameters shows on a terminal (see progress.py).
+    """
+    from .progress import progress_bar
+
     sub = load_substrate(substrate) if substrate else find_substrate(header)
     sub.match(header)
     head = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
-    ex = extract(projection_for(repo, sub), sub, tensor, head.beta)
+    with progress_bar(sub.num_params, f"commit {sub.name}", unit="params") as update:
+        ex = extract(projection_for(repo, sub), sub, tensor, head.beta, update)
     basin = Basin.create(
         repo.config.chart,
         ex.z.tolist(),

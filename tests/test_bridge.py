@@ -205,3 +205,15 @@ def test_python_api_commits_a_state_dict_and_checks_out_to_a_file(repo1024, tiny
     written = load_file(files[0])
     in_memory = dict((s.name, t) for s, t in dec.tensors())
     assert all(torch.equal(written[k], in_memory[k]) for k in in_memory)
+
+
+def test_long_work_shows_progress_on_a_terminal_only(repo1024, cli, tiny, monkeypatch):
+    save_file({s.name: tiny.theta0(s) + 0.001 for s in tiny.specs}, "ft.safetensors")
+    quiet = cli("checkout", "HEAD", "--model", "tiny", "-o", "q.safetensors")
+    assert quiet.stderr == ""  # CliRunner's stderr is not a terminal
+    monkeypatch.setenv("BASIN_PROGRESS", "always")
+    loud = cli("commit", "--model", "ft.safetensors", "-m", "with a bar")
+    assert "commit tiny" in loud.stderr and "100%" in loud.stderr
+    assert (
+        "checkout tiny" in cli("checkout", "HEAD", "--model", "tiny", "-o", "l.safetensors").stderr
+    )
