@@ -394,6 +394,91 @@ def reflog(ref: str, limit: int | None) -> None:
         click.echo(f"{new} {short_name(name)}@{{{i}}}: {e.message}")
 
 
+@main.command()
+@click.argument("rev")
+@click.option(
+    "--strategy",
+    type=click.Choice(["fisher", "linear", "ties", "ours", "theirs"]),
+    default="fisher",
+    show_default=True,
+    help="How coordinates both sides changed combine.",
+)
+@click.option(
+    "--weight",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Extra weight of REV's side.",
+)
+@click.option(
+    "--max-distance",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Refuse above this Fisher distance (× the smaller change); default from config.",
+)
+@click.option(
+    "--max-interference",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Refuse above this share of opposed Fisher mass; default from config.",
+)
+@click.option("--force", is_flag=True, help="Merge even if the conflict check refuses.")
+@click.option(
+    "--no-ff", is_flag=True, help="Make a merge commit even when a fast-forward would do."
+)
+@click.option(
+    "--allow-untrusted", is_flag=True, help="Accept commits by keys not on the trust list."
+)
+@click.option("-m", "--message", help="Merge commit message.")
+def merge(
+    rev: str,
+    strategy: str,
+    weight: float,
+    max_distance: float | None,
+    max_interference: float | None,
+    force: bool,
+    no_ff: bool,
+    allow_untrusted: bool,
+    message: str | None,
+) -> None:
+    """Three-way merge REV into HEAD, refusing conflicting or suspicious updates."""
+    from . import porcelain
+
+    with _repo() as repo:
+        try:
+            result = porcelain.merge(
+                repo,
+                rev,
+                strategy=strategy,
+                weight=weight,
+                max_distance=max_distance,
+                max_interference=max_interference,
+                force=force,
+                no_ff=no_ff,
+                message=message,
+                allow_untrusted=allow_untrusted,
+            )
+        except porcelain.MergeRefused as exc:
+            for line in exc.report:
+                click.echo(line, err=True)
+            raise
+    if result.kind == "up-to-date":
+        click.echo("Already up to date.")
+    elif result.kind == "fast-forward":
+        click.echo(f"Fast-forward to {short(result.cid)}")
+    else:
+        v = result.assessment
+        click.echo(f"Merge made by the '{result.strategy}' strategy: {short(result.cid)}")
+        click.echo(
+            f"  weights ours {result.weights[0]:.3g}, theirs {result.weights[1]:.3g}; "
+            f"{v.shared} shared coordinates, Fisher distance {v.distance:.4g} "
+            f"({v.relative:.3g}x), interference {v.interference:.3g}"
+        )
+        if result.bases > 1:
+            click.echo(f"  {result.bases} best common ancestors: merged against their mean")
+    click.echo(result.cid)
+
+
 # -- branches, status, verify -------------------------------------------------------------------
 
 

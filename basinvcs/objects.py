@@ -306,6 +306,7 @@ class Commit:
     message: str
     metrics: dict[str, float] = field(default_factory=dict)
     specialize: str | None = None
+    strategy: str | None = None  # merge commits: how the sides were combined
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -320,6 +321,8 @@ class Commit:
             _finite(value, f"metric {key!r}")
         if self.specialize is not None:
             check_label(self.specialize)
+        if self.strategy is not None:
+            check_label(self.strategy)
         if len(set(self.parents)) != len(self.parents):
             raise SchemaError("commit lists a parent twice")
 
@@ -336,6 +339,8 @@ class Commit:
         }
         if self.specialize is not None:
             node["specialize"] = self.specialize
+        if self.strategy is not None:
+            node["strategy"] = self.strategy
         return node
 
     def signing_bytes(self) -> bytes:
@@ -367,7 +372,7 @@ class Commit:
                 "metrics",
                 "signature",
             },
-            {"specialize"},
+            {"specialize", "strategy"},
         )
         parents = tuple(
             _typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents")
@@ -382,9 +387,8 @@ class Commit:
             time=_typed(node["time"], int, "commit time"),
             message=_typed(node["message"], str, "commit message"),
             metrics=dict(_typed(node["metrics"], dict, "metrics")),
-            specialize=_typed(node["specialize"], str, "specialize")
-            if "specialize" in node
-            else None,
+            specialize=_optional_str(node, "specialize"),
+            strategy=_optional_str(node, "strategy"),
             signature=signature,
         )
 
@@ -409,7 +413,20 @@ class Commit:
         return replace(self, signature=sign(self.signing_bytes()))
 
 
-_COMMIT_FIELDS = ("basin", "author", "time", "message", "metrics", "specialize", "signature")
+_COMMIT_FIELDS = (
+    "basin",
+    "author",
+    "time",
+    "message",
+    "metrics",
+    "specialize",
+    "strategy",
+    "signature",
+)
+
+
+def _optional_str(node: dict, key: str) -> str | None:
+    return _typed(node[key], str, key) if key in node else None
 
 
 def _check_type(node: Any, expected: str) -> None:

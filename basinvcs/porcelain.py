@@ -450,3 +450,183 @@ def describe_block(repo: Repository, cid: CID) -> tuple[str, object]:
     if kind == PACKET_TYPE:
         return "basin", Basin.from_node(node)
     return "block", node
+
+
+# -- merge --------------------------------------------------------------------------------------
+
+
+class MergeRefused(BasinError):
+    """A merge refused before anything was written; `report` says why, line by line."""
+
+    def __init__(self, message: str, report: list[str]):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class MergeResult:
+    kind: str  # "merge", "fast-forward" or "up-to-date"
+    cid: CID
+    strategy: str | None = None
+    assessment: object | None = None
+    weights: tuple[float, float] = (1.0, 1.0)
+    bases: int = 0
+
+
+def merge(
+    repo: Repository,
+    rev: str,
+    *,
+    strategy: str = "fisher",
+    weight: float = 1.0,
+    max_distance: float | None = None,
+    max_interference: float | None = None,
+    force: bool = False,
+    no_ff: bool = False,
+    message: str | None = None,
+    allow_untrusted: bool = False,
+) -> MergeResult:
+    """Three-way merge of `rev` into HEAD; see basinvcs.merge for the rules and docs/merge.md.
+
+    Everything is checked first (signatures and trust of the incoming history, charts, the
+    conflict assessment); a refusal raises before anything is written.
+    """
+    from . import history
+    from . import merge as mm
+
+    if strategy not in mm.STRATEGIES:
+        raise BasinError(f"unknown merge strategy {strategy!r} (known: {', '.join(mm.STRATEGIES)})")
+    ours, theirs = repo.head_commit(), repo.resolve(rev)
+    repo.read_commit(theirs)
+    graph = history.commit_graph(repo.store)
+    _check_incoming(
+        repo, history.ancestors(graph, theirs) - history.ancestors(graph, ours), allow_untrusted
+    )
+    their_basin = repo.read_basin(repo.read_commit(theirs).basin)
+    if their_basin.chart != repo.config.chart:
+        raise BasinError(
+            f"cannot merge {rev}: its basin is in chart {their_basin.chart}, this repository's "
+            f"is {repo.config.chart}: the coordinates mean different things"
+        )
+    if history.is_ancestor(graph, theirs, ours):
+        return MergeResult("up-to-date", ours)
+    if history.is_ancestor(graph, ours, theirs) and not no_ff:
+        repo.move_head(theirs, ours, f"merge {rev}: fast-forward")
+        return MergeResult("fast-forward", theirs)
+
+    bases = history.merge_bases(graph, ours, theirs)
+    base_z = _virtual_base(repo, bases)
+    our_commit = repo.read_commit(ours)
+    our_basin = repo.read_basin(our_commit.basin)
+    sides = [
+        _side(repo, our_commit.author, our_basin, 1.0),
+        _side(repo, repo.read_commit(theirs).author, their_basin, weight),
+    ]
+    verdict = mm.assess(base_z, *sides)
+    settings = repo.config.settings.get("merge", {})
+    limit_d = (
+        max_distance
+        if max_distance is not None
+        else float(settings.get("max_distance", mm.DEFAULT_MAX_DISTANCE))
+    )
+    limit_i = (
+        max_interference
+        if max_interference is not None
+        else float(settings.get("max_interference", mm.DEFAULT_MAX_INTERFERENCE))
+    )
+    why = verdict.refused(limit_d, limit_i)
+    if why and not force and strategy not in ("ours", "theirs"):
+        raise MergeRefused(
+            f"merge of {rev} refused: {why}", _conflict_report(verdict, limit_d, limit_i)
+        )
+
+    z = mm.combine(base_z, *sides, strategy)
+    fishers = [b.fisher for b in (our_basin, their_basin) if b.fisher is not None]
+    fisher = [sum(v) / len(fishers) for v in zip(*fishers, strict=True)] if fishers else None
+    labels = list(dict.fromkeys([*our_basin.labels, *their_basin.labels]))
+    ents = {(e.a, e.b): e for e in (*their_basin.entanglements, *our_basin.entanglements)}
+    merged = Basin.create(
+        repo.config.chart,
+        z,
+        fisher=fisher,
+        beta=mm.merge_beta(*sides),
+        entanglements=list(ents.values()),
+        labels=labels,
+        substrate=our_basin.substrate,
+    )
+    metrics = {
+        "distance": verdict.distance,
+        "relative_distance": verdict.relative,
+        "interference": verdict.interference,
+        "shared_coordinates": float(verdict.shared),
+        "weight_ours": sides[0].weight,
+        "weight_theirs": sides[1].weight,
+        "merge_bases": float(len(bases)),
+    }
+    ident = repo.identity()
+    branch = repo.current_branch()
+    text = message or f"Merge {rev} into {short_name(branch) if branch else 'HEAD'}"
+    with repo.store.transaction():
+        basin_cid = repo.write_basin(merged)
+        commit_ = _sign(
+            ident,
+            Commit(
+                basin_cid, (ours, theirs), ident.public_key, now_ms(), text, metrics, None, strategy
+            ),
+        )
+        cid = repo.write_commit(commit_)
+        repo.move_head(cid, ours, f"merge {rev}: {strategy}")
+    return MergeResult(
+        "merge", cid, strategy, verdict, (sides[0].weight, sides[1].weight), len(bases)
+    )
+
+
+def _check_incoming(repo: Repository, incoming: set[str], allow_untrusted: bool) -> None:
+    """Every commit a merge would bring in must be signed correctly, by a trusted key."""
+    for text in sorted(incoming):
+        commit_ = repo.read_commit(CID.parse(text))
+        if not verify_signature(commit_.author, commit_.signing_bytes(), commit_.signature):
+            raise BasinError(f"merge refused: commit {text} has a bad signature")
+        if not allow_untrusted and repo.config.trusted_key(commit_.author) is None:
+            raise BasinError(
+                f"merge refused: commit {text} is signed by untrusted key "
+                f"{format_key(commit_.author)} (trust it with 'basin key add' or use "
+                "--allow-untrusted)"
+            )
+
+
+def _virtual_base(repo: Repository, bases: list[CID]) -> list[float]:
+    """The merge base's coordinates; with several best common ancestors, their mean."""
+    zs = [repo.read_basin(repo.read_commit(b).basin).z for b in bases]
+    return [sum(v) / len(zs) for v in zip(*zs, strict=True)]
+
+
+def _side(repo: Repository, author: bytes, basin: Basin, extra: float):
+    from .merge import Side, capacity
+
+    trusted = repo.config.trusted_key(author)
+    params = None
+    if basin.substrate is not None:
+        from .substrate import load_substrate
+
+        try:
+            params = load_substrate(basin.substrate.name).num_params
+        except BasinError:
+            params = None  # a substrate not registered here counts as the smallest
+    weight = (trusted.weight if trusted else 1.0) * capacity(params) * extra
+    return Side(
+        list(basin.z), list(basin.fisher) if basin.fisher is not None else None, basin.beta, weight
+    )
+
+
+def _conflict_report(verdict, max_distance: float, max_interference: float) -> list[str]:
+    lines = [
+        f"shared coordinates: {verdict.shared}",
+        f"Fisher distance: {verdict.distance:.6g} ({verdict.relative:.3g}x the smaller change; "
+        f"threshold {max_distance:g}x)",
+        f"interference: {verdict.interference:.3g} (threshold {max_interference:g})",
+        "most conflicting coordinates (index, Fisher, ours, theirs):",
+    ]
+    lines += [f"  {i:5d}  {f:.4g}  {a:+.4g}  {b:+.4g}" for i, f, a, b in verdict.worst]
+    lines.append("resolve deliberately with --force, or --strategy ours|theirs")
+    return lines

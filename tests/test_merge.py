@@ -1,0 +1,218 @@
+"""Three-way merging: the arithmetic (basinvcs.merge) and `basin merge` end to end."""
+
+import pytest
+
+from basinvcs import merge as mm
+from basinvcs import porcelain
+from basinvcs.identity import Identity
+from basinvcs.objects import Basin, Chart, Commit
+from basinvcs.repository import Repository
+from tests.conftest import DIM, state
+
+CHART = Chart(seed=7, dim=DIM)
+
+
+def vec(**coords: float) -> list[float]:
+    """A z with the given coordinates set, e.g. vec(c0=1.0, c5=-2.0)."""
+    z = [0.0] * DIM
+    for key, value in coords.items():
+        z[int(key[1:])] = value
+    return z
+
+
+def side(z, fisher=None, weight=1.0) -> mm.Side:
+    return mm.Side(z, fisher, (1.0,), weight)
+
+
+# -- the arithmetic ------------------------------------------------------------------------------
+
+
+def test_disjoint_changes_are_both_kept_by_every_blending_strategy():
+    base = vec()
+    ours, theirs = side(vec(c0=1.0, c1=2.0)), side(vec(c2=3.0), weight=5.0)
+    for strategy in ("fisher", "linear"):
+        assert mm.combine(base, ours, theirs, strategy) == vec(c0=1.0, c1=2.0, c2=3.0)
+    assert mm.assess(base, ours, theirs).shared == 0
+
+
+def test_fisher_strategy_weights_shared_coordinates_by_information():
+    base = vec(c0=1.0)
+    ours = side(vec(c0=2.0), fisher=[3.0] + [1.0] * (DIM - 1))  # δ = +1 with F = 3
+    theirs = side(vec(c0=-1.0), fisher=[1.0] * DIM)  # δ = -2 with F = 1
+    merged = mm.combine(base, ours, theirs, "fisher")
+    assert merged[0] == pytest.approx(1.0 + (3 * 1 + 1 * -2) / 4)
+    assert mm.combine(base, ours, theirs, "linear")[0] == pytest.approx(1.0 + (1 - 2) / 2)
+
+
+def test_ties_trims_elects_a_sign_and_averages_the_agreeing():
+    base = vec()
+    small = [0.01 * (i + 1) for i in range(10)]
+    ours = side(small + [1.0] + [0.0] * (DIM - 11))  # 11 changes: TIES keeps the largest 3
+    theirs = side(vec(c10=3.0, c11=-1.0))
+    merged = mm.combine(base, ours, theirs, "ties")
+    assert merged[:8] == [0.0] * 8 and merged[8:10] == pytest.approx([0.09, 0.1])
+    assert merged[10] == pytest.approx(2.0)  # both kept it, signs agree: their mean
+    assert merged[11] == 0.0  # theirs keeps only its largest of two changes
+    opposed = mm.combine(base, side(vec(c0=1.0)), side(vec(c0=-3.0)), "ties")
+    assert opposed[0] == pytest.approx(-3.0)  # the elected sign is theirs; ours disagrees, dropped
+
+
+def test_assessment_scales_and_sign_flips():
+    base = vec()
+    v = vec(c0=1.0, c1=-0.5, c2=0.25)
+    same = mm.assess(base, side(v), side(v))
+    assert same.distance == 0 and same.interference == 0
+    scaled = mm.assess(base, side(v), side([100 * x for x in v]))
+    assert scaled.relative == pytest.approx(99.0) and scaled.interference == 0
+    flipped = mm.assess(base, side(v), side([-x for x in v]))
+    assert flipped.relative == pytest.approx(2.0) and flipped.interference == 1.0
+    assert scaled.refused(4.0, 0.5) and flipped.refused(4.0, 0.5)
+    assert not same.refused(4.0, 0.5)
+    assert scaled.worst[0][0] == 0  # the largest disagreement first
+
+
+def test_capacity_rule():
+    assert mm.capacity(None) == 1.0 and mm.capacity(1_033_600) == pytest.approx(1.0145, abs=1e-3)
+    assert mm.capacity(1_000_000_000) == pytest.approx(4.0)
+    assert mm.merge_beta(side(vec()), mm.Side(vec(), None, (1.0, 2.0), 3.0)) == (1.0, 1.5)
+
+
+# -- basin merge ---------------------------------------------------------------------------------
+
+
+def commit_z(repo_dir, z, message, fisher=None):
+    with Repository.open(repo_dir) as repo:
+        return porcelain.commit(repo, Basin.create(CHART, z, fisher=fisher), message)
+
+
+def head_z(repo_dir) -> list[float]:
+    with Repository.open(repo_dir) as repo:
+        return list(repo.read_basin(repo.read_commit(repo.head_commit()).basin).z)
+
+
+def two_branches(repo_dir, cli, za, zb, fisher=None):
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, za, "a's change", fisher)
+    cli("fork", "general", "--specialize", "b")
+    commit_z(repo_dir, zb, "b's change", fisher)
+    cli("checkout", "a")
+
+
+def test_disjoint_branches_merge_to_exactly_both_changes(repo_dir, cli):
+    two_branches(repo_dir, cli, vec(c0=1.0, c1=2.0), vec(c5=-3.0))
+    out = cli("merge", "b").output
+    assert "Merge made by the 'fisher' strategy" in out and "0 shared coordinates" in out
+    assert head_z(repo_dir) == vec(c0=1.0, c1=2.0, c5=-3.0)
+    with Repository.open(repo_dir) as repo:
+        c = repo.read_commit(repo.head_commit())
+        assert len(c.parents) == 2 and c.strategy == "fisher"
+        assert c.metrics["interference"] == 0 and "weight_theirs" in c.metrics
+        assert repo.read_basin(c.basin).labels == ("general", "a", "b")
+    assert cli("verify").output.rstrip().endswith("ok")
+    assert "Merge:" in cli("log", "-n", "1").output
+
+
+def test_fast_forward_and_up_to_date(repo_dir, cli):
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c0=1.0), "a")
+    cli("checkout", "general")
+    assert cli("merge", "a").output.startswith("Fast-forward")
+    assert head_z(repo_dir) == vec(c0=1.0)
+    assert cli("merge", "a").output.startswith("Already up to date.")
+
+
+def test_no_ff_makes_a_merge_commit(repo_dir, cli):
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c0=1.0), "a")
+    cli("checkout", "general")
+    assert "Merge made" in cli("merge", "a", "--no-ff").output
+
+
+HIGH_FISHER = [100.0] * 4 + [0.01] * (DIM - 4)
+
+
+@pytest.mark.parametrize(
+    "theirs, reason",
+    [
+        (vec(c0=100.0, c1=-50.0, c2=25.0, c3=100.0), "Fisher distance"),  # 100× ours
+        (vec(c0=-1.0, c1=0.5, c2=-0.25, c3=-1.0), "interference"),  # sign-flipped
+    ],
+)
+def test_poisoned_updates_are_refused_and_nothing_changes(repo_dir, cli, theirs, reason):
+    two_branches(repo_dir, cli, vec(c0=1.0, c1=-0.5, c2=0.25, c3=1.0), theirs, HIGH_FISHER)
+    before = state(repo_dir)
+    result = cli("merge", "b", ok=False)
+    assert result.exit_code == 1
+    assert f"error: merge of b refused: {reason}" in result.stderr
+    assert "most conflicting coordinates" in result.stderr
+    assert state(repo_dir) == before
+    assert "Merge made" in cli("merge", "b", "--force").output
+
+
+def test_thresholds_come_from_config_and_options(repo_dir, cli):
+    two_branches(repo_dir, cli, vec(c0=1.0), vec(c0=3.0))  # relative distance 2
+    assert cli("merge", "b", "--max-distance", "1.5", ok=False).exit_code == 1
+    with Repository.open(repo_dir) as repo:
+        repo.config.settings["merge"] = {"max_distance": 1.0}
+        repo.save_config()
+    assert cli("merge", "b", ok=False).exit_code == 1
+    assert "Merge made" in cli("merge", "b", "--max-distance", "2.5").output
+
+
+def test_ours_and_theirs_resolve_deliberately(repo_dir, cli):
+    two_branches(repo_dir, cli, vec(c0=1.0), vec(c0=-100.0))
+    cli("merge", "b", "--strategy", "theirs")
+    assert head_z(repo_dir) == vec(c0=-100.0)
+
+
+def test_a_basin_of_another_chart_is_refused(repo_dir, cli):
+    with Repository.open(repo_dir) as repo:
+        ident = repo.identity()
+        foreign = repo.write_basin(Basin.create(Chart(seed=8, dim=DIM), vec(c0=1.0)))
+        c = Commit(foreign, (repo.head_commit(),), ident.public_key, 1, "foreign").signed(
+            ident.sign
+        )
+        repo.create_branch("foreign", repo.write_commit(c), "test")
+    before = state(repo_dir)
+    result = cli.fails("merge", "foreign")
+    assert "chart" in result.stderr and "mean different things" in result.stderr
+    assert state(repo_dir) == before
+
+
+def test_untrusted_commits_are_refused_unless_allowed(repo_dir, cli):
+    stranger = Identity(bytes(range(32)), "stranger")
+    with Repository.open(repo_dir) as repo:
+        basin = repo.write_basin(Basin.create(CHART, vec(c3=1.0)))
+        c = Commit(basin, (repo.head_commit(),), stranger.public_key, 1, "from a stranger")
+        repo.create_branch("s", repo.write_commit(c.signed(stranger.sign)), "test")
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c0=1.0), "a")
+    before = state(repo_dir)
+    result = cli.fails("merge", "s")
+    assert "signed by untrusted key" in result.stderr
+    assert state(repo_dir) == before
+    cli("merge", "s", "--allow-untrusted")
+    assert head_z(repo_dir) == vec(c0=1.0, c3=1.0)
+
+
+def test_a_bad_signature_is_refused_even_when_allowed(repo_dir, cli):
+    with Repository.open(repo_dir) as repo:
+        ident = repo.identity()
+        basin = repo.write_basin(Basin.create(CHART, vec(c3=1.0)))
+        c = Commit(basin, (repo.head_commit(),), ident.public_key, 1, "forged", signature=bytes(64))
+        repo.create_branch("x", repo.write_commit(c), "test")
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c0=1.0), "a")
+    assert "bad signature" in cli.fails("merge", "x", "--allow-untrusted").stderr
+
+
+def test_criss_cross_merges_against_the_mean_of_the_bases(repo_dir, cli):
+    two_branches(repo_dir, cli, vec(c0=1.0), vec(c1=1.0))
+    cli("merge", "b")  # a: c0, c1
+    cli("checkout", "b")
+    with Repository.open(repo_dir) as repo:
+        porcelain.merge(repo, "a~1", no_ff=True)  # b merges a's first commit: criss-cross
+    cli("checkout", "a")
+    out = cli("merge", "b").output
+    assert "2 best common ancestors" in out
+    assert head_z(repo_dir) == vec(c0=1.0, c1=1.0)  # base = mean of the two; both sides agree
