@@ -757,5 +757,81 @@ def substrate_add(name: str, weights: str, config_file: str | None) -> None:
     )
 
 
+# -- diff / concepts ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("rev_a", metavar="A")
+@click.argument("rev_b", metavar="B")
+@click.option("--stat", is_flag=True, help="One summary line.")
+@click.option(
+    "-n",
+    "top",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="How many of the most changed coordinates to show.",
+)
+def diff(rev_a: str, rev_b: str, stat: bool, top: int) -> None:
+    """Compare the basins of commits A and B: Fisher distance, coordinates, β, labels, links."""
+    from . import concepts
+
+    with _repo() as repo:
+        d = concepts.diff(repo, rev_a, rev_b, top)
+    links = f"links +{len(d.links_added)} -{len(d.links_removed)} ~{len(d.links_changed)}"
+    if stat:
+        click.echo(
+            f"{rev_a}..{rev_b}: Fisher distance {d.distance:.6g}, |dz| {d.norm:.6g}, "
+            f"{d.changed} of {d.dim} coordinates changed, labels +{len(d.labels_added)} "
+            f"-{len(d.labels_removed)}, {links}"
+        )
+        return
+    click.echo(f"Fisher distance: {d.distance:.6g}")
+    click.echo(f"  metric: {d.metric}")
+    click.echo(f"|z_B - z_A|:     {d.norm:.6g} ({d.changed} of {d.dim} coordinates changed)")
+    if d.top:
+        click.echo(f"most changed coordinates (index, z_A, z_B, sqrt(F)*change): {len(d.top)}")
+        for i, za, zb, w in d.top:
+            click.echo(f"  {i:5d}  {za:+.6g}  {zb:+.6g}  {w:+.6g}")
+    beta_a, beta_b = (", ".join(f"{b:g}" for b in beta) for beta in d.beta)
+    click.echo(f"beta:      {beta_a if beta_a == beta_b else f'{beta_a} -> {beta_b}'}")
+    changes = [f"+{x}" for x in d.labels_added] + [f"-{x}" for x in d.labels_removed]
+    click.echo(f"labels:    {' '.join(changes) if changes else '(unchanged)'}")
+    sub_a, sub_b = (s or "(none)" for s in d.substrate)
+    click.echo(f"substrate: {sub_a if sub_a == sub_b else f'{sub_a} -> {sub_b}'}")
+    if not (d.links_added or d.links_removed or d.links_changed):
+        click.echo("concepts:  (links unchanged)")
+        return
+    click.echo("concepts:")
+    for e in d.links_added:
+        click.echo(f"  + {e.a} ~ {e.b}  {e.strength:+.2f}")
+    for e in d.links_removed:
+        click.echo(f"  - {e.a} ~ {e.b}  {e.strength:+.2f}")
+    for old, new in d.links_changed:
+        click.echo(f"  ~ {old.a} ~ {old.b}  {old.strength:+.2f} -> {new.strength:+.2f}")
+
+
+@main.command("concepts")
+def concepts_cmd() -> None:
+    """The concepts (specialisation directions) and the links between them."""
+    from . import concepts
+
+    with _repo() as repo:
+        graph = concepts.concept_graph(repo)
+    metric = "mean Fisher of the concept heads" if graph.graph["fisher"] else "identity"
+    if not graph.number_of_nodes():
+        click.echo("no concepts: fork a specialisation branch with 'basin fork'")
+        return
+    click.echo(f"concepts ({graph.number_of_nodes()}, metric: {metric}):")
+    width = max(len(n) for n in graph.nodes)
+    for name, data in sorted(graph.nodes(data=True)):
+        click.echo(f"  {name:<{width}}  |u| = {data['norm']:.6g}  branch {data['branch']}")
+    edges = sorted(graph.edges(data="weight"), key=lambda e: (-abs(e[2]), min(e[:2]), max(e[:2])))
+    click.echo(f"links ({len(edges)}, |strength| >= {concepts.MIN_STRENGTH:g}):")
+    for a, b, w in edges:
+        a, b = sorted((a, b))
+        click.echo(f"  {a} ~ {b}  {w:+.2f}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

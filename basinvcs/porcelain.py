@@ -493,6 +493,7 @@ def merge(
     """
     from . import history
     from . import merge as mm
+    from .concepts import refresh_links
 
     if strategy not in mm.STRATEGIES:
         raise BasinError(f"unknown merge strategy {strategy!r} (known: {', '.join(mm.STRATEGIES)})")
@@ -554,6 +555,7 @@ def merge(
         labels=labels,
         substrate=our_basin.substrate,
     )
+    merged = refresh_links(repo, merged)  # the concepts it now carries, linked afresh
     metrics = {
         "distance": verdict.distance,
         "relative_distance": verdict.relative,

@@ -216,3 +216,18 @@ def test_criss_cross_merges_against_the_mean_of_the_bases(repo_dir, cli):
     out = cli("merge", "b").output
     assert "2 best common ancestors" in out
     assert head_z(repo_dir) == vec(c0=1.0, c1=1.0)  # base = mean of the two; both sides agree
+
+
+def test_a_merge_updates_the_links_between_the_concepts_it_carries(repo_dir, cli):
+    base = vec(c9=1.0)  # a shared, non-genesis base so both concepts start from it
+    commit_z(repo_dir, base, "base")
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c9=1.0, c0=1.0, c1=1.0), "a")
+    cli("fork", "general", "--specialize", "b")
+    commit_z(repo_dir, vec(c9=1.0, c0=1.0, c2=1.0), "b")  # cosine with a's direction: 1/2
+    cli("checkout", "a")
+    cli("merge", "b")
+    with Repository.open(repo_dir) as repo:
+        links = repo.read_basin(repo.read_commit(repo.head_commit()).basin).entanglements
+    assert [(e.a, e.b) for e in links] == [("a", "b")]
+    assert links[0].strength == pytest.approx(0.5)

@@ -27,6 +27,7 @@ finally:
         (["show"], set()),
         (["verify"], {"nacl"}),
         (["log", "--graph"], {"networkx"}),
+        (["diff", "general", "HEAD"], set()),
     ],
 )
 def test_light_commands_stay_light(repo_dir, args, allowed):
