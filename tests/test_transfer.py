@@ -1,0 +1,177 @@
+"""basinvcs.transfer.fetch between real repositories, each with its own identity."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import DIM, packet, state
+
+from basinvcs import porcelain
+from basinvcs.cid import CID
+from basinvcs.errors import RefError, SchemaError, SignatureError
+from basinvcs.identity import format_key, load_identity
+from basinvcs.objects import Commit
+from basinvcs.repository import Repository
+from basinvcs.transfer import fetch
+
+
+def _as(monkeypatch, home: Path) -> None:
+    monkeypatch.setenv("BASIN_HOME", str(home))
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    _as(monkeypatch, tmp_path / "home-hub")
+    porcelain.init(tmp_path / "hub", dim=DIM, seed=7, name="hub").close()
+    return tmp_path / "hub"
+
+
+def _specialist(tmp_path, monkeypatch, hub: Path, name: str, commits: int = 2) -> Path:
+    """A repository with its own identity that fetched the hub's general and trained `name`."""
+    _as(monkeypatch, tmp_path / f"home-{name}")
+    path = tmp_path / name
+    with porcelain.init(path, dim=DIM, seed=7, name=name) as repo:
+        fetch(repo, hub, "general", "upstream")
+        porcelain.fork(repo, "upstream", name)
+        for i in range(commits):
+            porcelain.commit(repo, packet(100 * len(name) + i), f"{name} step {i}")
+    _as(monkeypatch, tmp_path / "home-hub")
+    return path
+
+
+def _blocks(path: Path) -> set[str]:
+    conn = sqlite3.connect(path / ".basin" / "basin.db")
+    try:
+        return {r[0] for r in conn.execute("SELECT cid FROM blocks")}
+    finally:
+        conn.close()
+
+
+def _reachable(path: Path, branch: str) -> set[str]:
+    """Commits reachable from a branch and their packets, read independently of fetch."""
+    with Repository.open(path) as repo:
+        out = set()
+        for cid, commit in porcelain.log(repo, branch):
+            out |= {str(cid), str(commit.basin)}
+        return out
+
+
+def test_fetch_copies_exactly_what_is_missing(tmp_path, monkeypatch, hub):
+    spec = _specialist(tmp_path, monkeypatch, hub, "cipher")
+    before = _blocks(hub)
+    wanted = _reachable(spec, "cipher")
+    with Repository.open(hub) as repo:
+        head = fetch(repo, spec, "cipher", "cipher")
+        assert repo.branch_commit("cipher") == head
+        with Repository.open(spec) as src:
+            assert head == src.branch_commit("cipher")
+        assert porcelain.verify(repo).ok
+        assert repo.store.is_indexed_commit(head)
+    added = _blocks(hub) - before
+    # the specialist's fork and its two commits, each with its packet; genesis was the hub's own
+    assert added == wanted - before
+    assert len(added) == 6
+    # the specialist's general is its own genesis, not reachable from cipher: not copied
+    with Repository.open(spec) as src:
+        own_genesis = str(src.branch_commit("general"))
+    assert own_genesis not in _blocks(hub)
+    # fetching again as another name copies nothing
+    with Repository.open(hub) as repo:
+        assert fetch(repo, spec, "cipher", "again") == head
+    assert _blocks(hub) - before == added
+
+
+def test_fetched_history_merges_when_trusted(tmp_path, monkeypatch, hub):
+    spec = _specialist(tmp_path, monkeypatch, hub, "sort")
+    with Repository.open(spec) as src:
+        key = format_key(src.read_commit(src.branch_commit("sort")).author)
+    with Repository.open(hub) as repo:
+        head = fetch(repo, spec, "sort", "sort")
+        with pytest.raises(Exception, match="untrusted"):
+            porcelain.merge(repo, "sort")
+        porcelain.trust(repo, key, "sort")
+        assert porcelain.merge(repo, "sort").kind == "fast-forward"
+        assert repo.head_commit() == head
+        assert porcelain.verify(repo).ok
+
+
+def test_fetch_refuses_another_chart(tmp_path, monkeypatch, hub):
+    other = tmp_path / "other"
+    porcelain.init(other, dim=DIM, seed=8).close()
+    before = state(hub)
+    with Repository.open(hub) as repo, pytest.raises(SchemaError, match="chart"):
+        fetch(repo, other, "general", "other")
+    assert state(hub) == before
+
+
+def _forge(path: Path, branch: str, change) -> CID:
+    """Rewrite the head commit of `branch` in place of its block, with `change` applied."""
+    with Repository.open(path) as repo:
+        head = repo.branch_commit(branch)
+        commit = repo.read_commit(head)
+        forged = change(commit)
+        data = forged.encode()
+        cid = CID.for_block(data)
+        with repo.store.transaction():
+            repo.store.put(data)
+            repo.store.index_commit(cid, forged.parents, forged.time)
+            repo.store.update_ref(f"refs/heads/{branch}", str(cid), str(head), "forge")
+        return cid
+
+
+def test_fetch_refuses_a_bad_signature_and_changes_nothing(tmp_path, monkeypatch, hub):
+    spec = _specialist(tmp_path, monkeypatch, hub, "reverse")
+    _forge(spec, "reverse", lambda c: dataclasses.replace(c, message="tampered"))
+    before = state(hub)
+    with Repository.open(hub) as repo, pytest.raises(SignatureError, match="bad signature"):
+        fetch(repo, spec, "reverse", "reverse")
+    assert state(hub) == before
+
+
+def test_fetch_refuses_a_bad_signature_deep_in_history(tmp_path, monkeypatch, hub):
+    spec = _specialist(tmp_path, monkeypatch, hub, "reverse", commits=1)
+    _forge(spec, "reverse", lambda c: dataclasses.replace(c, time=c.time + 1))
+    _as(monkeypatch, tmp_path / "home-reverse")
+    with Repository.open(spec) as repo:  # a good commit on top of the forged one
+        porcelain.commit(repo, packet(999), "on top")
+    _as(monkeypatch, tmp_path / "home-hub")
+    before = state(hub)
+    with Repository.open(hub) as repo, pytest.raises(SignatureError):
+        fetch(repo, spec, "reverse", "reverse")
+    assert state(hub) == before
+
+
+def test_fetch_refuses_a_packet_of_another_chart(tmp_path, monkeypatch, hub):
+    spec = _specialist(tmp_path, monkeypatch, hub, "copy", commits=0)
+    _as(monkeypatch, tmp_path / "home-copy")
+    ident = load_identity()
+    with Repository.open(spec) as repo:
+        wrong = packet(5, dim=DIM * 2).encode()  # chart (7, 128): not this repository's
+        with repo.store.transaction():
+            basin = repo.store.put(wrong)
+            parent = repo.branch_commit("copy")
+            commit = Commit(basin, (parent,), ident.public_key, 1, "wrong chart").signed(ident.sign)
+            cid = repo.store.put(commit.encode())
+            repo.store.index_commit(cid, commit.parents, commit.time)
+            repo.store.update_ref("refs/heads/copy", str(cid), str(parent), "forge")
+    _as(monkeypatch, tmp_path / "home-hub")
+    before = state(hub)
+    with Repository.open(hub) as repo, pytest.raises(SchemaError, match="chart"):
+        fetch(repo, spec, "copy", "copy")
+    assert state(hub) == before
+
+
+def test_fetch_refuses_missing_branch_and_existing_target(tmp_path, monkeypatch, hub):
+    spec = _specialist(tmp_path, monkeypatch, hub, "cipher", commits=0)
+    before = state(hub)
+    with Repository.open(hub) as repo:
+        with pytest.raises(RefError, match="no branch"):
+            fetch(repo, spec, "nope", "x")
+        with pytest.raises(RefError, match="already exists"):
+            fetch(repo, spec, "cipher", "general")
+        with pytest.raises(Exception, match="branch name|ref"):
+            fetch(repo, spec, "cipher", "bad..name")
+    assert state(hub) == before
