@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from basinvcs import porcelain
 from basinvcs.cli import main
-from basinvcs.objects import Basin
+from basinvcs.objects import Basin, Chart
 from basinvcs.repository import Repository
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,3 +104,20 @@ def state(repo_path: Path) -> dict[str, object]:
     finally:
         conn.close()
     return out
+
+
+CHART = Chart(seed=7, dim=DIM)  # the chart of the `repo_dir` repository
+
+
+def vec(**coords: float) -> list[float]:
+    """A z in CHART with the given coordinates set, e.g. vec(c0=1.0, c5=-2.0)."""
+    z = [0.0] * DIM
+    for key, value in coords.items():
+        z[int(key[1:])] = value
+    return z
+
+
+def commit_z(repo_dir: Path, z: list[float], message: str, **packet_fields):
+    """Commit the basin z (plus packet fields such as fisher=) on the current branch."""
+    with Repository.open(repo_dir) as repo:
+        return porcelain.commit(repo, Basin.create(CHART, z, **packet_fields), message)

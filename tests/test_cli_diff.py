@@ -4,24 +4,13 @@ import math
 import subprocess
 import sys
 
-from basinvcs import porcelain
-from basinvcs.objects import Basin, Chart, Entanglement
+from basinvcs.objects import Entanglement
 from basinvcs.repository import Repository
-from tests.conftest import DIM, state
-
-CHART = Chart(seed=7, dim=DIM)
+from tests.conftest import DIM, commit_z, state, vec
 
 
-def vec(**coords: float) -> list[float]:
-    z = [0.0] * DIM
-    for key, value in coords.items():
-        z[int(key[1:])] = value
-    return z
-
-
-def commit(repo_dir, z, message, **kw):
-    with Repository.open(repo_dir) as repo:
-        return str(porcelain.commit(repo, Basin.create(CHART, z, **kw), message))
+def commit(repo_dir, z, message, **kw) -> str:
+    return str(commit_z(repo_dir, z, message, **kw))
 
 
 def test_diff_without_fisher_is_the_euclidean_distance(repo_dir, cli):

@@ -10,21 +10,7 @@ from basinvcs import porcelain
 from basinvcs.errors import BasinError
 from basinvcs.objects import Basin, Chart, Entanglement
 from basinvcs.repository import Repository
-from tests.conftest import DIM
-
-CHART = Chart(seed=7, dim=DIM)
-
-
-def vec(**coords: float) -> list[float]:
-    z = [0.0] * DIM
-    for key, value in coords.items():
-        z[int(key[1:])] = value
-    return z
-
-
-def commit_z(repo_dir, z, message, fisher=None):
-    with Repository.open(repo_dir) as repo:
-        return porcelain.commit(repo, Basin.create(CHART, z, fisher=fisher), message)
+from tests.conftest import CHART, DIM, commit_z, vec
 
 
 def fork(repo_dir, source, name):
@@ -104,7 +90,7 @@ def test_orthogonal_identical_and_opposite_branches(repo_dir):
 def test_fisher_weighted_links_use_the_mean_of_the_heads(repo_dir):
     fisher = [4.0, 1.0] + [1.0] * (DIM - 2)
     fork(repo_dir, "general", "a")
-    commit_z(repo_dir, vec(c0=1.0, c1=1.0), "a", fisher)
+    commit_z(repo_dir, vec(c0=1.0, c1=1.0), "a", fisher=fisher)
     fork(repo_dir, "general", "b")
     commit_z(repo_dir, vec(c0=1.0, c1=-1.0), "b")  # no Fisher: identity
     with Repository.open(repo_dir) as repo:

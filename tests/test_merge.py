@@ -7,17 +7,7 @@ from basinvcs import porcelain
 from basinvcs.identity import Identity
 from basinvcs.objects import Basin, Chart, Commit
 from basinvcs.repository import Repository
-from tests.conftest import DIM, state
-
-CHART = Chart(seed=7, dim=DIM)
-
-
-def vec(**coords: float) -> list[float]:
-    """A z with the given coordinates set, e.g. vec(c0=1.0, c5=-2.0)."""
-    z = [0.0] * DIM
-    for key, value in coords.items():
-        z[int(key[1:])] = value
-    return z
+from tests.conftest import CHART, DIM, commit_z, state, vec
 
 
 def side(z, fisher=None, weight=1.0) -> mm.Side:
@@ -80,11 +70,6 @@ def test_capacity_rule():
 # -- basin merge ---------------------------------------------------------------------------------
 
 
-def commit_z(repo_dir, z, message, fisher=None):
-    with Repository.open(repo_dir) as repo:
-        return porcelain.commit(repo, Basin.create(CHART, z, fisher=fisher), message)
-
-
 def head_z(repo_dir) -> list[float]:
     with Repository.open(repo_dir) as repo:
         return list(repo.read_basin(repo.read_commit(repo.head_commit()).basin).z)
@@ -92,9 +77,9 @@ def head_z(repo_dir) -> list[float]:
 
 def two_branches(repo_dir, cli, za, zb, fisher=None):
     cli("fork", "general", "--specialize", "a")
-    commit_z(repo_dir, za, "a's change", fisher)
+    commit_z(repo_dir, za, "a's change", fisher=fisher)
     cli("fork", "general", "--specialize", "b")
-    commit_z(repo_dir, zb, "b's change", fisher)
+    commit_z(repo_dir, zb, "b's change", fisher=fisher)
     cli("checkout", "a")
 
 
