@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import porcelain
+from . import numeric, porcelain
 from .cid import CID
 from .errors import BasinError, SchemaError
 from .objects import Basin, SubstrateRef
@@ -84,7 +84,9 @@ def extract(
         if progress:
             progress(spec.numel)
     z = enc.finish()
-    stored = torch.tensor(Basin.create(proj.chart, z.tolist()).z, dtype=torch.float64)
+    stored = torch.tensor(
+        numeric.quantize(z.tolist()), dtype=torch.float64
+    )  # as the packet keeps it
     return Extraction(substrate, z, delta_sq, _offset_norm_sq(proj, stored, beta))
 
 
@@ -115,7 +117,7 @@ def commit_tensors(
         beta=head.beta,
         entanglements=head.entanglements,
         labels=head.labels,
-        substrate=SubstrateRef(sub.name, sub.fingerprint),
+        substrate=SubstrateRef(sub.name, sub.fingerprint, sub.num_params),
     )
     if basin.z == head.z and fisher is None:
         raise BasinError("nothing to commit: the model's basin is the same as HEAD's")

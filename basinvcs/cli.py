@@ -553,10 +553,9 @@ def verify(require_trusted: bool) -> None:
 def key(ctx: click.Context) -> None:
     """Your identity and the repository's trusted signers."""
     if ctx.invoked_subcommand is None:
-        from . import porcelain
-        from .identity import format_key
+        from .identity import format_key, require_identity
 
-        ident = porcelain.whoami()
+        ident = require_identity()
         click.echo(f"{ident.name} <{format_key(ident.public_key)}>")
 
 

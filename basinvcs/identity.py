@@ -96,6 +96,14 @@ def load_identity(home: Path | None = None) -> Identity | None:
     return Identity(seed, name)
 
 
+def require_identity(home: Path | None = None) -> Identity:
+    """The user's identity, or a SignatureError saying how to make one."""
+    ident = load_identity(home)
+    if ident is None:
+        raise SignatureError("no identity yet: run 'basin key generate' (or 'basin init')")
+    return ident
+
+
 def create_identity(name: str, home: Path | None = None) -> Identity:
     """Make a new identity file (mode 0600, created exclusively so two inits cannot race)."""
     path = identity_path(home)

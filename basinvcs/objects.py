@@ -105,7 +105,9 @@ class Chart:
 
 @dataclass(frozen=True)
 class SubstrateRef:
-    """Which substrate a basin was fitted on: a name for people, a fingerprint for machines.
+    """Which substrate a basin was fitted on: a name for people, a fingerprint for machines,
+    and its parameter count, so that merges can weigh a basin by capacity without having (or
+    loading) its substrate.
 
     The fingerprint is the 32-byte sha2-256 digest the model bridge computes over tensor names,
     shapes, dtypes and θ0; raw bytes, as the packet has little room to spare.
@@ -113,21 +115,25 @@ class SubstrateRef:
 
     name: str
     fingerprint: bytes
+    params: int
 
     def __post_init__(self) -> None:
         check_label(self.name)
         if not isinstance(self.fingerprint, bytes) or len(self.fingerprint) != 32:
             raise SchemaError("substrate fingerprint must be 32 bytes")
+        if _typed(self.params, int, "substrate params") < 1:
+            raise SchemaError(f"substrate params {self.params} must be positive")
 
     def to_node(self) -> dict:
-        return {"name": self.name, "fingerprint": self.fingerprint}
+        return {"name": self.name, "fingerprint": self.fingerprint, "params": self.params}
 
     @classmethod
     def from_node(cls, node: Any) -> SubstrateRef:
-        node = _fields(node, "substrate", {"name", "fingerprint"})
+        node = _fields(node, "substrate", {"name", "fingerprint", "params"})
         return cls(
             _typed(node["name"], str, "substrate name"),
             _typed(node["fingerprint"], bytes, "substrate fingerprint"),
+            node["params"],
         )
 
 

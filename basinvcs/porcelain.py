@@ -19,7 +19,6 @@ from .identity import (
     Identity,
     default_name,
     format_key,
-    load_identity,
     load_or_create_identity,
     parse_key,
     verify_signature,
@@ -292,9 +291,9 @@ def verify(repo: Repository) -> VerifyReport:
 
 
 def _check_database(repo: Repository, report: VerifyReport) -> None:
-    rows = repo.store._exec("PRAGMA quick_check").fetchall()
-    if rows != [("ok",)]:
-        report.problems.append((str(repo.store.path), "database check failed: " + rows[0][0]))
+    finding = repo.store.check_integrity()
+    if finding:
+        report.problems.append((str(repo.store.path), f"database check failed: {finding}"))
 
 
 def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit | None:
@@ -356,13 +355,6 @@ def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
 def generate_identity(name: str | None = None) -> tuple[Identity, bool]:
     """The user's identity, made now if there was none."""
     return load_or_create_identity(name or default_name())
-
-
-def whoami() -> Identity:
-    ident = load_identity()
-    if ident is None:
-        raise RepositoryError("no identity yet: run 'basin key generate' or 'basin init'")
-    return ident
 
 
 # -- blocks and DAG plumbing --------------------------------------------------------------------
@@ -607,14 +599,7 @@ def _side(repo: Repository, author: bytes, basin: Basin, extra: float):
     from .merge import Side, capacity
 
     trusted = repo.config.trusted_key(author)
-    params = None
-    if basin.substrate is not None:
-        from .substrate import load_substrate
-
-        try:
-            params = load_substrate(basin.substrate.name).num_params
-        except BasinError:
-            params = None  # a substrate not registered here counts as the smallest
+    params = basin.substrate.params if basin.substrate is not None else None
     weight = (trusted.weight if trusted else 1.0) * capacity(params) * extra
     return Side(
         list(basin.z), list(basin.fisher) if basin.fisher is not None else None, basin.beta, weight

@@ -14,7 +14,7 @@ from pathlib import Path
 from .cid import CID
 from .config import Config, load_config, save_config
 from .errors import BasinError, RefError, RepositoryError, SchemaError
-from .identity import Identity, load_identity
+from .identity import Identity, require_identity
 from .objects import Basin, Commit
 from .refnames import HEAD, HEADS, branch_ref, check_branch_name
 from .store.sqlite import Ref, SQLiteStore
@@ -84,10 +84,7 @@ class Repository:
         save_config(self.basin_dir, self.config)
 
     def identity(self) -> Identity:
-        ident = load_identity()
-        if ident is None:
-            raise RepositoryError("no identity to sign with: run 'basin key generate'")
-        return ident
+        return require_identity()
 
     # -- objects ------------------------------------------------------------------------------
 

@@ -221,7 +221,9 @@ def to_basin(
     The substrate reference defaults to the model's own substrate.
     """
     if substrate_ref is None:
-        substrate_ref = SubstrateRef(model.substrate.name, model.substrate.fingerprint)
+        substrate_ref = SubstrateRef(
+            model.substrate.name, model.substrate.fingerprint, model.substrate.num_params
+        )
     return Basin.create(
         model.chart,
         model.z.detach().cpu().tolist(),

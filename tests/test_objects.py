@@ -27,7 +27,7 @@ def full_packet(dim: int = 1024) -> Basin:
             Entanglement("cardiology", "medicine", 0.5),
             Entanglement("general", "medicine", -0.125),
         ],
-        substrate=SubstrateRef("tiny", bytes(range(32))),
+        substrate=SubstrateRef("tiny", bytes(range(32)), 1_033_600),
     )
 
 
@@ -176,4 +176,11 @@ def test_fisher_must_match_the_chart():
 
 def test_substrate_fingerprint_is_32_bytes():
     with pytest.raises(SchemaError, match="32 bytes"):
-        SubstrateRef("tiny", b"short")
+        SubstrateRef("tiny", b"short", 1)
+
+
+def test_substrate_params_must_be_a_positive_int():
+    with pytest.raises(SchemaError, match="must be positive"):
+        SubstrateRef("tiny", bytes(32), 0)
+    with pytest.raises(SchemaError, match="params must be int"):
+        SubstrateRef("tiny", bytes(32), 1.0)

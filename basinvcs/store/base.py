@@ -8,7 +8,6 @@ and every byte string it holds was checked once, on the way in.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 
 from ..cid import CID, DAG_CBOR, DAG_JSON
 from ..codec import dagcbor, dagjson
@@ -41,6 +40,3 @@ class BlockStore(ABC):
     @abstractmethod
     def has(self, cid: CID) -> bool:
         """Whether the store holds `cid` (without reading or verifying it)."""
-
-    def put_many(self, blocks: Iterable[tuple[bytes, int]]) -> list[CID]:
-        return [self.put(data, codec) for data, codec in blocks]

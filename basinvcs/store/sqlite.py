@@ -135,6 +135,11 @@ class SQLiteStore(BlockStore):
         except sqlite3.DatabaseError as exc:
             raise RepositoryError(f"repository database {self.path}: {exc}") from None
 
+    def check_integrity(self) -> str | None:
+        """SQLite's own structural check of the database file: None if sound, else its finding."""
+        rows = self._exec("PRAGMA quick_check").fetchall()
+        return None if rows == [("ok",)] else rows[0][0]
+
     # -- blocks -------------------------------------------------------------------------------
 
     def put(self, data: bytes, codec: int = DAG_CBOR) -> CID:
