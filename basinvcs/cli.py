@@ -394,74 +394,62 @@ def reflog(ref: str, limit: int | None) -> None:
         click.echo(f"{new} {short_name(name)}@{{{i}}}: {e.message}")
 
 
-@main.command()
-@click.argument("rev")
-@click.option(
-    "--strategy",
-    type=click.Choice(["fisher", "linear", "ties", "ours", "theirs"]),
-    default="fisher",
-    show_default=True,
-    help="How coordinates both sides changed combine.",
-)
-@click.option(
-    "--weight",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Extra weight of REV's side.",
-)
-@click.option(
-    "--max-distance",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Refuse above this Fisher distance (× the smaller change); default from config.",
-)
-@click.option(
-    "--max-interference",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Refuse above this share of opposed Fisher mass; default from config.",
-)
-@click.option("--force", is_flag=True, help="Merge even if the conflict check refuses.")
-@click.option(
-    "--no-ff", is_flag=True, help="Make a merge commit even when a fast-forward would do."
-)
-@click.option(
-    "--allow-untrusted", is_flag=True, help="Accept commits by keys not on the trust list."
-)
-@click.option("-m", "--message", help="Merge commit message.")
-def merge(
-    rev: str,
-    strategy: str,
-    weight: float,
-    max_distance: float | None,
-    max_interference: float | None,
-    force: bool,
-    no_ff: bool,
-    allow_untrusted: bool,
-    message: str | None,
-) -> None:
-    """Three-way merge REV into HEAD, refusing conflicting or suspicious updates."""
+def _merge_options(fn):
+    """The options `merge` and `pull` share: strategy, weight, thresholds, force, trust, message."""
+    options = [
+        click.option(
+            "--strategy",
+            type=click.Choice(["fisher", "linear", "ties", "ours", "theirs"]),
+            default="fisher",
+            show_default=True,
+            help="How coordinates both sides changed combine.",
+        ),
+        click.option(
+            "--weight",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="Extra weight of the incoming side.",
+        ),
+        click.option(
+            "--max-distance",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="Refuse above this Fisher distance (× the smaller change); default from config.",
+        ),
+        click.option(
+            "--max-interference",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="Refuse above this share of opposed Fisher mass; default from config.",
+        ),
+        click.option("--force", is_flag=True, help="Merge even if the conflict check refuses."),
+        click.option(
+            "--no-ff", is_flag=True, help="Make a merge commit even when a fast-forward would do."
+        ),
+        click.option(
+            "--allow-untrusted", is_flag=True, help="Accept commits by keys not on the trust list."
+        ),
+        click.option("-m", "--message", help="Merge commit message."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _merge(repo, rev: str, **options):
+    """porcelain.merge, printing the conflict report (on stderr) when it refuses."""
     from . import porcelain
 
-    with _repo() as repo:
-        try:
-            result = porcelain.merge(
-                repo,
-                rev,
-                strategy=strategy,
-                weight=weight,
-                max_distance=max_distance,
-                max_interference=max_interference,
-                force=force,
-                no_ff=no_ff,
-                message=message,
-                allow_untrusted=allow_untrusted,
-            )
-        except porcelain.MergeRefused as exc:
-            for line in exc.report:
-                click.echo(line, err=True)
-            raise
+    try:
+        return porcelain.merge(repo, rev, **options)
+    except porcelain.MergeRefused as exc:
+        for line in exc.report:
+            click.echo(line, err=True)
+        raise
+
+
+def _report_merge(result) -> None:
     if result.kind == "up-to-date":
         click.echo("Already up to date.")
     elif result.kind == "fast-forward":
@@ -477,6 +465,16 @@ def merge(
         if result.bases > 1:
             click.echo(f"  {result.bases} best common ancestors: merged against their mean")
     click.echo(result.cid)
+
+
+@main.command()
+@click.argument("rev")
+@_merge_options
+def merge(rev: str, **options) -> None:
+    """Three-way merge REV into HEAD, refusing conflicting or suspicious updates."""
+    with _repo() as repo:
+        result = _merge(repo, rev, **options)
+    _report_merge(result)
 
 
 # -- branches, status, verify -------------------------------------------------------------------
@@ -830,6 +828,195 @@ def concepts_cmd() -> None:
     for a, b, w in edges:
         a, b = sorted((a, b))
         click.echo(f"  {a} ~ {b}  {w:+.2f}")
+
+
+# -- remotes, push, pull, clone, CAR files, discovery ---------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def remote(ctx: click.Context) -> None:
+    """IPFS nodes to push to and pull through (lists them with no subcommand)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(remote_list)
+
+
+@remote.command("list")
+def remote_list() -> None:
+    with _repo() as repo:
+        for name, r in sorted(repo.config.remotes.items()):
+            follow = f"  follows {r.follow}" if r.follow else ""
+            click.echo(f"{name}\t{r.node}{follow}")
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("multiaddr")
+@click.option("--follow", help="IPNS name or heads-record CID that `basin pull` fetches.")
+def remote_add(name: str, multiaddr: str, follow: str | None) -> None:
+    """Name the IPFS node at MULTIADDR (its RPC API, e.g. /ip4/127.0.0.1/tcp/5001)."""
+    from . import sync
+
+    with _repo() as repo:
+        sync.add_remote(repo, name, multiaddr, follow)
+    click.echo(f"remote {name}: {multiaddr}" + (f", follows {follow}" if follow else ""))
+
+
+@remote.command("remove")
+@click.argument("name")
+def remote_remove(name: str) -> None:
+    from . import sync
+
+    with _repo() as repo:
+        sync.remove_remote(repo, name)
+    click.echo(f"removed remote {name}")
+
+
+@main.command()
+@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("branch_name", metavar="[BRANCH]", required=False)
+def push(remote_name: str, branch_name: str | None) -> None:
+    """Send BRANCH (default: the current one) to REMOTE's node and publish the signed heads."""
+    from . import sync
+
+    with _repo() as repo:
+        result = sync.push(repo, remote_name, branch_name)
+    click.echo(
+        f"pushed {', '.join(sorted(result.branches))} ({result.blocks} blocks, "
+        f"{result.bytes} bytes sent)"
+    )
+    click.echo(f"heads record: {result.heads} (seq {result.seq})")
+    click.echo(f"IPNS name: {result.name}")
+    if not result.announced:
+        click.echo("(no pubsub peer listening for these heads)", err=True)
+
+
+@main.command()
+@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("branch_name", metavar="[BRANCH]", required=False)
+@_merge_options
+def pull(remote_name: str, branch_name: str | None, **options) -> None:
+    """Fetch BRANCH from the heads REMOTE follows, verify everything, then merge it into HEAD."""
+    from . import sync
+    from .refnames import remote_ref
+
+    with _repo() as repo:
+        branch = branch_name or sync.current_branch(repo)
+        fetched = sync.fetch(repo, remote_name, branch)
+        click.echo(
+            f"fetched {fetched.branch} from heads record {fetched.heads} (seq {fetched.seq}): "
+            f"{fetched.fetched} new blocks"
+        )
+        result = _merge(repo, remote_ref(remote_name, branch), **options)
+    _report_merge(result)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("directory", type=click.Path(file_okay=True, path_type=Path))
+@click.option("--node", help="IPFS node RPC multiaddr (default: $BASIN_IPFS_API).")
+@click.option("--trust", "trust_key", help="Require the heads record to be signed by this key.")
+def clone(source: str, directory: Path, node: str | None, trust_key: str | None) -> None:
+    """Make DIRECTORY a copy of the repository whose heads SOURCE names (IPNS name or CID)."""
+    from . import sync
+
+    result = sync.clone(source, directory, node, trust_key)
+    click.echo(
+        f"Cloned into {result.path}: {len(result.branches)} branch(es), "
+        f"{result.fetched} blocks, heads record {result.heads} (seq {result.seq})"
+    )
+    if result.trusted_new and not trust_key:
+        click.echo(f"trusting the heads signer {result.trusted} as 'origin' (check it out of band)")
+    click.echo(f"On branch {result.checked_out}")
+
+
+@main.command("export")
+@click.argument("rev", default="HEAD")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def export_cmd(rev: str, output: Path) -> None:
+    """Write REV's history as a CARv1 file (the commit is its root)."""
+    from . import sync
+
+    with _repo() as repo:
+        root, blocks, size = sync.export_car(repo, rev, output)
+    click.echo(f"wrote {output}: root {root}, {blocks} blocks, {size} bytes")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--branch", help="Create this branch at the file's root commit.")
+def import_cmd(file: Path, branch: str | None) -> None:
+    """Store the history a CARv1 file holds, every block verified first."""
+    from . import sync
+
+    with _repo() as repo:
+        result = sync.import_car(repo, file, branch)
+    click.echo(
+        f"imported {file}: root {result.root}, {result.written} new of {result.blocks} blocks"
+    )
+    if result.ignored:
+        click.echo(f"  {result.ignored} blocks not reachable from the root were not stored")
+    if branch:
+        click.echo(f"branch {branch} -> {short(result.root)}")
+
+
+@main.command()
+@click.option("--specialization", required=True, help="What this repository offers.")
+@click.option("--substrate", "substrate_name", help="The substrate its basins were fitted on.")
+@click.option("--remote", "remote_name", default="origin", show_default=True)
+@click.option(
+    "--ttl", default=3600.0, show_default=True, type=click.FloatRange(min=1), help="Seconds."
+)
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0))
+def announce(
+    specialization: str,
+    substrate_name: str | None,
+    remote_name: str,
+    ttl: float,
+    repeat: int,
+    interval: float,
+) -> None:
+    """Announce, signed and expiring, that this repository offers SPECIALIZATION."""
+    from . import sync
+
+    with _repo() as repo:
+        record, cid, heard = sync.announce(
+            repo, remote_name, specialization, substrate_name, ttl, repeat, interval
+        )
+    click.echo(
+        f"announced {specialization} as {record.name} (record {cid}, expires "
+        f"{_date(record.expires)})"
+    )
+    if not heard:
+        click.echo("no peer of the node was listening: nobody heard it (try --repeat)", err=True)
+
+
+@main.command()
+@click.option("--specialization", required=True)
+@click.option("--substrate", "substrate_name", help="Only basins fitted on this substrate.")
+@click.option("--node", help="IPFS node RPC multiaddr (default: $BASIN_IPFS_API).")
+@click.option(
+    "--wait", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Seconds."
+)
+def discover(
+    specialization: str, substrate_name: str | None, node: str | None, wait: float
+) -> None:
+    """Listen for announcements of SPECIALIZATION and list who offers it."""
+    from . import sync
+    from .identity import format_key
+
+    found, dropped = sync.discover(sync.connect(node), specialization, substrate_name, wait)
+    for f in found:
+        r = f.record
+        click.echo(
+            f"{r.name}  heads {r.heads}  substrate {r.substrate or '-'}  "
+            f"by {format_key(r.author)}  expires {_date(r.expires)}"
+        )
+    if not found:
+        click.echo(f"no announcements of {specialization} heard in {wait:g} s")
+    if dropped:
+        click.echo(f"({dropped} invalid or expired announcements ignored)", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

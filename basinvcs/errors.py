@@ -51,3 +51,11 @@ class SignatureError(BasinError):
 
 class RepositoryError(BasinError):
     """No repository here, an unreadable or corrupt database, or a config we cannot use."""
+
+
+class CarError(BasinError):
+    """A CARv1 stream that is malformed or truncated, or holds a block that fails verification."""
+
+
+class RemoteError(BasinError):
+    """An IPFS node that cannot be reached, refuses a request, or answers with something wrong."""

@@ -24,7 +24,7 @@ from .identity import (
     verify_signature,
 )
 from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
-from .refnames import HEAD, branch_ref, check_branch_name, short_name
+from .refnames import HEAD, REMOTES, branch_ref, check_branch_name, short_name
 from .repository import BASIN_DIR, Repository
 
 GENESIS_BRANCH = "general"
@@ -169,6 +169,8 @@ def decorations(repo: Repository) -> dict[str, list[str]]:
     for name, cid in repo.branches():
         label = f"HEAD -> {name}" if head.symbolic and short_name(head.target) == name else name
         out.setdefault(str(cid), []).append(label)
+    for ref in repo.store.list_refs(REMOTES):
+        out.setdefault(ref.target, []).append(short_name(ref.name))
     if not head.symbolic:
         out.setdefault(head.target, []).insert(0, "HEAD")
     for labels in out.values():

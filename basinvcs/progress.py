@@ -76,20 +76,25 @@ class _Bar:
 
 
 def render(label: str, done: int, total: int, unit: str, elapsed: float) -> str:
-    """One bar line, e.g. `writing  42% 1.1 GiB/2.5 GiB 310.2 MiB/s ETA 0:05`."""
+    """One bar line, e.g. `writing  42% 1.1 GiB/2.5 GiB 310.2 MiB/s ETA 0:05`.
+
+    A total of 0 means unknown (blocks fetched while walking a history): the count, rate and time
+    so far are shown instead."""
     parts = [label]
     if total > 0:
         parts.append(f"{min(done / total, 1.0):4.0%}")
     rate = done / elapsed if elapsed > 0 else 0.0
     if unit == "B":
-        parts.append(f"{size(done)}/{size(total)}")
+        parts.append(f"{size(done)}/{size(total)}" if total > 0 else size(done))
         if rate > 0:
             parts.append(f"{size(rate)}/s")
     else:
-        parts.append(f"{done}/{total} {unit}")
+        parts.append(f"{done}/{total} {unit}" if total > 0 else f"{done} {unit}")
         if rate > 0:
             parts.append(f"{rate:.1f} {unit}/s")
-    if done >= total:
+    if total <= 0:
+        parts.append(clock(elapsed))
+    elif done >= total:
         parts.append(f"in {clock(elapsed)}")
     elif rate > 0:
         parts.append(f"ETA {clock((total - done) / rate)}")

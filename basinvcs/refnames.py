@@ -5,6 +5,7 @@ from __future__ import annotations
 from .errors import RefError
 
 HEADS = "refs/heads/"
+REMOTES = "refs/remotes/"  # what was last fetched from a remote: refs/remotes/<remote>/<branch>
 HEAD = "HEAD"
 
 _FORBIDDEN_CHARS = frozenset(" ~^:?*[\\\x7f")
@@ -62,6 +63,14 @@ def branch_ref(name: str) -> str:
     return HEADS + check_branch_name(name)
 
 
+def remote_ref(remote: str, branch: str) -> str:
+    """The remote-tracking ref of `branch` at `remote`, validated."""
+    return REMOTES + check_branch_name(remote) + "/" + check_branch_name(branch)
+
+
 def short_name(ref: str) -> str:
-    """`refs/heads/x` -> `x`; other refs unchanged."""
-    return ref[len(HEADS) :] if ref.startswith(HEADS) else ref
+    """`refs/heads/x` -> `x`, `refs/remotes/o/x` -> `o/x`; other refs unchanged."""
+    for prefix in (HEADS, REMOTES):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref

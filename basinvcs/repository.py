@@ -16,7 +16,7 @@ from .config import Config, load_config, save_config
 from .errors import BasinError, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
 from .objects import Basin, Commit
-from .refnames import HEAD, HEADS, branch_ref, check_branch_name
+from .refnames import HEAD, HEADS, REMOTES, branch_ref, check_branch_name
 from .store.sqlite import Ref, SQLiteStore
 
 BASIN_DIR = ".basin"
@@ -178,7 +178,7 @@ class Repository:
             raise RefError("empty revision")
         if rev == HEAD:
             return self.head_commit()
-        for name in (rev, HEADS + rev) if not rev.startswith("refs/") else (rev,):
+        for name in (rev, HEADS + rev, REMOTES + rev) if not rev.startswith("refs/") else (rev,):
             ref = self.store.read_ref(name)
             if ref is not None and not ref.symbolic:
                 return CID.parse(ref.target)

@@ -1,12 +1,12 @@
-"""Fetching a branch from another repository on this machine: a local stand-in for `basin pull`.
+"""Bringing history in from elsewhere: validated, all or nothing.
 
-`fetch` copies every block reachable from the source branch's head (its commits and their basin
-packets) that this repository lacks, and creates a branch at that head. Nothing from the source is
-trusted: each block is re-hashed against its CID as it is read, decoded strictly (`Commit.decode`,
-`Basin.decode`, which also require canonical form), every commit's signature is verified, and every
-packet must be in this repository's chart. All checks run before anything is written; the writes
-(blocks, commit-graph index, the new branch) happen in one store transaction, so a refused or failed
-fetch changes nothing.
+History arrives from another repository on this machine (`fetch`, below), a CAR file or an IPFS
+node (basinvcs.sync). Whatever the source, nothing from it is trusted: `plan_fetch` reads every
+block through a `BlockSource` that re-hashes it against its CID, decodes it strictly
+(`Commit.decode`, `Basin.decode`, which also require canonical form), verifies every commit's
+signature and requires every packet to be in this repository's chart. All checks run before
+anything is written; `apply_plan` then writes blocks, commit-graph index and refs in one store
+transaction, so a refused or failed fetch changes nothing.
 
 Trust is not checked here: fetching is only copying. `merge` refuses commits by untrusted signers,
 as it does for any incoming history.
@@ -17,6 +17,7 @@ was validated when written, and `write_commit` only writes a commit whose parent
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,40 +26,47 @@ from .config import load_config
 from .errors import RefError, RepositoryError, SchemaError, SignatureError
 from .identity import verify_signature
 from .objects import Basin, Commit
-from .refnames import check_branch_name
+from .refnames import branch_ref, check_branch_name
 from .repository import BASIN_DIR, DB_FILE, Repository
 from .store.sqlite import SQLiteStore
+
+BlockSource = Callable[[CID], bytes]  # the block's bytes, already re-hashed against the CID
 
 
 @dataclass
 class FetchPlan:
     """What a fetch would write: (cid, bytes) of missing packets and commits, in write order."""
 
-    head: CID
+    heads: list[CID]
     packets: list[tuple[CID, bytes]] = field(default_factory=list)
     commits: list[tuple[CID, Commit, bytes]] = field(default_factory=list)
 
+    @property
+    def blocks(self) -> int:
+        return len(self.packets) + len(self.commits)
 
-def plan_fetch(repo: Repository, source: Repository, branch: str) -> FetchPlan:
-    """Read and validate everything `fetch` would copy, writing nothing."""
-    if source.config.chart != repo.config.chart:
-        raise SchemaError(
-            f"cannot fetch from {source.basin_dir}: its chart {source.config.chart} differs from "
-            f"this repository's {repo.config.chart}: the coordinates mean different things"
-        )
-    head = source.branch_commit(branch)
-    if head is None:
-        raise RefError(f"{source.basin_dir} has no branch {branch!r}")
-    plan = FetchPlan(head)
+
+def plan_fetch(
+    repo: Repository,
+    heads: Sequence[CID],
+    get: BlockSource,
+    on_block: Callable[[int], None] | None = None,
+) -> FetchPlan:
+    """Read and validate everything missing below `heads`, writing nothing.
+
+    `on_block(n)` is told the size of every block read from the source (for progress bars).
+    """
+    plan = FetchPlan(list(heads))
+    chart = repo.config.chart
     seen_commits: set[CID] = set()
     seen_packets: set[CID] = set()
-    stack = [head]
+    stack = list(heads)
     while stack:
         cid = stack.pop()
         if cid in seen_commits or repo.store.is_indexed_commit(cid):
             continue
         seen_commits.add(cid)
-        data = source.store.get(cid)  # re-hashed against its CID
+        data = _read(get, cid, on_block)
         try:
             commit = Commit.decode(data)
         except SchemaError as exc:
@@ -68,23 +76,46 @@ def plan_fetch(repo: Repository, source: Repository, branch: str) -> FetchPlan:
         if commit.basin not in seen_packets:
             seen_packets.add(commit.basin)
             have = repo.store.has(commit.basin)
-            packet = (repo if have else source).store.get(commit.basin)
+            packet = repo.store.get(commit.basin) if have else _read(get, commit.basin, on_block)
             try:
                 basin = Basin.decode(packet)
             except SchemaError as exc:
                 raise SchemaError(
                     f"fetch refused: {commit.basin} (basin of {cid}) is not a valid packet: {exc}"
                 ) from None
-            if basin.chart != repo.config.chart:
+            if basin.chart != chart:
                 raise SchemaError(
                     f"fetch refused: the basin of {cid} is in chart {basin.chart}, this "
-                    f"repository's is {repo.config.chart}"
+                    f"repository's is {chart}"
                 )
             if not have:
                 plan.packets.append((commit.basin, packet))
         plan.commits.append((cid, commit, data))
         stack.extend(commit.parents)
+    plan.commits.reverse()  # parents before children, as write_commit would require
     return plan
+
+
+def _read(get: BlockSource, cid: CID, on_block: Callable[[int], None] | None) -> bytes:
+    data = get(cid)
+    if on_block is not None:
+        on_block(len(data))
+    return data
+
+
+def apply_plan(repo: Repository, plan: FetchPlan, refs: Iterable[tuple[str, CID, str]]) -> None:
+    """Write a validated plan and set `refs` ((full ref, target, reflog message)), atomically."""
+    with repo.store.transaction():
+        for cid, data in plan.packets:
+            if repo.store.put(data) != cid:  # cannot happen: the source re-hashed it
+                raise SchemaError(f"block {cid} changed on the way in")
+        for cid, commit, data in plan.commits:
+            if repo.store.put(data) != cid:
+                raise SchemaError(f"block {cid} changed on the way in")
+            repo.store.index_commit(cid, commit.parents, commit.time)
+        for ref, target, message in refs:
+            old = repo.store.read_ref(ref)
+            repo.store.update_ref(ref, str(target), old.target if old else None, message)
 
 
 def open_source(path: Path | str) -> Repository:
@@ -106,14 +137,16 @@ def fetch(repo: Repository, source_repo_path: Path | str, branch: str, as_branch
     if repo.branch_commit(as_branch) is not None:
         raise RefError(f"a branch named {as_branch!r} already exists")
     with open_source(source_repo_path) as source:
-        plan = plan_fetch(repo, source, branch)
-    with repo.store.transaction():
-        for cid, data in plan.packets:
-            if repo.store.put(data) != cid:  # cannot happen: get() re-hashed it
-                raise SchemaError(f"block {cid} changed on the way in")
-        for cid, commit, data in plan.commits:
-            if repo.store.put(data) != cid:
-                raise SchemaError(f"block {cid} changed on the way in")
-            repo.store.index_commit(cid, commit.parents, commit.time)
-        repo.create_branch(as_branch, plan.head, f"fetch: {branch} from {source_repo_path}")
-    return plan.head
+        if source.config.chart != repo.config.chart:
+            raise SchemaError(
+                f"cannot fetch from {source.basin_dir}: its chart {source.config.chart} differs "
+                f"from this repository's {repo.config.chart}: the coordinates mean different things"
+            )
+        head = source.branch_commit(branch)
+        if head is None:
+            raise RefError(f"{source.basin_dir} has no branch {branch!r}")
+        plan = plan_fetch(repo, [head], source.store.get)  # get() re-hashes every block
+    apply_plan(
+        repo, plan, [(branch_ref(as_branch), head, f"fetch: {branch} from {source_repo_path}")]
+    )
+    return head

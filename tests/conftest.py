@@ -121,3 +121,50 @@ def commit_z(repo_dir: Path, z: list[float], message: str, **packet_fields):
     """Commit the basin z (plus packet fields such as fisher=) on the current branch."""
     with Repository.open(repo_dir) as repo:
         return porcelain.commit(repo, Basin.create(CHART, z, **packet_fields), message)
+
+
+# -- real IPFS nodes (js-ipfs), only inside a private network namespace -------------------------
+
+
+def _wait_connected(a, b, timeout: float = 15.0) -> None:
+    """Until a and b (IPFSDaemon) each list the other as a connected peer."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b.peer_id in a.node.swarm_peers() and a.peer_id in b.node.swarm_peers():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{a} and {b} did not connect within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def ipfs_node(tmp_path_factory):
+    """One js-ipfs daemon for the session (an IPFSDaemon; `.node` is its basinvcs.ipfs.Node).
+
+    Skips, saying why, outside a private network namespace or without js-ipfs installed.
+    """
+    from ipfsnode import IPFSDaemon, require_sandbox
+
+    require_sandbox()
+    daemon = IPFSDaemon(tmp_path_factory.mktemp("ipfs-node"), "node1")
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def ipfs_pair(ipfs_node, tmp_path_factory):
+    """Two connected js-ipfs daemons: ipfs_node and a second one started for the pair."""
+    from ipfsnode import IPFSDaemon
+
+    other = IPFSDaemon(tmp_path_factory.mktemp("ipfs-node"), "node2")
+    try:
+        other.start()
+        other.node.swarm_connect(ipfs_node.swarm)
+        _wait_connected(ipfs_node, other)
+        yield ipfs_node, other
+    finally:
+        other.stop()

@@ -102,7 +102,8 @@ def test_a_bad_mode_is_refused(monkeypatch):
         ((1024**3, 2 * 1024**3, "B", 4.0), "w  50% 1.0 GiB/2.0 GiB 256.0 MiB/s ETA 0:04"),
         ((500, 500, "B", 2.0), "w 100% 500 B/500 B 250 B/s in 0:02"),
         ((3, 10, "tensors", 3600.0), "w  30% 3/10 tensors 0.0 tensors/s ETA 2:20:00"),
-        ((7, 0, "B", 1.0), "w 7 B/0 B 7 B/s in 0:01"),
+        ((7, 0, "B", 1.0), "w 7 B 7 B/s 0:01"),
+        ((12, 0, "blocks", 4.0), "w 12 blocks 3.0 blocks/s 0:04"),
         ((2**60, 2**61, "B", 1.0), "w  50% 1024.0 PiB/2048.0 PiB 1024.0 PiB/s ETA 0:01"),
     ],
 )

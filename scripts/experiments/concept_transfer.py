@@ -12,6 +12,16 @@ See scripts/experiments/concept_transfer and docs/experiments/concept_transfer.m
    per strategy, merges them into `general` one by one (the k-th with side weight 1/(k-1), so every
    specialist counts equally), with `force=True` only when the conflict check refuses;
 5. every model is evaluated on every task's held-out test set.
+
+With `--hive ROUNDS`, the same specialists also train as a hive, through the same kind of
+repositories (a fresh hub and three fresh specialist repositories per strategy): each round, every
+specialist fetches the hub's `general` into `refs/remotes/hub/general` and merges it (a
+fast-forward), trains steps/ROUNDS steps from there (its Adam state kept across rounds), computes
+its Fisher diagonal (fisher only: HIVE_FISHER_BATCHES batches of 4) and commits; the hub fetches the
+three heads into `refs/remotes/<name>/<name>` and merges them into `general` as in step 4. Run for
+the fisher and linear strategies. With `--joint`, one basin is trained on the three tasks at once
+with the same data (steps × number of tasks steps, batch/number of tasks examples of each task per
+step): what any merge of this budget could hope to reach in this basin.
 """
 
 from __future__ import annotations
@@ -34,15 +44,24 @@ from basinvcs import porcelain  # noqa: E402
 from basinvcs.identity import format_key, load_identity  # noqa: E402
 from basinvcs.objects import Chart  # noqa: E402
 from basinvcs.projection import Projection  # noqa: E402
+from basinvcs.refnames import remote_ref  # noqa: E402
 from basinvcs.repository import Repository  # noqa: E402
 from basinvcs.substrate import add_substrate, load_substrate  # noqa: E402
 from basinvcs.tasks import TASKS, make_task  # noqa: E402
-from basinvcs.train import BasinModel, commit_model_in_basin, fisher_diagonal, train  # noqa: E402
-from basinvcs.transfer import fetch  # noqa: E402
+from basinvcs.train import (  # noqa: E402
+    BasinModel,
+    batch_loss,
+    commit_model_in_basin,
+    fisher_diagonal,
+    train,
+)
+from basinvcs.transfer import apply_plan, fetch, plan_fetch  # noqa: E402
 
 SUBSTRATE = "ct-base"
 STRATEGIES = ("fisher", "linear", "ties")
 FISHER_BATCHES, FISHER_BATCH = 64, 4
+HIVE_STRATEGIES = ("fisher", "linear")
+HIVE_FISHER_BATCHES = 16  # per specialist per round, of FISHER_BATCH examples
 
 
 def use_home(home: Path) -> None:
@@ -63,6 +82,166 @@ def head_z(repo: Repository) -> list[float]:
     return list(repo.read_basin(repo.read_commit(repo.head_commit()).basin).z)
 
 
+def exact(model, tasks: list[str]) -> dict[str, float]:
+    """Held-out exact accuracy on `tasks` (the cheaper check made during the hive)."""
+    return {name: make_task(name).accuracy(model) for name in tasks}
+
+
+def pull(repo: Repository, source: Repository, branch: str, ref: str) -> None:
+    """Bring `branch` of `source` into `repo` as the remote-tracking ref `ref` (validated fetch)."""
+    head = source.branch_commit(branch)
+    plan = plan_fetch(repo, [head], source.store.get)  # get() re-hashes every block
+    apply_plan(repo, plan, [(ref, head, f"fetch: {branch} from {source.basin_dir.parent}")])
+
+
+def merge_all(repo: Repository, refs: list[str], strategy: str) -> list[tuple[str, object, str]]:
+    """Merge `refs` into HEAD one by one, the k-th with side weight 1/(k-1) so all count equally;
+    forced when the conflict check refuses. Returns (kind, assessment, refusal or "") per ref."""
+    out = []
+    for k, ref in enumerate(refs, start=1):
+        weight = 1.0 / (k - 1) if k > 1 else 1.0
+        try:
+            res = porcelain.merge(repo, ref, strategy=strategy, weight=weight)
+            out.append((res.kind, res.assessment, ""))
+        except porcelain.MergeRefused as exc:
+            res = porcelain.merge(repo, ref, strategy=strategy, weight=weight, force=True)
+            out.append((res.kind, res.assessment, str(exc)))
+    return out
+
+
+def hive(
+    work: Path,
+    homes: dict[str, Path],
+    keys: dict[str, str],
+    tasks: list[str],
+    strategy: str,
+    rounds: int,
+    args: argparse.Namespace,
+    sub,
+    chart: Chart,
+    proj: Projection,
+    log,
+) -> tuple[torch.Tensor, dict]:
+    """The hive: every round the specialists start from the hub's `general`, train a little and
+    commit; the hub fetches and merges them. Returns the hub's final z and what happened."""
+    root = work / f"hive-{strategy}"
+    repos: dict[str, Repository] = {}
+    use_home(homes["hub"])
+    repos["hub"] = porcelain.init(root / "hub", dim=1024, seed=0, name="hub")
+    for name in tasks:
+        use_home(homes[name])
+        repos[name] = porcelain.init(root / name, dim=1024, seed=0, name=name)
+    for who, repo in repos.items():  # everyone trusts everyone (init already trusts its own key)
+        for other in ["hub", *tasks]:
+            if other != who:
+                porcelain.trust(repo, keys[other], other)
+    models = {n: BasinModel(sub, chart, projection=proj) for n in tasks}
+    opts = {n: torch.optim.Adam([models[n].z], lr=args.lr) for n in tasks}
+    gens = {n: torch.Generator().manual_seed(0) for n in tasks}  # the one-shot specialists' data
+    task_of = {n: make_task(n) for n in tasks}
+    hub_ref = remote_ref("hub", "general")
+    merges: dict[str, list] = {n: [] for n in tasks}
+    local: dict[str, float] = {}
+    trajectory: list[tuple[int, dict[str, float]]] = []
+    seconds = {"train": 0.0, "fisher": 0.0, "repositories": 0.0, "evaluation": 0.0}
+    every = max(1, rounds // 5)
+    try:
+        for r in range(rounds):
+            steps = args.steps // rounds + (1 if r < args.steps % rounds else 0)
+            for name in tasks:
+                use_home(homes[name])
+                repo, model, task = repos[name], models[name], task_of[name]
+                t = time.perf_counter()
+                pull(repo, repos["hub"], "general", hub_ref)
+                if r == 0:
+                    porcelain.fork(repo, hub_ref, name)
+                else:
+                    kind = porcelain.merge(repo, hub_ref).kind
+                    if kind != "fast-forward":
+                        raise RuntimeError(f"{name}, round {r + 1}: not a fast-forward: {kind}")
+                with torch.no_grad():
+                    model.z.copy_(torch.tensor(head_z(repo), dtype=torch.float32))
+                seconds["repositories"] += time.perf_counter() - t
+                t = time.perf_counter()
+                for _ in range(steps):
+                    loss = batch_loss(model, task.batch(args.batch, gens[name]))
+                    opts[name].zero_grad(set_to_none=True)
+                    loss.backward()
+                    opts[name].step()
+                seconds["train"] += time.perf_counter() - t
+                fisher = None
+                if strategy == "fisher":
+                    t = time.perf_counter()
+                    gen = torch.Generator().manual_seed(1 + r)
+                    batches = [task.batch(FISHER_BATCH, gen) for _ in range(HIVE_FISHER_BATCHES)]
+                    fisher = fisher_diagonal(model, batches)
+                    seconds["fisher"] += time.perf_counter() - t
+                if r == rounds - 1:
+                    t = time.perf_counter()
+                    local[name] = task.accuracy(model)
+                    seconds["evaluation"] += time.perf_counter() - t
+                t = time.perf_counter()
+                commit_model_in_basin(repo, model, f"hive round {r + 1}: {steps} steps", fisher)
+                seconds["repositories"] += time.perf_counter() - t
+            use_home(homes["hub"])
+            t = time.perf_counter()
+            hub = repos["hub"]
+            refs = [remote_ref(name, name) for name in tasks]
+            for name, ref in zip(tasks, refs, strict=True):
+                pull(hub, repos[name], name, ref)
+            for name, outcome in zip(tasks, merge_all(hub, refs, strategy), strict=True):
+                merges[name].append(outcome)
+            seconds["repositories"] += time.perf_counter() - t
+            if (r + 1) % every == 0 or r == rounds - 1:
+                t = time.perf_counter()
+                z = torch.tensor(head_z(hub), dtype=torch.float32)
+                acc = exact(BasinModel(sub, chart, z, projection=proj), tasks)
+                trajectory.append((r + 1, acc))
+                seconds["evaluation"] += time.perf_counter() - t
+                log(
+                    f"hive {strategy}, round {r + 1}: |z| {float(z.norm()):.1f}, exact "
+                    + ", ".join(f"{n} {a:.3f}" for n, a in acc.items())
+                )
+        z = torch.tensor(head_z(repos["hub"]), dtype=torch.float32)
+    finally:
+        for repo in repos.values():
+            repo.close()
+    return z, {"merges": merges, "local": local, "trajectory": trajectory, "seconds": seconds}
+
+
+def joint(
+    tasks: list[str], args: argparse.Namespace, sub, chart: Chart, proj: Projection, log
+) -> tuple[BasinModel, int, int]:
+    """One basin trained on all tasks at once: per step `per_task` examples of each task (one
+    forward; the loss is the mean of the per-task mean losses), steps × len(tasks) steps."""
+    per_task = round(args.batch / len(tasks))
+    steps = args.steps * len(tasks)
+    model = BasinModel(sub, chart, projection=proj)
+    opt = torch.optim.Adam([model.z], lr=args.lr)
+    gen = torch.Generator().manual_seed(0)
+    task_of = [make_task(n) for n in tasks]
+    for step in range(steps):
+        parts = [task.batch(per_task, gen) for task in task_of]
+        width = max(p[0].shape[1] for p in parts)
+        inputs, targets, mask = (
+            torch.cat([torch.nn.functional.pad(p[i], (0, width - p[i].shape[1])) for p in parts])
+            for i in range(3)
+        )
+        logp = torch.nn.functional.cross_entropy(
+            model(inputs).transpose(1, 2), targets, reduction="none"
+        )
+        # causal model, right padding: each row's answer positions see exactly what they would
+        # alone, so this is the mean over tasks of each task's batch_loss
+        rows = torch.arange(len(inputs)) // per_task
+        loss = sum(logp[mask & (rows == i)[:, None]].mean() for i in range(len(tasks))) / len(tasks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(1, steps // 6) == 0:
+            log(f"joint, step {step + 1}/{steps}: loss {loss.item():.3f}")
+    return model, steps, per_task
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="concept-transfer experiment")
     ap.add_argument("--tasks", default="cipher,reverse,sort")
@@ -73,7 +252,19 @@ def main() -> None:
     ap.add_argument("--base", type=Path, help="reuse a base from scripts/pretrain_base.py")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary directory")
+    ap.add_argument(
+        "--hive",
+        type=int,
+        metavar="ROUNDS",
+        help="also train the specialists as a hive: ROUNDS rounds of steps/ROUNDS steps, the hub "
+        f"merging after each ({', '.join(HIVE_STRATEGIES)})",
+    )
+    ap.add_argument(
+        "--joint", action="store_true", help="also train one basin on all the tasks at once"
+    )
     args = ap.parse_args()
+    if args.hive is not None and not 1 <= args.hive <= args.steps:
+        ap.error("--hive needs 1 <= ROUNDS <= --steps")
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
     t0 = time.perf_counter()
@@ -101,11 +292,12 @@ def main() -> None:
     use_home(homes["hub"])
     hub_path = work / "hub"
     porcelain.init(hub_path, dim=1024, seed=0, name="hub").close()
+    keys = {"hub": format_key(load_identity().public_key)}
 
     # 3. the specialists, each in its own repository with its own identity
     results: dict[str, dict[str, tuple[float, float]]] = {}
     results["base"] = evaluate(BasinModel(sub, chart, projection=proj))
-    zs, keys, fishers = {}, {}, {}
+    zs, fishers = {}, {}
     for name in tasks:
         use_home(homes[name])
         path = work / name
@@ -169,13 +361,39 @@ def main() -> None:
         log(f"{strategy}: {'; '.join(notes[strategy])}")
     mean_z = torch.stack([zs[n].double() for n in tasks]).mean(0).float()
     results["average"] = evaluate(BasinModel(sub, chart, mean_z, projection=proj))
+    phases = {"one-shot": time.perf_counter() - t0}
+
+    # 6. optionally, the hive and joint training
+    extra: list[str] = []
+    hives: dict[str, dict] = {}
+    if args.hive:
+        for strategy in HIVE_STRATEGIES:
+            start = time.perf_counter()
+            z, hives[strategy] = hive(
+                work, homes, keys, tasks, strategy, args.hive, args, sub, chart, proj, log
+            )
+            results[f"hive-{strategy}"] = evaluate(BasinModel(sub, chart, z, projection=proj))
+            extra.append(f"hive-{strategy}")
+            phases[f"hive {strategy}"] = time.perf_counter() - start
+            spent = ", ".join(f"{k} {v:.0f} s" for k, v in hives[strategy]["seconds"].items())
+            log(f"hive {strategy}: {phases[f'hive {strategy}']:.0f} s ({spent})")
+    if args.joint:
+        start = time.perf_counter()
+        model, joint_steps, per_task = joint(tasks, args, sub, chart, proj, log)
+        results["joint"] = evaluate(model)
+        extra.append("joint")
+        phases["joint"] = time.perf_counter() - start
+        log(f"joint: {phases['joint']:.0f} s, |z| {float(model.z.detach().norm()):.1f}")
     elapsed = time.perf_counter() - t0
 
     # 5. the table
-    rows = ["base", *tasks, *STRATEGIES, "average"]
+    rows = ["base", *tasks, *STRATEGIES, "average", *extra]
     labels = {"base": "base (copy-pretrained)", "average": "plain average of z"}
     labels |= {n: f"specialist {n}" for n in tasks}
     labels |= {s: f"merged: {s}" for s in STRATEGIES}
+    if args.hive:
+        labels |= {f"hive-{s}": f"hive ({args.hive} rounds): {s}" for s in HIVE_STRATEGIES}
+    labels["joint"] = "joint training (one basin, all tasks)"
     print(f"## Held-out accuracy, exact / bytes ({len(tasks)} specialists, d = 1024)\n")
     print("| model | " + " | ".join(TASKS) + " |")
     print("|---" * (len(TASKS) + 1) + "|")
@@ -185,7 +403,7 @@ def main() -> None:
     print("\n## Normalised accuracy: merged on task k / specialist k on task k (exact; bytes)\n")
     print("| merge | " + " | ".join(tasks) + " | mean |")
     print("|---" * (len(tasks) + 2) + "|")
-    for row in [*STRATEGIES, "average"]:
+    for row in [*STRATEGIES, "average", *extra]:
         exact = [results[row][t][0] / results[t][t][0] if results[t][t][0] else 0.0 for t in tasks]
         byte = [results[row][t][1] / results[t][t][1] for t in tasks]
         cells = [f"{e:.3f} ({b:.3f})" for e, b in zip(exact, byte, strict=True)]
@@ -194,12 +412,61 @@ def main() -> None:
     print("\n## Merges\n")
     for strategy in STRATEGIES:
         print(f"- {strategy}: " + "; ".join(notes[strategy]))
+    if args.hive:
+        print_hive(hives, tasks, args)
+    if args.joint:
+        print(
+            f"\njoint training: {joint_steps} steps of {per_task} examples of each task "
+            f"({joint_steps * per_task * len(tasks)} examples; the specialists together saw "
+            f"{args.steps * args.batch * len(tasks)}), Adam lr {args.lr}"
+        )
     print(
         f"\nspecialists: {args.steps} steps, Adam lr {args.lr}, batch {args.batch}; "
-        f"{torch.get_num_threads()} thread(s); total {elapsed:.0f} s"
+        f"{torch.get_num_threads()} thread(s); total {elapsed:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        + ")"
     )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def print_hive(hives: dict[str, dict], tasks: list[str], args: argparse.Namespace) -> None:
+    """The hive's merges (over all rounds), the hub's accuracy over rounds, where time went."""
+    fisher_note = f"{HIVE_FISHER_BATCHES} batches of {FISHER_BATCH}" if "fisher" in hives else ""
+    print(
+        f"\n## Hive: {args.hive} rounds of {args.steps / args.hive:g} steps per specialist "
+        f"(Fisher per round: {fisher_note or 'none'}, fisher only)\n"
+    )
+    for strategy, h in hives.items():
+        parts = []
+        for name in tasks:
+            kinds = [kind for kind, _, _ in h["merges"][name]]
+            forced = sum(1 for _, _, why in h["merges"][name] if why)
+            assessed = [a for _, a, _ in h["merges"][name] if a is not None]
+            text = f"{name}: " + ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+            if assessed:
+                rel = [a.relative for a in assessed]
+                inter = [a.interference for a in assessed]
+                text += (
+                    f" (relative Fisher distance {min(rel):.2f}–{max(rel):.2f}, mean "
+                    f"{sum(rel) / len(rel):.2f}; interference {min(inter):.2f}–{max(inter):.2f}, "
+                    f"mean {sum(inter) / len(inter):.2f})"
+                )
+            text += f", {forced} refused then forced"
+            parts.append(text)
+        print(f"- {strategy}: " + "; ".join(parts))
+        local = ", ".join(f"{n} {a:.3f}" for n, a in h["local"].items())
+        print(f"  - last round, each specialist before the merge, exact on its task: {local}")
+    print("\nThe hub's `general` over rounds (exact):\n")
+    print("| hive | round | " + " | ".join(tasks) + " |")
+    print("|---" * (len(tasks) + 2) + "|")
+    for strategy, h in hives.items():
+        for r, acc in h["trajectory"]:
+            print(f"| {strategy} | {r} | " + " | ".join(f"{acc[n]:.3f}" for n in tasks) + " |")
+    print()
+    for strategy, h in hives.items():
+        spent = ", ".join(f"{k} {v:.0f} s" for k, v in h["seconds"].items())
+        print(f"- hive {strategy} time: {spent}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,551 @@
+"""Moving history between machines: remotes, push, pull and clone through an IPFS node, CAR
+files, and capability announcements. Porcelain over ipfs.Node, car and transfer.
+
+Trust comes from signatures, never from where bytes came from. A heads record (records.Heads) is
+accepted only when its signature verifies, its signer is trusted (a clone trusts the signer it
+was told to, or the first one it meets, and says so) and its sequence number is not below the
+highest already seen from that signer's repository (a replayed old record is a rollback). Every
+block is re-hashed against its CID and every commit verified before anything is written
+(transfer.plan_fetch), and then everything is written in one transaction.
+
+Push sends only what the node lacks. It asks the node once for its recursive pins: a pinned
+commit has all its history on the node, so the walk stops at pinned commits and everything they
+reach. The missing blocks go as one CAR through `dag/import`, which also pins the new heads
+(one request rather than one per block: the same path as `ipfs dag import`). Then the heads
+record is put and pinned, published under the repository's IPNS key (`basin-<repo id>` in the
+node's keystore) and announced on the pubsub topic `basin/heads/<IPNS name>`.
+
+Design notes, including why discovery uses pubsub, are in docs/design.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .car import read_car_bytes, write_car
+from .cid import CID, DAG_CBOR
+from .config import Config, Remote, SyncState, TrustedKey
+from .errors import BasinError, BlockNotFound, RefError, RemoteError, RepositoryError, SchemaError
+from .identity import default_name, format_key, load_or_create_identity, parse_key, require_identity
+from .ipfs import Node
+from .objects import Commit
+from .progress import progress_bar
+from .records import Capability, Heads
+from .refnames import HEAD, branch_ref, check_branch_name, remote_ref, short_name
+from .repository import Repository
+from .transfer import FetchPlan, apply_plan, plan_fetch
+
+ENV_NODE = "BASIN_IPFS_API"
+DEFAULT_REMOTE = "origin"
+DEFAULT_BRANCH = "general"
+HEADS_TOPIC = "basin/heads/"
+CAPABILITY_TOPIC = "basin/capability/"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def connect(addr: str | None) -> Node:
+    """The node at `addr` (or $BASIN_IPFS_API), checked to answer before anything else is done."""
+    addr = addr or os.environ.get(ENV_NODE)
+    if not addr:
+        raise RemoteError(f"no IPFS node given: pass --node MULTIADDR or set {ENV_NODE}")
+    node = Node(addr)
+    node.id()
+    return node
+
+
+# -- remotes -------------------------------------------------------------------------------------
+
+
+def add_remote(repo: Repository, name: str, node: str, follow: str | None = None) -> Remote:
+    """Name a node (and optionally the IPNS name or heads record to pull from)."""
+    check_branch_name(name)
+    if name in repo.config.remotes:
+        raise RefError(f"remote {name!r} exists already (basin remote remove {name} first)")
+    Node(node)  # checks the multiaddr's form; nothing is contacted
+    remote = Remote(node, follow)
+    repo.config.remotes[name] = remote
+    repo.save_config()
+    return remote
+
+
+def remove_remote(repo: Repository, name: str) -> Remote:
+    remote = _remote(repo, name)
+    del repo.config.remotes[name]
+    repo.save_config()
+    return remote
+
+
+def _remote(repo: Repository, name: str) -> Remote:
+    try:
+        return repo.config.remotes[name]
+    except KeyError:
+        known = ", ".join(sorted(repo.config.remotes)) or "none"
+        raise RefError(f"no remote named {name!r} (remotes: {known})") from None
+
+
+def current_branch(repo: Repository) -> str:
+    branch = repo.current_branch()
+    if branch is None:
+        raise RefError("HEAD is detached: name the branch")
+    return short_name(branch)
+
+
+# -- heads records ------------------------------------------------------------------------------
+
+
+def resolve_source(node: Node, source: str) -> CID:
+    """A heads record's CID from its CID (or /ipfs/CID) or an IPNS name (or /ipns/NAME)."""
+    text = source.strip()
+    if not text.startswith("/ipns/"):
+        try:
+            cid = CID.parse(text.removeprefix("/ipfs/"))
+        except BasinError:
+            cid = None
+        if cid is not None and cid.codec == DAG_CBOR:
+            return cid
+    return node.name_resolve(text)
+
+
+def read_heads(node: Node, cid: CID) -> Heads:
+    """The heads record `cid`, fetched through the node, strictly decoded and signature-checked."""
+    data = node.block_get(cid)
+    try:
+        return Heads.decode(data)
+    except SchemaError as exc:
+        raise SchemaError(f"{cid} is not a valid heads record: {exc}") from None
+
+
+def _check_heads(repo: Repository, heads: Heads, cid: CID) -> None:
+    """Refuse a record this repository must not act on: untrusted, other chart, or a rollback."""
+    if repo.config.trusted_key(heads.author) is None:
+        raise RemoteError(
+            f"heads record {cid} is signed by {format_key(heads.author)}, which this repository "
+            "does not trust (basin key add KEY NAME, if you do)"
+        )
+    if heads.chart != repo.config.chart:
+        raise SchemaError(
+            f"heads record {cid} is for chart {heads.chart}; this repository's is "
+            f"{repo.config.chart}"
+        )
+    seen = repo.config.sync.seen.get(heads.scope)
+    if seen is not None and heads.seq < seen:
+        raise RemoteError(
+            f"heads record {cid} has sequence {heads.seq}, older than {seen} already seen from "
+            "that repository: refusing a rollback"
+        )
+
+
+# -- push ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushResult:
+    name: str  # IPNS name the heads record was published under
+    heads: CID  # the heads record
+    seq: int
+    branches: dict[str, CID]
+    blocks: int  # blocks sent to the node (history blocks and the heads record)
+    bytes: int
+    announced: bool  # whether a pubsub peer of the node listened for the heads
+
+
+def push(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = None) -> PushResult:
+    """Send `branch` (default: the current one) to the remote's node and publish the heads."""
+    ident = require_identity()
+    target = _remote(repo, remote)
+    branch = branch or current_branch(repo)
+    head = repo.branch_commit(branch)
+    if head is None:
+        raise RefError(f"no branch named {branch!r}")
+    node = connect(target.node)
+    blocks = missing_blocks(repo, node, [head])
+    sent_blocks = sent_bytes = 0
+    if blocks:
+        car = io.BytesIO()
+        with progress_bar(len(blocks), "push", unit="blocks") as update:
+            sent_blocks, _ = write_car(car, [head], _counted(blocks, update))
+        sent_bytes = sum(len(data) for _, data in blocks)
+        node.dag_import(car.getvalue(), pin_roots=True)
+    else:
+        node.pin_add(head)  # present but perhaps unpinned (another repository sent it)
+
+    sync = repo.config.sync
+    repo_id = sync.repo or uuid.uuid4().hex
+    published = {name: CID.parse(cid) for name, cid in sync.published.items()} | {branch: head}
+    record = Heads(
+        repo=repo_id,
+        chart=repo.config.chart,
+        heads=dict(sorted(published.items())),
+        seq=sync.seq + 1,
+        author=ident.public_key,
+        time=now_ms(),
+    ).signed(ident.sign)
+    data = record.encode()
+    heads_cid = node.block_put(data)
+    node.pin_add(heads_cid)
+    key = f"basin-{repo_id}"
+    node.key_ensure(key)
+    name = node.name_publish(heads_cid, key)
+    announced = broadcast(node, HEADS_TOPIC + name, data)
+
+    repo.config.sync = SyncState(
+        repo_id,
+        record.seq,
+        {b: str(c) for b, c in published.items()},
+        sync.seen | {record.scope: record.seq},
+        str(heads_cid),
+    )
+    repo.save_config()
+    old = repo.store.read_ref(remote_ref(remote, branch))
+    repo.store.update_ref(
+        remote_ref(remote, branch), str(head), old.target if old else None, f"push: {branch}"
+    )
+    return PushResult(
+        name, heads_cid, record.seq, published, sent_blocks + 1, sent_bytes + len(data), announced
+    )
+
+
+def broadcast(node: Node, topic: str, data: bytes) -> bool:
+    """Publish on a pubsub topic; False when no peer listens (js-ipfs refuses to publish then,
+    Kubo drops the message): an announcement nobody hears is not an error."""
+    try:
+        node.pubsub_publish(topic, data)
+    except RemoteError as exc:
+        if "InsufficientPeers" in str(exc):
+            return False
+        raise
+    return True
+
+
+def missing_blocks(repo: Repository, node: Node, heads: list[CID]) -> list[tuple[CID, bytes]]:
+    """Blocks of the history below `heads` that the node lacks, stopping at its pinned commits."""
+    local_pins = [cid for cid in node.pinned_roots() if repo.store.is_indexed_commit(cid)]
+    have: set[CID] = set()
+    have_packets: set[CID] = set()
+    if local_pins:
+        for cid, data in repo.store.walk_commits(local_pins, -1):
+            have.add(cid)
+            have_packets.add(Commit.decode(data, trusted=True).basin)
+    out: list[tuple[CID, bytes]] = []
+    seen: set[CID] = set()
+    stack = [h for h in heads if h not in have]
+    while stack:
+        cid = stack.pop()
+        if cid in seen or cid in have:
+            continue
+        seen.add(cid)
+        data = repo.store.get(cid)
+        commit = Commit.decode(data, trusted=True)
+        out.append((cid, data))
+        if commit.basin not in have_packets:
+            have_packets.add(commit.basin)
+            out.append((commit.basin, repo.store.get(commit.basin)))
+        stack.extend(commit.parents)
+    return out
+
+
+def _counted(blocks: list[tuple[CID, bytes]], update) -> Iterator[tuple[CID, bytes]]:
+    for block in blocks:
+        update(1)
+        yield block
+
+
+# -- pull and clone ------------------------------------------------------------------------------
+
+
+@dataclass
+class FetchResult:
+    heads: CID  # the heads record
+    seq: int
+    branch: str
+    head: CID
+    fetched: int  # blocks fetched through the node
+
+
+def fetch(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = None) -> FetchResult:
+    """Bring `branch` of the heads the remote follows into `refs/remotes/<remote>/<branch>`.
+
+    Refused, with nothing changed: an unreachable node, a heads record that is malformed, signed
+    by an untrusted key, of another chart or older than one seen before, and any block that fails
+    its hash, decoding or signature.
+    """
+    target = _remote(repo, remote)
+    if not target.follow:
+        raise RemoteError(
+            f"remote {remote!r} follows no heads: basin remote add NAME MULTIADDR --follow "
+            "IPNS_NAME_OR_CID"
+        )
+    branch = branch or current_branch(repo)
+    node = connect(target.node)
+    heads_cid = resolve_source(node, target.follow)
+    heads = read_heads(node, heads_cid)
+    _check_heads(repo, heads, heads_cid)
+    if branch not in heads.heads:
+        raise RefError(
+            f"the heads record {heads_cid} has no branch {branch!r} "
+            f"(it has: {', '.join(sorted(heads.heads))})"
+        )
+    head = heads.heads[branch]
+    plan = _fetch(repo, node, [head], "pull")
+    apply_plan(repo, plan, [(remote_ref(remote, branch), head, f"pull: {branch} from {remote}")])
+    repo.config.sync.seen[heads.scope] = max(heads.seq, repo.config.sync.seen.get(heads.scope, 0))
+    repo.save_config()
+    return FetchResult(heads_cid, heads.seq, branch, head, plan.blocks)
+
+
+def pull(
+    repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = None, **merge_options
+):
+    """`fetch`, then merge `<remote>/<branch>` into the current branch (porcelain.merge's rules).
+
+    The fetch is kept when the merge is refused, as `git pull` keeps its fetch. Returns
+    (FetchResult, porcelain.MergeResult).
+    """
+    from . import porcelain
+
+    fetched = fetch(repo, remote, branch)
+    return fetched, porcelain.merge(repo, remote_ref(remote, fetched.branch), **merge_options)
+
+
+def _fetch(repo: Repository, node: Node, heads: list[CID], label: str) -> FetchPlan:
+    """Plan a fetch through the node, then pin the heads there: the node now holds this history
+    for us (and a later push from here knows it need not send it again)."""
+    with progress_bar(0, label, unit="blocks") as update:
+        plan = plan_fetch(repo, heads, node.block_get, on_block=lambda _n: update(1))
+    for head in heads:
+        node.pin_add(head)
+    return plan
+
+
+@dataclass
+class CloneResult:
+    path: Path
+    heads: CID
+    seq: int
+    branches: dict[str, CID]
+    checked_out: str
+    fetched: int
+    trusted: str  # the signer now trusted, as z6Mk…
+    trusted_new: bool = field(default=True)
+
+
+def clone(
+    source: str, path: Path | str, node: str | None = None, trust: str | None = None
+) -> CloneResult:
+    """A new repository at `path` holding every branch of the heads record `source` names.
+
+    The signer of the heads record becomes trusted: the one `trust` names (anyone else is
+    refused), or, without `trust`, whoever signed it, which the caller must tell the user.
+    Nothing is left behind on failure: the repository is built beside `path` and renamed into
+    place at the end.
+    """
+    target = Path(path).resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise RepositoryError(f"{target} exists and is not an empty directory")
+    expected = parse_key(trust) if trust else None
+    client = connect(node)
+    heads_cid = resolve_source(client, source)
+    heads = read_heads(client, heads_cid)
+    if expected is not None and heads.author != expected:
+        raise RemoteError(
+            f"heads record {heads_cid} is signed by {format_key(heads.author)}, not by "
+            f"{format_key(expected)} as --trust requires"
+        )
+    ident, _ = load_or_create_identity(default_name())
+    trusted = [TrustedKey(ident.public_key, ident.name, 1.0)]
+    if heads.author != ident.public_key:
+        trusted.append(TrustedKey(heads.author, DEFAULT_REMOTE, 1.0))
+    config = Config(
+        heads.chart,
+        trusted,
+        remotes={DEFAULT_REMOTE: Remote(client.addr, source)},
+        sync=SyncState(seen={heads.scope: heads.seq}),
+    )
+    staging = target.parent / f".{target.name}.clone-{uuid.uuid4().hex[:8]}"
+    try:
+        with Repository.create(staging, config) as repo:
+            plan = _fetch(repo, client, list(heads.heads.values()), "clone")
+            refs = [(branch_ref(b), c, f"clone: {b} from {source}") for b, c in heads.heads.items()]
+            refs += [(remote_ref(DEFAULT_REMOTE, b), c, "clone") for b, c in heads.heads.items()]
+            apply_plan(repo, plan, refs)
+            checked_out = DEFAULT_BRANCH if DEFAULT_BRANCH in heads.heads else min(heads.heads)
+            repo.store.update_ref(HEAD, branch_ref(checked_out), None, "clone", symbolic=True)
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CloneResult(
+        target,
+        heads_cid,
+        heads.seq,
+        dict(heads.heads),
+        checked_out,
+        plan.blocks,
+        format_key(heads.author),
+        heads.author != ident.public_key,
+    )
+
+
+# -- CAR files -----------------------------------------------------------------------------------
+
+
+def history_blocks(repo: Repository, head: CID) -> Iterator[tuple[CID, bytes]]:
+    """Every commit reachable from `head` and its packet, each once, commits before packets."""
+    packets: set[CID] = set()
+    for cid, data in repo.store.walk_commits([head], -1):
+        yield cid, data
+        basin = Commit.decode(data, trusted=True).basin
+        if basin not in packets:
+            packets.add(basin)
+            yield basin, repo.store.get(basin)
+
+
+def export_car(repo: Repository, rev: str, out: Path | str) -> tuple[CID, int, int]:
+    """Write the history of `rev` as a CARv1 file with the commit as its root.
+
+    Returns (root, blocks, bytes). Written to a temporary file beside `out` and renamed, so a
+    failure leaves no partial file.
+    """
+    root = repo.resolve(rev)
+    repo.read_commit(root)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            blocks, size = write_car(fh, [root], history_blocks(repo, root))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RepositoryError(f"cannot write {out}: {exc.strerror}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return root, blocks, size
+
+
+@dataclass
+class ImportResult:
+    root: CID
+    blocks: int  # blocks in the file
+    written: int  # blocks this repository lacked
+    ignored: int  # blocks not reachable from the root (not stored)
+
+
+def import_car(repo: Repository, path: Path | str, branch: str | None = None) -> ImportResult:
+    """Store the history a CARv1 file holds (its one root must be a commit) and optionally name
+    it as a new branch. Every block is verified first; any bad block refuses the whole file."""
+    if branch is not None and repo.branch_commit(check_branch_name(branch)) is not None:
+        raise RefError(f"a branch named {branch!r} already exists")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RepositoryError(f"cannot read {path}: {exc.strerror}") from None
+    roots, blocks = read_car_bytes(data)
+    if len(roots) != 1:
+        raise SchemaError(f"{path} has {len(roots)} roots; a basin CAR has exactly one commit")
+    table = dict(blocks)
+    root = roots[0]
+
+    def get(cid: CID) -> bytes:
+        try:
+            return table[cid]
+        except KeyError:
+            raise BlockNotFound(f"{path} lacks block {cid}, which its history needs") from None
+
+    plan = plan_fetch(repo, [root], get)
+    refs = [(branch_ref(branch), root, f"import: {path}")] if branch else []
+    apply_plan(repo, plan, refs)
+    used = {cid for cid, _ in plan.packets} | {cid for cid, _, _ in plan.commits}
+    reachable = len(used) + sum(1 for cid in table if cid not in used and repo.store.has(cid))
+    return ImportResult(root, len(blocks), plan.blocks, len(table) - reachable)
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+
+def announce(
+    repo: Repository,
+    remote: str,
+    specialization: str,
+    substrate: str | None = None,
+    ttl: float = 3600.0,
+    repeat: int = 1,
+    interval: float = 5.0,
+) -> tuple[Capability, CID, int]:
+    """Sign, pin and publish that this repository offers `specialization`, `repeat` times.
+
+    The repository must have pushed (the record points at its IPNS name and heads record).
+    Returns the record, its CID and how many of the publications some peer subscribed to.
+    """
+    ident = require_identity()
+    target = _remote(repo, remote)
+    sync = repo.config.sync
+    if not sync.heads or not sync.repo:
+        raise RemoteError("nothing published yet: basin push first, so there is something to find")
+    node = connect(target.node)
+    name = node.key_ensure(f"basin-{sync.repo}")
+    made = now_ms()
+    record = Capability(
+        specialization=specialization,
+        substrate=substrate,
+        name=name,
+        heads=CID.parse(sync.heads),
+        chart=repo.config.chart,
+        author=ident.public_key,
+        time=made,
+        expires=made + int(ttl * 1000),
+    ).signed(ident.sign)
+    data = record.encode()
+    cid = node.block_put(data)
+    node.pin_add(cid)
+    heard = 0
+    for i in range(max(1, repeat)):
+        if i:
+            time.sleep(interval)
+        heard += broadcast(node, CAPABILITY_TOPIC + specialization, data)
+    return record, cid, heard
+
+
+@dataclass
+class Found:
+    record: Capability
+    cid: CID
+    peer: str  # the node that relayed it
+
+
+def discover(
+    node: Node, specialization: str, substrate: str | None = None, wait: float = 10.0
+) -> tuple[list[Found], int]:
+    """Listen `wait` seconds for announcements of `specialization`; returns the valid, unexpired
+    ones (newest per signer and IPNS name) and how many invalid ones were dropped."""
+    best: dict[tuple[bytes, str], Found] = {}
+    dropped = 0
+    for data, peer in node.pubsub_subscribe(CAPABILITY_TOPIC + specialization, wait):
+        try:
+            record = Capability.decode(data)
+        except BasinError:
+            dropped += 1
+            continue
+        if record.specialization != specialization or record.expires <= now_ms():
+            dropped += 1
+            continue
+        if substrate is not None and record.substrate != substrate:
+            continue
+        key = (record.author, record.name)
+        if key not in best or best[key].record.time < record.time:
+            best[key] = Found(record, CID.for_block(data), peer)
+    return sorted(best.values(), key=lambda f: -f.record.time), dropped
