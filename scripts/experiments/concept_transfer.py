@@ -21,7 +21,7 @@ its Fisher diagonal (fisher only: HIVE_FISHER_BATCHES batches of 4) and commits;
 three heads into `refs/remotes/<name>/<name>` and merges them into `general` as in step 4. Run for
 the fisher and linear strategies. With `--joint`, one basin is trained on the three tasks at once
 with the same data (steps × number of tasks steps, batch/number of tasks examples of each task per
-step): what any merge of this budget could hope to reach in this basin.
+step): no merge involved, the reference ceiling for merges of this budget in this basin.
 """
 
 from __future__ import annotations
