@@ -15,6 +15,9 @@ reach. The missing blocks go as one CAR through `dag/import`, which also pins th
 record is put and pinned, published under the repository's IPNS key (`basin-<repo id>` in the
 node's keystore) and announced on the pubsub topic `basin/heads/<IPNS name>`.
 
+`basin pull` is `fetch` (into `refs/remotes/<remote>/<branch>`) followed by porcelain.merge; the
+CLI calls the two itself so it can report the fetch before a merge that refuses.
+
 Design notes, including why discovery uses pubsub, are in docs/design.md.
 """
 
@@ -26,7 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .car import read_car_bytes, write_car
@@ -34,8 +37,9 @@ from .cid import CID, DAG_CBOR
 from .config import Config, Remote, SyncState, TrustedKey
 from .errors import BasinError, BlockNotFound, RefError, RemoteError, RepositoryError, SchemaError
 from .identity import default_name, format_key, load_or_create_identity, parse_key, require_identity
-from .ipfs import Node
+from .ipfs import Node, check_address
 from .objects import Commit
+from .porcelain import now_ms
 from .progress import progress_bar
 from .records import Capability, Heads
 from .refnames import HEAD, branch_ref, check_branch_name, remote_ref, short_name
@@ -47,10 +51,6 @@ DEFAULT_REMOTE = "origin"
 DEFAULT_BRANCH = "general"
 HEADS_TOPIC = "basin/heads/"
 CAPABILITY_TOPIC = "basin/capability/"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def connect(addr: str | None) -> Node:
@@ -71,7 +71,7 @@ def add_remote(repo: Repository, name: str, node: str, follow: str | None = None
     check_branch_name(name)
     if name in repo.config.remotes:
         raise RefError(f"remote {name!r} exists already (basin remote remove {name} first)")
-    Node(node)  # checks the multiaddr's form; nothing is contacted
+    check_address(node)  # its form only; nothing is contacted
     remote = Remote(node, follow)
     repo.config.remotes[name] = remote
     repo.save_config()
@@ -303,20 +303,6 @@ def fetch(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = N
     return FetchResult(heads_cid, heads.seq, branch, head, plan.blocks)
 
 
-def pull(
-    repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = None, **merge_options
-):
-    """`fetch`, then merge `<remote>/<branch>` into the current branch (porcelain.merge's rules).
-
-    The fetch is kept when the merge is refused, as `git pull` keeps its fetch. Returns
-    (FetchResult, porcelain.MergeResult).
-    """
-    from . import porcelain
-
-    fetched = fetch(repo, remote, branch)
-    return fetched, porcelain.merge(repo, remote_ref(remote, fetched.branch), **merge_options)
-
-
 def _fetch(repo: Repository, node: Node, heads: list[CID], label: str) -> FetchPlan:
     """Plan a fetch through the node, then pin the heads there: the node now holds this history
     for us (and a later push from here knows it need not send it again)."""
@@ -336,7 +322,7 @@ class CloneResult:
     checked_out: str
     fetched: int
     trusted: str  # the signer now trusted, as z6Mk…
-    trusted_new: bool = field(default=True)
+    trusted_new: bool  # the signer was not trusted before (it is not our own key)
 
 
 def clone(
@@ -363,7 +349,8 @@ def clone(
         )
     ident, _ = load_or_create_identity(default_name())
     trusted = [TrustedKey(ident.public_key, ident.name, 1.0)]
-    if heads.author != ident.public_key:
+    trusted_new = heads.author != ident.public_key
+    if trusted_new:
         trusted.append(TrustedKey(heads.author, DEFAULT_REMOTE, 1.0))
     config = Config(
         heads.chart,
@@ -394,7 +381,7 @@ def clone(
         checked_out,
         plan.blocks,
         format_key(heads.author),
-        heads.author != ident.public_key,
+        trusted_new,
     )
 
 
@@ -402,7 +389,7 @@ def clone(
 
 
 def history_blocks(repo: Repository, head: CID) -> Iterator[tuple[CID, bytes]]:
-    """Every commit reachable from `head` and its packet, each once, commits before packets."""
+    """Every commit reachable from `head`, each followed by its packet the first time it appears."""
     packets: set[CID] = set()
     for cid, data in repo.store.walk_commits([head], -1):
         yield cid, data
@@ -469,9 +456,8 @@ def import_car(repo: Repository, path: Path | str, branch: str | None = None) ->
     plan = plan_fetch(repo, [root], get)
     refs = [(branch_ref(branch), root, f"import: {path}")] if branch else []
     apply_plan(repo, plan, refs)
-    used = {cid for cid, _ in plan.packets} | {cid for cid, _, _ in plan.commits}
-    reachable = len(used) + sum(1 for cid in table if cid not in used and repo.store.has(cid))
-    return ImportResult(root, len(blocks), plan.blocks, len(table) - reachable)
+    ignored = sum(1 for cid in table if not repo.store.has(cid))  # what the history did not need
+    return ImportResult(root, len(blocks), plan.blocks, ignored)
 
 
 # -- discovery -----------------------------------------------------------------------------------

@@ -92,7 +92,6 @@ def plan_fetch(
                 plan.packets.append((commit.basin, packet))
         plan.commits.append((cid, commit, data))
         stack.extend(commit.parents)
-    plan.commits.reverse()  # parents before children, as write_commit would require
     return plan
 
 
