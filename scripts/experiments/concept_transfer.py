@@ -11,7 +11,9 @@ See scripts/experiments/concept_transfer and docs/experiments/concept_transfer.m
 4. the hub trusts the three keys and fetches the three branches; then, in a fresh copy of the hub
    per strategy, merges them into `general` one by one (the k-th with side weight 1/(k-1), so every
    specialist counts equally), with `force=True` only when the conflict check refuses;
-5. every model is evaluated on every task's held-out test set.
+5. every model is evaluated on every task's held-out test set, with the plain average of the three
+   z and their sum (task arithmetic, λ = 1) for reference, and each specialist's own z is scanned
+   along its line (α·z, α in ALPHAS), which shows how much of its move a skill survives losing.
 
 With `--hive ROUNDS`, the same specialists also train as a hive, through the same kind of
 repositories (a fresh hub and three fresh specialist repositories per strategy): each round, every
@@ -27,6 +29,7 @@ step): no merge involved, the reference ceiling for merges of this budget in thi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -61,6 +64,7 @@ SUBSTRATE = "ct-base"
 STRATEGIES = ("fisher", "linear", "ties")
 FISHER_BATCHES, FISHER_BATCH = 64, 4
 HIVE_STRATEGIES = ("fisher", "linear")
+ALPHAS = (1 / 3, 1 / 2, 2 / 3, 0.8, 0.9, 1.0, 1.2)  # the line scan's scales of each specialist's z
 HIVE_FISHER_BATCHES = 16  # per specialist per round, of FISHER_BATCH examples
 
 
@@ -106,6 +110,18 @@ def merge_all(repo: Repository, refs: list[str], strategy: str) -> list[tuple[st
         except porcelain.MergeRefused as exc:
             res = porcelain.merge(repo, ref, strategy=strategy, weight=weight, force=True)
             out.append((res.kind, res.assessment, str(exc)))
+    return out
+
+
+def line_scan(
+    sub, chart: Chart, proj: Projection, zs: dict[str, torch.Tensor]
+) -> dict[str, list[float]]:
+    """Each specialist's exact accuracy on its own task at α·z, for α in ALPHAS: how much of its
+    own move a skill survives being scaled to (a convex merge of three scales each move ~1/3)."""
+    out = {}
+    for name, z in zs.items():
+        task = make_task(name)
+        out[name] = [task.accuracy(BasinModel(sub, chart, a * z, projection=proj)) for a in ALPHAS]
     return out
 
 
@@ -323,6 +339,10 @@ def main() -> None:
                 f"max {float(fisher.max()):.3g}"
             )
 
+    scan = line_scan(sub, chart, proj, zs)
+    # the offset P z has norm ‖z‖ (orthonormal columns, β ≡ 1): the move relative to the weights
+    theta0_norm = math.sqrt(sum(float(sub.theta0(s).double().square().sum()) for s in sub.specs))
+
     top = torch.stack([fishers[n] for n in tasks]).argmax(0)
     shares = ", ".join(f"{n} {float((top == i).double().mean()):.2f}" for i, n in enumerate(tasks))
     log(f"share of coordinates where each specialist's Fisher is the largest: {shares}")
@@ -361,6 +381,8 @@ def main() -> None:
         log(f"{strategy}: {'; '.join(notes[strategy])}")
     mean_z = torch.stack([zs[n].double() for n in tasks]).mean(0).float()
     results["average"] = evaluate(BasinModel(sub, chart, mean_z, projection=proj))
+    sum_z = torch.stack([zs[n].double() for n in tasks]).sum(0).float()
+    results["sum"] = evaluate(BasinModel(sub, chart, sum_z, projection=proj))
     phases = {"one-shot": time.perf_counter() - t0}
 
     # 6. optionally, the hive and joint training
@@ -387,8 +409,9 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
 
     # 5. the table
-    rows = ["base", *tasks, *STRATEGIES, "average", *extra]
+    rows = ["base", *tasks, *STRATEGIES, "average", "sum", *extra]
     labels = {"base": "base (copy-pretrained)", "average": "plain average of z"}
+    labels["sum"] = "sum of the changes (task arithmetic, λ = 1)"
     labels |= {n: f"specialist {n}" for n in tasks}
     labels |= {s: f"merged: {s}" for s in STRATEGIES}
     if args.hive:
@@ -403,12 +426,19 @@ def main() -> None:
     print("\n## Normalised accuracy: merged on task k / specialist k on task k (exact; bytes)\n")
     print("| merge | " + " | ".join(tasks) + " | mean |")
     print("|---" * (len(tasks) + 2) + "|")
-    for row in [*STRATEGIES, "average", *extra]:
+    for row in [*STRATEGIES, "average", "sum", *extra]:
         exact = [results[row][t][0] / results[t][t][0] if results[t][t][0] else 0.0 for t in tasks]
         byte = [results[row][t][1] / results[t][t][1] for t in tasks]
         cells = [f"{e:.3f} ({b:.3f})" for e, b in zip(exact, byte, strict=True)]
         mean = f"**{sum(exact) / len(exact):.3f}** ({sum(byte) / len(byte):.3f})"
         print(f"| {labels[row]} | " + " | ".join(cells) + f" | {mean} |")
+    print("\n## Line scan: each specialist at α·z, exact on its own task\n")
+    print("| specialist | ‖z‖ / ‖θ0‖ | " + " | ".join(f"α = {a:.2g}" for a in ALPHAS) + " |")
+    print("|---" * (len(ALPHAS) + 2) + "|")
+    for name in tasks:
+        ratio = float(zs[name].norm()) / theta0_norm
+        cells = " | ".join(f"{acc:.3f}" for acc in scan[name])
+        print(f"| {name} | {ratio:.2f} | {cells} |")
     print("\n## Merges\n")
     for strategy in STRATEGIES:
         print(f"- {strategy}: " + "; ".join(notes[strategy]))
