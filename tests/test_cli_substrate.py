@@ -145,25 +145,33 @@ def test_add_refuses_unreadable_weights(cli, tmp_path, config, basin_home, conte
     assert registry(basin_home) == []
 
 
-def test_add_refuses_unsupported_dtype(cli, tmp_path, config, basin_home):
+@pytest.mark.parametrize(
+    ("name", "tensor", "message"),
+    [
+        (
+            "ln_f.weight",
+            torch.ones(32, dtype=torch.float64),
+            "tensor ln_f.weight has unsupported dtype F64",
+        ),
+        # refused from the header alone: a billion layers are never built
+        (
+            "blocks.999999999.ln1.weight",
+            torch.ones(32),
+            "does not fit its config: 16 tensors, 1000000000 layers",
+        ),
+    ],
+    ids=["unsupported-dtype", "absurd-block-index"],
+)
+def test_add_refuses_a_tensor_it_cannot_use(
+    cli, tmp_path, config, basin_home, name, tensor, message
+):
     torch.manual_seed(0)
     state = GPT(SMALL).state_dict()
-    state["ln_f.weight"] = state["ln_f.weight"].double()
+    state[name] = tensor
     path = tmp_path / "w.safetensors"
     save_file(state, str(path))
     result = cli.fails("substrate", "add", "mine", "--weights", str(path), "--config", str(config))
-    assert "tensor ln_f.weight has unsupported dtype F64" in result.stderr
-    assert registry(basin_home) == []
-
-
-def test_add_refuses_an_absurd_block_index_without_building_it(cli, tmp_path, config, basin_home):
-    torch.manual_seed(0)
-    state = GPT(SMALL).state_dict()
-    state["blocks.999999999.ln1.weight"] = torch.ones(32)
-    path = tmp_path / "w.safetensors"
-    save_file(state, str(path))
-    result = cli.fails("substrate", "add", "mine", "--weights", str(path), "--config", str(config))
-    assert "does not fit its config: 16 tensors, 1000000000 layers" in result.stderr
+    assert message in result.stderr
     assert registry(basin_home) == []
 
 

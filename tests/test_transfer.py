@@ -107,28 +107,34 @@ def test_fetch_refuses_another_chart(tmp_path, monkeypatch, hub):
     assert state(hub) == before
 
 
+def _install(repo: Repository, branch: str, commit: Commit, head: CID) -> CID:
+    """Store `commit` as it is and move `branch` from `head` to it, unchecked: a forger's write."""
+    with repo.store.transaction():
+        cid = repo.store.put(commit.encode())
+        repo.store.index_commit(cid, commit.parents, commit.time)
+        repo.store.update_ref(f"refs/heads/{branch}", str(cid), str(head), "forge")
+    return cid
+
+
 def _forge(path: Path, branch: str, change) -> CID:
-    """Rewrite the head commit of `branch` in place of its block, with `change` applied."""
+    """Replace the head commit of `branch` by the same commit with `change` applied."""
     with Repository.open(path) as repo:
         head = repo.branch_commit(branch)
-        commit = repo.read_commit(head)
-        forged = change(commit)
-        data = forged.encode()
-        cid = CID.for_block(data)
-        with repo.store.transaction():
-            repo.store.put(data)
-            repo.store.index_commit(cid, forged.parents, forged.time)
-            repo.store.update_ref(f"refs/heads/{branch}", str(cid), str(head), "forge")
-        return cid
+        return _install(repo, branch, change(repo.read_commit(head)), head)
+
+
+def _refused(hub: Path, spec: Path, branch: str, error: type[Exception], match: str) -> None:
+    """Fetching `branch` of `spec` into the hub raises `error`, and the hub is unchanged."""
+    before = state(hub)
+    with Repository.open(hub) as repo, pytest.raises(error, match=match):
+        fetch(repo, spec, branch, branch)
+    assert state(hub) == before
 
 
 def test_fetch_refuses_a_bad_signature_and_changes_nothing(tmp_path, monkeypatch, hub):
     spec = _specialist(tmp_path, monkeypatch, hub, "reverse")
     _forge(spec, "reverse", lambda c: dataclasses.replace(c, message="tampered"))
-    before = state(hub)
-    with Repository.open(hub) as repo, pytest.raises(SignatureError, match="bad signature"):
-        fetch(repo, spec, "reverse", "reverse")
-    assert state(hub) == before
+    _refused(hub, spec, "reverse", SignatureError, "bad signature")
 
 
 def test_fetch_refuses_a_bad_signature_deep_in_history(tmp_path, monkeypatch, hub):
@@ -138,10 +144,7 @@ def test_fetch_refuses_a_bad_signature_deep_in_history(tmp_path, monkeypatch, hu
     with Repository.open(spec) as repo:  # a good commit on top of the forged one
         porcelain.commit(repo, packet(999), "on top")
     _as(monkeypatch, tmp_path / "home-hub")
-    before = state(hub)
-    with Repository.open(hub) as repo, pytest.raises(SignatureError):
-        fetch(repo, spec, "reverse", "reverse")
-    assert state(hub) == before
+    _refused(hub, spec, "reverse", SignatureError, "bad signature")
 
 
 def test_fetch_refuses_a_packet_of_another_chart(tmp_path, monkeypatch, hub):
@@ -149,19 +152,12 @@ def test_fetch_refuses_a_packet_of_another_chart(tmp_path, monkeypatch, hub):
     _as(monkeypatch, tmp_path / "home-copy")
     ident = load_identity()
     with Repository.open(spec) as repo:
-        wrong = packet(5, dim=DIM * 2).encode()  # chart (7, 128): not this repository's
-        with repo.store.transaction():
-            basin = repo.store.put(wrong)
-            parent = repo.branch_commit("copy")
-            commit = Commit(basin, (parent,), ident.public_key, 1, "wrong chart").signed(ident.sign)
-            cid = repo.store.put(commit.encode())
-            repo.store.index_commit(cid, commit.parents, commit.time)
-            repo.store.update_ref("refs/heads/copy", str(cid), str(parent), "forge")
+        basin = repo.store.put(packet(5, dim=DIM * 2).encode())  # chart (7, 128): not ours
+        parent = repo.branch_commit("copy")
+        commit = Commit(basin, (parent,), ident.public_key, 1, "wrong chart").signed(ident.sign)
+        _install(repo, "copy", commit, parent)
     _as(monkeypatch, tmp_path / "home-hub")
-    before = state(hub)
-    with Repository.open(hub) as repo, pytest.raises(SchemaError, match="chart"):
-        fetch(repo, spec, "copy", "copy")
-    assert state(hub) == before
+    _refused(hub, spec, "copy", SchemaError, "chart")
 
 
 def test_fetch_refuses_missing_branch_and_existing_target(tmp_path, monkeypatch, hub):
