@@ -383,9 +383,6 @@ class Commit:
         parents = tuple(
             _typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents")
         )
-        signature = _typed(node["signature"], bytes, "signature")
-        if len(signature) != 64:
-            raise SchemaError(f"commit signature has {len(signature)} bytes, not 64")
         return cls(
             basin=_typed(node["basin"], CID, "commit basin"),
             parents=parents,
@@ -395,7 +392,7 @@ class Commit:
             metrics=dict(_typed(node["metrics"], dict, "metrics")),
             specialize=_optional_str(node, "specialize"),
             strategy=_optional_str(node, "strategy"),
-            signature=signature,
+            signature=_signature(node["signature"], "commit"),
         )
 
     @classmethod
@@ -433,6 +430,14 @@ _COMMIT_FIELDS = (
 
 def _optional_str(node: dict, key: str) -> str | None:
     return _typed(node[key], str, key) if key in node else None
+
+
+def _signature(value: Any, what: str) -> bytes:
+    """An Ed25519 signature field of a `what` block: 64 bytes."""
+    value = _typed(value, bytes, f"{what} signature")
+    if len(value) != 64:
+        raise SchemaError(f"{what} signature has {len(value)} bytes, not 64")
+    return value
 
 
 def _check_type(node: Any, expected: str) -> None:

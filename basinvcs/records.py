@@ -24,7 +24,7 @@ from .cid import CID
 from .codec import dagcbor
 from .errors import RefError, SchemaError, SignatureError
 from .identity import format_key, verify_signature
-from .objects import FORMAT_VERSION, Chart, _fields, _typed, check_label
+from .objects import FORMAT_VERSION, Chart, _check_type, _fields, _signature, _typed, check_label
 from .refnames import check_branch_name
 
 HEADS_TYPE = "basin/heads"
@@ -32,22 +32,6 @@ CAPABILITY_TYPE = "basin/capability"
 MAX_BRANCHES = 1024
 MAX_NAME_BYTES = 128
 _REPO_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _check_kind(node: Any, expected: str) -> None:
-    kind = node.get("type") if isinstance(node, dict) else None
-    if kind != expected:
-        raise SchemaError(f"block is not a {expected!r} record (its type is {kind!r})")
-    version = node.get("version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise SchemaError(f"{expected} version {version!r} is not supported")
-
-
-def _check_signature(signature: Any, what: str) -> bytes:
-    signature = _typed(signature, bytes, f"{what} signature")
-    if len(signature) != 64:
-        raise SchemaError(f"{what} signature has {len(signature)} bytes, not 64")
-    return signature
 
 
 def _check_time(value: Any, what: str) -> int:
@@ -151,7 +135,7 @@ class Heads(_Signed):
 
     @classmethod
     def from_node(cls, node: Any) -> Heads:
-        _check_kind(node, HEADS_TYPE)
+        _check_type(node, HEADS_TYPE)
         fields = {"type", "version", "repo", "chart", "heads", "seq", "author", "time", "signature"}
         node = _fields(node, "heads record", fields)
         return cls(
@@ -161,7 +145,7 @@ class Heads(_Signed):
             seq=node["seq"],
             author=node["author"],
             time=node["time"],
-            signature=_check_signature(node["signature"], "heads record"),
+            signature=_signature(node["signature"], "heads record"),
         )
 
     @property
@@ -217,7 +201,7 @@ class Capability(_Signed):
 
     @classmethod
     def from_node(cls, node: Any) -> Capability:
-        _check_kind(node, CAPABILITY_TYPE)
+        _check_type(node, CAPABILITY_TYPE)
         required = {"type", "version", "specialization", "name", "heads", "chart", "author"}
         required |= {"time", "expires", "signature"}
         node = _fields(node, "capability record", required, {"substrate"})
@@ -231,5 +215,5 @@ class Capability(_Signed):
             author=node["author"],
             time=node["time"],
             expires=node["expires"],
-            signature=_check_signature(node["signature"], "capability record"),
+            signature=_signature(node["signature"], "capability record"),
         )

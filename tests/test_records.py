@@ -81,7 +81,7 @@ def test_a_record_signed_by_someone_else_is_refused(ident, basin_home):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda n: n.update(type="basin/commit"), "not a 'basin/heads' record"),
+        (lambda n: n.update(type="basin/commit"), "not a 'basin/heads'"),
         (lambda n: n.update(version=2), "version 2 is not supported"),
         (lambda n: n.update(extra=1), "unknown field 'extra'"),
         (lambda n: n.pop("repo"), "lacks field 'repo'"),
