@@ -160,7 +160,7 @@ def _report_commit(branch: str | None, cid, message: str) -> None:
 
 
 def _commit_model(path: Path, substrate: str | None, fisher_path: Path | None, message: str):
-    from . import bridge
+    from .model import bridge
 
     fisher = bridge.load_fisher(fisher_path) if fisher_path else None
     with _repo() as repo:
@@ -175,7 +175,7 @@ def _commit_model(path: Path, substrate: str | None, fisher_path: Path | None, m
     if ex.captured < bridge.LOW_CAPTURE:
         click.echo(
             f"warning: only {ex.captured:.2%} of this model's change lies in the basin: it was "
-            "trained outside it. Train inside the basin (basinvcs.train.BasinModel) to keep "
+            "trained outside it. Train inside the basin (basinvcs.model.train.BasinModel) to keep "
             "all of what it learns.",
             err=True,
         )
@@ -221,7 +221,7 @@ def checkout(
         return
     import torch
 
-    from . import bridge
+    from .model import bridge
     from .progress import progress_bar
 
     out = output or Path(f"{substrate}.safetensors")
@@ -726,7 +726,7 @@ def substrate() -> None:
 @substrate.command("list")
 def substrate_list() -> None:
     """Every substrate: name, parameters, layers, fingerprint, preset or user."""
-    from .substrate import list_substrates
+    from .model.substrate import list_substrates
 
     for s in list_substrates():
         click.echo(
@@ -745,7 +745,7 @@ def substrate_add(name: str, weights: str, config_file: str | None) -> None:
     """Register NAME, a GPT-family model with its own base weights, for checkout and commit."""
     from pathlib import Path
 
-    from .substrate import add_substrate
+    from .model.substrate import add_substrate
 
     s = add_substrate(name, Path(weights), Path(config_file) if config_file else None)
     click.echo(

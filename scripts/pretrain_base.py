@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from basinvcs.substrate import load_substrate
-from basinvcs.tasks import TASKS, make_task
-from basinvcs.train import batch_loss
+from basinvcs.model.substrate import load_substrate
+from basinvcs.model.tasks import TASKS, make_task
+from basinvcs.model.train import batch_loss
 
 LR, BATCH, WEIGHT_DECAY = 3e-3, 64, 0.01
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from basinvcs import bridge, porcelain
+from basinvcs import porcelain
+from basinvcs.model import bridge
+from basinvcs.model.substrate import load_substrate
 from basinvcs.objects import Basin
 from basinvcs.repository import Repository
-from basinvcs.substrate import load_substrate
 from tests.conftest import state
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from basinvcs.gpt import GPT, GPTConfig
+from basinvcs.model.gpt import GPT, GPTConfig
 
 SMALL = GPTConfig(d_model=32, n_layer=2, n_head=4, context=16)
 

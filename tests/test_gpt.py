@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from basinvcs.errors import SchemaError
-from basinvcs.gpt import GPT, GPTConfig
+from basinvcs.model.gpt import GPT, GPTConfig
 
 SMALL = GPTConfig(d_model=32, n_layer=2, n_head=4, context=16)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from basinvcs import modelio
 from basinvcs.errors import SchemaError
-from basinvcs.modelio import open_model, write_model
+from basinvcs.model import modelio
+from basinvcs.model.modelio import open_model, write_model
 
 SPECS = [("embed.weight", (16, 8)), ("layer.0.bias", (8,)), ("scale", ()), ("empty", (0, 3))]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from basinvcs.errors import SchemaError
+from basinvcs.model.projection import BLOCK, Projection, beta_at, fwht, offset_fn
 from basinvcs.objects import Chart
-from basinvcs.projection import BLOCK, Projection, beta_at, fwht, offset_fn
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ DECODE = """
 import hashlib, sys, torch
 from tests.test_projection import SPECS
 from basinvcs.objects import Chart
-from basinvcs.projection import Projection
+from basinvcs.model.projection import Projection
 p = Projection(Chart(seed=int(sys.argv[1]), dim=256), SPECS)
 z = torch.linspace(-1, 1, 256, dtype=torch.float64)
 h = hashlib.sha256()

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from basinvcs.errors import SchemaError
-from basinvcs.gpt import GPT, GPTConfig
-from basinvcs.substrate import (
+from basinvcs.model.gpt import GPT, GPTConfig
+from basinvcs.model.substrate import (
     PRESETS,
     Substrate,
     SubstrateError,
@@ -103,7 +103,7 @@ def test_theta0_is_pinned(tiny):
 
 PROBE = """
 import hashlib
-from basinvcs.substrate import load_substrate
+from basinvcs.model.substrate import load_substrate
 sub = load_substrate("tiny")
 spec = next(s for s in sub.specs if s.name == "blocks.3.mlp.fc.weight")
 print(hashlib.sha256(sub.theta0(spec).numpy().tobytes()).hexdigest())
@@ -338,7 +338,7 @@ def test_read_header(tmp_path):
 
 def test_concurrent_add_loses_cleanly(tmp_path, basin_home, monkeypatch):
     """Two adds that both passed the name check: the rename lets one win and leaves no debris."""
-    import basinvcs.substrate as substrate
+    import basinvcs.model.substrate as substrate
 
     weights, config = (
         small_weights(tmp_path / "w.safetensors"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from basinvcs.tasks import CIPHER, TASKS, Task, make_task
+from basinvcs.model.tasks import CIPHER, TASKS, Task, make_task
 
 RULES = {
     "cipher": lambda w: "".join(CIPHER[c] for c in w),

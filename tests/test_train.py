@@ -4,14 +4,12 @@ import pytest
 import torch
 
 from basinvcs import numeric, porcelain
-from basinvcs.bridge import checkout_state_dict
 from basinvcs.errors import SchemaError
-from basinvcs.objects import Chart
-from basinvcs.projection import Projection
-from basinvcs.repository import Repository
-from basinvcs.substrate import Substrate, load_substrate
-from basinvcs.tasks import Task, make_task
-from basinvcs.train import (
+from basinvcs.model.bridge import checkout_state_dict
+from basinvcs.model.projection import Projection
+from basinvcs.model.substrate import Substrate, load_substrate
+from basinvcs.model.tasks import Task, make_task
+from basinvcs.model.train import (
     BasinModel,
     batch_loss,
     commit_model_in_basin,
@@ -19,6 +17,8 @@ from basinvcs.train import (
     to_basin,
     train,
 )
+from basinvcs.objects import Chart
+from basinvcs.repository import Repository
 
 CHART = Chart(seed=0, dim=1024)  # what porcelain.init(path, dim=1024) makes
 

@@ -7,11 +7,11 @@ import time
 
 import torch
 
+from basinvcs.model.projection import Projection
+from basinvcs.model.substrate import load_substrate
+from basinvcs.model.tasks import TASKS, make_task
+from basinvcs.model.train import BasinModel, train
 from basinvcs.objects import Chart
-from basinvcs.projection import Projection
-from basinvcs.substrate import load_substrate
-from basinvcs.tasks import TASKS, make_task
-from basinvcs.train import BasinModel, train
 
 LR, BATCH = 0.05, 32
 

@@ -45,19 +45,19 @@ from pretrain_base import pretrain, write  # noqa: E402
 
 from basinvcs import porcelain  # noqa: E402
 from basinvcs.identity import format_key, load_identity  # noqa: E402
-from basinvcs.objects import Chart  # noqa: E402
-from basinvcs.projection import Projection  # noqa: E402
-from basinvcs.refnames import remote_ref  # noqa: E402
-from basinvcs.repository import Repository  # noqa: E402
-from basinvcs.substrate import add_substrate, load_substrate  # noqa: E402
-from basinvcs.tasks import TASKS, make_task  # noqa: E402
-from basinvcs.train import (  # noqa: E402
+from basinvcs.model.projection import Projection  # noqa: E402
+from basinvcs.model.substrate import add_substrate, load_substrate  # noqa: E402
+from basinvcs.model.tasks import TASKS, make_task  # noqa: E402
+from basinvcs.model.train import (  # noqa: E402
     BasinModel,
     batch_loss,
     commit_model_in_basin,
     fisher_diagonal,
     train,
 )
+from basinvcs.objects import Chart  # noqa: E402
+from basinvcs.refnames import remote_ref  # noqa: E402
+from basinvcs.repository import Repository  # noqa: E402
 from basinvcs.transfer import apply_plan, fetch, plan_fetch  # noqa: E402
 
 SUBSTRATE = "ct-base"

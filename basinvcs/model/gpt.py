@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from . import numeric, porcelain
-from .cid import CID
-from .errors import BasinError, SchemaError
-from .objects import Basin, SubstrateRef
+from .. import numeric, porcelain
+from ..cid import CID
+from ..errors import BasinError, SchemaError
+from ..objects import Basin, SubstrateRef
+from ..repository import Repository
 from .projection import Projection, beta_at
-from .repository import Repository
 from .substrate import Substrate, TensorSpec, find_substrate, load_substrate
 
 LOW_CAPTURE = 0.5  # below this, tell the user plainly the basin lost most of the change
@@ -103,7 +103,7 @@ def commit_tensors(
 
     A progress bar over the model's parameters shows on a terminal (see progress.py).
     """
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     sub = load_substrate(substrate) if substrate else find_substrate(header)
     sub.match(header)

@@ -30,8 +30,8 @@ from typing import Protocol
 
 import torch
 
-from .errors import SchemaError
-from .objects import Chart
+from ..errors import SchemaError
+from ..objects import Chart
 
 BLOCK = 1 << 16  # M
 BASES = 8  # L

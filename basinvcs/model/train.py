@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import numeric, porcelain
-from .cid import CID
-from .errors import SchemaError
+from .. import numeric, porcelain
+from ..cid import CID
+from ..errors import SchemaError
+from ..objects import Basin, Chart, Entanglement, SubstrateRef
+from ..repository import Repository
 from .gpt import GPT
-from .objects import Basin, Chart, Entanglement, SubstrateRef
 from .projection import Projection, offset_fn
-from .repository import Repository
 from .substrate import Substrate
 from .tasks import Batch, Task
 

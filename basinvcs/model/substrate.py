@@ -1,4 +1,4 @@
-"""Substrates: a member of the GPT family (`basinvcs.gpt`) together with its base weights θ0.
+"""Substrates: a member of the GPT family (`basinvcs.model.gpt`) together with its base weights θ0.
 
 Presets (byte vocabulary of 256; counts taken from the meta-device model, tests check them):
 
@@ -51,11 +51,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import BasinError, SchemaError
+from ..errors import BasinError, SchemaError
+from ..identity import basin_home
+from ..objects import check_label
 from .gpt import GPT, GPTConfig
-from .identity import basin_home
 from .modelio import read_safetensors_header
-from .objects import check_label
 
 PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(d_model=128, n_layer=5, n_head=4, context=128),

@@ -36,7 +36,7 @@ from typing import BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 Header = dict[str, tuple[str, tuple[int, ...]]]
 Progress = Callable[[int], None]
