@@ -88,18 +88,27 @@ def _author(key: bytes, name: str) -> str:
     type=click.IntRange(0, (1 << 64) - 1),
     help="Chart seed: repositories share coordinates only with the same seed.",
 )
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave tensors matching this name pattern out of the chart (repeatable), "
+    "e.g. '*word_embeddings*'.",
+)
 @click.option("--name", help="Your name, used if a new identity is created.")
-def init(path: str, dim: int, seed: int, name: str | None) -> None:
+def init(path: str, dim: int, seed: int, exclude: tuple[str, ...], name: str | None) -> None:
     """Create a repository: chart, genesis commit on `general`, identity key."""
     from . import porcelain
     from .identity import format_key, load_identity
 
     had_identity = load_identity() is not None
-    with porcelain.init(path, dim=dim, seed=seed, name=name) as repo:
+    with porcelain.init(path, dim=dim, seed=seed, exclude=exclude, name=name) as repo:
         head = repo.head_commit()
         ident = repo.identity()
+        chart = repo.config.chart
     click.echo(f"Initialized empty basin repository in {repo.basin_dir}")
-    click.echo(f"chart: srht d={dim} seed={seed}")
+    mask = f" exclude={','.join(chart.exclude)}" if chart.exclude else ""
+    click.echo(f"chart: srht d={dim} seed={seed}{mask}")
     click.echo(f"genesis: {head} on branch general")
     made = "" if had_identity else " (new identity created)"
     click.echo(f"identity: {ident.name} <{format_key(ident.public_key)}>{made}")
@@ -191,7 +200,8 @@ def _commit_model(path: Path, substrate: str | None, fisher_path: Path | None, m
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="Output file or directory (default: ./<substrate>.safetensors).",
+    help="Output file or directory (default: ./<substrate>.safetensors; for an hf substrate, "
+    "the folder ./<substrate>).",
 )
 @click.option(
     "--dtype",
@@ -224,16 +234,18 @@ def checkout(
     from .model import bridge
     from .progress import progress_bar
 
-    out = output or Path(f"{substrate}.safetensors")
     torch_dtype = getattr(torch, dtype)
     with _repo() as repo:
         dec = bridge.decode(repo, rev, substrate)
+        folder = bool(dec.substrate.folder_files())
+        out = output or Path(substrate if folder else f"{substrate}.safetensors")
         total = dec.substrate.num_params * torch_dtype.itemsize
         with progress_bar(total, f"checkout {substrate}") as update:
             files = bridge.write_decoded(
                 dec, out, dtype=torch_dtype, max_shard_bytes=max_shard_size << 20, progress=update
             )
-    where = files[0] if len(files) == 1 else files[-1]  # the index of a sharded model
+    # the folder of an hf model, the index of a sharded one, else the file
+    where = out if folder else files[0] if len(files) == 1 else files[-1]
     click.echo(
         f"wrote {dec.substrate.name} ({dec.substrate.num_params:,} parameters, {dtype}) "
         f"from {short(dec.commit)} to {where}"
@@ -726,32 +738,94 @@ def substrate() -> None:
 @substrate.command("list")
 def substrate_list() -> None:
     """Every substrate: name, parameters, layers, fingerprint, preset or user."""
-    from .model.substrate import list_substrates
+    from .model.registry import list_substrates
 
     for s in list_substrates():
         click.echo(
             f"{s.name:<16} {_count(s.num_params):>8} {s.num_layers:>4} layers  "
-            f"{s.fingerprint.hex()[:16]}  {s.kind}"
+            f"{s.fingerprint.hex()[:16]}  {s.family:<3}  {s.kind}"
         )
 
 
 @substrate.command("add")
 @click.argument("name")
-@click.option("--weights", required=True, help="Base weights θ0 (safetensors).")
 @click.option(
-    "--config", "config_file", help="GPTConfig fields as JSON; n_head at least (shapes hide it)."
+    "--from",
+    "source",
+    type=click.Path(path_type=Path),
+    help="A Hugging Face model folder: config.json and safetensors (single or sharded).",
 )
-def substrate_add(name: str, weights: str, config_file: str | None) -> None:
-    """Register NAME, a GPT-family model with its own base weights, for checkout and commit."""
-    from pathlib import Path
+@click.option("--weights", help="Base weights θ0 of a GPT-family model (safetensors).")
+@click.option(
+    "--config", "config_file", help="With --weights: GPTConfig fields as JSON; n_head at least."
+)
+@click.option(
+    "--architecture",
+    help="With --from: the transformers class to build (default: the config's architectures), "
+    "e.g. BertForSequenceClassification for a classification head.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --from: override a config field (VALUE as JSON, else a string), e.g. num_labels=3.",
+)
+@click.option(
+    "--zero-init",
+    multiple=True,
+    metavar="PATTERN",
+    help="With --from: parameters the checkpoint lacks that match PATTERN (a new head, "
+    "'classifier.*') start at zero inside θ0.",
+)
+def substrate_add(
+    name: str,
+    source: Path | None,
+    weights: str | None,
+    config_file: str | None,
+    architecture: str | None,
+    settings: tuple[str, ...],
+    zero_init: tuple[str, ...],
+) -> None:
+    """Register NAME: a Hugging Face folder (--from DIR) or a GPT-family model (--weights)."""
+    from .model.registry import add_hf_substrate, add_substrate
 
-    from .model.substrate import add_substrate
-
-    s = add_substrate(name, Path(weights), Path(config_file) if config_file else None)
+    if (source is None) == (weights is None):
+        raise click.UsageError("give exactly one of --from DIR and --weights FILE")
+    if source is not None:
+        if config_file:
+            raise click.UsageError("--config goes with --weights; --from reads DIR/config.json")
+        s = add_hf_substrate(
+            name,
+            source,
+            architecture=architecture,
+            config_overrides=dict(_setting(kv) for kv in settings),
+            zero_init=zero_init,
+        )
+    else:
+        if architecture or settings or zero_init:
+            raise click.UsageError("--architecture, --set and --zero-init go with --from")
+        s = add_substrate(name, Path(weights), Path(config_file) if config_file else None)
     click.echo(
         f"added substrate {s.name}: {_count(s.num_params)} parameters, {s.num_layers} layers, "
         f"fingerprint {s.fingerprint.hex()}"
     )
+    if s.family == "hf":
+        fixed = [sp.name for sp in s.specs if not sp.projected]
+        click.echo(f"family hf: {s.architecture}; {len(s.specs)} tensors, {len(fixed)} fixed")
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON (3, true, "x", [1]) or else taken as a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--set")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 # -- diff / concepts ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ The IPLD schema of these maps is written down in docs/format.md.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from array import array
@@ -22,6 +23,7 @@ from .errors import SchemaError
 PACKET_TYPE = "basin/packet"
 COMMIT_TYPE = "basin/commit"
 FORMAT_VERSION = 1
+MASKED_PACKET_VERSION = 2  # a packet whose chart leaves tensors out (chart field "exclude")
 
 CHART_KINDS = ("srht",)  # subsampled randomized Hadamard transform (BRIEF §2)
 DEFAULT_DIM = 1024
@@ -31,7 +33,9 @@ MAX_BETA = 8
 MAX_LABELS = 16
 MAX_ENTANGLEMENTS = 64
 MAX_MESSAGE_BYTES = 16384
+MAX_EXCLUDE = 16
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
 
 
 def packet_limit(dim: int) -> int:
@@ -75,11 +79,18 @@ def check_label(label: str) -> str:
 
 @dataclass(frozen=True)
 class Chart:
-    """The coordinate system of a repository: coordinates mean nothing outside their chart."""
+    """The coordinate system of a repository: coordinates mean nothing outside their chart.
+
+    `exclude` (the chart's mask) names tensors the projection leaves out, as shell-style patterns
+    on tensor names (``*word_embeddings*``, ``pooler.*``): their weights stay at θ0, so the
+    coordinates go where they matter and training skips the largest tables. Sorted and distinct,
+    so one mask has one encoding.
+    """
 
     kind: str = "srht"
     seed: int = 0
     dim: int = DEFAULT_DIM
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in CHART_KINDS:
@@ -90,17 +101,46 @@ class Chart:
             raise SchemaError(f"chart seed {self.seed} is outside 0..2^64-1")
         if not 1 <= self.dim <= MAX_DIM:
             raise SchemaError(f"chart dimension {self.dim} is outside 1..{MAX_DIM}")
+        _typed(self.exclude, tuple, "chart exclude")
+        for pattern in self.exclude:
+            if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+                raise SchemaError(
+                    f"bad chart exclude pattern {pattern!r}: 1-128 of letters, digits, "
+                    "'.', '_', '-' and the wildcards * ? [ ] !"
+                )
+        if len(self.exclude) > MAX_EXCLUDE:
+            raise SchemaError(
+                f"chart has {len(self.exclude)} exclude patterns; {MAX_EXCLUDE} allowed"
+            )
+        if list(self.exclude) != sorted(set(self.exclude)):
+            raise SchemaError("chart exclude patterns must be sorted and distinct")
+
+    @classmethod
+    def masked(cls, kind: str, seed: int, dim: int, exclude: Sequence[str]) -> Chart:
+        """A chart from patterns in any order, repeats dropped."""
+        return cls(kind, seed, dim, tuple(sorted(set(exclude))))
+
+    def excludes(self, tensor: str) -> bool:
+        """Whether the mask leaves tensor `tensor` out of the projection."""
+        return any(fnmatch.fnmatchcase(tensor, p) for p in self.exclude)
 
     def to_node(self) -> dict:
-        return {"kind": self.kind, "seed": self.seed, "dim": self.dim}
+        node: dict[str, Any] = {"kind": self.kind, "seed": self.seed, "dim": self.dim}
+        if self.exclude:
+            node["exclude"] = list(self.exclude)
+        return node
 
     @classmethod
     def from_node(cls, node: Any) -> Chart:
-        node = _fields(node, "chart", {"kind", "seed", "dim"})
-        return cls(_typed(node["kind"], str, "chart kind"), node["seed"], node["dim"])
+        node = _fields(node, "chart", {"kind", "seed", "dim"}, {"exclude"})
+        exclude = tuple(_typed(node.get("exclude", []), list, "chart exclude"))
+        if "exclude" in node and not exclude:
+            raise SchemaError("chart exclude is empty: leave the field out instead")
+        return cls(_typed(node["kind"], str, "chart kind"), node["seed"], node["dim"], exclude)
 
     def __str__(self) -> str:
-        return f"{self.kind}(d={self.dim}, seed={self.seed})"
+        mask = f", exclude={','.join(self.exclude)}" if self.exclude else ""
+        return f"{self.kind}(d={self.dim}, seed={self.seed}{mask})"
 
 
 @dataclass(frozen=True)
@@ -234,7 +274,7 @@ class Basin:
     def to_node(self) -> dict:
         node: dict[str, Any] = {
             "type": PACKET_TYPE,
-            "version": FORMAT_VERSION,
+            "version": MASKED_PACKET_VERSION if self.chart.exclude else FORMAT_VERSION,
             "chart": self.chart.to_node(),
             "z": numeric.float24_encode(self.z),
             "beta": list(self.beta),
@@ -249,7 +289,7 @@ class Basin:
 
     @classmethod
     def from_node(cls, node: Any) -> Basin:
-        _check_type(node, PACKET_TYPE)
+        _check_type(node, PACKET_TYPE, (FORMAT_VERSION, MASKED_PACKET_VERSION))
         node = _fields(
             node,
             "basin packet",
@@ -257,6 +297,11 @@ class Basin:
             {"fisher", "substrate"},
         )
         chart = Chart.from_node(node["chart"])
+        if (node["version"] == MASKED_PACKET_VERSION) != bool(chart.exclude):
+            raise SchemaError(
+                f"basin packet version {node['version']} does not match its chart "
+                f"(version {MASKED_PACKET_VERSION} is for charts with an exclude mask)"
+            )
         z = numeric.float24_decode(_typed(node["z"], bytes, "z"))
         fisher_raw = None
         if "fisher" in node:
@@ -440,7 +485,7 @@ def _signature(value: Any, what: str) -> bytes:
     return value
 
 
-def _check_type(node: Any, expected: str) -> None:
+def _check_type(node: Any, expected: str, versions: tuple[int, ...] = (FORMAT_VERSION,)) -> None:
     """Say first what a block is, so a packet passed as a commit is named as such."""
     kind = node.get("type") if isinstance(node, dict) else None
     if kind != expected:
@@ -448,10 +493,9 @@ def _check_type(node: Any, expected: str) -> None:
             raise SchemaError(f"block is a {kind!r}, not a {expected!r}")
         raise SchemaError(f"block is not a {expected!r}: it has no 'type' field")
     version = node.get("version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise SchemaError(
-            f"{expected} version {version!r} is not supported (this is {FORMAT_VERSION})"
-        )
+    if type(version) is not int or version not in versions:
+        known = " or ".join(map(str, versions))
+        raise SchemaError(f"{expected} version {version!r} is not supported (this reads {known})")
 
 
 def _check_canonical(obj: Basin | Commit, data: bytes) -> None:

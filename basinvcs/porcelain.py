@@ -7,7 +7,7 @@ its work or, on bad input, raises a BasinError before anything in the repository
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +38,18 @@ def now_ms() -> int:
 
 
 def init(
-    path: Path | str = ".", *, dim: int = 1024, seed: int = 0, name: str | None = None
+    path: Path | str = ".",
+    *,
+    dim: int = 1024,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    name: str | None = None,
 ) -> Repository:
-    """A new repository at `path`: its chart, genesis (z = 0) on `general`, an identity."""
-    chart = Chart(seed=seed, dim=dim)
+    """A new repository at `path`: its chart, genesis (z = 0) on `general`, an identity.
+
+    `exclude` is the chart's mask: tensor-name patterns the projection leaves at θ0.
+    """
+    chart = Chart.masked("srht", seed, dim, exclude)
     target = Path(path).resolve()
     if (target / BASIN_DIR).exists():
         raise RepositoryError(f"{target / BASIN_DIR} already exists: this is a repository already")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from basinvcs.model.substrate import load_substrate
+from basinvcs.model.registry import load_substrate
 from basinvcs.model.tasks import TASKS, make_task
 from basinvcs.model.train import batch_loss
 

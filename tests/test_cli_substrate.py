@@ -53,7 +53,7 @@ def test_add_then_list(cli, weights, config, basin_home):
     assert out.stdout.startswith("added substrate small: 33.44K parameters, 2 layers")
     assert len(fingerprint) == 64
     last = cli("substrate", "list").stdout.splitlines()[-1].split()
-    assert last == ["small", "33.44K", "2", "layers", fingerprint[:16], "user"]
+    assert last == ["small", "33.44K", "2", "layers", fingerprint[:16], "gpt", "user"]
     assert registry(basin_home) == ["small"]
 
 

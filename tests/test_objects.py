@@ -63,7 +63,7 @@ def test_oversized_packet_is_refused():
     "mutate, message",
     [
         (lambda n: n.update(type="basin/other"), "not a 'basin/packet'"),
-        (lambda n: n.update(version=2), "version 2 is not supported"),
+        (lambda n: n.update(version=3), "version 3 is not supported"),
         (
             lambda n: n.update(chart={"kind": "gaussian", "seed": 0, "dim": 64}),
             "unknown chart kind",

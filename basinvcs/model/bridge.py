@@ -20,7 +20,8 @@ from ..errors import BasinError, SchemaError
 from ..objects import Basin, SubstrateRef
 from ..repository import Repository
 from .projection import Projection, beta_at
-from .substrate import Substrate, TensorSpec, find_substrate, load_substrate
+from .registry import find_substrate, load_substrate
+from .substrate import Header, Substrate, TensorSpec
 
 LOW_CAPTURE = 0.5  # below this, tell the user plainly the basin lost most of the change
 
@@ -65,22 +66,31 @@ def extract(
     tensor: TensorSource,
     beta: Sequence[float],
     progress: Callable[[int], None] | None = None,
+    names: dict[str, str] | None = None,
 ) -> Extraction:
     """z = Pᵀ((θ − θ0)/β) from a model given tensor by tensor; refuses non-finite weights.
 
+    `names` maps spec names to the model's own tensor names (default: the same); a tensor it
+    leaves out is taken to be at θ0. Changes to tensors the chart does not project (masked ones,
+    fixed buffers) count in ‖θ − θ0‖ but cannot be captured: the captured fraction shows them.
     `progress(n)` is told the parameters done after each tensor.
     """
+    names = {s.name: s.name for s in substrate.specs} if names is None else names
+    projected = {s.name for s in proj.specs}
     enc = proj.encoder()
     delta_sq = 0.0
     for spec in substrate.specs:
-        theta0 = substrate.theta0(spec)
-        # into θ0's buffer: writing to the model's tensor would copy-on-write its mmapped pages
-        delta = torch.sub(tensor(spec.name).to(torch.float32), theta0, out=theta0)
-        norm = float(torch.linalg.vector_norm(delta))  # NaN or inf anywhere makes it non-finite
-        if not math.isfinite(norm):
-            raise SchemaError(f"tensor {spec.name} has NaN or infinite values")
-        delta_sq += norm * norm
-        enc.add(spec, delta, 1.0 / beta_at(beta, spec.depth))
+        if spec.name in names and spec.dtype.is_floating_point:
+            theta0 = substrate.theta0(spec)
+            # into θ0's buffer: writing to the model's tensor would copy-on-write its mmapped pages
+            value = tensor(names[spec.name]).to(torch.float32)
+            delta = torch.sub(value, theta0, out=theta0)
+            norm = float(torch.linalg.vector_norm(delta))  # NaN or inf anywhere: non-finite
+            if not math.isfinite(norm):
+                raise SchemaError(f"tensor {names[spec.name]} has NaN or infinite values")
+            delta_sq += norm * norm
+            if spec.name in projected:
+                enc.add(spec, delta, 1.0 / beta_at(beta, spec.depth))
         if progress:
             progress(spec.numel)
     z = enc.finish()
@@ -93,7 +103,7 @@ def extract(
 def commit_tensors(
     repo: Repository,
     tensor: TensorSource,
-    header: dict[str, tuple[str, tuple[int, ...]]],
+    header: Header,
     message: str,
     *,
     substrate: str | None = None,
@@ -106,10 +116,11 @@ def commit_tensors(
     from ..progress import progress_bar
 
     sub = load_substrate(substrate) if substrate else find_substrate(header)
-    sub.match(header)
+    names = sub.tensor_map(header)
     head = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
-    with progress_bar(sub.num_params, f"commit {sub.name}", unit="params") as update:
-        ex = extract(projection_for(repo, sub), sub, tensor, head.beta, update)
+    total = sum(s.numel for s in sub.specs)
+    with progress_bar(total, f"commit {sub.name}", unit="params") as update:
+        ex = extract(projection_for(repo, sub), sub, tensor, head.beta, update, names)
     basin = Basin.create(
         repo.config.chart,
         ex.z.tolist(),
@@ -139,13 +150,29 @@ def commit_model(
     substrate: str | None = None,
     fisher: Sequence[float] | None = None,
 ) -> ModelCommit:
-    """`basin commit --model PATH`: a model file (safetensors, or a torch file read safely)."""
+    """`basin commit --model PATH`: a model file (safetensors, or a torch file read safely) or a
+    Hugging Face folder (single or sharded safetensors)."""
     from .modelio import open_model
 
+    _refuse_foreign(path)
     with open_model(path) as model:
         return commit_tensors(
             repo, model.tensor, model.header(), message, substrate=substrate, fisher=fisher
         )
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Formats a model may come in that basin does not read, each with what to do instead."""
+    if path.suffix == ".gguf":
+        raise SchemaError(
+            f"{path} is a GGUF file (quantised weights): convert it to a Hugging Face folder "
+            "first (python scripts/gguf_to_hf.py FILE -o DIR) and commit that"
+        )
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if path.is_dir() and not any((path / name).exists() for name in weights):
+        from .families.hf import check_source
+
+        check_source(path)  # names a pickle-only or GGUF-only folder precisely
 
 
 def commit_state_dict(
@@ -196,11 +223,14 @@ class Decoded:
         return fitted is not None and fitted.fingerprint != self.substrate.fingerprint
 
     def tensors(self) -> Iterator[tuple[TensorSpec, torch.Tensor]]:
-        """(spec, θ0 + β·P z) for every tensor, one at a time, float32."""
+        """(spec, θ0 + β·P z) for every tensor, one at a time: float32, or the stored dtype for
+        tensors the chart does not project (θ0 as it is)."""
         u = self.projection.bases(torch.tensor(self.basin.z, dtype=torch.float64))
+        projected = {s.name for s in self.projection.specs}
         for spec in self.substrate.specs:
             theta = self.substrate.theta0(spec)
-            self.projection.add_offset(theta, spec, u, beta_at(self.basin.beta, spec.depth))
+            if spec.name in projected:
+                self.projection.add_offset(theta, spec, u, beta_at(self.basin.beta, spec.depth))
             yield spec, theta
 
 
@@ -221,24 +251,60 @@ def write_decoded(
     max_shard_bytes: int = 2 << 30,
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """Stream a decoded basin to safetensors (sharded above `max_shard_bytes`)."""
+    """Stream a decoded basin to safetensors (sharded above `max_shard_bytes`).
+
+    A substrate with folder files (`hf`: config, tokenizer) is written as a folder transformers
+    loads: those files beside the weights. Floating-point tensors are written as `dtype`, the
+    others in their own dtype.
+    """
     from .modelio import write_model
 
+    files = dec.substrate.folder_files()
+    if files and out.suffix == ".safetensors":
+        raise SchemaError(
+            f"substrate {dec.substrate.name} checks out into a folder (config, tokenizer and "
+            f"weights): give -o a directory, not {out}"
+        )
     metadata = {
         "basinvcs.commit": str(dec.commit),
         "basinvcs.substrate": dec.substrate.name,
         "basinvcs.fingerprint": dec.substrate.fingerprint.hex(),
         "basinvcs.chart": str(dec.basin.chart),
     }
-    return write_model(
+    specs = [
+        (s.name, s.shape) if s.dtype.is_floating_point else (s.name, s.shape, s.dtype)
+        for s in dec.substrate.specs
+    ]
+    written = write_model(
         out,
-        [(s.name, s.shape) for s in dec.substrate.specs],
+        specs,
         ((spec.name, t) for spec, t in dec.tensors()),
         dtype=dtype,
         max_shard_bytes=max_shard_bytes,
         metadata=metadata,
         progress=progress,
     )
+    for name, source in files.items():
+        _copy_file(source, out / name)
+        written.append(out / name)
+    return written
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy through a temporary file beside the target, so a crash leaves no half-written file."""
+    import os
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise SchemaError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def checkout_model(

@@ -314,14 +314,17 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def model_nbytes(specs: Iterable[tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> int:
+TensorDecl = tuple[str, tuple[int, ...]] | tuple[str, tuple[int, ...], torch.dtype]
+
+
+def model_nbytes(specs: Iterable[TensorDecl], dtype: torch.dtype) -> int:
     """Bytes of tensor data `write_model` writes (the index's total_size; a progress total)."""
-    return sum(math.prod(shape) for _, shape in specs) * dtype.itemsize
+    return sum(math.prod(shape) * d.itemsize for _, shape, d in _declared(specs, dtype))
 
 
 def write_model(
     out: str | os.PathLike[str],
-    specs: list[tuple[str, tuple[int, ...]]],
+    specs: list[TensorDecl],
     tensors: Iterable[tuple[str, torch.Tensor]],
     *,
     dtype: torch.dtype,
@@ -331,9 +334,10 @@ def write_model(
 ) -> list[Path]:
     """Stream `tensors` (in `specs` order, finite) to safetensors; return the files written.
 
-    Everything goes to temporary files beside the targets and is renamed into place only when
-    all tensors arrived and checked out, so on any error the previous output is untouched.
-    `progress(n)` is called with the number of bytes just written.
+    Each spec is (name, shape), written as `dtype`, or (name, shape, own dtype) for a tensor that
+    keeps its own (integer position ids, masks). Everything goes to temporary files beside the
+    targets and is renamed into place only when all tensors arrived and checked out, so on any
+    error the previous output is untouched. `progress(n)` is called with the bytes just written.
     """
     if dtype not in WRITE_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in WRITE_DTYPES)
@@ -341,8 +345,9 @@ def write_model(
     meta = {"format": "pt", **(metadata or {})}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise SchemaError("model metadata must map strings to strings")
-    _check_specs(specs)
-    shards = _plan_shards(specs, dtype.itemsize, max_shard_bytes)
+    declared = _declared(specs, dtype)
+    _check_specs(declared)
+    shards = _plan_shards(declared, max_shard_bytes)
     targets, index = _layout(Path(out), len(shards))
     temps: list[Path] = []
     stream = iter(tensors)
@@ -350,19 +355,19 @@ def write_model(
         targets[0].parent.mkdir(parents=True, exist_ok=True)
         for shard, target in zip(shards, targets, strict=True):
             with _temp_beside(target, temps) as fh:
-                fh.write(_header_bytes(shard, DTYPES[dtype], dtype.itemsize, meta))
-                for name, shape in shard:
-                    _write_tensor(fh, name, shape, next(stream, None), dtype, progress)
+                fh.write(_header_bytes(shard, meta))
+                for name, shape, tdtype in shard:
+                    _write_tensor(fh, name, shape, next(stream, None), tdtype, progress)
         extra = next(stream, None)
         if extra is not None:
             raise SchemaError(f"unexpected tensor {_name_of(extra)!r} after the last declared one")
         if index is not None:
             doc = {
-                "metadata": {"total_size": model_nbytes(specs, dtype)},
+                "metadata": {"total_size": model_nbytes(declared, dtype)},
                 "weight_map": {
                     name: target.name
                     for shard, target in zip(shards, targets, strict=True)
-                    for name, _ in shard
+                    for name, _, _ in shard
                 },
             }
             with _temp_beside(index, temps) as fh:
@@ -378,9 +383,21 @@ def write_model(
             temp.unlink(missing_ok=True)
 
 
-def _check_specs(specs: list[tuple[str, tuple[int, ...]]]) -> None:
+Declared = tuple[str, tuple[int, ...], torch.dtype]
+
+
+def _declared(specs: Iterable[TensorDecl], dtype: torch.dtype) -> list[Declared]:
+    out = []
+    for spec in specs:
+        if len(spec) == 3 and spec[2] not in DTYPES:
+            raise SchemaError(f"tensor {spec[0]!r} has unsupported dtype {spec[2]}")
+        out.append((spec[0], spec[1], spec[2] if len(spec) == 3 else dtype))
+    return out
+
+
+def _check_specs(specs: list[Declared]) -> None:
     seen: set[str] = set()
-    for name, shape in specs:
+    for name, shape, _ in specs:
         if not isinstance(name, str) or name == "__metadata__" or name in seen:
             raise SchemaError(f"tensor name {name!r} is reserved, repeated or not a string")
         if not all(_is_size(n) for n in shape):
@@ -388,18 +405,16 @@ def _check_specs(specs: list[tuple[str, tuple[int, ...]]]) -> None:
         seen.add(name)
 
 
-def _plan_shards(
-    specs: list[tuple[str, tuple[int, ...]]], itemsize: int, max_shard_bytes: int
-) -> list[list[tuple[str, tuple[int, ...]]]]:
+def _plan_shards(specs: list[Declared], max_shard_bytes: int) -> list[list[Declared]]:
     """Greedy in order, like Hugging Face: a tensor larger than a shard gets a shard of its own."""
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    shards: list[list[Declared]] = [[]]
     filled = 0
-    for name, shape in specs:
-        nbytes = math.prod(shape) * itemsize
+    for name, shape, dtype in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
         if shards[-1] and filled + nbytes > max_shard_bytes:
             shards.append([])
             filled = 0
-        shards[-1].append((name, tuple(shape)))
+        shards[-1].append((name, tuple(shape), dtype))
         filled += nbytes
     return shards
 
@@ -425,15 +440,13 @@ def _temp_beside(target: Path, temps: list[Path]) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _header_bytes(
-    shard: list[tuple[str, tuple[int, ...]]], code: str, itemsize: int, meta: dict[str, str]
-) -> bytes:
+def _header_bytes(shard: list[Declared], meta: dict[str, str]) -> bytes:
     """Length prefix and JSON header, space-padded so the data starts 8-byte aligned."""
     header: dict[str, object] = {"__metadata__": meta}
     offset = 0
-    for name, shape in shard:
-        end = offset + math.prod(shape) * itemsize
-        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, end]}
+    for name, shape, dtype in shard:
+        end = offset + math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, end]}
         offset = end
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -462,6 +475,11 @@ def _write_tensor(
     step = CHUNK_BYTES // dtype.itemsize
     for start in range(0, flat.numel(), step):
         chunk = flat[start : start + step].to(device="cpu", dtype=dtype)
+        if not dtype.is_floating_point:  # integer and bool tensors are finite by construction
+            fh.write(chunk.view(torch.uint8).numpy())
+            if progress is not None:
+                progress(chunk.numel() * dtype.itemsize)
+            continue
         # aminmax propagates NaN, so both ends are finite exactly when every value is; unlike
         # isfinite() it allocates nothing and is ten times faster
         low, high = torch.aminmax(chunk)

@@ -46,6 +46,12 @@ class Spec(Protocol):
     depth: float
 
 
+def projected_specs(chart: Chart, specs: Sequence[Spec]) -> list[Spec]:
+    """The tensors P moves: floating-point parameters (a spec's `projected`, True if it has no
+    such field) that the chart's mask does not exclude, in the substrate's order."""
+    return [s for s in specs if getattr(s, "projected", True) and not chart.excludes(s.name)]
+
+
 def fwht(x: torch.Tensor) -> torch.Tensor:
     """Unnormalised Walsh-Hadamard transform along the last axis (Sylvester order), new tensor."""
     n = x.shape[-1]
@@ -98,7 +104,11 @@ class Projection:
         if chart.dim > BLOCK:
             raise SchemaError(f"chart dimension {chart.dim} is over the srht limit {BLOCK}")
         self.chart = chart
-        self.specs = list(specs)
+        self.specs = projected_specs(chart, specs)
+        if not self.specs:
+            raise SchemaError(
+                f"the chart's mask ({', '.join(chart.exclude)}) leaves no tensor to project"
+            )
         self.numel = sum(math.prod(s.shape) for s in self.specs)
         if self.numel < chart.dim:
             raise SchemaError(

@@ -1,14 +1,16 @@
-"""Training inside the basin: a substrate whose only free parameters are the chart coordinates.
+"""Training inside the basin: any substrate's module whose only free parameters are the chart
+coordinates.
 
 `BasinModel` holds θ0 fixed and computes, on every forward,
 
     θ_t = θ0_t + β(depth_t) · (P z)_t
 
-for every tensor t, then runs the substrate's GPT on those weights with
-`torch.func.functional_call`. P z comes from `projection.offset_fn`: one decode forward, one encode
-backward (its exact adjoint), so a step costs about two passes over the N weights and nothing of
-size N × d is ever formed. The trainable parameters are z (d values) and, if asked, the β
-coefficients: what the optimiser sees is exactly what a basin packet can hold.
+for every tensor t the chart projects, then runs the substrate's module (our GPT, or any
+transformers model) on those weights with `torch.func.functional_call`, with whatever positional
+and keyword inputs the module takes. P z comes from `projection.offset_fn`: one decode forward, one
+encode backward (its exact adjoint), so a step costs about two passes over the projected weights
+and nothing of size N × d is ever formed. The trainable parameters are z (d values) and, if asked,
+the β coefficients: what the optimiser sees is exactly what a basin packet can hold.
 
 `commit_model_in_basin` writes the packet straight from `model.z` (no weights on disk). Packets
 store z as float24 (numeric.py), so it first rounds z in place onto that grid (`snap_`): the
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +32,19 @@ from ..cid import CID
 from ..errors import SchemaError
 from ..objects import Basin, Chart, Entanglement, SubstrateRef
 from ..repository import Repository
-from .gpt import GPT
-from .projection import Projection, offset_fn
+from .projection import Projection, offset_fn, projected_specs
 from .substrate import Substrate
-from .tasks import Batch, Task
+from .tasks import Batch
 
 B = TypeVar("B")
 
 
 class BasinModel(nn.Module):
-    """A substrate GPT reparametrised by basin coordinates: θ = θ0 + β(depth)·P z.
+    """A substrate's module reparametrised by basin coordinates: θ = θ0 + β(depth)·P z.
 
     `projection` may be passed to share one `Projection(chart, substrate.specs)` between models:
-    building one computes the chart's Gram correction (a few seconds at d = 1024).
+    building one computes the chart's Gram correction (a few seconds at d = 1024). Train and eval
+    modes reach the module (dropout in an `hf` model follows them).
     """
 
     def __init__(
@@ -58,7 +60,9 @@ class BasinModel(nn.Module):
         super().__init__()
         if projection is None:
             projection = Projection(chart, substrate.specs)
-        elif projection.chart != chart or projection.specs != list(substrate.specs):
+        elif projection.chart != chart or projection.specs != projected_specs(
+            chart, substrate.specs
+        ):
             raise SchemaError("projection was built for another chart or substrate")
         if not beta or not all(math.isfinite(b) for b in beta):
             raise SchemaError("beta needs at least one finite coefficient")
@@ -77,15 +81,25 @@ class BasinModel(nn.Module):
             self.beta = nn.Parameter(coeffs)
         else:
             self.register_buffer("beta", coeffs)
-        depths = torch.tensor([s.depth for s in substrate.specs], dtype=torch.float64)
+        self.specs = projection.specs  # the tensors z moves, in the substrate's order
+        depths = torch.tensor([s.depth for s in self.specs], dtype=torch.float64)
         # Not persistent: a state_dict then holds only z and β, i.e. what a basin packet holds.
         powers = depths[:, None] ** torch.arange(len(beta))
         self.register_buffer("depth_powers", powers, persistent=False)
-        theta0 = torch.cat([substrate.theta0(s).reshape(-1) for s in substrate.specs])
+        theta0 = torch.cat([substrate.theta0(s).reshape(-1) for s in self.specs])
         self.register_buffer("theta0", theta0, persistent=False)
-        # The architecture only, on the meta device: functional_call supplies every weight. Set
-        # past nn.Module's registration so its (meta) parameters never reach an optimiser.
-        object.__setattr__(self, "net", GPT(substrate.config, device="meta"))
+        # The module, set past nn.Module's registration so its parameters never reach an
+        # optimiser: functional_call supplies every projected weight. A module built on the meta
+        # device (gpt) also needs the tensors the chart leaves out, at θ0.
+        net = substrate.skeleton()
+        object.__setattr__(self, "net", net)
+        on_meta = {n for n, t in net.state_dict(keep_vars=True).items() if t.is_meta}
+        moved = {s.name for s in self.specs}
+        self._fixed = {
+            s.name: substrate.theta0(s)
+            for s in substrate.specs
+            if s.name in on_meta and s.name not in moved
+        }
 
     @classmethod
     def from_basin(
@@ -111,21 +125,28 @@ class BasinModel(nn.Module):
         return self.depth_powers @ self.beta
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """θ0 + β·P z, tensor by tensor, under the substrate's tensor names."""
+        """θ0 + β·P z for every projected tensor (and θ0 for the fixed tensors the module lacks),
+        under the substrate's tensor names."""
         device = self.theta0.device
         offset = self._offset(self.z.cpu()).to(device)  # the projection runs on the CPU
-        sizes = [s.numel for s in self.substrate.specs]
+        sizes = [s.numel for s in self.specs]
         scales = self.scales().to(device, self.theta0.dtype)
-        out = {}
+        out = {name: t.to(device) for name, t in self._fixed.items()}
         for i, (spec, base, off) in enumerate(
-            zip(self.substrate.specs, self.theta0.split(sizes), offset.split(sizes), strict=True)
+            zip(self.specs, self.theta0.split(sizes), offset.split(sizes), strict=True)
         ):
             out[spec.name] = (base + scales[i] * off).view(spec.shape)
         return out
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Next-token logits, exactly as `substrate.build()` loaded with `weights()` gives them."""
-        return torch.func.functional_call(self.net, self.weights(), (idx,))
+    def forward(self, *args, **kwargs):
+        """The module's output on these inputs, exactly as `substrate.build()` loaded with
+        `weights()` gives it (logits for our GPT; a transformers output object for `hf`)."""
+        return torch.func.functional_call(self.net, self.weights(), args, kwargs)
+
+    def train(self, mode: bool = True) -> BasinModel:
+        super().train(mode)
+        self.net.train(mode)
+        return self
 
     def beta_values(self) -> tuple[float, ...]:
         return tuple(float(b) for b in self.beta.detach().cpu())
@@ -134,7 +155,7 @@ class BasinModel(nn.Module):
         """‖β·P z‖², the squared size of the change this model makes to θ0."""
         with torch.no_grad():
             offset = self._offset(self.z.detach().cpu()).double()
-            sizes = [s.numel for s in self.substrate.specs]
+            sizes = [s.numel for s in self.specs]
             return math.fsum(
                 float(s) ** 2 * float(o.square().sum())
                 for s, o in zip(self.scales().cpu(), offset.split(sizes), strict=True)
@@ -154,7 +175,7 @@ class BasinModel(nn.Module):
 def batch_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the answer positions of a batch (the mask), nothing else."""
     inputs, targets, mask = batch
-    logits = model(inputs)
+    logits = logits_of(model(inputs))
     return F.cross_entropy(logits[mask], targets[mask])
 
 
@@ -185,26 +206,66 @@ def fisher_diagonal(
     return total / count
 
 
+class Batches(Protocol[B]):
+    """Anything that draws training batches: our byte tasks, the text tasks, your own data."""
+
+    def batch(self, size: int, generator: torch.Generator) -> B: ...
+
+
 def train(
-    model: BasinModel, task: Task, steps: int, lr: float, batch_size: int, seed: int
+    model: BasinModel,
+    task: Batches[B],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    *,
+    loss_fn: Callable[[BasinModel, B], torch.Tensor] | None = None,
 ) -> list[float]:
     """Adam (one learning rate) on the model's trainable parameters: z, and β when trained.
 
-    Batches come from the task's training split drawn by a generator seeded with `seed`, so the
-    same model, task and arguments give the same losses. Returns the loss of every step.
+    Batches come from `task.batch(batch_size, generator)` with a generator seeded with `seed`, so
+    the same model, task and arguments give the same losses. `loss_fn(model, batch)` defaults to
+    `batch_loss` (answer-token cross-entropy of the byte tasks, batch tensors moved to the model's
+    device). The model is in train mode while it runs and in eval mode after. A progress bar
+    shows on a terminal. Returns the loss of every step.
     """
+    from ..progress import progress_bar
+
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     device = model.theta0.device
-    losses = []
-    for _ in range(steps):
-        batch = tuple(t.to(device) for t in task.batch(batch_size, gen))
-        loss = batch_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    if loss_fn is None:
+
+        def loss_fn(m: BasinModel, batch: Batch) -> torch.Tensor:
+            return batch_loss(m, tuple(t.to(device) for t in batch))
+
+    losses: list[float] = []
+    model.train()
+    try:
+        with progress_bar(steps, "train", unit="steps") as update:
+            for _ in range(steps):
+                loss = loss_fn(model, task.batch(batch_size, gen))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                update(1)
+    finally:
+        model.eval()
     return losses
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """The logits of a module's output: a tensor as it is, `.logits` of a transformers output,
+    or the first element of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if (logits := getattr(output, "logits", None)) is not None:
+        return logits
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find logits in a {type(output).__name__}")
 
 
 def to_basin(

@@ -17,7 +17,7 @@ RANDN_SAVE = textwrap.dedent(
     """
     import sys, torch
     from safetensors.torch import save_file
-    from basinvcs.model.substrate import load_substrate
+    from basinvcs.model.registry import load_substrate
     sub = load_substrate(sys.argv[1])
     gen = torch.Generator().manual_seed(0)
     save_file({s.name: torch.randn(s.shape, generator=gen) for s in sub.specs}, sys.argv[2])
@@ -28,7 +28,7 @@ THETA0_READ = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from basinvcs.model.substrate import load_substrate
+    from basinvcs.model.registry import load_substrate
     sub = load_substrate(sys.argv[1])
     for spec in sub.specs:
         sub.theta0(spec)

@@ -8,7 +8,7 @@ import time
 import torch
 
 from basinvcs.model.projection import Projection
-from basinvcs.model.substrate import load_substrate
+from basinvcs.model.registry import load_substrate
 from basinvcs.model.tasks import TASKS, make_task
 from basinvcs.model.train import BasinModel, train
 from basinvcs.objects import Chart

@@ -46,7 +46,7 @@ from pretrain_base import pretrain, write  # noqa: E402
 from basinvcs import porcelain  # noqa: E402
 from basinvcs.identity import format_key, load_identity  # noqa: E402
 from basinvcs.model.projection import Projection  # noqa: E402
-from basinvcs.model.substrate import add_substrate, load_substrate  # noqa: E402
+from basinvcs.model.registry import add_substrate, load_substrate  # noqa: E402
 from basinvcs.model.tasks import TASKS, make_task  # noqa: E402
 from basinvcs.model.train import (  # noqa: E402
     BasinModel,

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from basinvcs import porcelain
 from basinvcs.model import bridge
-from basinvcs.model.substrate import load_substrate
+from basinvcs.model.registry import load_substrate
 from basinvcs.objects import Basin
 from basinvcs.repository import Repository
 from tests.conftest import state

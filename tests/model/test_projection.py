@@ -88,7 +88,7 @@ def test_a_random_full_change_keeps_about_d_over_n_of_its_norm():
 
 DECODE = """
 import hashlib, sys, torch
-from tests.test_projection import SPECS
+from tests.model.test_projection import SPECS
 from basinvcs.objects import Chart
 from basinvcs.model.projection import Projection
 p = Projection(Chart(seed=int(sys.argv[1]), dim=256), SPECS)

@@ -7,7 +7,8 @@ from basinvcs import numeric, porcelain
 from basinvcs.errors import SchemaError
 from basinvcs.model.bridge import checkout_state_dict
 from basinvcs.model.projection import Projection
-from basinvcs.model.substrate import Substrate, load_substrate
+from basinvcs.model.registry import load_substrate
+from basinvcs.model.substrate import Substrate
 from basinvcs.model.tasks import Task, make_task
 from basinvcs.model.train import (
     BasinModel,

@@ -14,20 +14,16 @@ import torch
 from safetensors.torch import save_file
 
 from basinvcs.errors import SchemaError
+from basinvcs.model.families.gpt import PRESETS, GPTSubstrate, _fingerprint, _seed
 from basinvcs.model.gpt import GPT, GPTConfig
-from basinvcs.model.substrate import (
-    PRESETS,
-    Substrate,
-    SubstrateError,
-    _fingerprint,
-    _seed,
+from basinvcs.model.registry import (
     add_substrate,
     find_substrate,
     list_substrates,
     load_substrate,
     preset_names,
-    read_header,
 )
+from basinvcs.model.substrate import Substrate, SubstrateError, read_header
 
 # sha2-256 of every tiny θ0 tensor's float32 bytes in canonical order: θ0 must never drift.
 TINY_THETA0_SHA256 = "bcce289ecabc928ba2ce1861fa8f1ccfdf41d26e48e7ce7547d7bed73433c1d8"
@@ -103,7 +99,7 @@ def test_theta0_is_pinned(tiny):
 
 PROBE = """
 import hashlib
-from basinvcs.model.substrate import load_substrate
+from basinvcs.model.registry import load_substrate
 sub = load_substrate("tiny")
 spec = next(s for s in sub.specs if s.name == "blocks.3.mlp.fc.weight")
 print(hashlib.sha256(sub.theta0(spec).numpy().tobytes()).hexdigest())
@@ -123,7 +119,7 @@ def test_theta0_differs_between_tensors_and_substrates(tiny):
         for i in (0, 1)
     )
     assert not torch.equal(qkv0, qkv1)
-    other = Substrate("other", tiny.config, tiny.specs, b"\0" * 32)  # same shapes, other name
+    other = GPTSubstrate("other", tiny.config, tiny.specs, b"\0" * 32)  # same shapes, other name
     assert not torch.equal(other.theta0(tiny.specs[3]), qkv0)
 
 
@@ -198,7 +194,7 @@ def test_fingerprint_stable_and_sensitive(tiny):
     assert len(tiny.fingerprint) == 32
     assert (
         tiny.fingerprint
-        == Substrate("tiny", tiny.config, tiny.specs, tiny.theta0_digest).fingerprint
+        == GPTSubstrate("tiny", tiny.config, tiny.specs, tiny.theta0_digest).fingerprint
     )
     assert tiny.fingerprint != load_substrate("100M").fingerprint
     shapes = [replace(s, shape=(1,) + s.shape) if i == 4 else s for i, s in enumerate(tiny.specs)]
@@ -338,7 +334,7 @@ def test_read_header(tmp_path):
 
 def test_concurrent_add_loses_cleanly(tmp_path, basin_home, monkeypatch):
     """Two adds that both passed the name check: the rename lets one win and leaves no debris."""
-    import basinvcs.model.substrate as substrate
+    import basinvcs.model.registry as substrate
 
     weights, config = (
         small_weights(tmp_path / "w.safetensors"),

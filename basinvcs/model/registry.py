@@ -1,0 +1,166 @@
+"""The substrate registry: presets, and user substrates under ``basin_home()/substrates/NAME/``.
+
+Each user entry is a folder written to a temporary name and renamed into place (atomic; a
+concurrent add of the same name loses cleanly), holding its family's files and ``meta.json``:
+family, fingerprint, parameter count and the family's own fields. Loading an entry recomputes
+its fingerprint and refuses one that differs from meta.json (a corrupted or edited entry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import SchemaError
+from ..identity import basin_home
+from ..objects import check_label
+from .families import gpt
+from .substrate import Header, Substrate, SubstrateError, likeness, mismatch
+
+REGISTRY = "substrates"
+META = "meta.json"
+FAMILIES = ("gpt", "hf")
+
+
+def preset_names() -> list[str]:
+    return gpt.preset_names()
+
+
+def load_substrate(name: str) -> Substrate:
+    if name in gpt.PRESETS:
+        return gpt.preset(name)
+    if name in _user_names():
+        return _load_user(name)
+    known = ", ".join(preset_names() + _user_names())
+    raise SubstrateError(f"unknown substrate {name!r} (known: {known})")
+
+
+def list_substrates() -> list[Substrate]:
+    """Presets first, then user substrates by name; nothing generates θ0."""
+    return [gpt.preset(n) for n in gpt.PRESETS] + [_load_user(n) for n in _user_names()]
+
+
+def find_substrate(header: Header) -> Substrate:
+    """The one substrate whose tensors are those of a model file's header (names and shapes)."""
+    candidates = list_substrates()
+    found = [s for s in candidates if s.fits(header)]
+    if len(found) > 1:
+        names = ", ".join(s.name for s in found)
+        raise SubstrateError(f"several substrates match: {names}; name one with --substrate")
+    if not found:
+        nearest = max(candidates, key=lambda s: likeness(s.specs, header))
+        problem = mismatch(nearest.specs, header, check_dtype=False)
+        raise SubstrateError(
+            f"no substrate matches: first difference from nearest {nearest.name}: {problem}"
+        )
+    found[0].match(header)  # now with dtypes: found by structure, refused by an unusable dtype
+    return found[0]
+
+
+def add_substrate(name: str, weights: Path, config: Path | None = None) -> Substrate:
+    """Register a `gpt` user substrate from a safetensors file (and a GPTConfig JSON)."""
+    return _register(name, lambda folder: gpt.add_user(name, Path(weights), config, folder))
+
+
+def add_hf_substrate(
+    name: str,
+    source: Path,
+    *,
+    architecture: str | None = None,
+    config_overrides: dict | None = None,
+    zero_init: Sequence[str] = (),
+) -> Substrate:
+    """Register an `hf` substrate from a Hugging Face folder (see families/hf.py)."""
+    from .families import hf
+
+    def populate(folder: Path) -> tuple[Substrate, dict]:
+        return hf.add_user(
+            name,
+            Path(source),
+            folder,
+            architecture=architecture,
+            config_overrides=config_overrides or {},
+            zero_init=zero_init,
+        )
+
+    return _register(name, populate, precheck=lambda: hf.check_source(Path(source)))
+
+
+def _register(
+    name: str,
+    populate: Callable[[Path], tuple[Substrate, dict]],
+    precheck: Callable[[], None] | None = None,
+) -> Substrate:
+    _check_new_name(name)
+    if precheck is not None:
+        precheck()
+    root = basin_home() / REGISTRY
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".add-", dir=root))
+    except OSError as exc:
+        raise SubstrateError(f"cannot write to {root}: {exc.strerror or exc}") from None
+    try:
+        sub, fields = populate(tmp)
+        meta = {
+            "family": sub.family,
+            "fingerprint": sub.fingerprint.hex(),
+            "num_params": sub.num_params,
+            **fields,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        os.rename(tmp, root / name)  # atomic; fails if a concurrent add took the name
+    except OSError as exc:
+        if (root / name).exists():
+            raise SubstrateError(f"substrate {name} exists already") from None
+        raise SubstrateError(f"cannot register substrate {name}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load_user(name)
+
+
+def _user_names() -> list[str]:
+    root = basin_home() / REGISTRY
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+
+def _check_new_name(name: str) -> None:
+    try:
+        check_label(name)
+    except SchemaError as exc:
+        raise SubstrateError(f"bad substrate name: {exc}") from None
+    if name.lower() in {p.lower() for p in gpt.PRESETS}:
+        raise SubstrateError(f"substrate name {name!r} is taken by a preset")
+    taken = {n.lower(): n for n in _user_names()}
+    if name.lower() in taken:
+        raise SubstrateError(f"substrate {taken[name.lower()]} exists already")
+
+
+def _load_user(name: str) -> Substrate:
+    path = basin_home() / REGISTRY / name
+    try:
+        meta = json.loads((path / META).read_text())
+        if not isinstance(meta, dict):
+            raise SchemaError("meta.json is not a JSON object")
+        family = meta.get("family", "gpt")  # entries written before families had no field
+        if family == "gpt":
+            sub = gpt.load_user(name, path, meta)
+        elif family == "hf":
+            from .families import hf
+
+            sub = hf.load_user(name, path, meta)
+        else:
+            raise SchemaError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    except (OSError, ValueError, KeyError, TypeError, SchemaError) as exc:
+        raise SubstrateError(f"substrate {name} is unreadable ({path}): {exc}") from None
+    if sub.fingerprint.hex() != meta.get("fingerprint"):
+        raise SubstrateError(
+            f"substrate {name} is corrupt: its fingerprint differs from {path / META}"
+        )
+    return sub
