@@ -101,7 +101,9 @@ def _bad_file(tmp_path, history, how: str) -> Path:
         data[-5] ^= 0x01  # inside the last block: its bytes no longer hash to its CID
         bad.write_bytes(bytes(data))
     elif how == "missing-block":
-        bad.write_bytes(car_bytes([head], blocks[:-1] if blocks[-1][0] != head else blocks[1:]))
+        with Repository.open(history) as repo:  # the head's own packet: no other repo has it
+            gone = repo.read_commit(head).basin  # (a set's order once dropped the shared genesis)
+        bad.write_bytes(car_bytes([head], [b for b in blocks if b[0] != gone]))
     elif how == "two-roots":
         bad.write_bytes(car_bytes([head, head], blocks))
     elif how == "not-a-commit":
