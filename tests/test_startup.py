@@ -1,4 +1,4 @@
-"""Commands that do not need torch (or networkx, or nacl) must not import them."""
+"""Commands that do not need torch (or transformers, networkx, nacl) must not import them."""
 
 import subprocess
 import sys
@@ -11,7 +11,9 @@ from basinvcs.cli import main
 try:
     main({args!r}, standalone_mode=False)
 finally:
-    heavy = sorted(m for m in ("torch", "networkx", "numpy", "nacl") if m in sys.modules)
+    heavy = sorted(
+        m for m in ("torch", "transformers", "networkx", "numpy", "nacl") if m in sys.modules
+    )
     print("HEAVY:" + ",".join(heavy), file=sys.stderr)
 """
 

@@ -33,7 +33,7 @@ share a sentence because they share no content word.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,16 +272,35 @@ def _build(
     return TextTask(name, labels, examples["train"], examples["test"])
 
 
+LABELS: dict[str, tuple[str, ...]] = {
+    "negation": ("negative", "positive"),
+    "topic": TOPICS,
+    "agent": ("first", "second"),
+}
+
+
+def head_slices(names: Sequence[str] = tuple(LABELS)) -> dict[str, slice]:
+    """Each task's slice of one shared classifier's logits, tasks side by side in `names` order:
+    one head of sum-of-labels outputs lets one model (and a merge of specialists) hold them all."""
+    out, start = {}, 0
+    for name in names:
+        if name not in LABELS:
+            raise ValueError(f"unknown text task {name!r} (known: {', '.join(LABELS)})")
+        out[name] = slice(start, start + len(LABELS[name]))
+        start += len(LABELS[name])
+    return out
+
+
 def _negation_task(seed: int, n_train: int, n_test: int) -> TextTask:
-    return _build("negation", ("negative", "positive"), _negation, seed, n_train, n_test)
+    return _build("negation", LABELS["negation"], _negation, seed, n_train, n_test)
 
 
 def _topic_task(seed: int, n_train: int, n_test: int) -> TextTask:
-    return _build("topic", TOPICS, _topic, seed, n_train, n_test)
+    return _build("topic", LABELS["topic"], _topic, seed, n_train, n_test)
 
 
 def _agent_task(seed: int, n_train: int, n_test: int) -> TextTask:
-    return _build("agent", ("first", "second"), _agent, seed, n_train, n_test)
+    return _build("agent", LABELS["agent"], _agent, seed, n_train, n_test)
 
 
 TEXT_TASKS: dict[str, Callable[[int, int, int], TextTask]] = {

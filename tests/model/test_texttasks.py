@@ -206,3 +206,14 @@ def test_accuracy(tokenizer):
         assert accuracy(always(0, n), task, tokenizer, split="train") == pytest.approx(1 / n)
     with pytest.raises(ValueError, match="split"):
         accuracy(always(0, 2), make_text_task("agent"), tokenizer, split="dev")
+
+
+def test_head_slices_put_tasks_side_by_side():
+    from basinvcs.model.texttasks import LABELS, head_slices
+
+    slices = head_slices()
+    assert slices == {"negation": slice(0, 2), "topic": slice(2, 6), "agent": slice(6, 8)}
+    assert head_slices(["agent", "negation"]) == {"agent": slice(0, 2), "negation": slice(2, 4)}
+    assert all(make_text_task(n).labels == LABELS[n] for n in LABELS)
+    with pytest.raises(ValueError, match="unknown text task 'nope'"):
+        head_slices(["nope"])

@@ -40,6 +40,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ...errors import SchemaError
+from ...progress import progress_bar
 from ..modelio import DTYPES as WRITE_NAMES
 from ..modelio import INDEX_FILE, SINGLE_FILE, TORCH_SUFFIXES, open_model, write_model
 from ..substrate import DTYPE_NAMES, DTYPES, Header, Substrate, TensorSpec, read_header
@@ -211,14 +212,17 @@ def add_user(
                 t = reader.tensor(key) if key is not None else torch.zeros(s.shape, dtype=s.dtype)
                 yield s.name, t.to(s.dtype)
 
-        write_model(
-            folder / WEIGHTS,
-            [(s.name, s.shape, s.dtype) for s in specs],
-            stream(),
-            dtype=torch.float32,
-            max_shard_bytes=1 << 62,
-            metadata={"basinvcs.substrate": name},
-        )
+        total = sum(s.numel * s.dtype.itemsize for s in specs)
+        with progress_bar(total, f"add {name}") as update:
+            write_model(
+                folder / WEIGHTS,
+                [(s.name, s.shape, s.dtype) for s in specs],
+                stream(),
+                dtype=torch.float32,
+                max_shard_bytes=1 << 62,
+                metadata={"basinvcs.substrate": name},
+                progress=update,
+            )
     config.save_pretrained(str(folder))
     _copy_small_files(source, folder)
     meta = {
