@@ -26,7 +26,7 @@ from dataclasses import dataclass
 STRATEGIES = ("fisher", "linear", "ties", "ours", "theirs")
 TIES_KEEP = 0.2  # fraction of each side's changed coordinates TIES keeps (its paper's default k)
 DEFAULT_MAX_DISTANCE = 4.0
-DEFAULT_MAX_INTERFERENCE = 0.5
+DEFAULT_MAX_INTERFERENCE = 0.8  # measured: honest specialist pairs 0.44-0.56, a sign flip 1.0
 
 
 @dataclass(frozen=True)

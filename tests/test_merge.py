@@ -1,6 +1,7 @@
 """Three-way merging: the arithmetic (basinvcs.merge) and `basin merge` end to end."""
 
 import pytest
+import torch
 
 from basinvcs import merge as mm
 from basinvcs import porcelain
@@ -132,6 +133,16 @@ def test_poisoned_updates_are_refused_and_nothing_changes(repo_dir, cli, theirs,
     assert "most conflicting coordinates" in result.stderr
     assert state(repo_dir) == before
     assert "Merge made" in cli("merge", "b", "--force").output
+
+
+@pytest.mark.parametrize("seed", range(7))
+def test_independent_updates_merge_by_default(repo_dir, cli, seed):
+    """Two unrelated dense updates oppose on about half their coordinates (interference ~0.5):
+    honest specialists look like this (docs/merge.md), so the default check lets them through."""
+    gen = torch.Generator().manual_seed(seed)
+    za, zb = (torch.randn(DIM, generator=gen).tolist() for _ in range(2))
+    two_branches(repo_dir, cli, za, zb)
+    assert "Merge made" in cli("merge", "b").output
 
 
 def test_thresholds_come_from_config_and_options(repo_dir, cli):

@@ -9,6 +9,8 @@ seed = S), in its own process (one thread each; seeds run side by side):
    task reads its own slice of the logits (negation 0-1, topic 2-5, agent 6-7) and the basin
    carries every head; registered once and copied into each participant's BASIN_HOME (each has
    its own home, hence its own Ed25519 identity);
+   With `--heads probe` the classifier in θ0 is instead a linear probe per task fitted on the
+   frozen base's features (the specialists then fine-tune from a working head);
 2. the hub repository (d = 1024, chart seed S, the word-embedding table masked out) never trains;
 3. each specialist repository fetches the hub's `general` (basinvcs.transfer: every block verified),
    forks it for its task, trains inside the basin (z only; Adam), computes its Fisher diagonal and
@@ -48,6 +50,7 @@ NUM_LABELS = 8
 EXCLUDE = ("*word_embeddings*",)
 STRATEGIES = ("fisher", "linear", "ties")
 FISHER_BATCHES, FISHER_BATCH = 16, 8
+PROBE_STEPS, PROBE_DECAY = 300, 1e-3  # --heads probe: full-batch Adam on the frozen features
 
 
 def minilm_folder() -> Path:
@@ -94,15 +97,18 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     homes = {name: work / f"home-{name}" for name in ("hub", *TASKS)}
     use_home(homes["hub"])
+    overrides = {
+        "num_labels": NUM_LABELS,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+    if args.heads == "probe":
+        folder = probe_heads(folder, work / "probe-base", tokenizer, overrides, seed)
     add_hf_substrate(
         SUBSTRATE,
         folder,
         architecture="BertForSequenceClassification",
-        config_overrides={
-            "num_labels": NUM_LABELS,
-            "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0,
-        },
+        config_overrides=overrides,
         zero_init=["classifier.*"],
     )
     for name in TASKS:
@@ -243,6 +249,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
         json.dumps(
             {
                 "seed": seed,
+                "setting": f"heads {args.heads}, {args.steps} steps, lr {args.lr}",
                 "results": results,
                 "checks": checks,
                 "cases": cases,
@@ -258,6 +265,47 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     log(f"done in {time.perf_counter() - t0:.0f} s")
 
 
+def probe_heads(folder: Path, out: Path, tokenizer, overrides: dict, seed: int) -> Path:
+    """A copy of the base whose classifier holds, for each task, a linear probe fitted on the
+    frozen base's pooled features of that task's training sentences (the `--heads probe` base):
+    the specialists then start from a working head and fine-tune the body, the setting of the
+    merging literature."""
+    import transformers
+
+    from basinvcs.model.texttasks import encode, head_slices, make_text_task
+
+    model = transformers.BertForSequenceClassification.from_pretrained(str(folder), **overrides)
+    model.eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    for name, head in head_slices(TASKS).items():
+        task = make_text_task(name, seed=seed)
+        sentences = [s for s, _ in task.train]
+        labels = torch.tensor([y for _, y in task.train])
+        with torch.no_grad():
+            feats = torch.cat(
+                [
+                    model.bert(**encode(tokenizer, sentences[i : i + 256])).pooler_output
+                    for i in range(0, len(sentences), 256)
+                ]
+            )
+        w = torch.zeros(head.stop - head.start, feats.shape[1], requires_grad=True)
+        b = torch.zeros(head.stop - head.start, requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=1e-2)
+        for _ in range(PROBE_STEPS):
+            loss = F.cross_entropy(feats @ w.T + b, labels) + PROBE_DECAY * w.square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model.classifier.weight[head] = w
+            model.classifier.bias[head] = b
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
 # -- the report ---------------------------------------------------------------------------------
 
 
@@ -269,7 +317,8 @@ def _spread(values: list[float]) -> str:
 
 def report(runs: list[dict]) -> str:
     """Markdown: accuracy per model and task; normalised means per merge; the conflict check."""
-    lines = [f"seeds: {', '.join(str(r['seed']) for r in runs)} (mean ± half the range)", ""]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [f"{runs[0]['setting']}; seeds {seeds} (mean ± half the range)", ""]
     lines += ["| model | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS)]
     for key in ("base", *TASKS):
         row = [_spread([r["results"][key][t] for r in runs]) for t in TASKS]
@@ -330,7 +379,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="skill transfer on MiniLM")
     ap.add_argument("--seeds", default="0,1", help="comma-separated; each in its own process")
     ap.add_argument("--steps", type=int, default=120, help="specialist training steps")
-    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument(
+        "--heads",
+        choices=("zero", "probe"),
+        default="zero",
+        help="the classifier in θ0: zero (default), or a linear probe per task on the frozen base",
+    )
+    ap.add_argument("--lr", type=float, default=None, help="default 0.1 (zero), 0.05 (probe)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--jobs", type=int, default=2, help="seeds run at once")
     ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
@@ -338,6 +393,8 @@ def main() -> None:
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.lr is None:
+        args.lr = 0.1 if args.heads == "zero" else 0.05
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.one_seed is not None:
         run_seed(args.one_seed, args, args.out)
