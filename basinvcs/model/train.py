@@ -91,7 +91,7 @@ class BasinModel(nn.Module):
         # The module, set past nn.Module's registration so its parameters never reach an
         # optimiser: functional_call supplies every projected weight. A module built on the meta
         # device (gpt) also needs the tensors the chart leaves out, at θ0.
-        net = substrate.skeleton()
+        net = substrate.skeleton().requires_grad_(False)  # only z (and β) take gradients
         object.__setattr__(self, "net", net)
         on_meta = {n for n, t in net.state_dict(keep_vars=True).items() if t.is_meta}
         moved = {s.name for s in self.specs}

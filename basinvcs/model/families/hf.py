@@ -80,6 +80,7 @@ class HFSubstrate(Substrate):
             raise SchemaError(f"tensor {spec.name} is not part of substrate {self.name}")
         with safe_open(str(self.path / WEIGHTS), framework="pt") as fh:
             t = fh.get_tensor(spec.name)
+        # callers write into θ0 in place: never hand out a view of the mapped file
         return t.to(torch.float32, copy=True) if t.dtype.is_floating_point else t.clone()
 
     def build(self) -> nn.Module:
