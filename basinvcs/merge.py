@@ -5,7 +5,8 @@ three-way merge, a coordinate only one side changed takes that side's change who
 both sides changed are combined by the strategy:
 
 - ``fisher`` (default): each side weighted by its Fisher information there and its side weight,
-  δ = Σ w_s F_s,i δ_s,i / Σ w_s F_s,i (Matena & Raffel 2022, restricted to the shared coordinates);
+  δ = Σ w_s F_s,i δ_s,i / Σ w_s F_s,i (Matena & Raffel 2022, restricted to the shared coordinates),
+  each side's diagonal first divided by its mean (the common scale);
 - ``linear``: weighted task arithmetic, δ = Σ w_s δ_s,i / Σ w_s;
 - ``ties``: TIES-merging (Yadav et al. 2023): trim each side to its largest-magnitude changes, elect
   a sign per coordinate by the weighted sum, average the sides that agree with it;
@@ -74,7 +75,14 @@ def _delta(z: Sequence[float], base: Sequence[float]) -> list[float]:
 
 
 def _fisher(side: Side, dim: int) -> Sequence[float]:
-    return side.fisher if side.fisher is not None else [1.0] * dim
+    """A side's Fisher diagonal on the common scale: divided by its mean, so it says where that
+    side's information lies, not how converged it is (the empirical Fisher shrinks as training
+    converges, and raw diagonals let the least-trained specialist outweigh the others). Identity
+    where the packet has none, or where it is zero everywhere."""
+    if side.fisher is None:
+        return [1.0] * dim
+    mean = math.fsum(side.fisher) / dim
+    return [f / mean for f in side.fisher] if mean > 0 else [1.0] * dim
 
 
 def assess(base: Sequence[float], ours: Side, theirs: Side, top: int = 5) -> Assessment:

@@ -31,8 +31,23 @@ def test_fisher_strategy_weights_shared_coordinates_by_information():
     ours = side(vec(c0=2.0), fisher=[3.0] + [1.0] * (DIM - 1))  # δ = +1 with F = 3
     theirs = side(vec(c0=-1.0), fisher=[1.0] * DIM)  # δ = -2 with F = 1
     merged = mm.combine(base, ours, theirs, "fisher")
-    assert merged[0] == pytest.approx(1.0 + (3 * 1 + 1 * -2) / 4)
+    f = 3.0 / ((3.0 + DIM - 1) / DIM)  # ours on the common scale: divided by its mean
+    assert merged[0] == pytest.approx(1.0 + (f * 1 + 1 * -2) / (f + 1))
     assert mm.combine(base, ours, theirs, "linear")[0] == pytest.approx(1.0 + (1 - 2) / 2)
+
+
+def test_fisher_scale_alone_carries_no_weight():
+    """A side whose Fisher is 1000x larger everywhere (less converged, or claiming more) gets no
+    more say than one with the same shape at 1x: only where each side's information lies counts."""
+    base = vec()
+    shape = [4.0, 1.0] + [0.5] * (DIM - 2)
+    loud = side(vec(c0=1.0, c1=1.0), fisher=[1000 * f for f in shape])
+    quiet = side(vec(c0=-1.0, c1=3.0), fisher=shape)
+    merged = mm.combine(base, loud, quiet, "fisher")
+    assert merged[:2] == pytest.approx([0.0, 2.0])  # equal weights at each coordinate
+    assert mm.assess(base, loud, quiet).relative == pytest.approx(
+        mm.assess(base, side(loud.z, shape), quiet).relative
+    )
 
 
 def test_ties_trims_elects_a_sign_and_averages_the_agreeing():

@@ -15,11 +15,13 @@ are carried as fixed θ0.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from ..errors import BasinError, SchemaError
@@ -143,3 +145,13 @@ def read_header(path: Path) -> Header:
     if Path(path).is_dir():
         raise SchemaError(f"{path} is a directory, not a safetensors file")
     return read_safetensors_header(Path(path))[0]
+
+
+def file_digest(weights: Path, specs: list[TensorSpec]) -> bytes:
+    """sha2-256 of the tensors' stored bytes in canonical order, one tensor in memory at a time:
+    the θ0 digest of a registered substrate."""
+    h = hashlib.sha256()
+    with safe_open(str(weights), framework="pt") as fh:
+        for s in specs:
+            h.update(fh.get_tensor(s.name).reshape(-1).view(torch.uint8).numpy())
+    return h.digest()

@@ -52,7 +52,15 @@ from safetensors import safe_open
 
 from ...errors import SchemaError
 from ..gpt import GPT, GPTConfig
-from ..substrate import DTYPE_NAMES, DTYPES, Substrate, TensorSpec, mismatch, read_header
+from ..substrate import (
+    DTYPE_NAMES,
+    DTYPES,
+    Substrate,
+    TensorSpec,
+    file_digest,
+    mismatch,
+    read_header,
+)
 
 PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(d_model=128, n_layer=5, n_head=4, context=128),
@@ -243,15 +251,6 @@ def _describe(weights: Path, given: dict[str, int]) -> tuple[GPTConfig, list[Ten
     return config, [replace(s, dtype=DTYPES[header[s.name][0]]) for s in specs]
 
 
-def _file_digest(weights: Path, specs: list[TensorSpec]) -> bytes:
-    """sha2-256 of the tensors' stored bytes in canonical order, one tensor in memory at a time."""
-    h = hashlib.sha256()
-    with safe_open(str(weights), framework="pt") as fh:
-        for s in specs:
-            h.update(fh.get_tensor(s.name).reshape(-1).view(torch.uint8).numpy())
-    return h.digest()
-
-
 def add_user(name: str, weights: Path, config: Path | None, folder: Path) -> tuple[Substrate, dict]:
     """Write a user substrate into `folder` (the registry renames it into place) and return it
     with its meta.json fields. The file is checked before it is copied, and what was copied is
@@ -260,7 +259,7 @@ def add_user(name: str, weights: Path, config: Path | None, folder: Path) -> tup
     _describe(weights, given)
     shutil.copyfile(weights, folder / WEIGHTS)
     cfg, specs = _describe(folder / WEIGHTS, given)
-    sub = GPTSubstrate(name, cfg, specs, _file_digest(folder / WEIGHTS, specs), folder / WEIGHTS)
+    sub = GPTSubstrate(name, cfg, specs, file_digest(folder / WEIGHTS, specs), folder / WEIGHTS)
     (folder / CONFIG).write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     meta = {"theta0_sha256": sub.theta0_digest.hex(), "num_layers": sub.num_layers}
     return sub, meta

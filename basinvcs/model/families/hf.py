@@ -43,7 +43,15 @@ from ...errors import SchemaError
 from ...progress import progress_bar
 from ..modelio import DTYPES as WRITE_NAMES
 from ..modelio import INDEX_FILE, SINGLE_FILE, TORCH_SUFFIXES, open_model, write_model
-from ..substrate import DTYPE_NAMES, DTYPES, Header, Substrate, TensorSpec, read_header
+from ..substrate import (
+    DTYPE_NAMES,
+    DTYPES,
+    Header,
+    Substrate,
+    TensorSpec,
+    file_digest,
+    read_header,
+)
 
 WEIGHTS = SINGLE_FILE
 CONFIG = "config.json"
@@ -244,7 +252,7 @@ def add_user(
         "tied": tied,
         "ignored": ignored,
         "num_layers": _num_layers([s.name for s in specs]),
-        "theta0_sha256": _file_digest(folder / WEIGHTS, specs).hex(),
+        "theta0_sha256": file_digest(folder / WEIGHTS, specs).hex(),
     }
     return HFSubstrate(name, folder, meta), meta
 
@@ -407,14 +415,6 @@ def _copy_small_files(source: Path, folder: Path) -> None:
             and p.stat().st_size <= MAX_COPIED_FILE
         ):
             shutil.copyfile(p, folder / p.name)
-
-
-def _file_digest(weights: Path, specs: list[TensorSpec]) -> bytes:
-    h = hashlib.sha256()
-    with safe_open(str(weights), framework="pt") as fh:
-        for s in specs:
-            h.update(fh.get_tensor(s.name).reshape(-1).view(torch.uint8).numpy())
-    return h.digest()
 
 
 def _dtype(name: str) -> torch.dtype:
