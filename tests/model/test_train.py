@@ -78,6 +78,27 @@ def test_forward_is_theta0_plus_beta_times_decoded_offset(sub, proj, task):
     assert (m(inputs) - gpt(inputs)).abs().max() <= 1e-5
 
 
+def test_a_masked_chart_leaves_tensors_at_theta0(sub, task):
+    """Our GPT runs on the meta device, so tensors the mask leaves out are supplied at θ0."""
+    chart = Chart.masked("srht", 0, 256, ["tok_emb.*", "pos_emb.*"])
+    z = torch.randn(256, generator=torch.Generator().manual_seed(2)) * 5
+    m = BasinModel(sub, chart, z)
+    assert {s.name for s in m.specs} == {s.name for s in sub.specs} - {
+        "tok_emb.weight",
+        "pos_emb.weight",
+    }
+    masked_proj = Projection(chart, sub.specs)
+    gpt = sub.build()
+    state = sub.theta0_dict()
+    for spec, offset in masked_proj.decode(z):
+        state[spec.name] += offset
+    gpt.load_state_dict(state)
+    inputs = task.encode(list(task.test[:8]))[0]
+    assert (m(inputs) - gpt(inputs)).abs().max() <= 1e-5
+    m(inputs).sum().backward()
+    assert m.z.grad is not None and not any(p.requires_grad for p in m.net.parameters())
+
+
 def test_gradient_matches_finite_differences(sub, proj, task):
     z = torch.randn(1024, generator=torch.Generator().manual_seed(2)) * 3
     # float64 weights so that central differences resolve the loss (the offset is float32)
