@@ -265,7 +265,7 @@ def write_decoded(
     loads: those files beside the weights. Floating-point tensors are written as `dtype`, the
     others in their own dtype.
     """
-    from .modelio import write_model
+    from .modelio import copy_file, write_model
 
     files = dec.substrate.folder_files()
     if files and out.suffix == ".safetensors":
@@ -293,26 +293,9 @@ def write_decoded(
         progress=progress,
     )
     for name, source in files.items():
-        _copy_file(source, out / name)
+        copy_file(source, out / name)
         written.append(out / name)
     return written
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    """Copy through a temporary file beside the target, so a crash leaves no half-written file."""
-    import os
-    import shutil
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise SchemaError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def checkout_model(

@@ -27,6 +27,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -435,9 +436,31 @@ def _layout(out: Path, count: int) -> tuple[list[Path], Path | None]:
 
 def _temp_beside(target: Path, temps: list[Path]) -> BinaryIO:
     """A new hidden temporary file next to `target`, recorded in `temps` for rename or cleanup."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    temps.append(Path(name))
+    fd, name = _mkstemp_beside(target)
+    temps.append(name)
     return os.fdopen(fd, "wb")
+
+
+def _mkstemp_beside(target: Path) -> tuple[int, Path]:
+    """mkstemp next to `target`, with the mode any new file gets (mkstemp's own is 0600)."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, Path(name)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy through a temporary file beside the target, so a crash leaves no half-written file."""
+    fd, tmp = _mkstemp_beside(target)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise SchemaError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _header_bytes(shard: list[Declared], meta: dict[str, str]) -> bytes:

@@ -317,6 +317,20 @@ def test_missing_head_needs_zero_init(cli, tmp_path):
     assert "--zero-init 'classifier.*'" in result.stderr
 
 
+def test_checked_out_files_get_the_umask_mode(cli, repo_dir, tmp_path):
+    import os
+
+    src = make_folder(tmp_path / "src", "gpt2")
+    cli("substrate", "add", "g", "--from", str(src))
+    old = os.umask(0o022)
+    try:
+        cli("checkout", "HEAD", "--model", "g", "-o", str(tmp_path / "out"))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
 def test_hf_checkout_into_a_file_is_refused(cli, repo_dir, tmp_path):
     src = make_folder(tmp_path / "src", "gpt2")
     cli("substrate", "add", "g", "--from", str(src))
