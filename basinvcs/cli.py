@@ -824,6 +824,10 @@ def _setting(text: str) -> tuple[str, object]:
         raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--set")
     try:
         return key, json.loads(value)
+    except RecursionError:
+        raise click.BadParameter(
+            f"the value of {key} is nested too deeply", param_hint="--set"
+        ) from None
     except ValueError:
         return key, value
 

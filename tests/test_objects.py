@@ -95,6 +95,43 @@ def test_chart_validation():
         Chart(seed=-1)
 
 
+def test_a_masked_chart_makes_a_version_2_packet_and_an_unmasked_one_stays_version_1():
+    plain = packet(3)
+    assert plain.to_node()["version"] == 1 and "exclude" not in plain.to_node()["chart"]
+    chart = Chart.masked("srht", 7, 64, ["pooler.*", "*word_embeddings*", "pooler.*"])
+    assert chart.exclude == ("*word_embeddings*", "pooler.*")  # sorted, repeats dropped
+    assert chart.excludes("bert.embeddings.word_embeddings.weight")
+    assert not chart.excludes("bert.encoder.layer.0.attention.self.query.weight")
+    masked = Basin.create(chart, list(plain.z))
+    node = masked.to_node()
+    assert node["version"] == 2 and node["chart"]["exclude"] == ["*word_embeddings*", "pooler.*"]
+    assert Basin.decode(masked.encode()) == masked
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda n: n.update(version=1), "version 1 does not match its chart"),
+        (lambda n: n["chart"].update(exclude=[]), "chart exclude is empty"),
+        (lambda n: n["chart"].update(exclude=["b", "a"]), "sorted and distinct"),
+        (lambda n: n["chart"].update(exclude=["a b"]), "bad chart exclude pattern"),
+        (lambda n: n["chart"].update(exclude=[f"p{i}" for i in range(17)]), "17 exclude"),
+    ],
+)
+def test_bad_masks_are_refused_on_read(mutate, message):
+    node = Basin.create(Chart.masked("srht", 7, 64, ["pooler.*"]), list(packet(3).z)).to_node()
+    mutate(node)
+    with pytest.raises(SchemaError, match=message):
+        Basin.decode(dagcbor.encode(node))
+
+
+def test_an_unmasked_packet_claiming_version_2_is_refused():
+    node = packet(3).to_node()
+    node["version"] = 2
+    with pytest.raises(SchemaError, match="version 2 does not match its chart"):
+        Basin.decode(dagcbor.encode(node))
+
+
 def _commit(**kw) -> Commit:
     basin = CID.for_block(packet(1).encode())
     fields = dict(basin=basin, parents=(), author=b"\1" * 32, time=1, message="m")

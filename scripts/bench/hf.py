@@ -188,13 +188,10 @@ def bench_model(case: Case, repeats: int, work: Path) -> Results:
         batch = make_batch(case, plain, sub.path)
         basin = BasinModel(sub, chart, projection=proj).train()
         basin_masked = BasinModel(sub, masked, projection=proj_masked).train()
-        frozen = BasinModel(sub, masked, projection=proj_masked).train()
-        frozen.net.requires_grad_(False)  # the workaround: no gradient for the module's own θ0
         variants = {
             "plain": (plain, torch.optim.Adam(plain.parameters(), lr=LR)),
             "basin": (basin, torch.optim.Adam([basin.z], lr=LR)),
             "masked": (basin_masked, torch.optim.Adam([basin_masked.z], lr=LR)),
-            "frozen": (frozen, torch.optim.Adam([frozen.z], lr=LR)),
         }
         samples: dict[str, list[tuple[float, ...]]] = {k: [] for k in variants}
         for i in range(WARMUP + repeats):
@@ -204,7 +201,7 @@ def bench_model(case: Case, repeats: int, work: Path) -> Results:
                     samples[key].append(got)
         res.steps = {k: medians(v) for k, v in samples.items()}
         res.leaked = sum(p.numel() for p in basin_masked.net.parameters() if p.grad is not None)
-        del variants, plain, frozen
+        del variants, plain
         gc.collect()
 
         say("decode and encode alone")
@@ -308,7 +305,6 @@ def report(results: list[Results], args: argparse.Namespace, loads: tuple[float,
             "plain": ("plain, every weight trainable", millions(r.params)),
             "basin": ("basin", millions(r.projected[""])),
             "masked": (f"basin, mask `{mask}`", millions(r.projected[mask])),
-            "frozen": (f"basin, mask `{mask}`, module θ0 frozen ¹", millions(r.projected[mask])),
         }
         base = r.steps["plain"][0]
         for key, (name, count) in names.items():
@@ -318,9 +314,8 @@ def report(results: list[Results], args: argparse.Namespace, loads: tuple[float,
                 f"{adam:.3f} | {kernel:.3f} | {total / base:.2f}x |"
             )
     print(
-        "\n¹ `m.net.requires_grad_(False)`: the masked step as it would be if the module's own "
-        "parameters never took gradients (see the note below). kernel s: the process's CPU time "
-        "in the kernel during the step, mostly page faults of large tensors freshly allocated."
+        "\nkernel s: the process's CPU time in the kernel during the step, mostly page faults of "
+        "large tensors freshly allocated."
     )
     print(
         "\n| model | step | s | decode P z s | weights() s | encode Pᵀg s | module fwd+bwd s "

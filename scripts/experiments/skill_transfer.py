@@ -68,6 +68,7 @@ def use_home(home: Path) -> None:
 def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     """Steps 1-6 for one seed; writes a JSON of every measurement to `out`."""
     import transformers
+    from concept_transfer import merge_all  # the same one-by-one merge, each side counting equally
 
     from basinvcs import merge as mm
     from basinvcs import porcelain
@@ -192,20 +193,15 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
         shutil.copytree(hub_path, copy)
         checks[key] = []
         with Repository.open(copy) as repo:
-            for k, name in enumerate(subset, start=1):
-                weight = 1.0 / (k - 1) if k > 1 else 1.0
-                try:
-                    res = porcelain.merge(repo, name, strategy=strategy, weight=weight)
-                    a = res.assessment
+            for kind, a, refusal in merge_all(repo, list(subset), strategy):
+                if refusal:
+                    checks[key].append(f"refused ({refusal}), forced")
+                elif a is None:
+                    checks[key].append(kind)
+                else:
                     checks[key].append(
-                        res.kind
-                        if a is None
-                        else f"merged (relative {a.relative:.2f}, "
-                        f"interference {a.interference:.2f})"
+                        f"merged (relative {a.relative:.2f}, interference {a.interference:.2f})"
                     )
-                except porcelain.MergeRefused as exc:
-                    porcelain.merge(repo, name, strategy=strategy, weight=weight, force=True)
-                    checks[key].append(f"refused ({exc}), forced")
             merged = torch.tensor(
                 list(repo.read_basin(repo.read_commit(repo.head_commit()).basin).z)
             )

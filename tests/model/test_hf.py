@@ -308,6 +308,25 @@ def test_gguf_file_given_to_commit(cli, repo_dir, tmp_path):
     assert state(repo_dir) == before
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ('n_layer="x"', "cannot set config n_layer"),
+        ("n_embd=[[1]]", "cannot set config n_embd"),
+        ("n_layer=100000000000", "the config has 100000000000 layers"),  # refused before building
+        ("x=" + "[" * 100_000, "nested too deeply"),
+        ("=3", "is not KEY=VALUE"),
+    ],
+)
+def test_bad_config_settings_are_refused(cli, basin_home, tmp_path, setting, message):
+    src = make_folder(tmp_path / "src", "gpt2")
+    result = cli("substrate", "add", "bad", "--from", str(src), "--set", setting, ok=False)
+    assert result.exit_code != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    registry = basin_home / "substrates"
+    assert not registry.exists() or not list(registry.iterdir())
+
+
 def test_missing_head_needs_zero_init(cli, tmp_path):
     src = make_folder(tmp_path / "src", "bert")
     result = cli.fails(

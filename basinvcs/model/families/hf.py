@@ -41,10 +41,9 @@ from torch import nn
 
 from ...errors import SchemaError
 from ...progress import progress_bar
-from ..modelio import DTYPES as WRITE_NAMES
+from ..modelio import DTYPES as ST_NAMES
 from ..modelio import INDEX_FILE, SINGLE_FILE, TORCH_SUFFIXES, open_model, write_model
 from ..substrate import (
-    DTYPE_NAMES,
     DTYPES,
     Header,
     Substrate,
@@ -60,6 +59,7 @@ _STACK = re.compile(r"(?:^|\.)(layers|layer|h|blocks|block)\.(\d+)\.")
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 _SKIP_FILES = {"meta.json", CONFIG, INDEX_FILE}
 MAX_COPIED_FILE = 64 * 1024**2  # tokenizers and small configs; anything larger is not one
+_BY_NAME = {code: dtype for dtype, code in ST_NAMES.items()}  # safetensors name -> torch dtype
 
 
 class HFSubstrate(Substrate):
@@ -205,10 +205,11 @@ def add_user(
         raise SchemaError(f"{source / CONFIG} names no architecture: give --architecture")
     cls = architecture_class(arch)
     config.architectures = [arch]
-    model = _skeleton(cls, config)
-    prefix = getattr(model, "base_model_prefix", "") or ""
     with open_model(source) as reader:
         header = reader.header()
+        _check_depth(config, header)
+        model = _skeleton(cls, config)
+        prefix = getattr(model, "base_model_prefix", "") or ""
         plan, tied, ignored = _plan(model, header, prefix, zero_init)
         depths = _depths([n for n, *_ in plan])
         specs = [
@@ -243,7 +244,7 @@ def add_user(
             [
                 s.name,
                 list(s.shape),
-                DTYPE_NAMES.get(s.dtype) or WRITE_NAMES[s.dtype],
+                ST_NAMES[s.dtype],
                 s.depth,
                 s.projected,
             ]
@@ -251,7 +252,7 @@ def add_user(
         ],
         "tied": tied,
         "ignored": ignored,
-        "num_layers": _num_layers([s.name for s in specs]),
+        "num_layers": sum(_stacks([s.name for s in specs]).values()),
         "theta0_sha256": file_digest(folder / WEIGHTS, specs).hex(),
     }
     return HFSubstrate(name, folder, meta), meta
@@ -279,7 +280,7 @@ def fingerprint(
     for s in specs:
         kind = "projected" if s.projected else "fixed"
         h.update(
-            f"tensor {s.name} {list(s.shape)} {_dtype_name(s.dtype)} {s.depth!r} {kind}\n".encode()
+            f"tensor {s.name} {list(s.shape)} {ST_NAMES[s.dtype]} {s.depth!r} {kind}\n".encode()
         )
     h.update(theta0_digest)
     return h.digest()
@@ -296,8 +297,23 @@ def _config(source: Path, overrides: dict):
     for key, value in overrides.items():
         if not isinstance(key, str) or not key.isidentifier():
             raise SchemaError(f"bad config key {key!r}")
-        setattr(config, key, value)
+        try:
+            setattr(config, key, value)
+        except Exception as exc:  # noqa: BLE001 - configs validate with errors of their own
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SchemaError(f"cannot set config {key} to {value!r}: {first}") from None
     return config
+
+
+def _check_depth(config, header: Header) -> None:
+    """Refuse a config with more layers than the checkpoint holds before building it: even on the
+    meta device, a config claiming 10^11 layers would take forever to build."""
+    claimed = getattr(config, "num_hidden_layers", None)
+    held = sum(_stacks(list(header)).values())
+    if isinstance(claimed, int) and held and claimed > held:
+        raise SchemaError(
+            f"the config has {claimed} layers, but the checkpoint holds weights for {held}"
+        )
 
 
 def _skeleton(cls: type, config) -> nn.Module:
@@ -351,7 +367,7 @@ def _plan(
         is_param = name in params
         if is_param and dtype_name not in DTYPES:
             raise SchemaError(f"checkpoint parameter {key} has unsupported dtype {dtype_name}")
-        dtype = DTYPES.get(dtype_name) or _dtype(dtype_name)
+        dtype = _dtype(dtype_name)
         plan.append((name, shape, dtype, is_param and dtype.is_floating_point, key))
     used |= {rename(a) for a in tied}
     ignored = sorted(set(header) - used)
@@ -370,12 +386,18 @@ def _best_rename(names: set[str], keys: set[str], prefix: str):
     return max(candidates, key=lambda f: sum(f(n) in keys for n in names))
 
 
-def _depths(names: list[str]) -> list[float]:
-    """The stacks rule of the module docstring."""
-    stacks: dict[str, int] = {}  # stack prefix -> its layer count, in order of appearance
+def _stacks(names: list[str]) -> dict[str, int]:
+    """Numbered block stacks: prefix -> layer count, in order of first appearance."""
+    stacks: dict[str, int] = {}
     for n in names:
         if m := _STACK.search(n):
             stacks[n[: m.start(2)]] = max(stacks.get(n[: m.start(2)], 0), int(m[2]) + 1)
+    return stacks
+
+
+def _depths(names: list[str]) -> list[float]:
+    """The stacks rule of the module docstring."""
+    stacks = _stacks(names)
 
     def rank(stack: str) -> tuple[int, int]:
         role = 0 if "encoder" in stack else 2 if "decoder" in stack else 1
@@ -395,14 +417,6 @@ def _depths(names: list[str]) -> list[float]:
     return out
 
 
-def _num_layers(names: list[str]) -> int:
-    stacks: dict[str, set[int]] = {}
-    for n in names:
-        if m := _STACK.search(n):
-            stacks.setdefault(n[: m.start(2)], set()).add(int(m[2]))
-    return sum(max(v) + 1 for v in stacks.values())
-
-
 def _copy_small_files(source: Path, folder: Path) -> None:
     """Tokenizer, generation config and the like; never weights, never the source's config."""
     for p in sorted(source.iterdir()):
@@ -418,11 +432,8 @@ def _copy_small_files(source: Path, folder: Path) -> None:
 
 
 def _dtype(name: str) -> torch.dtype:
-    for dtype, code in WRITE_NAMES.items():
-        if code == name:
-            return dtype
-    raise SchemaError(f"unsupported tensor dtype {name}")
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return WRITE_NAMES[dtype]
+    """The torch dtype of a safetensors dtype name (any the files may hold, integers included)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise SchemaError(f"unsupported tensor dtype {name}") from None
