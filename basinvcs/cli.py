@@ -155,7 +155,7 @@ def commit(
     if model_path is not None:
         _commit_model(model_path, substrate, fisher_path, message)
         return
-    basin = porcelain.load_packet(packet_file.read())
+    basin = porcelain.load_packet(_read_input(packet_file, "packet"))
     with _repo() as repo:
         cid = porcelain.commit(repo, basin, message, allow_empty=allow_empty)
         branch = repo.current_branch()
@@ -352,6 +352,9 @@ def show(rev: str, fmt: str) -> None:
             for p in obj.parents:
                 click.echo(f"Parent: {p}")
             click.echo(f"Author: {_author(obj.author, names.get(obj.author, 'untrusted'))}")
+            if not porcelain.signature_ok(obj):
+                click.echo("Signature: BAD: the author's key did not sign this commit")
+                click.echo(f"warning: commit {cid} has a bad signature", err=True)
             click.echo(f"Date:   {_date(obj.time)}")
             if obj.specialize:
                 click.echo(f"Specialize: {obj.specialize}")
@@ -476,6 +479,8 @@ def _report_merge(result) -> None:
         )
         if result.bases > 1:
             click.echo(f"  {result.bases} best common ancestors: merged against their mean")
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
     click.echo(result.cid)
 
 
@@ -622,8 +627,13 @@ def key_remove(key_or_name: str) -> None:
 # -- plumbing: block and dag --------------------------------------------------------------------
 
 
-def _read_input(file) -> bytes:
-    return (file or sys.stdin.buffer).read()
+def _read_input(file, what: str = "block") -> bytes:
+    """FILE's bytes (stdin without one), at most one block: `/dev/zero` is refused, not read."""
+    from .inputs import read_stream
+    from .store.base import MAX_BLOCK_SIZE
+
+    stream = file or sys.stdin.buffer
+    return read_stream(stream, MAX_BLOCK_SIZE, f"{what} {getattr(stream, 'name', 'input')}")
 
 
 @main.group()
@@ -817,19 +827,17 @@ def substrate_add(
 
 def _setting(text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE read as JSON (3, true, "x", [1]) or else taken as a string."""
-    import json
+    from .inputs import InputError, NotJSON, parse_json
 
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--set")
     try:
-        return key, json.loads(value)
-    except RecursionError:
-        raise click.BadParameter(
-            f"the value of {key} is nested too deeply", param_hint="--set"
-        ) from None
-    except ValueError:
+        return key, parse_json(value, f"the value of {key}")
+    except NotJSON:
         return key, value
+    except InputError as exc:  # nested too deeply, NaN, an integer beyond the digit limit
+        raise click.BadParameter(str(exc), param_hint="--set") from None
 
 
 # -- diff / concepts ----------------------------------------------------------------------------
@@ -972,20 +980,32 @@ def push(remote_name: str, branch_name: str | None) -> None:
 @main.command()
 @click.argument("remote_name", metavar="[REMOTE]", default="origin")
 @click.argument("branch_name", metavar="[BRANCH]", required=False)
-@_merge_options
-def pull(remote_name: str, branch_name: str | None, **options) -> None:
-    """Fetch BRANCH from the heads REMOTE follows, verify everything, then merge it into HEAD."""
+def fetch(remote_name: str, branch_name: str | None) -> None:
+    """Fetch BRANCH from the heads REMOTE follows into REMOTE/BRANCH, verifying everything."""
+    with _repo() as repo:
+        _fetch(repo, remote_name, branch_name)
+
+
+def _fetch(repo, remote_name: str, branch_name: str | None) -> str:
     from . import sync
     from .refnames import remote_ref
 
+    fetched = sync.fetch(repo, remote_name, branch_name or sync.current_branch(repo))
+    click.echo(
+        f"fetched {fetched.branch} from heads record {fetched.heads} (seq {fetched.seq}): "
+        f"{fetched.fetched} new blocks"
+    )
+    return remote_ref(remote_name, fetched.branch)
+
+
+@main.command()
+@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("branch_name", metavar="[BRANCH]", required=False)
+@_merge_options
+def pull(remote_name: str, branch_name: str | None, **options) -> None:
+    """Fetch BRANCH from the heads REMOTE follows, verify everything, then merge it into HEAD."""
     with _repo() as repo:
-        branch = branch_name or sync.current_branch(repo)
-        fetched = sync.fetch(repo, remote_name, branch)
-        click.echo(
-            f"fetched {fetched.branch} from heads record {fetched.heads} (seq {fetched.seq}): "
-            f"{fetched.fetched} new blocks"
-        )
-        result = _merge(repo, remote_ref(remote_name, branch), **options)
+        result = _merge(repo, _fetch(repo, remote_name, branch_name), **options)
     _report_merge(result)
 
 

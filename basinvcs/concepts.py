@@ -1,7 +1,8 @@
 """Comparing basins (`basin diff`) and concepts, the directions specialisation branches took.
 
 Fisher distance (BRIEF §2): d(A, B) = sqrt(Σ_i F̄_i (z_A,i − z_B,i)²), F̄ the mean of the two
-packets' Fisher diagonals, identity standing in for a packet without one.
+packets' Fisher diagonals on the common scale, identity standing in for a packet without one (the
+metric itself is in basinvcs.metrics).
 
 A *concept* is a specialisation branch's direction: u = z(branch head) − z(parent of its fork
 commit), the fork commit being the newest commit on the branch's first-parent history whose
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from .codec import dagcbor
 from .errors import BasinError
+from .metrics import cosine, distance, mean_fisher
 from .objects import Basin, Commit, Entanglement, packet_limit
 
 # Random directions at d = 1024 have |cosine| around 1/sqrt(d) ≈ 0.03; 0.1 keeps links that are
@@ -34,19 +36,6 @@ MAX_LINKS = 8
 
 
 # -- the metric ---------------------------------------------------------------------------------
-
-
-def mean_fisher(fishers: Sequence[Sequence[float] | None], dim: int) -> list[float] | None:
-    """F̄: the mean of the given Fisher diagonals, identity for each None; None if all are None."""
-    if all(f is None for f in fishers):
-        return None
-    total = [0.0] * dim
-    for f in fishers:
-        if f is None:
-            total = [t + 1.0 for t in total]
-        else:
-            total = [t + v for t, v in zip(total, f, strict=True)]
-    return [t / len(fishers) for t in total]
 
 
 def metric_name(fisher_a: object, fisher_b: object) -> str:
@@ -91,21 +80,18 @@ def diff_basins(a: Basin, b: Basin, top: int = 10) -> Diff:
         )
     dim = a.chart.dim
     fbar = mean_fisher([a.fisher, b.fisher], dim) or [1.0] * dim
-    rows, sq, euclid = [], 0.0, 0.0
-    for i, (x, y) in enumerate(zip(a.z, b.z, strict=True)):
-        delta = y - x
-        if not delta:
-            continue
-        sq += fbar[i] * delta * delta
-        euclid += delta * delta
-        rows.append((i, x, y, math.sqrt(fbar[i]) * delta))
+    rows = [
+        (i, x, y, math.sqrt(fbar[i]) * (y - x))
+        for i, (x, y) in enumerate(zip(a.z, b.z, strict=True))
+        if y != x
+    ]
     rows.sort(key=lambda r: (-abs(r[3]), r[0]))
     ents_a = {(e.a, e.b): e for e in a.entanglements}
     ents_b = {(e.a, e.b): e for e in b.entanglements}
     return Diff(
-        distance=math.sqrt(sq),
+        distance=distance(a.z, b.z, fbar),
         metric=metric_name(a.fisher, b.fisher),
-        norm=math.sqrt(euclid),
+        norm=distance(a.z, b.z, None),
         changed=len(rows),
         dim=dim,
         top=rows[: max(top, 0)],
@@ -200,17 +186,6 @@ def concept_fisher(found: Mapping[str, Concept], dim: int) -> list[float] | None
     return mean_fisher([c.fisher for c in found.values()], dim) if found else None
 
 
-def strength(u: Sequence[float], v: Sequence[float], fisher: Sequence[float] | None = None):
-    """Fisher-weighted cosine of u and v, in [-1, 1]; None when either has zero Fisher norm."""
-    f = fisher if fisher is not None else [1.0] * len(u)
-    uv = math.fsum(w * x * y for w, x, y in zip(f, u, v, strict=True))
-    uu = math.fsum(w * x * x for w, x in zip(f, u, strict=True))
-    vv = math.fsum(w * y * y for w, y in zip(f, v, strict=True))
-    if uu <= 0 or vv <= 0:
-        return None
-    return max(-1.0, min(1.0, uv / math.sqrt(uu * vv)))
-
-
 def links(
     vectors: Mapping[str, Sequence[float]],
     fisher: Sequence[float] | None = None,
@@ -223,7 +198,7 @@ def links(
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            s = strength(vectors[a], vectors[b], fisher)
+            s = cosine(vectors[a], vectors[b], fisher)
             if s is not None and abs(s) >= floor:
                 out.append(Entanglement(a, b, s))
     out.sort(key=lambda e: (-abs(e.strength), e.a, e.b))

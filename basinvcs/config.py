@@ -8,13 +8,14 @@ so a crash leaves either the old config or the new one.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RepositoryError, SignatureError
+from .errors import BasinError, RepositoryError
 from .identity import format_key, parse_key
+from .inputs import parse_json, read_file
+from .merge import check_threshold, check_weight
 from .objects import Chart
 
 CONFIG_FILE = "config.json"
@@ -29,19 +30,28 @@ class TrustedKey:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.weight) or self.weight <= 0:
-            raise SignatureError(f"trust weight {self.weight} must be a positive number")
+        check_weight(self.weight, "trust weight")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Remote:
-    """An IPFS node to push to and pull through, and whose heads to pull (if anyone's)."""
+    """An IPFS node to push to and pull through, and whose heads to pull (if anyone's).
+
+    `bound` is the heads records' scope (signer/repository id) seen at the first fetch: from
+    then on only records of that scope are taken from this remote, so a node cannot serve the
+    same signer's record for another repository and move our remote-tracking refs.
+    """
 
     node: str  # multiaddr of the node's RPC API, e.g. /ip4/127.0.0.1/tcp/5001
     follow: str | None = None  # an IPNS name or a heads-record CID
+    bound: str | None = None  # Heads.scope of the records this remote serves
 
     def to_json(self) -> dict:
-        return {"node": self.node, **({"follow": self.follow} if self.follow else {})}
+        return {
+            "node": self.node,
+            **({"follow": self.follow} if self.follow else {}),
+            **({"bound": self.bound} if self.bound else {}),
+        }
 
 
 @dataclass
@@ -65,13 +75,14 @@ class SyncState:
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> SyncState:
+    def from_json(cls, doc: object) -> SyncState:
+        doc = _object(doc, "sync")
         return cls(
-            doc.get("repo"),
-            int(doc.get("seq", 0)),
-            {str(k): str(v) for k, v in doc.get("published", {}).items()},
-            {str(k): int(v) for k, v in doc.get("seen", {}).items()},
-            doc.get("heads"),
+            _optional(doc.get("repo"), str, "sync.repo"),
+            _count(doc.get("seq", 0), "sync.seq"),
+            {k: _typed(v, str, f"sync.published.{k}") for k, v in _map(doc, "published")},
+            {k: _count(v, f"sync.seen.{k}") for k, v in _map(doc, "seen")},
+            _optional(doc.get("heads"), str, "sync.heads"),
         )
 
 
@@ -98,32 +109,83 @@ class Config:
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> Config:
-        trusted = [
-            TrustedKey(parse_key(t["key"]), str(t["name"]), float(t["weight"]))
-            for t in doc.get("trusted", [])
-        ]
-        remotes = {
-            str(name): Remote(str(r["node"]), r.get("follow"))
-            for name, r in doc.get("remotes", {}).items()
-        }
+    def from_json(cls, doc: object) -> Config:
+        """A config from its JSON, every field checked: a wrong type is one line, not a crash
+        later in whichever command first touches it."""
+        doc = _object(doc, "config")
+        if "chart" not in doc:
+            raise RepositoryError("config has no chart")
+        trusted = []
+        for i, t in enumerate(_typed(doc.get("trusted", []), list, "trusted")):
+            t = _object(t, f"trusted[{i}]")
+            weight = check_weight(t.get("weight", 1.0), f"trusted[{i}].weight")
+            key = parse_key(_typed(t.get("key"), str, f"trusted[{i}].key"))
+            trusted.append(
+                TrustedKey(key, _typed(t.get("name"), str, f"trusted[{i}].name"), weight)
+            )
+        remotes = {}
+        for name, r in _map(doc, "remotes"):
+            r = _object(r, f"remotes.{name}")
+            remotes[name] = Remote(
+                _typed(r.get("node"), str, f"remotes.{name}.node"),
+                _optional(r.get("follow"), str, f"remotes.{name}.follow"),
+                _optional(r.get("bound"), str, f"remotes.{name}.bound"),
+            )
         return cls(
             Chart.from_node(doc["chart"]),
             trusted,
-            dict(doc.get("settings", {})),
+            _settings(doc.get("settings", {})),
             remotes,
             SyncState.from_json(doc.get("sync", {})),
         )
 
 
+def _settings(value: object) -> dict[str, object]:
+    """Settings as the commands read them; the merge thresholds must be finite numbers >= 0."""
+    settings = _object(value, "settings")
+    merge = _object(settings.get("merge", {}), "settings.merge")
+    for key in ("max_distance", "max_interference"):
+        if key in merge:
+            check_threshold(merge[key], f"settings.merge.{key}")
+    return settings
+
+
+def _object(value: object, what: str) -> dict:
+    return _typed(value, dict, what)
+
+
+def _map(doc: dict, key: str) -> list[tuple[str, object]]:
+    return list(_object(doc.get(key, {}), key).items())
+
+
+def _typed(value: object, kind: type, what: str):
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise RepositoryError(f"config {what} must be {_KINDS[kind]}, not {type(value).__name__}")
+    return value
+
+
+def _optional(value: object, kind: type, what: str):
+    return None if value is None else _typed(value, kind, what)
+
+
+def _count(value: object, what: str) -> int:
+    if not 0 <= _typed(value, int, what) < 1 << 63:
+        raise RepositoryError(f"config {what} {value} is out of range")
+    return value
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(basin_dir: Path) -> Config:
     path = basin_dir / CONFIG_FILE
+    if not path.exists():
+        raise RepositoryError(f"repository config {path} is missing")
     try:
-        return Config.from_json(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise RepositoryError(f"repository config {path} is missing") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RepositoryError(f"repository config {path} is unreadable: {exc!r}") from None
+        return Config.from_json(parse_json(read_file(path, MAX_CONFIG_BYTES, "config"), "config"))
+    except BasinError as exc:
+        raise RepositoryError(f"repository config {path} is unusable: {exc}") from None
 
 
 def save_config(basin_dir: Path, config: Config) -> None:

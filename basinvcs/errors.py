@@ -59,3 +59,8 @@ class CarError(BasinError):
 
 class RemoteError(BasinError):
     """An IPFS node that cannot be reached, refuses a request, or answers with something wrong."""
+
+
+class InputError(BasinError):
+    """A file or stream handed to us that is not what it must be: too large, not a regular file
+    where one is needed, or not strict JSON."""

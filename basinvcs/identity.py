@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import base58
-from .errors import SignatureError
+from .errors import BasinError, SignatureError
 
 _ED25519_PUB = b"\xed\x01"  # multicodec varint for ed25519-pub
 IDENTITY_FILE = "identity.json"
@@ -85,11 +85,13 @@ def load_identity(home: Path | None = None) -> Identity | None:
     path = identity_path(home)
     if not path.exists():
         return None
+    from .inputs import parse_json, read_file
+
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json(read_file(path, 1 << 16, "identity file"), str(path))
         seed = base64.b64decode(doc["seed"], validate=True)
         name = str(doc.get("name", ""))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (BasinError, ValueError, KeyError, TypeError) as exc:
         raise SignatureError(f"unreadable identity file {path}: {exc}") from None
     if doc.get("type") != "ed25519" or len(seed) != 32:
         raise SignatureError(f"unreadable identity file {path}: not an Ed25519 seed")

@@ -23,6 +23,7 @@ from .identity import (
     parse_key,
     verify_signature,
 )
+from .metrics import mean_fisher
 from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
 from .refnames import HEAD, REMOTES, branch_ref, check_branch_name, short_name
 from .repository import BASIN_DIR, Repository
@@ -74,15 +75,48 @@ def _sign(ident: Identity, commit: Commit) -> Commit:
     return commit.signed(ident.sign)
 
 
+def signature_ok(commit: Commit) -> bool:
+    """Whether the commit was signed by the key it names as its author."""
+    return verify_signature(commit.author, commit.signing_bytes(), commit.signature)
+
+
 # -- commit / fork ------------------------------------------------------------------------------
 
 
+_JSON_STARTS = b'{["-0123456789tfn'  # none of them starts a DAG-CBOR map (0xa0-0xbb)
+
+
 def load_packet(data: bytes) -> Basin:
-    """A basin packet from a file's bytes, DAG-CBOR or DAG-JSON (told apart by the first byte)."""
-    if data[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+    """A basin packet from a file's bytes, DAG-CBOR or DAG-JSON, told apart by the first byte:
+    a packet is a map, so DAG-CBOR starts with 0xa0-0xbb and anything JSON can start with is
+    read as DAG-JSON (a JSON list is then called a list, not a truncated byte string)."""
+    first = data.lstrip()[:1]
+    if not first:
+        raise SchemaError("the input is empty, not a basin packet")
+    if first in _JSON_STARTS:
         node = dagjson.decode(data.strip())
+        if not isinstance(node, dict):
+            raise SchemaError(f"the input is DAG-JSON holding {_kind(node)}, not a basin packet")
         return Basin.from_node(node)
+    if not 0xA0 <= data[0] <= 0xBB:
+        raise SchemaError(
+            f"the input is not a basin packet: it starts with byte 0x{data[0]:02x}, and a packet "
+            "is a DAG-CBOR map (0xa0-0xbb) or DAG-JSON"
+        )
     return Basin.decode(data)
+
+
+def _kind(node: object) -> str:
+    kinds = {
+        list: "a list",
+        str: "a string",
+        bytes: "bytes",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        type(None): "null",
+    }
+    return kinds.get(type(node), "a link" if isinstance(node, CID) else type(node).__name__)
 
 
 def commit(
@@ -271,6 +305,8 @@ def verify(repo: Repository) -> VerifyReport:
     """Check everything reachable from every ref: hashes, links, packets, signatures, trust."""
     report = VerifyReport()
     _check_database(repo, report)
+    if report.problems:  # a damaged file: every read below would only repeat it
+        return report
     pending: list[CID] = []
     for ref in [repo.head(), *repo.store.list_refs()]:
         if ref.symbolic:
@@ -313,7 +349,7 @@ def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit |
     except BasinError as exc:
         report.problems.append((str(cid), str(exc)))
         return None
-    if not verify_signature(commit_.author, commit_.signing_bytes(), commit_.signature):
+    if not signature_ok(commit_):
         report.problems.append((str(cid), f"bad signature by {format_key(commit_.author)}"))
     if repo.config.trusted_key(commit_.author) is None:
         report.untrusted.setdefault(commit_.author, []).append(str(cid))
@@ -473,6 +509,7 @@ class MergeResult:
     assessment: object | None = None
     weights: tuple[float, float] = (1.0, 1.0)
     bases: int = 0
+    notes: list[str] = field(default_factory=list)  # what the user should know about the weights
 
 
 def merge(
@@ -499,6 +536,20 @@ def merge(
 
     if strategy not in mm.STRATEGIES:
         raise BasinError(f"unknown merge strategy {strategy!r} (known: {', '.join(mm.STRATEGIES)})")
+    weight = mm.check_weight(weight, "--weight")
+    settings = repo.config.settings.get("merge", {})
+    limit_d = mm.check_threshold(
+        max_distance
+        if max_distance is not None
+        else settings.get("max_distance", mm.DEFAULT_MAX_DISTANCE),
+        "maximum Fisher distance",
+    )
+    limit_i = mm.check_threshold(
+        max_interference
+        if max_interference is not None
+        else settings.get("max_interference", mm.DEFAULT_MAX_INTERFERENCE),
+        "maximum interference",
+    )
     ours, theirs = repo.head_commit(), repo.resolve(rev)
     repo.read_commit(theirs)
     graph = history.commit_graph(repo.store)
@@ -521,22 +572,12 @@ def merge(
     base_z = _virtual_base(repo, bases)
     our_commit = repo.read_commit(ours)
     our_basin = repo.read_basin(our_commit.basin)
+    notes: list[str] = []
     sides = [
-        _side(repo, our_commit.author, our_basin, 1.0),
-        _side(repo, repo.read_commit(theirs).author, their_basin, weight),
+        _side(repo, our_commit.author, our_basin, 1.0, "ours", notes),
+        _side(repo, repo.read_commit(theirs).author, their_basin, weight, "theirs", notes),
     ]
     verdict = mm.assess(base_z, *sides)
-    settings = repo.config.settings.get("merge", {})
-    limit_d = (
-        max_distance
-        if max_distance is not None
-        else float(settings.get("max_distance", mm.DEFAULT_MAX_DISTANCE))
-    )
-    limit_i = (
-        max_interference
-        if max_interference is not None
-        else float(settings.get("max_interference", mm.DEFAULT_MAX_INTERFERENCE))
-    )
     why = verdict.refused(limit_d, limit_i)
     if why and not force and strategy not in ("ours", "theirs"):
         raise MergeRefused(
@@ -544,8 +585,11 @@ def merge(
         )
 
     z = mm.combine(base_z, *sides, strategy)
-    fishers = [b.fisher for b in (our_basin, their_basin) if b.fisher is not None]
-    fisher = [sum(v) / len(fishers) for v in zip(*fishers, strict=True)] if fishers else None
+    # the merged diagonal: the sides' on the common scale, averaged (a side without one has none
+    # to give, so it does not dilute the other's)
+    fisher = mean_fisher(
+        [b.fisher for b in (our_basin, their_basin) if b.fisher is not None], len(base_z)
+    )
     labels = list(dict.fromkeys([*our_basin.labels, *their_basin.labels]))
     ents = {(e.a, e.b): e for e in (*their_basin.entanglements, *our_basin.entanglements)}
     merged = Basin.create(
@@ -581,7 +625,7 @@ def merge(
         cid = repo.write_commit(commit_)
         repo.move_head(cid, ours, f"merge {rev}: {strategy}")
     return MergeResult(
-        "merge", cid, strategy, verdict, (sides[0].weight, sides[1].weight), len(bases)
+        "merge", cid, strategy, verdict, (sides[0].weight, sides[1].weight), len(bases), notes
     )
 
 
@@ -589,7 +633,7 @@ def _check_incoming(repo: Repository, incoming: set[str], allow_untrusted: bool)
     """Every commit a merge would bring in must be signed correctly, by a trusted key."""
     for text in sorted(incoming):
         commit_ = repo.read_commit(CID.parse(text))
-        if not verify_signature(commit_.author, commit_.signing_bytes(), commit_.signature):
+        if not signature_ok(commit_):
             raise BasinError(f"merge refused: commit {text} has a bad signature")
         if not allow_untrusted and repo.config.trusted_key(commit_.author) is None:
             raise BasinError(
@@ -605,15 +649,39 @@ def _virtual_base(repo: Repository, bases: list[CID]) -> list[float]:
     return [sum(v) / len(zs) for v in zip(*zs, strict=True)]
 
 
-def _side(repo: Repository, author: bytes, basin: Basin, extra: float):
+def _side(repo: Repository, author: bytes, basin: Basin, extra: float, which: str, notes):
     from .merge import Side, capacity
 
     trusted = repo.config.trusted_key(author)
-    params = basin.substrate.params if basin.substrate is not None else None
-    weight = (trusted.weight if trusted else 1.0) * capacity(params) * extra
+    weight = (trusted.weight if trusted else 1.0) * capacity(_params(basin, which, notes)) * extra
     return Side(
         list(basin.z), list(basin.fisher) if basin.fisher is not None else None, basin.beta, weight
     )
+
+
+def _params(basin: Basin, which: str, notes: list[str]) -> int | None:
+    """The parameter count a side's capacity may use: that of the registered substrate with the
+    packet's fingerprint, counted here. What the packet claims only says whether to look (up to
+    1M counts 1 anyway); a substrate this machine does not have counts 1, and the notes say so."""
+    from .merge import capacity
+
+    ref = basin.substrate
+    if ref is None or capacity(ref.params) == 1.0:
+        return None
+    from .model.registry import registered_params
+
+    counted = registered_params(ref.fingerprint)
+    if counted is None:
+        notes.append(
+            f"{which}: substrate {ref.name} is not registered here: its claimed {ref.params:,} "
+            "parameters are not counted (capacity 1)"
+        )
+    elif counted != ref.params:
+        notes.append(
+            f"{which}: substrate {ref.name} claims {ref.params:,} parameters; counted "
+            f"{counted:,} from the registered substrate"
+        )
+    return counted
 
 
 def _conflict_report(verdict, max_distance: float, max_interference: float) -> list[str]:

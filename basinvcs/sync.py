@@ -32,10 +32,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .car import read_car_bytes, write_car
+from .car import read_car, write_car
 from .cid import CID, DAG_CBOR
 from .config import Config, Remote, SyncState, TrustedKey
-from .errors import BasinError, BlockNotFound, RefError, RemoteError, RepositoryError, SchemaError
+from .errors import (
+    BasinError,
+    BlockNotFound,
+    CarError,
+    RefError,
+    RemoteError,
+    RepositoryError,
+    SchemaError,
+)
 from .identity import default_name, format_key, load_or_create_identity, parse_key, require_identity
 from .ipfs import Node, check_address
 from .objects import Commit
@@ -290,17 +298,39 @@ def fetch(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = N
     heads_cid = resolve_source(node, target.follow)
     heads = read_heads(node, heads_cid)
     _check_heads(repo, heads, heads_cid)
+    if target.bound is not None and heads.scope != target.bound:
+        raise RemoteError(
+            f"heads record {heads_cid} is for repository {heads.scope}; remote {remote!r} has "
+            f"served {target.bound} since its first fetch: refusing another repository's record"
+        )
     if branch not in heads.heads:
         raise RefError(
             f"the heads record {heads_cid} has no branch {branch!r} "
             f"(it has: {', '.join(sorted(heads.heads))})"
         )
     head = heads.heads[branch]
+    _check_not_backwards(repo, remote_ref(remote, branch), head, heads_cid)
     plan = _fetch(repo, node, [head], "pull")
     apply_plan(repo, plan, [(remote_ref(remote, branch), head, f"pull: {branch} from {remote}")])
     repo.config.sync.seen[heads.scope] = max(heads.seq, repo.config.sync.seen.get(heads.scope, 0))
+    target.bound = heads.scope
     repo.save_config()
     return FetchResult(heads_cid, heads.seq, branch, head, plan.blocks)
+
+
+def _check_not_backwards(repo: Repository, ref: str, head: CID, heads_cid: CID) -> None:
+    """Refuse to move a remote-tracking ref to an ancestor of where it is: that is a rollback
+    (a replayed or forged record), whatever its sequence number says."""
+    from . import history
+
+    old = repo.store.read_ref(ref)
+    if old is None or old.target == str(head) or not repo.store.is_indexed_commit(head):
+        return  # new, unchanged, or a commit we never had: not behind anything we hold
+    if history.is_ancestor(history.commit_graph(repo.store), head, CID.parse(old.target)):
+        raise RemoteError(
+            f"heads record {heads_cid} would move {ref} back from {old.target} to its ancestor "
+            f"{head}: refusing a rollback"
+        )
 
 
 def _fetch(repo: Repository, node: Node, heads: list[CID], label: str) -> FetchPlan:
@@ -355,7 +385,7 @@ def clone(
     config = Config(
         heads.chart,
         trusted,
-        remotes={DEFAULT_REMOTE: Remote(client.addr, source)},
+        remotes={DEFAULT_REMOTE: Remote(client.addr, source, heads.scope)},
         sync=SyncState(seen={heads.scope: heads.seq}),
     )
     staging = target.parent / f".{target.name}.clone-{uuid.uuid4().hex[:8]}"
@@ -437,14 +467,9 @@ def import_car(repo: Repository, path: Path | str, branch: str | None = None) ->
     it as a new branch. Every block is verified first; any bad block refuses the whole file."""
     if branch is not None and repo.branch_commit(check_branch_name(branch)) is not None:
         raise RefError(f"a branch named {branch!r} already exists")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise RepositoryError(f"cannot read {path}: {exc.strerror}") from None
-    roots, blocks = read_car_bytes(data)
+    roots, table = _read_car_file(Path(path))
     if len(roots) != 1:
         raise SchemaError(f"{path} has {len(roots)} roots; a basin CAR has exactly one commit")
-    table = dict(blocks)
     root = roots[0]
 
     def get(cid: CID) -> bytes:
@@ -457,7 +482,28 @@ def import_car(repo: Repository, path: Path | str, branch: str | None = None) ->
     refs = [(branch_ref(branch), root, f"import: {path}")] if branch else []
     apply_plan(repo, plan, refs)
     ignored = sum(1 for cid in table if not repo.store.has(cid))  # what the history did not need
-    return ImportResult(root, len(blocks), plan.blocks, ignored)
+    return ImportResult(root, len(table), plan.blocks, ignored)
+
+
+MAX_IMPORT_BYTES = 1 << 30  # a CAR's blocks, held in memory until every one is verified
+
+
+def _read_car_file(path: Path) -> tuple[list[CID], dict[CID, bytes]]:
+    """A CAR file's roots and blocks, streamed: each block within the block limit (read_car),
+    all of them within MAX_IMPORT_BYTES, so no file can exhaust memory."""
+    try:
+        with path.open("rb") as fh:
+            roots, sections = read_car(fh)
+            table: dict[CID, bytes] = {}
+            total = 0
+            for cid, data in sections:
+                total += len(data)
+                if total > MAX_IMPORT_BYTES:
+                    raise CarError(f"{path} holds over {MAX_IMPORT_BYTES} bytes of blocks")
+                table[cid] = data
+    except OSError as exc:
+        raise RepositoryError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return roots, table
 
 
 # -- discovery -----------------------------------------------------------------------------------

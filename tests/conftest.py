@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from basinvcs import porcelain
 from basinvcs.cli import main
@@ -18,6 +22,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 DIM = 64  # small chart for most tests; d = 1024 where packet size matters
 
+# Hypothesis, for the fuzz tests (test_fuzz_*.py). "ci", the default, is short and derandomized:
+# the suite stays fast and every run tries the same examples. scripts/fuzz selects "long"
+# (BASIN_FUZZ_PROFILE=long, BASIN_FUZZ_EXAMPLES per test), fresh random examples on every run.
+# No example database, and hypothesis's own cache goes to the temp dir, not into the repository.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "basinvcs-hypothesis")
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None)
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("BASIN_FUZZ_EXAMPLES", "5000")),
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("BASIN_FUZZ_PROFILE", "ci"))
+
 
 @pytest.fixture(autouse=True)
 def basin_home(tmp_path_factory, monkeypatch) -> Path:
@@ -27,6 +47,21 @@ def basin_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("BASIN_AUTHOR", "tester")
     monkeypatch.delenv("BASIN_DIR", raising=False)
     return home
+
+
+@pytest.fixture
+def no_hang():
+    """Fail, rather than hang, a test whose code blocks (a FIFO opened for reading): 20 s."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("blocked for 20 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

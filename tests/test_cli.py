@@ -406,3 +406,112 @@ def test_log_graph_puts_connectors_beside_the_entry(repo_dir, cli):
     lines = cli("log", "--graph", "--all").output.splitlines()
     med = next(i for i, ln in enumerate(lines) if ln.startswith("| * commit"))
     assert lines[med + 1].startswith("|/  Author:")
+
+
+# -- every input bounded --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("commit", "--packet", "/dev/zero", "-m", "x"),
+        ("dag", "put", "/dev/zero"),
+        ("dag", "put", "--input-codec", "dag-cbor", "/dev/zero"),
+        ("block", "put", "/dev/zero"),
+        ("import", "/dev/zero"),
+    ],
+)
+def test_endless_input_is_refused_not_swallowed(repo_dir, cli, args):
+    before = state(repo_dir)
+    result = cli.fails(*args)
+    assert "limit" in result.stderr or "CAR" in result.stderr, result.stderr
+    assert state(repo_dir) == before
+
+
+@pytest.mark.parametrize("args", [("commit", "--packet", "-", "-m", "x"), ("block", "put")])
+def test_endless_stdin_is_refused(repo_dir, cli, args):
+    result = cli.fails(*args, input=b"\0" * ((1 << 20) + 1))
+    assert "over the 1048576-byte limit" in result.stderr
+
+
+def test_a_car_over_the_import_limit_is_refused_while_streaming(
+    repo_dir, cli, tmp_path, monkeypatch
+):
+    from basinvcs import sync
+
+    out = tmp_path / "h.car"
+    cli("export", "-o", str(out))
+    monkeypatch.setattr(sync, "MAX_IMPORT_BYTES", 100)  # the genesis packet alone is larger
+    before = state(repo_dir)
+    assert "holds over 100 bytes of blocks" in cli.fails("import", str(out)).stderr
+    assert state(repo_dir) == before
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[1, 2, 3]", "the input is DAG-JSON holding a list, not a basin packet"),
+        (b'  "a packet"', "the input is DAG-JSON holding a string, not a basin packet"),
+        (b"17", "the input is DAG-JSON holding an integer, not a basin packet"),
+        (b"null", "the input is DAG-JSON holding null, not a basin packet"),
+        (b"\x83\x01\x02\x03", "starts with byte 0x83, and a packet is a DAG-CBOR map"),
+        (b"", "the input is empty, not a basin packet"),
+        (b"\n\t ", "the input is empty, not a basin packet"),
+    ],
+)
+def test_a_packet_that_is_not_a_map_says_what_it_is(repo_dir, cli, tmp_path, content, message):
+    (tmp_path / "p").write_bytes(content)
+    before = state(repo_dir)
+    assert message in cli.fails("commit", "--packet", str(tmp_path / "p"), "-m", "x").stderr
+    assert state(repo_dir) == before
+
+
+def damage_pages(repo_dir) -> None:
+    """Overwrite the middle of every page but the first (the schema) of the block database."""
+    db = repo_dir / ".basin" / "basin.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    size = db.stat().st_size
+    with db.open("r+b") as fh:
+        for page in range(1, size // 4096):
+            fh.seek(page * 4096 + 100)
+            fh.write(b"\xde\xad\xbe\xef" * 200)
+
+
+def test_a_damaged_database_is_named_in_one_line_by_verify(repo_dir, cli):
+    for i in range(8):
+        cli("fork", "general", "--specialize", f"s{i}")
+    damage_pages(repo_dir)
+    result = cli("verify", ok=False)
+    assert result.exit_code == 1
+    errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and "database check failed" in errors[0], result.stderr
+    assert errors[0].startswith("error:") and "more findings" in errors[0]
+    # other commands read what they can, or stop at the damage with one line; never a traceback
+    for command in (("log",), ("status",), ("show", "HEAD"), ("branch",), ("log", "s3")):
+        result = cli(*command, ok=False)
+        errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert result.exit_code == 0 or (len(errors) == 1 and "damaged" in errors[0]), errors
+
+
+def test_show_says_when_a_signature_is_bad(repo_dir, cli):
+    from basinvcs.identity import Identity, format_key
+    from basinvcs.objects import Commit
+
+    bob = Identity(bytes(range(32)), "bob")
+    mallory = Identity(bytes(range(1, 33)), "mallory")
+    cli("key", "add", format_key(bob.public_key), "--name", "bob")
+    with Repository.open(repo_dir) as repo:
+        basin = repo.write_basin(packet(3))
+        forged = Commit(basin, (repo.head_commit(),), bob.public_key, 1, "from bob, honest")
+        forged = forged.signed(mallory.sign)  # signed by mallory, naming bob
+        honest = Commit(basin, (repo.head_commit(),), bob.public_key, 2, "really bob")
+        honest = honest.signed(bob.sign)
+        forged_cid, honest_cid = repo.write_commit(forged), repo.write_commit(honest)
+    out = cli("show", str(forged_cid))
+    assert "Author: bob" in out.output
+    assert "Signature: BAD: the author's key did not sign this commit" in out.output
+    assert f"warning: commit {forged_cid} has a bad signature" in out.stderr
+    out = cli("show", str(honest_cid))
+    assert "Signature: BAD" not in out.output and not out.stderr

@@ -34,14 +34,17 @@ def test_diff_with_fisher_uses_the_mean_of_both_diagonals(repo_dir, cli):
     a = commit(repo_dir, vec(c0=1.0, c1=1.0), "a", fisher=fa)
     b = commit(repo_dir, vec(c0=2.0, c1=-1.0), "b", fisher=fb)
     out = cli("diff", a, b).output
-    # F̄ = (3, 0.625); Δ = (1, -2): sqrt(3 + 0.625 * 4)
-    assert f"Fisher distance: {math.sqrt(5.5):.6g}" in out
+    # each diagonal on the common scale (divided by its maximum, then by its mean), then averaged
+    mean_a, mean_b = (1 + 0.25 * (DIM - 1)) / DIM, (1 + 0.125 + 0.5 * (DIM - 2)) / DIM
+    f0, f1 = (1 / mean_a + 1 / mean_b) / 2, (0.25 / mean_a + 0.125 / mean_b) / 2
+    # Δ = (1, -2)
+    assert f"Fisher distance: {math.sqrt(f0 + 4 * f1):.6g}" in out
     assert "mean of both packets' Fisher diagonals" in out
     assert f"|z_B - z_A|:     {math.sqrt(5):.6g}" in out
     rows = out.split("change): 2\n")[1].splitlines()[:2]
     assert rows == [
-        f"      0  +1  +2  {math.sqrt(3):+.6g}",
-        f"      1  +1  -1  {-math.sqrt(2.5):+.6g}",
+        f"      0  +1  +2  {math.sqrt(f0):+.6g}",
+        f"      1  +1  -1  {-2 * math.sqrt(f1):+.6g}",
     ]
     c = commit(repo_dir, vec(c0=2.0, c1=-1.0), "c, no fisher")
     out = cli("diff", "HEAD~1", c).output  # F̄ = (2 + 1, 0.25 + 1) / 2 on a zero Δ

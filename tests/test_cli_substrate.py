@@ -107,6 +107,11 @@ def test_pickle_is_never_loaded(cli, tmp_path, config, basin_home, writer):
         ("mine", {"n_head": 5}, "d_model 32 is not divisible by n_head 5"),
         ("mine", {"n_head": 4, "heads": 4}, "unknown config field 'heads'"),
         ("mine", [4], "must hold a JSON object"),
+        ("mine", {"n_head": 10**400}, "n_head must be a positive integer below 2^31"),
+        ("mine", {"n_head": 2**40}, "n_head must be a positive integer below 2^31"),
+        ("mine", {"n_head": 4.0}, "n_head must be a positive integer"),
+        ("mine", "deep", "nests deeper than 100 levels"),
+        ("mine", "nan", "holds NaN, which JSON does not allow"),
         ("mine", None, "n_head is not revealed by any tensor shape"),
         ("tiny", {"n_head": 4}, "substrate name 'tiny' is taken by a preset"),
         ("TINY", {"n_head": 4}, "substrate name 'TINY' is taken by a preset"),
@@ -119,7 +124,8 @@ def test_add_refusals(cli, weights, tmp_path, basin_home, name, config_doc, mess
     args = ["substrate", "add", name, "--weights", str(weights)]
     if config_doc is not None:
         path = tmp_path / "c.json"
-        path.write_text(json.dumps(config_doc))
+        raw = {"deep": "[" * 100_000, "nan": '{"n_head": NaN}'}
+        path.write_text(raw[config_doc] if isinstance(config_doc, str) else json.dumps(config_doc))
         args += ["--config", str(path)]
     assert message in cli.fails(*args).stderr
     assert registry(basin_home) == []

@@ -8,6 +8,7 @@ import pytest
 from basinvcs import concepts as cc
 from basinvcs import porcelain
 from basinvcs.errors import BasinError
+from basinvcs.metrics import cosine
 from basinvcs.objects import Basin, Chart, Entanglement
 from basinvcs.repository import Repository
 from tests.conftest import CHART, DIM, commit_z, vec
@@ -26,16 +27,6 @@ def vectors(repo_dir):
 # -- the arithmetic ------------------------------------------------------------------------------
 
 
-def test_strength_is_the_fisher_weighted_cosine():
-    u, v = vec(c0=1.0, c1=1.0), vec(c0=1.0)
-    assert cc.strength(u, v) == pytest.approx(1 / math.sqrt(2))
-    fisher = [3.0, 1.0] + [1.0] * (DIM - 2)
-    # Σ F u v = 3, Σ F u² = 4, Σ F v² = 3: 3 / sqrt(12)
-    assert cc.strength(u, v, fisher) == pytest.approx(3 / math.sqrt(12))
-    assert cc.strength(u, vec()) is None
-    assert cc.strength(u, [-x for x in u]) == -1.0
-
-
 def test_links_respect_the_floor_the_limit_and_sort_order():
     vs = {
         "b": vec(c0=1.0),
@@ -50,11 +41,6 @@ def test_links_respect_the_floor_the_limit_and_sort_order():
     assert len(cc.links(vs, floor=0.0, limit=None)) == 6
     many = {f"k{i}": vec(c0=1.0, **{f"c{i + 1}": 0.1}) for i in range(6)}  # 15 strong pairs
     assert len(cc.links(many)) == cc.MAX_LINKS
-
-
-def test_mean_fisher_counts_identity_for_packets_without_one():
-    assert cc.mean_fisher([None, None], 2) is None
-    assert cc.mean_fisher([[3.0, 5.0], None], 2) == [2.0, 3.0]
 
 
 # -- in a repository ----------------------------------------------------------------------------
@@ -73,9 +59,9 @@ def test_orthogonal_identical_and_opposite_branches(repo_dir):
     vs = vectors(repo_dir)
     assert sorted(vs) == ["a", "opp", "orth", "same"]  # general has no specialisation
     assert vs["a"] == vec(c0=1.0, c1=2.0)  # the change since the fork, not z itself
-    assert cc.strength(vs["a"], vs["same"]) == pytest.approx(1.0)
-    assert cc.strength(vs["a"], vs["opp"]) == pytest.approx(-1.0)
-    assert cc.strength(vs["a"], vs["orth"]) == 0.0
+    assert cosine(vs["a"], vs["same"]) == pytest.approx(1.0)
+    assert cosine(vs["a"], vs["opp"]) == pytest.approx(-1.0)
+    assert cosine(vs["a"], vs["orth"]) == 0.0
     with Repository.open(repo_dir) as repo:
         graph = cc.concept_graph(repo)
     assert isinstance(graph, nx.Graph)
@@ -95,8 +81,10 @@ def test_fisher_weighted_links_use_the_mean_of_the_heads(repo_dir):
     commit_z(repo_dir, vec(c0=1.0, c1=-1.0), "b")  # no Fisher: identity
     with Repository.open(repo_dir) as repo:
         graph = cc.concept_graph(repo)
-    # F̄ = (4 + 1) / 2 on c0, 1 on c1: (2.5 - 1) / (2.5 + 1)
-    assert graph.edges["a", "b"]["weight"] == pytest.approx(1.5 / 3.5)
+    # a's Fisher on the common scale: [4, 1, ...] / 4 / mean, averaged with identity
+    mean = (1 + 0.25 * (DIM - 1)) / DIM
+    f0, f1 = (1 / mean + 1) / 2, (0.25 / mean + 1) / 2
+    assert graph.edges["a", "b"]["weight"] == pytest.approx((f0 - f1) / (f0 + f1))
     assert graph.graph["fisher"] is True
 
 

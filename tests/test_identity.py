@@ -45,3 +45,20 @@ def test_unreadable_identity_file_is_a_clear_error(basin_home):
     (basin_home / "identity.json").write_text(json.dumps({"type": "ed25519", "seed": "AAAA"}))
     with pytest.raises(SignatureError, match="unreadable identity file"):
         identity.load_identity()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[" * 100_000, '{"type": "ed25519", "seed": NaN}', "[]", '"x"', "\xff", "x" * 70_000],
+)
+def test_a_damaged_identity_file_is_one_line(basin_home, content, cli, tmp_path):
+    (basin_home / "identity.json").write_text(content)
+    with pytest.raises(SignatureError, match="unreadable identity file"):
+        identity.load_identity()
+    assert "unreadable identity file" in cli.fails("init", str(tmp_path / "r")).stderr
+
+
+def test_an_identity_file_that_is_a_fifo_is_refused(basin_home, no_hang):
+    os.mkfifo(basin_home / "identity.json")
+    with pytest.raises(SignatureError, match="is not a regular file"):
+        identity.load_identity()

@@ -6,6 +6,7 @@ import torch
 from basinvcs import merge as mm
 from basinvcs import porcelain
 from basinvcs.identity import Identity
+from basinvcs.metrics import common_scale
 from basinvcs.objects import Basin, Chart, Commit
 from basinvcs.repository import Repository
 from tests.conftest import CHART, DIM, commit_z, state, vec
@@ -242,3 +243,134 @@ def test_a_merge_updates_the_links_between_the_concepts_it_carries(repo_dir, cli
         links = repo.read_basin(repo.read_commit(repo.head_commit()).basin).entanglements
     assert [(e.a, e.b) for e in links] == [("a", "b")]
     assert links[0].strength == pytest.approx(0.5)
+
+
+# -- nothing a packet says about itself switches the check off -----------------------------------
+
+FLOAT_MAX = 1.7976931348623157e308
+
+
+def agree_then_flip(dim: int, agree: int):
+    """Ours: a dense change. Theirs: the same on `agree` coordinates, sign-flipped on the rest,
+    with a Fisher diagonal at the float maximum where it agrees (the overflow attack)."""
+    gen = torch.Generator().manual_seed(0)
+    za = torch.randn(dim, generator=gen).tolist()
+    zb = [a if i < agree else -a for i, a in enumerate(za)]
+    fb = [FLOAT_MAX] * agree + [FLOAT_MAX * 2**-15] * (dim - agree)
+    return za, zb, fb
+
+
+@pytest.mark.parametrize("ours_fisher", [None, "flat", "huge"])
+def test_a_fisher_at_the_float_maximum_cannot_pass_a_sign_flip(repo_dir, cli, ours_fisher):
+    za, zb, fb = agree_then_flip(DIM, 4)
+    fa = {None: None, "flat": [1.0] * DIM, "huge": [FLOAT_MAX] * DIM}[ours_fisher]
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, za, "ours", fisher=fa)
+    cli("fork", "general", "--specialize", "b")
+    commit_z(repo_dir, zb, "theirs, flipped, with an overflowing Fisher", fisher=fb)
+    cli("checkout", "a")
+    before = state(repo_dir)
+    result = cli("merge", "b", ok=False)
+    assert result.exit_code == 1 and "error: merge of b refused: interference" in result.stderr
+    assert state(repo_dir) == before
+    # forced through, the fisher strategy still keeps what we hold where they claim little,
+    # and the merged Fisher is back on the common scale
+    cli("merge", "b", "--force")
+    with Repository.open(repo_dir) as repo:
+        merged = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+    assert sum(1 for x, a in zip(merged.z, za, strict=True) if x * a < 0) == 0
+    assert max(merged.fisher) <= DIM
+
+
+def test_the_assessment_cannot_overflow():
+    za, zb, fb = agree_then_flip(1024, 4)
+    for fa in (None, [FLOAT_MAX] * 1024):
+        big = [3.4e38 * (1 if v > 0 else -1) for v in zb]  # the largest float32 coordinates
+        verdict = mm.assess([0.0] * 1024, side(za, fa), side(big, fb))
+        assert verdict.interference > 0.99 and verdict.relative > 1
+        merged = mm.combine([0.0] * 1024, side(za, fa), side(big, fb), "fisher")
+        assert all(abs(v) < 3.5e38 for v in merged)
+
+
+def test_their_fisher_can_steer_the_weights_but_not_lower_the_interference():
+    za, zb, fb = agree_then_flip(DIM, 4)
+    identity_view = sum(a * a for a in za[4:]) / sum(a * a for a in za)
+    verdict = mm.assess([0.0] * DIM, side(za), side(zb, fb))
+    assert verdict.interference == pytest.approx(identity_view)  # our (identity) view counts
+    fbar = [(1 + f) / 2 for f in common_scale(fb, DIM)]
+    mean_view = sum(f * a * a for f, a in zip(fbar[4:], za[4:], strict=True)) / sum(
+        f * a * a for f, a in zip(fbar, za, strict=True)
+    )
+    assert mean_view < 0.8 < identity_view  # F̄ alone would have let it through
+
+
+def test_non_finite_results_are_refused_not_written():
+    with pytest.raises(mm.MergeArithmeticError, match="value 0 of the merged β is inf"):
+        mm.merge_beta(
+            mm.Side(vec(), None, (FLOAT_MAX,), 1.0), mm.Side(vec(), None, (FLOAT_MAX,), 1.0)
+        )
+    with pytest.raises(porcelain.BasinError, match="side weight nan"):
+        mm.Side(vec(), None, (1.0,), float("nan"))
+
+
+@pytest.mark.parametrize("weight", ["1e308", "1e-320", "nan", "inf", "-1", "0"])
+def test_trust_weights_out_of_bounds_are_refused_when_set(repo_dir, cli, weight):
+    key = "z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    before = state(repo_dir)
+    result = cli.fails("key", "add", key, "--name", "mallory", "--weight", weight)
+    assert "trust weight" in result.stderr and "between 0.001 and 1000" in result.stderr
+    assert state(repo_dir) == before
+    result = cli("merge", "general", "--weight", weight, ok=False)  # click's range, or ours
+    assert result.exit_code in (1, 2) and "--weight" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("weight", [1e308, 1e-320, "1", True, None])
+def test_trust_weights_out_of_bounds_are_refused_when_config_is_read(repo_dir, cli, weight):
+    import json
+
+    path = repo_dir / ".basin" / "config.json"
+    doc = json.loads(path.read_text())
+    doc["trusted"][0]["weight"] = weight
+    path.write_text(json.dumps(doc))
+    result = cli.fails("log")
+    assert "config.json is unusable: trusted[0].weight" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--max-interference", "--max-distance"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_non_finite_thresholds_are_refused(repo_dir, cli, option, value):
+    two_branches(repo_dir, cli, vec(c0=1.0), vec(c0=-1.0))  # interference 1: refused normally
+    before = state(repo_dir)
+    result = cli("merge", "b", option, value, ok=False)
+    assert result.exit_code != 0
+    # out of the option's range: a usage error (exit 2); NaN passes click and is ours to refuse
+    last = result.stderr.splitlines()[-1]
+    assert "must be a finite number >= 0" in last or "Invalid value" in last
+    assert state(repo_dir) == before
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-1", '"0.5"', "[]"])
+def test_non_finite_thresholds_in_config_are_refused(repo_dir, cli, value):
+    path = repo_dir / ".basin" / "config.json"
+    text = path.read_text().replace(
+        '"settings": {}', f'"settings": {{"merge": {{"max_interference": {value}}}}}'
+    )
+    path.write_text(text)
+    result = cli.fails("merge", "general")
+    assert "config.json is unusable" in result.stderr
+
+
+def test_capacity_counts_only_a_registered_substrate(repo_dir, cli):
+    from basinvcs.objects import SubstrateRef
+
+    claims = SubstrateRef("huge", bytes(32), 2**64 - 1)
+    two_branches(repo_dir, cli, vec(c0=1.0), vec(c0=3.0))
+    with Repository.open(repo_dir) as repo:
+        basin = Basin.create(CHART, vec(c0=3.0), substrate=claims)
+        porcelain.checkout(repo, "b")
+        porcelain.commit(repo, basin, "claims 2^64 - 1 parameters", allow_empty=True)
+        porcelain.checkout(repo, "a")
+    result = cli("merge", "b")
+    assert "weights ours 1, theirs 1;" in result.output
+    assert "theirs: substrate huge is not registered here" in result.stderr
+    assert head_z(repo_dir) == vec(c0=2.0)

@@ -264,3 +264,53 @@ def test_announce_and_discover(alice, tmp_path, monkeypatch, ipfs_pair):
     assert name in out and "substrate tiny" in out and alice.key in out
     quiet = Cli()("discover", "--specialization", "poetry", "--node", node2.api, "--wait", "1")
     assert "no announcements of poetry" in quiet.output
+
+
+def test_a_remote_is_bound_to_one_repository_and_never_moves_back(
+    alice, tmp_path, monkeypatch, ipfs_node
+):
+    import json
+
+    bob = Person(tmp_path, "bob", monkeypatch)
+    other = Person(tmp_path, "bob-other", monkeypatch)
+    other.home = bob.home  # the same signer, a second repository
+    for person, seed in ((bob, 6), (other, 7)):
+        with person:
+            porcelain.init(person.path, dim=DIM, seed=7, name="bob").close()
+        with person, Repository.open(person.path) as repo:
+            porcelain.commit(repo, packet(seed), f"{person.name} 1")
+        person("remote", "add", "origin", ipfs_node.api)
+    first = _field(bob("push").output, "heads record: ")
+    with bob, Repository.open(bob.path) as repo:
+        porcelain.commit(repo, packet(8), "bob 2")
+    bob_name = _field(bob("push").output, "IPNS name: ")
+    foreign = _field(other("push").output, "heads record: ")  # same signer, newer seq there
+
+    alice("key", "add", bob.key, "--name", "bob")
+    alice("remote", "add", "bob", ipfs_node.api, "--follow", bob_name)
+    alice("fetch", "bob", "general")
+    config = alice.path / ".basin" / "config.json"
+    doc = json.loads(config.read_text())
+    assert doc["remotes"]["bob"]["bound"].startswith(bob.key + "/")
+
+    # a node that serves the same signer's record of another repository is refused
+    doc["remotes"]["bob"]["follow"] = foreign
+    config.write_text(json.dumps(doc))
+    before = alice.state()
+    err = alice.fails("fetch", "bob", "general").stderr
+    assert "refusing another repository's record" in err
+    assert alice.state() == before
+
+    # a newer record of the right repository that points back in history is refused too
+    with bob, Repository.open(bob.path) as repo:
+        tip = repo.branch_commit("general")
+        back = repo.read_commit(tip).parents[0]
+        repo.store.update_ref("refs/heads/general", str(back), str(tip), "test: rewind")
+    bob("push")
+    doc["remotes"]["bob"]["follow"] = bob_name
+    config.write_text(json.dumps(doc))
+    before = alice.state()
+    err = alice.fails("fetch", "bob", "general").stderr
+    assert "would move refs/remotes/bob/general back" in err and "rollback" in err
+    assert alice.state() == before
+    assert first

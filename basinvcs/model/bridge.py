@@ -308,14 +308,14 @@ def checkout_model(
 
 def load_fisher(path: Path) -> list[float]:
     """A Fisher diagonal from a JSON list or a safetensors file holding exactly one tensor."""
-    import json
+    from ..inputs import parse_json, read_file
 
     try:
         if path.suffix == ".json":
-            values = json.loads(path.read_text())
+            values = parse_json(read_file(path, MAX_FISHER_JSON, "Fisher file"), str(path))
             if not isinstance(values, list):
                 raise SchemaError(f"{path}: expected a JSON list of numbers")
-            return [float(v) for v in values]
+            return [_fisher_value(path, i, v) for i, v in enumerate(values)]
         from .modelio import open_model
 
         with open_model(path) as model:
@@ -325,6 +325,19 @@ def load_fisher(path: Path) -> list[float]:
             return model.tensor(names[0]).double().reshape(-1).tolist()
     except (OSError, ValueError, TypeError) as exc:
         raise SchemaError(f"cannot read Fisher diagonal {path}: {exc}") from None
+
+
+MAX_FISHER_JSON = 64 << 20  # a few million numbers: far beyond any chart
+
+
+def _fisher_value(path: Path, i: int, v: object) -> float:
+    """One number of a Fisher list; packets refuse non-finite or negative values later."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SchemaError(f"{path}: value {i} is {type(v).__name__}, not a number")
+    try:
+        return float(v)
+    except OverflowError:
+        raise SchemaError(f"{path}: value {i} is an integer beyond the float range") from None
 
 
 def checkout_state_dict(repo: Repository, rev: str, substrate: str) -> dict[str, torch.Tensor]:

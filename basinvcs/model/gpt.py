@@ -30,8 +30,10 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for key, value in asdict(self).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SchemaError(f"GPT config {key} must be a positive integer, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 1 << 31:
+                raise SchemaError(
+                    f"GPT config {key} must be a positive integer below 2^31, not {value!r}"
+                )
         if self.d_model % self.n_head:
             raise SchemaError(
                 f"GPT config d_model {self.d_model} is not divisible by n_head {self.n_head}"

@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import SchemaError
+from ..inputs import open_regular, parse_json, read_file
 
 Header = dict[str, tuple[str, tuple[int, ...]]]
 Progress = Callable[[int], None]
@@ -46,6 +47,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; more means "not a safetensors file"
+MAX_INDEX_BYTES = 100_000_000  # a sharded index: a name and a shard per tensor
 CHUNK_BYTES = 64 * 1024**2  # converted, checked and written at a time
 
 DTYPES: dict[torch.dtype, str] = {
@@ -112,8 +114,7 @@ def open_model(path: str | os.PathLike[str]) -> ModelReader:
         if len(present) > 1:
             raise SchemaError(f"directory {path} holds both {SINGLE_FILE} and {INDEX_FILE}")
         path = present[0]
-    if not path.exists():
-        raise SchemaError(f"model file {path} does not exist")
+    open_regular(path, "model file").close()  # exists, and is no FIFO or device to block on
     if path.name.endswith(".safetensors.index.json"):
         return SafetensorsReader(path, _read_index(path))
     if path.suffix == ".safetensors":
@@ -200,7 +201,7 @@ class TorchReader(ModelReader):
 def read_safetensors_header(path: Path) -> tuple[Header, dict[str, str]]:
     """Parse and check a safetensors header (tensors sorted by offset) without reading data."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path, "model file") as fh:
             size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             length = int.from_bytes(prefix, "little")
@@ -211,16 +212,11 @@ def read_safetensors_header(path: Path) -> tuple[Header, dict[str, str]]:
                     f"{path} has a truncated header: {length} bytes declared, {size - 8} present"
                 )
             raw = fh.read(length)
-    except FileNotFoundError:
-        raise SchemaError(f"model file {path} does not exist") from None
     except OSError as exc:
         raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not raw.startswith(b"{"):
         raise SchemaError(f"{path} is not a safetensors file")
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:  # also UnicodeDecodeError
-        raise SchemaError(f"{path} has a bad JSON header: {exc}") from None
+    doc = parse_json(raw, f"the JSON header of {path}")
     if not isinstance(doc, dict):
         raise SchemaError(f"{path} has a bad JSON header: not an object")
     metadata = doc.pop("__metadata__", None) or {}
@@ -265,12 +261,7 @@ def _is_size(n: object) -> bool:
 
 def _read_index(path: Path) -> dict[str, Path]:
     """An index's weight_map as tensor name -> shard path, every shard checked to exist."""
-    try:
-        doc = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise SchemaError(f"{path} is not valid JSON: {exc}") from None
+    doc = parse_json(read_file(path, MAX_INDEX_BYTES, "index"), str(path))
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise SchemaError(f"{path} has no weight_map")
@@ -279,7 +270,7 @@ def _read_index(path: Path) -> dict[str, Path]:
         if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
             raise SchemaError(f"{path} names shard {shard!r}: shards must be files beside it")
         out[name] = path.parent / shard
-        if not out[name].is_file():
+        if not out[name].exists():  # that it is a regular file is checked as it is opened
             raise SchemaError(f"{path} names shard {shard}, which does not exist")
     return out
 
@@ -441,13 +432,46 @@ def _temp_beside(target: Path, temps: list[Path]) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
+TEMP_PREFIX = ".basin-tmp."
+_TEMP_NAME = re.compile(r"\.basin-tmp\.(\d+)\.")
+
+
 def _mkstemp_beside(target: Path) -> tuple[int, Path]:
-    """mkstemp next to `target`, with the mode any new file gets (mkstemp's own is 0600)."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    """mkstemp next to `target`, with the mode any new file gets (mkstemp's own is 0600).
+
+    The name carries the writer's process id: a writer killed mid-write (kill -9, power loss)
+    cannot remove its temporary file, so the next writer into that folder does (`_sweep`)."""
+    _sweep(target.parent)
+    prefix = f"{TEMP_PREFIX}{os.getpid()}.{target.name}."
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     return fd, Path(name)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove temporary files that writers which no longer run left in `folder`."""
+    try:
+        names = [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return  # no folder yet, or unreadable: the write itself will say so
+    for path in names:
+        found = _TEMP_NAME.match(path.name)
+        if found and not _running(int(found.group(1))):
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or no pid we can ask about): leave its files
+    return True
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -15,8 +15,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import SchemaError
+from ..errors import InputError, SchemaError
 from ..identity import basin_home
+from ..inputs import parse_json, read_file
 from ..objects import check_label
 from .families import gpt
 from .substrate import Header, Substrate, SubstrateError, likeness, mismatch
@@ -59,6 +60,15 @@ def find_substrate(header: Header) -> Substrate:
         )
     found[0].match(header)  # now with dtypes: found by structure, refused by an unusable dtype
     return found[0]
+
+
+def registered_params(fingerprint: bytes) -> int | None:
+    """The parameter count of the registered substrate with this fingerprint, counted here from
+    its tensors (never what a packet claims), or None where none is registered."""
+    for sub in list_substrates():
+        if sub.fingerprint == fingerprint:
+            return sub.num_params
+    return None
 
 
 def add_substrate(name: str, weights: Path, config: Path | None = None) -> Substrate:
@@ -145,7 +155,7 @@ def _check_new_name(name: str) -> None:
 def _load_user(name: str) -> Substrate:
     path = basin_home() / REGISTRY / name
     try:
-        meta = json.loads((path / META).read_text())
+        meta = parse_json(read_file(path / META, 64 << 20, "meta.json"), str(path / META))
         if not isinstance(meta, dict):
             raise SchemaError("meta.json is not a JSON object")
         family = meta.get("family", "gpt")  # entries written before families had no field
@@ -157,7 +167,7 @@ def _load_user(name: str) -> Substrate:
             sub = hf.load_user(name, path, meta)
         else:
             raise SchemaError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
-    except (OSError, ValueError, KeyError, TypeError, SchemaError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, SchemaError, InputError) as exc:
         raise SubstrateError(f"substrate {name} is unreadable ({path}): {exc}") from None
     if sub.fingerprint.hex() != meta.get("fingerprint"):
         raise SubstrateError(

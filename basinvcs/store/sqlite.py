@@ -129,16 +129,32 @@ class SQLiteStore(BlockStore):
         finally:
             self._depth = 0
 
-    def _exec(self, sql: str, params: Sequence = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, params: Sequence = (), *, many: bool = False) -> list[tuple]:
+        """Run `sql` and fetch every row inside the error handling: a damaged page surfaces while
+        rows are read, not only when the statement starts."""
         try:
-            return self._db.execute(sql, params)
+            if many:
+                self._db.executemany(sql, params)
+                return []
+            return self._db.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise RepositoryError(f"repository database {self.path}: {exc}") from None
+            raise RepositoryError(f"repository database {self.path} is damaged: {exc}") from None
+
+    def _one(self, sql: str, params: Sequence = ()) -> tuple | None:
+        rows = self._exec(sql, params)
+        return rows[0] if rows else None
 
     def check_integrity(self) -> str | None:
         """SQLite's own structural check of the database file: None if sound, else its finding."""
-        rows = self._exec("PRAGMA quick_check").fetchall()
-        return None if rows == [("ok",)] else rows[0][0]
+        try:
+            rows = self._exec("PRAGMA quick_check")
+        except RepositoryError as exc:  # damage bad enough that the check itself cannot finish
+            return str(exc)
+        if rows == [("ok",)]:
+            return None
+        lines = [ln for r in rows for ln in str(r[0]).splitlines() if not ln.startswith("***")]
+        more = f" (and {len(lines) - 1} more findings)" if len(lines) > 1 else ""
+        return f"{lines[0] if lines else 'unknown damage'}{more}"
 
     # -- blocks -------------------------------------------------------------------------------
 
@@ -149,7 +165,7 @@ class SQLiteStore(BlockStore):
         return cid
 
     def get(self, cid: CID) -> bytes:
-        row = self._exec("SELECT data FROM blocks WHERE cid = ?", (str(cid),)).fetchone()
+        row = self._one("SELECT data FROM blocks WHERE cid = ?", (str(cid),))
         if row is None:
             raise BlockNotFound(f"block {cid} not found")
         data = bytes(row[0])
@@ -157,10 +173,10 @@ class SQLiteStore(BlockStore):
         return data
 
     def has(self, cid: CID) -> bool:
-        return self._exec("SELECT 1 FROM blocks WHERE cid = ?", (str(cid),)).fetchone() is not None
+        return self._one("SELECT 1 FROM blocks WHERE cid = ?", (str(cid),)) is not None
 
     def size(self, cid: CID) -> int:
-        row = self._exec("SELECT length(data) FROM blocks WHERE cid = ?", (str(cid),)).fetchone()
+        row = self._one("SELECT length(data) FROM blocks WHERE cid = ?", (str(cid),))
         if row is None:
             raise BlockNotFound(f"block {cid} not found")
         return row[0]
@@ -177,9 +193,10 @@ class SQLiteStore(BlockStore):
 
     def index_commit(self, cid: CID, parents: Sequence[CID], time_ms: int) -> None:
         self._exec("INSERT OR IGNORE INTO commits (cid, time) VALUES (?, ?)", (str(cid), time_ms))
-        self._db.executemany(
+        self._exec(
             "INSERT OR IGNORE INTO commit_parents (child, idx, parent) VALUES (?, ?, ?)",
             [(str(cid), i, str(p)) for i, p in enumerate(parents)],
+            many=True,
         )
 
     def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
@@ -192,14 +209,14 @@ class SQLiteStore(BlockStore):
 
     def commit_edges(self) -> list[tuple[str, str]]:
         """Every (child, parent) edge in the commit graph."""
-        return self._exec("SELECT child, parent FROM commit_parents").fetchall()
+        return self._exec("SELECT child, parent FROM commit_parents")
 
     def is_indexed_commit(self, cid: CID) -> bool:
         """Whether `cid` was recorded as a commit (only strictly validated commits are)."""
-        return self._exec("SELECT 1 FROM commits WHERE cid = ?", (str(cid),)).fetchone() is not None
+        return self._one("SELECT 1 FROM commits WHERE cid = ?", (str(cid),)) is not None
 
     def indexed_commits(self) -> dict[str, int]:
-        return dict(self._exec("SELECT cid, time FROM commits").fetchall())
+        return dict(self._exec("SELECT cid, time FROM commits"))
 
     def indexed_parents(self, cid: CID) -> list[str]:
         rows = self._exec(
@@ -210,7 +227,7 @@ class SQLiteStore(BlockStore):
     # -- refs ---------------------------------------------------------------------------------
 
     def read_ref(self, name: str) -> Ref | None:
-        row = self._exec("SELECT target, symbolic FROM refs WHERE name = ?", (name,)).fetchone()
+        row = self._one("SELECT target, symbolic FROM refs WHERE name = ?", (name,))
         return Ref(name, row[0], bool(row[1])) if row else None
 
     def list_refs(self, prefix: str = "refs/") -> list[Ref]:

@@ -218,3 +218,51 @@ def test_long_work_shows_progress_on_a_terminal_only(repo1024, cli, tiny, monkey
     assert (
         "checkout tiny" in cli("checkout", "HEAD", "--model", "tiny", "-o", "l.safetensors").stderr
     )
+
+
+def test_a_fifo_named_like_a_model_is_refused_not_waited_on(repo1024, cli, tmp_path, no_hang):
+    import os
+
+    os.mkfifo(tmp_path / "x.safetensors")
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "x.safetensors"),
+        "-m",
+        "x",
+        match="is not a regular file",
+    )
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("[" * 100_000, "nests deeper than 100 levels"),
+        ("[" + "9" * 400 + "]", "value 0 is an integer beyond the float range"),
+        ("[" + "9" * 5000 + "]", "is not usable JSON"),
+        ("[1, NaN]", "holds NaN"),
+        ("[1, Infinity]", "holds Infinity"),
+        ("[true]", "value 0 is bool, not a number"),
+        ('{"a": 1}', "expected a JSON list of numbers"),
+        ("[1, 2", "is not valid JSON"),
+    ],
+)
+def test_bad_fisher_files_are_one_line(repo1024, cli, tiny, tmp_path, content, match):
+    theta = {s.name: tiny.theta0(s) for s in tiny.specs}
+    theta["ln_f.weight"] = theta["ln_f.weight"] + 0.5
+    save_file(theta, tmp_path / "m.safetensors")
+    (tmp_path / "f.json").write_text(content)
+    refuses(
+        cli,
+        repo1024,
+        "commit",
+        "--model",
+        str(tmp_path / "m.safetensors"),
+        "--fisher",
+        str(tmp_path / "f.json"),
+        "-m",
+        "x",
+        match=match,
+    )

@@ -262,6 +262,16 @@ def _bad_folder(tmp_path: Path, how: str) -> Path:
         (src / "model.gguf").write_bytes(b"GGUF")
     elif how == "not-json-config":
         (src / "config.json").write_text("{not json")
+    elif how == "deep-config":
+        (src / "config.json").write_text('{"a": ' + "[" * 100_000)
+    elif how == "nan-config":
+        doc = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**doc, "layer_norm_epsilon": float("nan")}))
+    elif how == "fifo-config":
+        import os
+
+        (src / "config.json").unlink()
+        os.mkfifo(src / "config.json")
     return src
 
 
@@ -273,10 +283,13 @@ def _bad_folder(tmp_path: Path, how: str) -> Path:
         ("shape-disagrees", "but the config makes it"),
         ("pickle-only", "a pickle, which basin never unpickles"),
         ("gguf-only", "GGUF"),
-        ("not-json-config", "cannot read"),
+        ("not-json-config", "is not valid JSON"),
+        ("deep-config", "nests deeper than 100 levels"),
+        ("nan-config", "holds NaN, which JSON does not allow"),
+        ("fifo-config", "is not a regular file"),
     ],
 )
-def test_bad_folders_are_refused(cli, basin_home, tmp_path, how, message):
+def test_bad_folders_are_refused(cli, basin_home, tmp_path, how, message, no_hang):
     src = _bad_folder(tmp_path, how)
     result = cli.fails("substrate", "add", "bad", "--from", str(src))
     assert message in result.stderr
@@ -314,7 +327,9 @@ def test_gguf_file_given_to_commit(cli, repo_dir, tmp_path):
         ('n_layer="x"', "cannot set config n_layer"),
         ("n_embd=[[1]]", "cannot set config n_embd"),
         ("n_layer=100000000000", "the config has 100000000000 layers"),  # refused before building
-        ("x=" + "[" * 100_000, "nested too deeply"),
+        ("x=" + "[" * 100_000, "nests deeper than 100 levels"),
+        ("layer_norm_epsilon=NaN", "holds NaN, which JSON does not allow"),
+        ("n_layer=" + "9" * 5000, "is not usable JSON"),
         ("=3", "is not KEY=VALUE"),
     ],
 )

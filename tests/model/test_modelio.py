@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import pickle
 import weakref
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from basinvcs.errors import SchemaError
+from basinvcs.errors import BasinError, SchemaError
 from basinvcs.model import modelio
 from basinvcs.model.modelio import open_model, write_model
 
@@ -253,14 +254,16 @@ def write_raw(path: Path, header: bytes, data: bytes = b"") -> Path:
         (b"\x89PNG\r\n\x1a\n" + bytes(100), "is not a safetensors file"),
         ((1000).to_bytes(8, "little") + b'{"a":', "truncated header: 1000 bytes declared, 5"),
         ((5).to_bytes(8, "little") + b"[1,2]", "is not a safetensors file"),
-        ((5).to_bytes(8, "little") + b'{"a":', "bad JSON header"),
-        ((3).to_bytes(8, "little") + b"{\xff}", "bad JSON header"),
+        ((5).to_bytes(8, "little") + b'{"a":', "JSON header of .* is not valid JSON"),
+        ((3).to_bytes(8, "little") + b"{\xff}", "JSON header of .* is not UTF-8"),
+        ((100_001).to_bytes(8, "little") + b"{" * 100_001, "nests deeper than 100 levels"),
+        ((13).to_bytes(8, "little") + b'{"a": NaN}   ', "holds NaN, which JSON does not allow"),
     ],
 )
 def test_broken_safetensors_files_are_refused(tmp_path, content, message):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
-    with pytest.raises(SchemaError, match=message) as err:
+    with pytest.raises(BasinError, match=message) as err:
         open_model(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
@@ -282,8 +285,24 @@ def test_bad_header_entries_are_refused(tmp_path, entry, message):
         open_model(path)
 
 
+def test_a_fifo_is_refused_without_blocking(tmp_path, no_hang):
+    for name in ("x.safetensors", "x.pt", "model.safetensors.index.json"):
+        os.mkfifo(tmp_path / name)  # opened for reading, it would wait for a writer forever
+        with pytest.raises(BasinError, match="is not a regular file"):
+            open_model(tmp_path / name)
+
+
+def test_a_shard_that_is_a_fifo_is_refused(tmp_path, no_hang):
+    write_model(tmp_path, SPECS, make_tensors().items(), dtype=torch.float32, max_shard_bytes=100)
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(BasinError, match="is not a regular file"):
+        open_model(tmp_path)
+
+
 def test_missing_models_and_unknown_kinds_are_refused(tmp_path):
-    with pytest.raises(SchemaError, match="does not exist"):
+    with pytest.raises(BasinError, match="does not exist"):
         open_model(tmp_path / "nope.safetensors")
     with pytest.raises(SchemaError, match="holds neither model.safetensors"):
         open_model(tmp_path)
@@ -308,7 +327,7 @@ def test_broken_indexes_are_refused(tmp_path):
 
     def refused(message: str) -> None:
         index.write_text(json.dumps(doc))
-        with pytest.raises(SchemaError, match=message):
+        with pytest.raises(BasinError, match=message):
             open_model(index)
 
     files[1].rename(tmp_path / "moved.safetensors")
@@ -321,7 +340,7 @@ def test_broken_indexes_are_refused(tmp_path):
     doc["weight_map"] = {}
     refused("has no weight_map")
     index.write_text("{")
-    with pytest.raises(SchemaError, match="is not valid JSON"):
+    with pytest.raises(BasinError, match="is not valid JSON"):
         open_model(index)
 
 
@@ -332,7 +351,7 @@ def test_index_naming_a_tensor_its_shard_lacks(tmp_path):
     doc = json.loads(files[-1].read_text())
     doc["weight_map"]["ghost"] = files[0].name
     files[-1].write_text(json.dumps(doc))
-    with pytest.raises(SchemaError, match="puts tensor 'ghost' in .*which lacks it"):
+    with pytest.raises(BasinError, match="puts tensor 'ghost' in .*which lacks it"):
         open_model(files[-1])
 
 
@@ -344,7 +363,7 @@ def test_torch_state_dicts_load(tmp_path, suffix):
         assert reader.header() == {"w": ("BF16", (4, 3)), "step": ("I64", ())}
         assert reader.metadata() == {}
         assert torch.equal(reader.tensor("w"), tensors["w"])
-        with pytest.raises(SchemaError, match="has no tensor 'x'"):
+        with pytest.raises(BasinError, match="has no tensor 'x'"):
             reader.tensor("x")
 
 
@@ -361,7 +380,7 @@ class Trap:
 def test_a_torch_file_with_code_is_refused_without_running_it(tmp_path):
     trap = tmp_path / "pwned"
     torch.save({"w": torch.zeros(1), "x": Trap(trap)}, tmp_path / "evil.pt")
-    with pytest.raises(SchemaError, match=r"^refusing to load .*evil\.pt: its pickle would call"):
+    with pytest.raises(BasinError, match=r"^refusing to load .*evil\.pt: its pickle would call"):
         open_model(tmp_path / "evil.pt")
     assert not trap.exists()
 
@@ -369,7 +388,7 @@ def test_a_torch_file_with_code_is_refused_without_running_it(tmp_path):
 def test_a_bare_pickle_is_refused_without_running_it(tmp_path):
     trap = tmp_path / "pwned"
     (tmp_path / "evil.bin").write_bytes(pickle.dumps({"w": Trap(trap)}))
-    with pytest.raises(SchemaError, match=r"^refusing to load .*evil\.bin: it is a bare pickle"):
+    with pytest.raises(BasinError, match=r"^refusing to load .*evil\.bin: it is a bare pickle"):
         open_model(tmp_path / "evil.bin")
     assert not trap.exists()
 
@@ -386,16 +405,16 @@ def test_a_bare_pickle_is_refused_without_running_it(tmp_path):
 )
 def test_torch_files_that_are_not_flat_state_dicts_are_refused(tmp_path, obj, message):
     torch.save(obj, tmp_path / "m.pt")
-    with pytest.raises(SchemaError, match=message):
+    with pytest.raises(BasinError, match=message):
         open_model(tmp_path / "m.pt")
 
 
 def test_broken_torch_files_are_refused(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(SchemaError, match="junk.pt is not a readable torch file"):
+    with pytest.raises(BasinError, match="junk.pt is not a readable torch file"):
         open_model(tmp_path / "junk.pt")
     torch.save({"w": torch.zeros(1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
-    with pytest.raises(SchemaError, match="refusing to load .*legacy torch file"):
+    with pytest.raises(BasinError, match="refusing to load .*legacy torch file"):
         open_model(tmp_path / "old.pt")
 
 
@@ -406,3 +425,39 @@ def test_torch_model_copies_to_safetensors(tmp_path):
         specs = [(name, shape) for name, (_, shape) in reader.header().items()]
         files = write_model(tmp_path / "out", specs, reader.tensors(), dtype=torch.float32)
     assert all(torch.equal(load_file(files[0])[name], t) for name, t in tensors.items())
+
+
+WRITER = """
+import sys, time, torch
+from basinvcs.model.modelio import write_model
+
+def tensors():
+    yield "a", torch.zeros(4)
+    print("writing", flush=True)
+    time.sleep(120)  # killed here, mid-write
+    yield "b", torch.zeros(4)
+
+write_model(sys.argv[1], [("a", (4,)), ("b", (4,))], tensors(), dtype=torch.float32)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        left = [p.name for p in out.iterdir()]
+        assert len(left) == 1 and left[0].startswith(modelio.TEMP_PREFIX)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    mine = out / f"{modelio.TEMP_PREFIX}{os.getpid()}.model.safetensors.x.tmp"
+    mine.write_bytes(b"")  # a live writer's file (ours) is never swept
+    write_model(out, SPECS, make_tensors().items(), dtype=torch.float32)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["model.safetensors", mine.name])

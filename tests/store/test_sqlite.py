@@ -35,7 +35,7 @@ def test_put_get_has(store):
 
 
 def test_wal_mode(store):
-    assert store._exec("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._one("PRAGMA journal_mode") == ("wal",)
 
 
 def test_missing_block(store):
@@ -46,7 +46,7 @@ def test_missing_block(store):
 def test_non_canonical_dag_cbor_is_refused_and_not_stored(store):
     with pytest.raises(CodecError):
         store.put(bytes.fromhex("a2616202616101"), DAG_CBOR)  # keys out of order
-    assert store._exec("SELECT count(*) FROM blocks").fetchone()[0] == 0
+    assert store._one("SELECT count(*) FROM blocks") == (0,)
 
 
 def test_oversized_block_is_refused(store):

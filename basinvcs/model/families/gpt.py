@@ -51,6 +51,7 @@ import torch
 from safetensors import safe_open
 
 from ...errors import SchemaError
+from ...inputs import parse_json, read_file
 from ..gpt import GPT, GPTConfig
 from ..substrate import (
     DTYPE_NAMES,
@@ -206,12 +207,7 @@ def _config_json(config: GPTConfig) -> str:
 
 
 def _read_config(path: Path) -> dict[str, int]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise SchemaError(f"{path} is not JSON: {exc}") from None
+    doc = parse_json(read_file(Path(path), 1 << 20, "config"), str(path))
     known = [f.name for f in fields(GPTConfig)]
     if not isinstance(doc, dict):
         raise SchemaError(
@@ -267,7 +263,7 @@ def add_user(name: str, weights: Path, config: Path | None, folder: Path) -> tup
 
 def load_user(name: str, path: Path, meta: dict) -> GPTSubstrate:
     """A registered user substrate; the registry checks its fingerprint against meta.json."""
-    config = GPTConfig(**json.loads((path / CONFIG).read_text()))
+    config = GPTConfig(**_read_config(path / CONFIG))
     digest = bytes.fromhex(meta["theta0_sha256"])
     header = read_header(path / WEIGHTS)
     specs = _specs(config)

@@ -40,6 +40,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ...errors import SchemaError
+from ...inputs import parse_json, read_file
 from ...progress import progress_bar
 from ..modelio import DTYPES as ST_NAMES
 from ..modelio import INDEX_FILE, SINGLE_FILE, TORCH_SUFFIXES, open_model, write_model
@@ -80,7 +81,7 @@ class HFSubstrate(Substrate):
         self.num_layers = int(meta["num_layers"])
         self.prefix: str = meta.get("prefix", "")
         self.tied: dict[str, str] = dict(meta.get("tied", {}))  # alias -> stored name
-        config = json.loads((path / CONFIG).read_text())
+        config = read_config(path)
         self.fingerprint = fingerprint(self.architecture, config, self.specs, self.theta0_digest)
 
     def theta0(self, spec: TensorSpec) -> torch.Tensor:
@@ -147,6 +148,14 @@ class HFSubstrate(Substrate):
 # -- adding a folder ----------------------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def read_config(folder: Path) -> object:
+    """A folder's config.json, read as strict, bounded JSON."""
+    return parse_json(read_file(folder / CONFIG, MAX_CONFIG_BYTES, "config"), str(folder / CONFIG))
+
+
 def check_source(source: Path) -> None:
     """Refuse, in one line, what is not a Hugging Face folder of safetensors weights."""
     if not source.is_dir():
@@ -156,8 +165,11 @@ def check_source(source: Path) -> None:
                 "(python scripts/gguf_to_hf.py FILE -o DIR), then add DIR"
             )
         raise SchemaError(f"{source} is not a folder: give the model's Hugging Face folder")
-    if not (source / CONFIG).is_file():
+    if not (source / CONFIG).exists():
         raise SchemaError(f"{source} has no config.json: not a Hugging Face model folder")
+    # strictly, before transformers reads it (it would recurse into any nesting, take NaN)
+    if not isinstance(read_config(source), dict):
+        raise SchemaError(f"{source / CONFIG} is not a JSON object")
     if (source / SINGLE_FILE).is_file() or (source / INDEX_FILE).is_file():
         return
     if list(source.glob("*.gguf")):

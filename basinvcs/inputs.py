@@ -1,0 +1,98 @@
+"""Reading what people and other programs hand us: bounded, strict, and never hanging.
+
+Every stream is read to at most a stated limit (`/dev/zero` is refused, not swallowed); a file we
+must seek in or map has to be a regular file (a FIFO named ``x.safetensors`` would block forever);
+JSON is strict (no NaN or Infinity, which no JSON standard allows) and its nesting is bounded, so
+100,000 ``[`` are one line of error, not a RecursionError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+from .errors import InputError
+
+
+class NotJSON(InputError):
+    """Text that does not parse as JSON at all (as opposed to JSON we refuse)."""
+
+
+MAX_NESTING = 100  # far deeper than any config, Fisher list or safetensors header needs
+
+
+def read_stream(stream: BinaryIO, limit: int, what: str) -> bytes:
+    """All of `stream`, refused once it passes `limit` bytes (without reading much beyond)."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{what} is over the {limit}-byte limit")
+    return data
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """`path` opened for reading if it is a regular file; opened without blocking (a FIFO would
+    wait for a writer), then checked, so nothing can swap it in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise InputError(f"{what} {path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fh
+
+
+def read_file(path: Path, limit: int, what: str) -> bytes:
+    """A regular file's bytes, refused beyond `limit`."""
+    with open_regular(path, what) as fh:
+        try:
+            return read_stream(fh, limit, f"{what} {path}")
+        except OSError as exc:
+            raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def parse_json(data: bytes | str, what: str) -> Any:
+    """Strict JSON: UTF-8, no NaN or Infinity, nesting at most MAX_NESTING deep."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+            ) from None
+    _check_nesting(data, what)
+    try:
+        return json.loads(data, parse_constant=lambda name: _non_finite(name, what))
+    except json.JSONDecodeError as exc:
+        raise NotJSON(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:  # an integer beyond Python's digit limit
+        raise InputError(f"{what} is not usable JSON: {exc}") from None
+
+
+def _non_finite(name: str, what: str) -> NoReturn:
+    raise InputError(f"{what} holds {name}, which JSON does not allow")
+
+
+# whole strings, skipped (an unterminated one runs to the end: no rescans), and brackets
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _check_nesting(text: str, what: str) -> None:
+    """Refuse nesting deeper than MAX_NESTING before the parser recurses into it."""
+    depth = 0
+    for token in _TOKENS.finditer(text):
+        ch = token.group()
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise InputError(f"{what} nests deeper than {MAX_NESTING} levels")
+        elif ch in "]}":
+            depth -= 1
