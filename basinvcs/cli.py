@@ -286,7 +286,7 @@ def fork(source: str, specialize: str, branch: str | None) -> None:
     "-n",
     "--max-count",
     "limit",
-    type=click.IntRange(0),
+    type=click.IntRange(0, 1 << 62),
     default=None,
     help="Show at most N commits.",
 )
@@ -392,7 +392,7 @@ def _show_basin(basin, size: int) -> None:
 
 @main.command()
 @click.argument("ref", default="HEAD")
-@click.option("-n", "--max-count", "limit", type=click.IntRange(0), default=None)
+@click.option("-n", "--max-count", "limit", type=click.IntRange(0, 1 << 62), default=None)
 def reflog(ref: str, limit: int | None) -> None:
     """How REF (a branch, or HEAD) moved, newest first."""
     from .refnames import HEAD, branch_ref

@@ -9,12 +9,20 @@ REMOTES = "refs/remotes/"  # what was last fetched from a remote: refs/remotes/<
 HEAD = "HEAD"
 
 _FORBIDDEN_CHARS = frozenset(" ~^:?*[\\\x7f")
+MAX_NAME_BYTES = 255  # git keeps refs as files: no component may pass a file name's limit
+
+
+def shown(name: str, limit: int = 60) -> str:
+    """`name` quoted for an error message, cut short if it is long."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name)} chars)"
 
 
 def _problem(name: str) -> str | None:
     """Why `name` breaks check-ref-format, or None when it is fine."""
     if not name:
         return "it is empty"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"it is longer than {MAX_NAME_BYTES} bytes"
     if name == "@":
         return "it is '@'"
     if name.startswith("/") or name.endswith("/") or "//" in name:
@@ -42,7 +50,7 @@ def check_ref_name(name: str) -> str:
     if problem is None and name != HEAD and not name.startswith("refs/"):
         problem = "it is not under refs/"
     if problem:
-        raise RefError(f"bad ref name {name!r}: {problem}")
+        raise RefError(f"bad ref name {shown(name)}: {problem}")
     return name
 
 
@@ -54,7 +62,7 @@ def check_branch_name(name: str) -> str:
     if problem is None and name == HEAD:
         problem = "HEAD is not a branch name"
     if problem:
-        raise RefError(f"bad branch name {name!r}: {problem}")
+        raise RefError(f"bad branch name {shown(name)}: {problem}")
     return name
 
 

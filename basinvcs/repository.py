@@ -16,12 +16,13 @@ from .config import Config, load_config, save_config
 from .errors import BasinError, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
 from .objects import Basin, Commit
-from .refnames import HEAD, HEADS, REMOTES, branch_ref, check_branch_name
+from .refnames import HEAD, HEADS, REMOTES, branch_ref, check_branch_name, shown
 from .store.sqlite import Ref, SQLiteStore
 
 BASIN_DIR = ".basin"
 DB_FILE = "basin.db"
 _REV_SUFFIX = re.compile(r"(\^\d*|~\d*)$")
+MAX_REV_CHARS = 1024  # a name of at most 255 bytes and plenty of ~N^N
 MIN_PREFIX = 8
 
 
@@ -155,22 +156,27 @@ class Repository:
 
     def resolve(self, rev: str) -> CID:
         """A revision to a CID: HEAD, branch, full ref, CID or unique CID prefix, with ~N / ^N."""
-        match = _REV_SUFFIX.search(rev)
-        if match and match.start() > 0:
-            base = self.resolve(rev[: match.start()])
-            op, num = match.group(1)[0], match.group(1)[1:]
-            n = int(num) if num else 1
+        if len(rev) > MAX_REV_CHARS:
+            raise RefError(f"revision {shown(rev)} is longer than {MAX_REV_CHARS} characters")
+        steps: list[tuple[str, int]] = []  # innermost first, read off the end (no recursion)
+        name = rev
+        while (match := _REV_SUFFIX.search(name)) and match.start() > 0:
+            num = match.group(1)[1:]
+            steps.append((match.group(1)[0], int(num) if len(num) < 19 else 1 << 63))
+            name = name[: match.start()]
+        base = self._resolve_name(name)
+        for op, n in reversed(steps):
             if op == "~":
-                for _ in range(n):
+                for _ in range(n):  # ends at the root commit at the latest
                     base = self._parent(base, 1, rev)
-                return base
-            return base if n == 0 else self._parent(base, n, rev)
-        return self._resolve_name(rev)
+            elif n:
+                base = self._parent(base, n, rev)
+        return base
 
     def _parent(self, cid: CID, n: int, rev: str) -> CID:
         parents = self.read_commit(cid).parents
         if len(parents) < n:
-            raise RefError(f"revision {rev!r}: {cid} has no parent number {n}")
+            raise RefError(f"revision {shown(rev)}: {cid} has no parent number {n}")
         return parents[n - 1]
 
     def _resolve_name(self, rev: str) -> CID:
@@ -188,15 +194,19 @@ class Repository:
             cid = None
         if cid is not None:
             if not self.store.has(cid):
-                raise RefError(f"revision {rev!r}: no such block in this repository")
+                raise RefError(f"revision {shown(rev)}: no such block in this repository")
             return cid
         if len(rev) >= MIN_PREFIX and rev.isalnum():
             found = self.store.match_prefix(rev)
             if len(found) == 1:
                 return CID.parse(found[0])
             if len(found) > 1:
-                raise RefError(f"revision {rev!r} is ambiguous: more than one CID starts with it")
-        raise RefError(f"unknown revision {rev!r}: not a branch, ref or CID in this repository")
+                raise RefError(
+                    f"revision {shown(rev)} is ambiguous: more than one CID starts with it"
+                )
+        raise RefError(
+            f"unknown revision {shown(rev)}: not a branch, ref or CID in this repository"
+        )
 
     def move_head(self, new: CID, old: CID, message: str) -> None:
         """Advance what HEAD points at (its branch, or HEAD itself when detached), logging both."""

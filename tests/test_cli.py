@@ -515,3 +515,28 @@ def test_show_says_when_a_signature_is_bad(repo_dir, cli):
     assert f"warning: commit {forged_cid} has a bad signature" in out.stderr
     out = cli("show", str(honest_cid))
     assert "Signature: BAD" not in out.output and not out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("log", "HEAD" + "^" * 5000), "is longer than 1024 characters"),
+        (("log", "HEAD" + "~1" * 500), "has no parent number 1"),
+        (("log", "HEAD~" + "9" * 30), "has no parent number 1"),
+        (("log", "HEAD^" + "9" * 30), "has no parent number"),
+        (("show", "x" * 100_000), "(100000 chars)"),
+        (("branch", "x" * 100_000), "is longer than 255 bytes"),
+        (("fork", "general", "--specialize", "x", "--branch", "y" * 300), "longer than 255"),
+    ],
+)
+def test_oversized_revisions_and_names_are_one_short_line(repo_dir, cli, args, message):
+    before = state(repo_dir)
+    err = cli.fails(*args).stderr
+    assert message in err and len(err) < 400
+    assert state(repo_dir) == before
+
+
+@pytest.mark.parametrize("command", ["log", "reflog"])
+def test_counts_beyond_any_history_are_usage_errors(repo_dir, cli, command):
+    result = cli(command, "-n", "9" * 30, ok=False)
+    assert result.exit_code == 2 and "Invalid value" in result.stderr
