@@ -367,12 +367,12 @@ def show(rev: str, fmt: str) -> None:
                     click.echo(f"    {key}: {value:.6g}")
             click.echo("")
             click.echo(f"basin {obj.basin}")
-            _show_basin(repo.read_basin(obj.basin), repo.store.size(obj.basin))
+            _show_basin(repo.read_basin(obj.basin), repo.block_size(obj.basin))
         elif kind == "basin":
             click.echo(f"basin {cid}")
-            _show_basin(obj, repo.store.size(cid))
+            _show_basin(obj, repo.block_size(cid))
         else:
-            click.echo(f"block {cid} ({cid.codec_name}, {repo.store.size(cid)} bytes)")
+            click.echo(f"block {cid} ({cid.codec_name}, {repo.block_size(cid)} bytes)")
 
 
 def _show_basin(basin, size: int) -> None:
@@ -399,8 +399,8 @@ def reflog(ref: str, limit: int | None) -> None:
 
     with _repo() as repo:
         name = ref if ref == HEAD or ref.startswith("refs/") else branch_ref(ref)
-        entries = repo.store.reflog(name, -1 if limit is None else limit)
-        if not entries and repo.store.read_ref(name) is None:
+        entries = repo.reflog(name, -1 if limit is None else limit)
+        if not entries and repo.ref(name) is None:
             raise RefError(f"no such ref {ref!r}")
     for i, e in enumerate(entries):
         new = (
@@ -529,7 +529,7 @@ def status() -> None:
 
     with _repo() as repo:
         st = porcelain.status(repo)
-        size = repo.store.size(st.commit.basin)
+        size = repo.block_size(st.commit.basin)
     click.echo(f"On branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}")
     click.echo(f"commit {st.head}")
     click.echo(f"  {st.commit.message.partition(chr(10))[0]}")
@@ -655,7 +655,7 @@ def block_put(file, cid_codec: str) -> None:
 
     data = _read_input(file)
     with _repo() as repo:
-        click.echo(repo.store.put(data, CODECS[cid_codec]))
+        click.echo(repo.put_block(data, CODECS[cid_codec]))
 
 
 @block.command("get")
@@ -663,7 +663,7 @@ def block_put(file, cid_codec: str) -> None:
 def block_get(cid: str) -> None:
     """Write a block's raw bytes to stdout (verified against the CID)."""
     with _repo() as repo:
-        data = repo.store.get(repo.resolve(cid))
+        data = repo.get_block(repo.resolve(cid))
     out = sys.stdout.buffer
     out.write(data)
     out.flush()
@@ -675,7 +675,7 @@ def block_stat(cid: str) -> None:
     """Key and size of a block."""
     with _repo() as repo:
         resolved = repo.resolve(cid)
-        size = len(repo.store.get(resolved))
+        size = len(repo.get_block(resolved))
     click.echo(f"Key: {resolved}\nSize: {size}")
 
 

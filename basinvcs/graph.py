@@ -88,11 +88,11 @@ def graph_log(
     repo, rev: str, limit: int | None, all_refs: bool = False
 ) -> Iterator[tuple[Lanes, CID, Commit]]:
     heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
-    graph = commit_graph(repo.store)
-    order = topo_order(graph, heads, repo.store.indexed_commits())
+    graph = commit_graph(repo)
+    order = topo_order(graph, heads, repo.commit_times())
     if limit is not None:
         order = order[:limit]
-    parents = {c: repo.store.indexed_parents(CID.parse(c)) for c in order}
+    parents = {c: repo.parents(CID.parse(c)) for c in order}
     for cid, lanes in layout(order, parents):
         parsed = CID.parse(cid)
         yield lanes, parsed, repo.read_commit(parsed)

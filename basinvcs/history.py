@@ -13,10 +13,11 @@ import networkx as nx
 from .cid import CID
 
 
-def commit_graph(store) -> nx.DiGraph:
+def commit_graph(repo) -> nx.DiGraph:
+    """The repository's whole history as a graph, from its commit-graph index."""
     graph = nx.DiGraph()
-    graph.add_nodes_from(store.indexed_commits())
-    graph.add_edges_from(store.commit_edges())
+    graph.add_nodes_from(repo.commit_times())
+    graph.add_edges_from(repo.commit_edges())
     return graph
 
 

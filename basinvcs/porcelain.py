@@ -45,8 +45,10 @@ def init(
     seed: int = 0,
     exclude: Sequence[str] = (),
     name: str | None = None,
+    identity: Identity | None = None,
 ) -> Repository:
-    """A new repository at `path`: its chart, genesis (z = 0) on `general`, an identity.
+    """A new repository at `path`: its chart, genesis (z = 0) on `general`, signed by `identity`
+    (default: the user's, made with `name` if they have none), who is its first trusted signer.
 
     `exclude` is the chart's mask: tensor-name patterns the projection leaves at θ0.
     """
@@ -58,16 +60,16 @@ def init(
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RepositoryError(f"cannot create {target}: {exc.strerror}") from None
-    ident, _ = load_or_create_identity(name or default_name())
+    ident = identity or load_or_create_identity(name or default_name())[0]
     config = Config(chart, [TrustedKey(ident.public_key, ident.name, 1.0)])
-    repo = Repository.create(target, config)
+    repo = Repository.create(target, config, identity=ident)
     genesis = Basin.create(chart, labels=[GENESIS_BRANCH])
-    with repo.store.transaction():
+    with repo.transaction():
         basin_cid = repo.write_basin(genesis)
         commit = _sign(ident, Commit(basin_cid, (), ident.public_key, now_ms(), "genesis"))
         cid = repo.write_commit(commit)
-        repo.store.update_ref(branch_ref(GENESIS_BRANCH), str(cid), None, "init: genesis")
-        repo.store.update_ref(HEAD, branch_ref(GENESIS_BRANCH), None, "init", symbolic=True)
+        repo.set_ref(branch_ref(GENESIS_BRANCH), str(cid), None, "init: genesis")
+        repo.set_ref(HEAD, branch_ref(GENESIS_BRANCH), None, "init", symbolic=True)
     return repo
 
 
@@ -144,7 +146,7 @@ def commit(
     if not message.strip():
         raise BasinError("empty commit message: say what changed with -m")
     ident = repo.identity()
-    with repo.store.transaction():
+    with repo.transaction():
         parent = repo.head_commit()
         parent_commit = repo.read_commit(parent)
         if not basin.labels:  # a bare packet stays on its branch's specialisation
@@ -175,7 +177,7 @@ def fork(repo: Repository, source: str, specialization: str, branch: str | None 
     forked = basin.with_labels(labels)
     ident = repo.identity()
     message = f"fork {short_name(source)} -> {name}: specialize {specialization}"
-    with repo.store.transaction():
+    with repo.transaction():
         basin_cid = repo.write_basin(forked)
         new = _sign(
             ident,
@@ -184,7 +186,7 @@ def fork(repo: Repository, source: str, specialization: str, branch: str | None 
         cid = repo.write_commit(new)
         repo.create_branch(name, cid, f"fork: from {source}")
         old_head = repo.head()
-        repo.store.update_ref(
+        repo.set_ref(
             HEAD, branch_ref(name), old_head.target, f"fork: switch to {name}", symbolic=True
         )
     return cid
@@ -200,8 +202,7 @@ def log(
     heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
     for head in heads:
         repo.read_commit(head)  # says precisely what a non-commit start is
-    for cid, data in repo.store.walk_commits(heads, limit):
-        yield cid, Commit.decode(data, trusted=True)
+    yield from repo.walk(heads, limit)
 
 
 def decorations(repo: Repository) -> dict[str, list[str]]:
@@ -211,7 +212,7 @@ def decorations(repo: Repository) -> dict[str, list[str]]:
     for name, cid in repo.branches():
         label = f"HEAD -> {name}" if head.symbolic and short_name(head.target) == name else name
         out.setdefault(str(cid), []).append(label)
-    for ref in repo.store.list_refs(REMOTES):
+    for ref in repo.refs(REMOTES):
         out.setdefault(ref.target, []).append(short_name(ref.name))
     if not head.symbolic:
         out.setdefault(head.target, []).insert(0, "HEAD")
@@ -224,13 +225,13 @@ def checkout(repo: Repository, rev: str) -> str:
     """Move HEAD: onto a branch when `rev` names one, else detached at the commit it resolves to."""
     head = repo.head()
     if _is_branch_name(rev) and repo.branch_commit(rev) is not None:
-        repo.store.update_ref(
+        repo.set_ref(
             HEAD, branch_ref(rev), head.target, f"checkout: moving to {rev}", symbolic=True
         )
         return f"branch '{rev}'"
     cid = repo.resolve(rev)
     repo.read_commit(cid)
-    repo.store.update_ref(HEAD, str(cid), head.target, f"checkout: moving to {cid}")
+    repo.set_ref(HEAD, str(cid), head.target, f"checkout: moving to {cid}")
     return f"detached HEAD at {cid}"
 
 
@@ -258,7 +259,7 @@ def delete_branch(repo: Repository, name: str) -> CID:
         raise RefError(f"branch {name!r} not found")
     if repo.current_branch() == branch_ref(name):
         raise RefError(f"cannot delete branch {name!r}: it is checked out")
-    repo.store.update_ref(branch_ref(name), None, str(cid), "branch: deleted")
+    repo.set_ref(branch_ref(name), None, str(cid), "branch: deleted")
     return cid
 
 
@@ -308,9 +309,9 @@ def verify(repo: Repository) -> VerifyReport:
     if report.problems:  # a damaged file: every read below would only repeat it
         return report
     pending: list[CID] = []
-    for ref in [repo.head(), *repo.store.list_refs()]:
+    for ref in [repo.head(), *repo.refs()]:
         if ref.symbolic:
-            if repo.store.read_ref(ref.target) is None:
+            if repo.ref(ref.target) is None:
                 report.problems.append((ref.name, f"points at missing ref {ref.target}"))
             continue
         try:
@@ -337,14 +338,14 @@ def verify(repo: Repository) -> VerifyReport:
 
 
 def _check_database(repo: Repository, report: VerifyReport) -> None:
-    finding = repo.store.check_integrity()
+    finding = repo.check_integrity()
     if finding:
-        report.problems.append((str(repo.store.path), f"database check failed: {finding}"))
+        report.problems.append((repo.location, f"database check failed: {finding}"))
 
 
 def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit | None:
     try:
-        data = repo.store.get(cid)
+        data = repo.get_block(cid)
         commit_ = Commit.decode(data)
     except BasinError as exc:
         report.problems.append((str(cid), str(exc)))
@@ -353,17 +354,17 @@ def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit |
         report.problems.append((str(cid), f"bad signature by {format_key(commit_.author)}"))
     if repo.config.trusted_key(commit_.author) is None:
         report.untrusted.setdefault(commit_.author, []).append(str(cid))
-    if [str(p) for p in commit_.parents] != repo.store.indexed_parents(cid):
+    if [str(p) for p in commit_.parents] != repo.parents(cid):
         report.problems.append((str(cid), "commit-graph index disagrees with the commit's parents"))
     for parent in commit_.parents:
-        if not repo.store.has(parent):
+        if not repo.has_block(parent):
             report.problems.append((str(cid), f"parent {parent} is missing"))
     return commit_
 
 
 def _verify_packet(repo: Repository, cid: CID, owner: CID, report: VerifyReport) -> None:
     try:
-        basin = Basin.decode(repo.store.get(cid))
+        basin = Basin.decode(repo.get_block(cid))
     except BasinError as exc:
         report.problems.append((str(cid), f"basin of commit {owner}: {exc}"))
         return
@@ -430,8 +431,8 @@ def dag_put(
                 f"bytes, not the {len(data)} given (key order, spacing or number form)"
             )
         encoded.append(_encode(node, store_codec))
-    with repo.store.transaction():
-        return [repo.store.put(data, CODEC_CHOICES[store_codec]) for data in encoded]
+    with repo.transaction():
+        return [repo.put_block(data, CODEC_CHOICES[store_codec]) for data in encoded]
 
 
 def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> bytes:
@@ -444,7 +445,7 @@ def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> byte
         raise BasinError("empty DAG path")
     take = 1
     if parts[0] == "refs":
-        named = (n for n in range(2, len(parts) + 1) if repo.store.read_ref("/".join(parts[:n])))
+        named = (n for n in range(2, len(parts) + 1) if repo.ref("/".join(parts[:n])))
         take = next(named, 0)
         if not take:
             raise RefError(f"no ref names the start of {path!r}")
@@ -463,7 +464,7 @@ def dag_get(repo: Repository, path: str, output_codec: str = "dag-json") -> byte
 
 
 def _load_node(repo: Repository, cid: CID):
-    data = repo.store.get(cid)
+    data = repo.get_block(cid)
     if cid.codec == DAG_CBOR:
         return dagcbor.decode_trusted(data)
     if cid.codec == DAG_JSON:
@@ -552,7 +553,7 @@ def merge(
     )
     ours, theirs = repo.head_commit(), repo.resolve(rev)
     repo.read_commit(theirs)
-    graph = history.commit_graph(repo.store)
+    graph = history.commit_graph(repo)
     _check_incoming(
         repo, history.ancestors(graph, theirs) - history.ancestors(graph, ours), allow_untrusted
     )
@@ -614,7 +615,7 @@ def merge(
     ident = repo.identity()
     branch = repo.current_branch()
     text = message or f"Merge {rev} into {short_name(branch) if branch else 'HEAD'}"
-    with repo.store.transaction():
+    with repo.transaction():
         basin_cid = repo.write_basin(merged)
         commit_ = _sign(
             ident,

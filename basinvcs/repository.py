@@ -1,23 +1,38 @@
-"""A basin repository on disk: `.basin/` with the block database and the config.
+"""A basin repository: a store (blocks, refs, reflog, commit-graph index), its config and the
+identity that signs for it; on disk, `.basin/` with the block database and the config.
 
-`Repository` is the plumbing the operations in `porcelain` are written with: read and write
-objects, read and move refs, resolve revisions. It never decides policy (what to commit, what to
-refuse); that is porcelain's job.
+`Repository` is the one way in: the operations in `porcelain`, `sync`, `transfer` and the CLI
+read and write objects, read and move refs, walk history and resolve revisions through it, never
+through the store beneath. It never decides policy (what to commit, what to refuse); that is
+porcelain's job. The store is any `store.base.Store`: SQLite on disk, memory in tests.
+
+Threads: a repository on SQLite may be shared by a server's worker threads. Each thread gets its
+own database connection and transactions; refs move only by compare-and-swap, so two threads
+racing for a branch get one success and one RefConflict; config changes are saved under a lock.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from .cid import CID
+from .cid import CID, DAG_CBOR
 from .config import Config, load_config, save_config
 from .errors import BasinError, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
 from .objects import Basin, Commit
 from .refnames import HEAD, HEADS, REMOTES, branch_ref, check_branch_name, shown
-from .store.sqlite import Ref, SQLiteStore
+from .store.base import Ref, ReflogEntry, Store
+from .store.memory import MemoryStore
+from .store.sqlite import SQLiteStore
+
+# who signs: an identity, or a loader called the first time one is needed (the CLI's reads the
+# user's identity file, so commands that sign nothing never need one)
+IdentitySource = Identity | Callable[[], Identity]
 
 BASIN_DIR = ".basin"
 DB_FILE = "basin.db"
@@ -38,23 +53,37 @@ def find_basin_dir(start: Path | None = None) -> Path:
 
 
 class Repository:
-    """Objects, refs and config of one repository."""
+    """Objects, refs, history and config of one repository."""
 
-    def __init__(self, basin_dir: Path, store: SQLiteStore, config: Config):
-        self.basin_dir = basin_dir
-        self.store = store
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        basin_dir: Path | None = None,
+        identity: IdentitySource | None = None,
+    ):
+        self._store = store
         self.config = config
+        self.basin_dir = basin_dir
+        self._identity = identity
+        self._config_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path | str | None = None) -> Repository:
+    def open(
+        cls, path: Path | str | None = None, *, identity: IdentitySource = require_identity
+    ) -> Repository:
+        """The repository at or above `path`; `identity` signs for it (default: the user's,
+        read from the identity file the first time something is signed)."""
         basin_dir = find_basin_dir(Path(path) if path is not None else None)
         if not (basin_dir / DB_FILE).is_file():
             raise RepositoryError(f"{basin_dir} is not a basin repository: it has no {DB_FILE}")
         store = SQLiteStore.open(basin_dir / DB_FILE)
-        return cls(basin_dir, store, load_config(basin_dir))
+        return cls(store, load_config(basin_dir), basin_dir, identity)
 
     @classmethod
-    def create(cls, root: Path, config: Config) -> Repository:
+    def create(
+        cls, root: Path, config: Config, *, identity: IdentitySource = require_identity
+    ) -> Repository:
         basin_dir = root / BASIN_DIR
         if basin_dir.exists():
             raise RepositoryError(f"{basin_dir} already exists: this is a repository already")
@@ -70,10 +99,15 @@ class Repository:
                 leftover.unlink()
             basin_dir.rmdir()
             raise
-        return cls(basin_dir, store, config)
+        return cls(store, config, basin_dir, identity)
+
+    @classmethod
+    def in_memory(cls, config: Config, identity: IdentitySource | None = None) -> Repository:
+        """A repository that lives in memory only (tests, scratch work); its config is not saved."""
+        return cls(MemoryStore(), config, None, identity)
 
     def close(self) -> None:
-        self.store.close()
+        self._store.close()
 
     def __enter__(self) -> Repository:
         return self
@@ -81,13 +115,52 @@ class Repository:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def location(self) -> str:
+        """Where the repository's data lives, for messages."""
+        return self._store.location
+
     def save_config(self) -> None:
-        save_config(self.basin_dir, self.config)
+        if self.basin_dir is not None:
+            with self._config_lock:
+                save_config(self.basin_dir, self.config)
 
     def identity(self) -> Identity:
-        return require_identity()
+        """Who signs this repository's new commits and records, as given when it was opened."""
+        if self._identity is None:
+            raise RepositoryError("no signing identity was given to this repository")
+        if callable(self._identity):
+            self._identity = self._identity()
+        return self._identity
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Every change inside (blocks, refs, index) happens, or none does."""
+        return self._store.transaction()
+
+    def check_integrity(self) -> str | None:
+        return self._store.check_integrity()
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def get_block(self, cid: CID) -> bytes:
+        """A block's bytes, re-hashed against `cid`."""
+        return self._store.get(cid)
+
+    def put_block(self, data: bytes, codec: int = DAG_CBOR) -> CID:
+        """Store any valid block (not indexed as history: `write_commit` does that)."""
+        return self._store.put(data, codec)
+
+    def has_block(self, cid: CID) -> bool:
+        return self._store.has(cid)
+
+    def block_size(self, cid: CID) -> int:
+        return self._store.size(cid)
 
     # -- objects ------------------------------------------------------------------------------
+
+    def is_commit(self, cid: CID) -> bool:
+        """Whether `cid` is a commit of this repository's history (validated when written)."""
+        return self._store.is_indexed_commit(cid)
 
     def read_commit(self, cid: CID) -> Commit:
         """A commit of this repository's history (one in the commit-graph index).
@@ -96,8 +169,8 @@ class Repository:
         decoded on the fast path; any other block is decoded strictly and, even when it is a valid
         commit (stored with `dag put`, say), refused: history only grows through validated writes.
         """
-        data = self.store.get(cid)
-        if self.store.is_indexed_commit(cid):
+        data = self._store.get(cid)
+        if self._store.is_indexed_commit(cid):
             return Commit.decode(data, trusted=True)
         try:
             Commit.decode(data)
@@ -106,29 +179,95 @@ class Repository:
         raise RefError(f"{cid} is a commit block but not part of this repository's history")
 
     def read_basin(self, cid: CID) -> Basin:
-        data = self.store.get(cid)
+        data = self._store.get(cid)
         try:
             return Basin.decode(data, trusted=True)
         except SchemaError as exc:
             raise SchemaError(f"{cid} is not a valid basin packet: {exc}") from None
 
     def write_basin(self, basin: Basin) -> CID:
-        return self.store.put(basin.encode())
+        return self._store.put(basin.encode())
 
     def write_commit(self, commit: Commit) -> CID:
         """Store a signed commit whose basin and parents are already stored, and index it."""
-        for needed in (commit.basin, *commit.parents):
-            if not self.store.has(needed):
-                raise SchemaError(f"commit links {needed}, which is not in the repository")
-        with self.store.transaction():
-            cid = self.store.put(commit.encode())
-            self.store.index_commit(cid, commit.parents, commit.time)
-        return cid
+        data = commit.encode()
+        self.add_history([], [(CID.for_block(data), commit, data)])
+        return CID.for_block(data)
+
+    def add_history(
+        self,
+        packets: Sequence[tuple[CID, bytes]],
+        commits: Sequence[tuple[CID, Commit, bytes]],
+    ) -> None:
+        """Store packets and commits validated elsewhere (`transfer`), in any order, and index
+        the commits, in one transaction; refused if any commit links a block still missing."""
+        with self._store.transaction():
+            for cid, data in packets:
+                if self._store.put(data) != cid:  # cannot happen: the source re-hashed it
+                    raise SchemaError(f"block {cid} changed on the way in")
+            for cid, commit, data in commits:
+                if self._store.put(data) != cid:
+                    raise SchemaError(f"block {cid} changed on the way in")
+                self._store.index_commit(cid, commit.parents, commit.time)
+            for _, commit, _ in commits:
+                for needed in (commit.basin, *commit.parents):
+                    if not self._store.has(needed):
+                        raise SchemaError(f"commit links {needed}, which is not in the repository")
+
+    # -- history ------------------------------------------------------------------------------
+
+    def walk(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, Commit]]:
+        """Commits reachable from `heads`, newest first (a child before its parents), each block
+        re-hashed; at most `limit` (-1: all). The one history walk: log, push, export use it."""
+        for cid, data in self.walk_blocks(heads, limit):
+            yield cid, Commit.decode(data, trusted=True)
+
+    def walk_blocks(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
+        """`walk`, yielding each commit's block as stored (for CAR files and pushes)."""
+        return self._store.walk_commits(heads, limit)
+
+    def parents(self, cid: CID) -> list[str]:
+        """A commit's parents as the commit-graph index holds them."""
+        return self._store.indexed_parents(cid)
+
+    def commit_times(self) -> dict[str, int]:
+        """Every commit of the history (as text) with its time in milliseconds."""
+        return self._store.indexed_commits()
+
+    def commit_edges(self) -> list[tuple[str, str]]:
+        return self._store.commit_edges()
 
     # -- refs ---------------------------------------------------------------------------------
 
+    def ref(self, name: str) -> Ref | None:
+        return self._store.read_ref(name)
+
+    def refs(self, prefix: str = "refs/") -> list[Ref]:
+        return self._store.list_refs(prefix)
+
+    def set_ref(
+        self,
+        name: str,
+        new: CID | str | None,
+        expected: CID | str | None,
+        message: str,
+        *,
+        symbolic: bool = False,
+    ) -> None:
+        """Compare-and-swap: `name` becomes `new` (None deletes it) if it holds `expected`."""
+        self._store.set_if_equals(
+            name,
+            None if new is None else str(new),
+            None if expected is None else str(expected),
+            message,
+            symbolic=symbolic,
+        )
+
+    def reflog(self, name: str, limit: int = -1) -> list[ReflogEntry]:
+        return self._store.reflog(name, limit)
+
     def head(self) -> Ref:
-        ref = self.store.read_ref(HEAD)
+        ref = self._store.read_ref(HEAD)
         if ref is None:
             raise RepositoryError("repository has no HEAD")
         return ref
@@ -142,17 +281,17 @@ class Repository:
         head = self.head()
         if not head.symbolic:
             return CID.parse(head.target)
-        branch = self.store.read_ref(head.target)
+        branch = self._store.read_ref(head.target)
         if branch is None:
             raise RefError(f"HEAD points at {head.target}, which does not exist")
         return CID.parse(branch.target)
 
     def branch_commit(self, name: str) -> CID | None:
-        ref = self.store.read_ref(branch_ref(name))
+        ref = self._store.read_ref(branch_ref(name))
         return CID.parse(ref.target) if ref else None
 
     def branches(self) -> list[tuple[str, CID]]:
-        return [(r.name[len(HEADS) :], CID.parse(r.target)) for r in self.store.list_refs(HEADS)]
+        return [(r.name[len(HEADS) :], CID.parse(r.target)) for r in self._store.list_refs(HEADS)]
 
     def resolve(self, rev: str) -> CID:
         """A revision to a CID: HEAD, branch, full ref, CID or unique CID prefix, with ~N / ^N."""
@@ -162,7 +301,8 @@ class Repository:
         name = rev
         while (match := _REV_SUFFIX.search(name)) and match.start() > 0:
             num = match.group(1)[1:]
-            steps.append((match.group(1)[0], int(num) if len(num) < 19 else 1 << 63))
+            n = int(num) if num else 1  # beyond any history, whatever the digits:
+            steps.append((match.group(1)[0], n if len(num) < 19 else 1 << 63))
             name = name[: match.start()]
         base = self._resolve_name(name)
         for op, n in reversed(steps):
@@ -185,7 +325,7 @@ class Repository:
         if rev == HEAD:
             return self.head_commit()
         for name in (rev, HEADS + rev, REMOTES + rev) if not rev.startswith("refs/") else (rev,):
-            ref = self.store.read_ref(name)
+            ref = self._store.read_ref(name)
             if ref is not None and not ref.symbolic:
                 return CID.parse(ref.target)
         try:
@@ -193,11 +333,11 @@ class Repository:
         except BasinError:
             cid = None
         if cid is not None:
-            if not self.store.has(cid):
+            if not self._store.has(cid):
                 raise RefError(f"revision {shown(rev)}: no such block in this repository")
             return cid
         if len(rev) >= MIN_PREFIX and rev.isalnum():
-            found = self.store.match_prefix(rev)
+            found = self._store.match_prefix(rev)
             if len(found) == 1:
                 return CID.parse(found[0])
             if len(found) > 1:
@@ -211,13 +351,13 @@ class Repository:
     def move_head(self, new: CID, old: CID, message: str) -> None:
         """Advance what HEAD points at (its branch, or HEAD itself when detached), logging both."""
         branch = self.current_branch()
-        with self.store.transaction():
-            self.store.update_ref(branch or HEAD, str(new), str(old), message)
+        with self._store.transaction():
+            self.set_ref(branch or HEAD, new, old, message)
             if branch:
-                self.store.append_reflog(HEAD, str(old), str(new), message)
+                self._store.append_reflog(HEAD, str(old), str(new), message)
 
     def create_branch(self, name: str, target: CID, message: str) -> None:
         check_branch_name(name)
         if self.branch_commit(name) is not None:
             raise RefError(f"a branch named {name!r} already exists")
-        self.store.update_ref(branch_ref(name), str(target), None, message)
+        self.set_ref(branch_ref(name), target, None, message)

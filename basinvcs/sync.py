@@ -44,7 +44,7 @@ from .errors import (
     RepositoryError,
     SchemaError,
 )
-from .identity import default_name, format_key, load_or_create_identity, parse_key, require_identity
+from .identity import default_name, format_key, load_or_create_identity, parse_key
 from .ipfs import Node, check_address
 from .objects import Commit
 from .porcelain import now_ms
@@ -169,7 +169,7 @@ class PushResult:
 
 def push(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = None) -> PushResult:
     """Send `branch` (default: the current one) to the remote's node and publish the heads."""
-    ident = require_identity()
+    ident = repo.identity()
     target = _remote(repo, remote)
     branch = branch or current_branch(repo)
     head = repo.branch_commit(branch)
@@ -214,8 +214,8 @@ def push(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = No
         str(heads_cid),
     )
     repo.save_config()
-    old = repo.store.read_ref(remote_ref(remote, branch))
-    repo.store.update_ref(
+    old = repo.ref(remote_ref(remote, branch))
+    repo.set_ref(
         remote_ref(remote, branch), str(head), old.target if old else None, f"push: {branch}"
     )
     return PushResult(
@@ -237,28 +237,21 @@ def broadcast(node: Node, topic: str, data: bytes) -> bool:
 
 def missing_blocks(repo: Repository, node: Node, heads: list[CID]) -> list[tuple[CID, bytes]]:
     """Blocks of the history below `heads` that the node lacks, stopping at its pinned commits."""
-    local_pins = [cid for cid in node.pinned_roots() if repo.store.is_indexed_commit(cid)]
+    local_pins = [cid for cid in node.pinned_roots() if repo.is_commit(cid)]
     have: set[CID] = set()
     have_packets: set[CID] = set()
-    if local_pins:
-        for cid, data in repo.store.walk_commits(local_pins, -1):
-            have.add(cid)
-            have_packets.add(Commit.decode(data, trusted=True).basin)
+    for cid, commit in repo.walk(local_pins):
+        have.add(cid)
+        have_packets.add(commit.basin)
     out: list[tuple[CID, bytes]] = []
-    seen: set[CID] = set()
-    stack = [h for h in heads if h not in have]
-    while stack:
-        cid = stack.pop()
-        if cid in seen or cid in have:
+    for cid, data in repo.walk_blocks(heads):
+        if cid in have:
             continue
-        seen.add(cid)
-        data = repo.store.get(cid)
-        commit = Commit.decode(data, trusted=True)
         out.append((cid, data))
-        if commit.basin not in have_packets:
-            have_packets.add(commit.basin)
-            out.append((commit.basin, repo.store.get(commit.basin)))
-        stack.extend(commit.parents)
+        basin = Commit.decode(data, trusted=True).basin
+        if basin not in have_packets:
+            have_packets.add(basin)
+            out.append((basin, repo.get_block(basin)))
     return out
 
 
@@ -323,10 +316,10 @@ def _check_not_backwards(repo: Repository, ref: str, head: CID, heads_cid: CID) 
     (a replayed or forged record), whatever its sequence number says."""
     from . import history
 
-    old = repo.store.read_ref(ref)
-    if old is None or old.target == str(head) or not repo.store.is_indexed_commit(head):
+    old = repo.ref(ref)
+    if old is None or old.target == str(head) or not repo.is_commit(head):
         return  # new, unchanged, or a commit we never had: not behind anything we hold
-    if history.is_ancestor(history.commit_graph(repo.store), head, CID.parse(old.target)):
+    if history.is_ancestor(history.commit_graph(repo), head, CID.parse(old.target)):
         raise RemoteError(
             f"heads record {heads_cid} would move {ref} back from {old.target} to its ancestor "
             f"{head}: refusing a rollback"
@@ -396,7 +389,7 @@ def clone(
             refs += [(remote_ref(DEFAULT_REMOTE, b), c, "clone") for b, c in heads.heads.items()]
             apply_plan(repo, plan, refs)
             checked_out = DEFAULT_BRANCH if DEFAULT_BRANCH in heads.heads else min(heads.heads)
-            repo.store.update_ref(HEAD, branch_ref(checked_out), None, "clone", symbolic=True)
+            repo.set_ref(HEAD, branch_ref(checked_out), None, "clone", symbolic=True)
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -421,12 +414,12 @@ def clone(
 def history_blocks(repo: Repository, head: CID) -> Iterator[tuple[CID, bytes]]:
     """Every commit reachable from `head`, each followed by its packet the first time it appears."""
     packets: set[CID] = set()
-    for cid, data in repo.store.walk_commits([head], -1):
+    for cid, data in repo.walk_blocks([head]):
         yield cid, data
         basin = Commit.decode(data, trusted=True).basin
         if basin not in packets:
             packets.add(basin)
-            yield basin, repo.store.get(basin)
+            yield basin, repo.get_block(basin)
 
 
 def export_car(repo: Repository, rev: str, out: Path | str) -> tuple[CID, int, int]:
@@ -481,7 +474,7 @@ def import_car(repo: Repository, path: Path | str, branch: str | None = None) ->
     plan = plan_fetch(repo, [root], get)
     refs = [(branch_ref(branch), root, f"import: {path}")] if branch else []
     apply_plan(repo, plan, refs)
-    ignored = sum(1 for cid in table if not repo.store.has(cid))  # what the history did not need
+    ignored = sum(1 for cid in table if not repo.has_block(cid))  # what the history did not need
     return ImportResult(root, len(table), plan.blocks, ignored)
 
 
@@ -523,7 +516,7 @@ def announce(
     The repository must have pushed (the record points at its IPNS name and heads record).
     Returns the record, its CID and how many of the publications some peer subscribed to.
     """
-    ident = require_identity()
+    ident = repo.identity()
     target = _remote(repo, remote)
     sync = repo.config.sync
     if not sync.heads or not sync.repo:

@@ -63,7 +63,7 @@ def plan_fetch(
     stack = list(heads)
     while stack:
         cid = stack.pop()
-        if cid in seen_commits or repo.store.is_indexed_commit(cid):
+        if cid in seen_commits or repo.is_commit(cid):
             continue
         seen_commits.add(cid)
         data = _read(get, cid, on_block)
@@ -75,8 +75,8 @@ def plan_fetch(
             raise SignatureError(f"fetch refused: commit {cid} has a bad signature")
         if commit.basin not in seen_packets:
             seen_packets.add(commit.basin)
-            have = repo.store.has(commit.basin)
-            packet = repo.store.get(commit.basin) if have else _read(get, commit.basin, on_block)
+            have = repo.has_block(commit.basin)
+            packet = repo.get_block(commit.basin) if have else _read(get, commit.basin, on_block)
             try:
                 basin = Basin.decode(packet)
             except SchemaError as exc:
@@ -104,17 +104,11 @@ def _read(get: BlockSource, cid: CID, on_block: Callable[[int], None] | None) ->
 
 def apply_plan(repo: Repository, plan: FetchPlan, refs: Iterable[tuple[str, CID, str]]) -> None:
     """Write a validated plan and set `refs` ((full ref, target, reflog message)), atomically."""
-    with repo.store.transaction():
-        for cid, data in plan.packets:
-            if repo.store.put(data) != cid:  # cannot happen: the source re-hashed it
-                raise SchemaError(f"block {cid} changed on the way in")
-        for cid, commit, data in plan.commits:
-            if repo.store.put(data) != cid:
-                raise SchemaError(f"block {cid} changed on the way in")
-            repo.store.index_commit(cid, commit.parents, commit.time)
+    with repo.transaction():
+        repo.add_history(plan.packets, plan.commits)
         for ref, target, message in refs:
-            old = repo.store.read_ref(ref)
-            repo.store.update_ref(ref, str(target), old.target if old else None, message)
+            old = repo.ref(ref)
+            repo.set_ref(ref, target, old.target if old else None, message)
 
 
 def open_source(path: Path | str) -> Repository:
@@ -123,7 +117,7 @@ def open_source(path: Path | str) -> Repository:
     basin_dir = root if root.name == BASIN_DIR else root / BASIN_DIR
     if not (basin_dir / DB_FILE).is_file():
         raise RepositoryError(f"{path} is not a basin repository: no {BASIN_DIR}/{DB_FILE}")
-    return Repository(basin_dir, SQLiteStore.open(basin_dir / DB_FILE), load_config(basin_dir))
+    return Repository(SQLiteStore.open(basin_dir / DB_FILE), load_config(basin_dir), basin_dir)
 
 
 def fetch(repo: Repository, source_repo_path: Path | str, branch: str, as_branch: str) -> CID:
@@ -144,7 +138,7 @@ def fetch(repo: Repository, source_repo_path: Path | str, branch: str, as_branch
         head = source.branch_commit(branch)
         if head is None:
             raise RefError(f"{source.basin_dir} has no branch {branch!r}")
-        plan = plan_fetch(repo, [head], source.store.get)  # get() re-hashes every block
+        plan = plan_fetch(repo, [head], source.get_block)  # re-hashes every block
     apply_plan(
         repo, plan, [(branch_ref(as_branch), head, f"fetch: {branch} from {source_repo_path}")]
     )

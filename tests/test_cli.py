@@ -218,13 +218,13 @@ def test_verify_names_a_bad_signature(repo_dir, cli):
         -1
     ]
     with Repository.open(repo_dir) as repo:
-        node = dagcbor.decode(repo.store.get(CID.parse(cid)))
+        node = dagcbor.decode(repo.get_block(CID.parse(cid)))
         node["signature"] = bytes(64)
-        forged = repo.store.put(dagcbor.encode(node))
-        repo.store.index_commit(
-            forged, [CID.parse(p) for p in repo.store.indexed_parents(CID.parse(cid))], 1
+        forged = repo.put_block(dagcbor.encode(node))
+        repo._store.index_commit(
+            forged, [CID.parse(p) for p in repo.parents(CID.parse(cid))], 1
         )
-        repo.store.update_ref("refs/heads/general", str(forged), cid, "forge")
+        repo.set_ref("refs/heads/general", str(forged), cid, "forge")
     result = cli("verify", ok=False)
     assert result.exit_code == 1
     assert f"error: {forged}: bad signature by z6Mk" in result.stderr

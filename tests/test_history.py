@@ -5,7 +5,9 @@ import pytest
 from basinvcs import history
 from basinvcs.cid import CID
 from basinvcs.codec import dagcbor
-from basinvcs.store.sqlite import SQLiteStore
+from basinvcs.config import Config
+from basinvcs.repository import Repository
+from tests.conftest import CHART
 
 
 @pytest.fixture
@@ -15,7 +17,8 @@ def graph(tmp_path):
                                   c - e
     where d merges (b, c) and e merges (c, b): d and e have two best common ancestors, b and c.
     """
-    store = SQLiteStore.create(tmp_path / "h.db")
+    repo = Repository.in_memory(Config(CHART))
+    store = repo._store  # a synthetic graph: index blocks that are not commits
     made: dict[str, CID] = {}
 
     def commit(name: str, parents: str, t: int) -> None:
@@ -29,8 +32,7 @@ def graph(tmp_path):
     commit("d", "bc", 4)
     commit("e", "cb", 5)
     commit("f", "de", 6)
-    yield history.commit_graph(store), made, store
-    store.close()
+    yield history.commit_graph(repo), made, store
 
 
 def test_ancestors_and_is_ancestor(graph):

@@ -51,7 +51,7 @@ def test_export_writes_the_whole_history_with_the_commit_as_root(cli, history, t
     assert {cid for cid, _ in blocks} == _reachable(history, "math")
     assert len(blocks) == len(_reachable(history, "math")) == 10  # each block exactly once
     with Repository.open(history) as repo:
-        assert all(repo.store.get(cid) == data for cid, data in blocks)
+        assert all(repo.get_block(cid) == data for cid, data in blocks)
 
 
 def test_import_into_another_repository_round_trips(cli, history, tmp_path, monkeypatch):
@@ -74,7 +74,7 @@ def test_import_into_another_repository_round_trips(cli, history, tmp_path, monk
 def test_import_ignores_unreachable_blocks(cli, history, tmp_path, monkeypatch):
     with Repository.open(history) as repo:
         head = repo.branch_commit("math")
-        blocks = [(cid, repo.store.get(cid)) for cid in _reachable(history, "math")]
+        blocks = [(cid, repo.get_block(cid)) for cid in _reachable(history, "math")]
     stray = dagcbor.encode({"stray": 1})
     out = tmp_path / "extra.car"
     out.write_bytes(car_bytes([head], [*blocks, (CID.for_block(stray), stray)]))
@@ -83,14 +83,14 @@ def test_import_ignores_unreachable_blocks(cli, history, tmp_path, monkeypatch):
     result = cli("import", str(out))
     assert "1 blocks not reachable from the root were not stored" in result.output
     with Repository.open(other) as repo:
-        assert not repo.store.has(CID.for_block(stray))
+        assert not repo.has_block(CID.for_block(stray))
 
 
 def _bad_file(tmp_path, history, how: str) -> Path:
     out = tmp_path / "good.car"
     with Repository.open(history) as repo:
         head = repo.branch_commit("math")
-        blocks = [(cid, repo.store.get(cid)) for cid in _reachable(history, "math")]
+        blocks = [(cid, repo.get_block(cid)) for cid in _reachable(history, "math")]
     good = car_bytes([head], blocks)
     out.write_bytes(good)
     bad = tmp_path / f"{how}.car"

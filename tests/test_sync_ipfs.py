@@ -173,7 +173,7 @@ def _clone_from_a_corrupted_node(alice, tmp_path, monkeypatch, node1) -> None:
     heads = _field(out, "heads record: ")
     with alice, Repository.open(alice.path) as repo:
         head = repo.branch_commit("general")
-        target = repo.store.get(repo.read_commit(head).basin)
+        target = repo.get_block(repo.read_commit(head).basin)
     corrupted = 0
     for path in (node1.repo / "blocks").rglob("*.data"):
         if path.read_bytes() == target:  # the node's own copy of the packet, on its disk
@@ -305,7 +305,7 @@ def test_a_remote_is_bound_to_one_repository_and_never_moves_back(
     with bob, Repository.open(bob.path) as repo:
         tip = repo.branch_commit("general")
         back = repo.read_commit(tip).parents[0]
-        repo.store.update_ref("refs/heads/general", str(back), str(tip), "test: rewind")
+        repo.set_ref("refs/heads/general", str(back), str(tip), "test: rewind")
     bob("push")
     doc["remotes"]["bob"]["follow"] = bob_name
     config.write_text(json.dumps(doc))

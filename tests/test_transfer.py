@@ -69,7 +69,7 @@ def test_fetch_copies_exactly_what_is_missing(tmp_path, monkeypatch, hub):
         with Repository.open(spec) as src:
             assert head == src.branch_commit("cipher")
         assert porcelain.verify(repo).ok
-        assert repo.store.is_indexed_commit(head)
+        assert repo.is_commit(head)
     added = _blocks(hub) - before
     # the specialist's fork and its two commits, each with its packet; genesis was the hub's own
     assert added == wanted - before
@@ -109,10 +109,10 @@ def test_fetch_refuses_another_chart(tmp_path, monkeypatch, hub):
 
 def _install(repo: Repository, branch: str, commit: Commit, head: CID) -> CID:
     """Store `commit` as it is and move `branch` from `head` to it, unchecked: a forger's write."""
-    with repo.store.transaction():
-        cid = repo.store.put(commit.encode())
-        repo.store.index_commit(cid, commit.parents, commit.time)
-        repo.store.update_ref(f"refs/heads/{branch}", str(cid), str(head), "forge")
+    with repo.transaction():
+        cid = repo.put_block(commit.encode())
+        repo._store.index_commit(cid, commit.parents, commit.time)
+        repo.set_ref(f"refs/heads/{branch}", str(cid), str(head), "forge")
     return cid
 
 
@@ -152,7 +152,7 @@ def test_fetch_refuses_a_packet_of_another_chart(tmp_path, monkeypatch, hub):
     _as(monkeypatch, tmp_path / "home-copy")
     ident = load_identity()
     with Repository.open(spec) as repo:
-        basin = repo.store.put(packet(5, dim=DIM * 2).encode())  # chart (7, 128): not ours
+        basin = repo.put_block(packet(5, dim=DIM * 2).encode())  # chart (7, 128): not ours
         parent = repo.branch_commit("copy")
         commit = Commit(basin, (parent,), ident.public_key, 1, "wrong chart").signed(ident.sign)
         _install(repo, "copy", commit, parent)

@@ -34,6 +34,9 @@ class IPFSBlockStore(BlockStore):
     def has(self, cid: CID) -> bool:
         return self.node.block_has(cid)
 
+    def size(self, cid: CID) -> int:
+        return len(self.get(cid))  # the node's own stat would be trusting its word for it
+
     def pin(self, cid: CID) -> None:
         """Pin `cid` and everything it links to on the node."""
         self.node.pin_add(cid, recursive=True)

@@ -8,16 +8,16 @@ git's commit-graph file, that lets `log` walk history in one query instead of on
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..cid import CID, DAG_CBOR
 from ..errors import BlockNotFound, RefConflict, RepositoryError
 from ..refnames import check_ref_name
-from .base import BlockStore, check_block
+from .base import Ref, ReflogEntry, Store, check_block
 
 SCHEMA_VERSION = 1
 _TABLES = ("blocks", "refs", "reflog", "commits", "commit_parents")
@@ -50,29 +50,39 @@ SELECT walk.cid, blocks.data FROM walk JOIN blocks ON blocks.cid = walk.cid
 """
 
 
-@dataclass(frozen=True)
-class Ref:
-    name: str
-    target: str  # a CID string, or a ref name when symbolic
-    symbolic: bool
+class SQLiteStore(Store):
+    """Blocks, refs, reflog and the commit-graph index in one SQLite file.
 
-
-@dataclass(frozen=True)
-class ReflogEntry:
-    name: str
-    old: str | None
-    new: str | None
-    time: float
-    message: str
-
-
-class SQLiteStore(BlockStore):
-    """Blocks, refs and reflog in one SQLite file."""
+    Safe to share between threads (a server's workers): each thread gets its own connection, so
+    each has its own transactions; SQLite serialises writers (IMMEDIATE transactions, waiting up
+    to 60 s for the lock) and refs move only by compare-and-swap inside them.
+    """
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
-        self._db = conn
         self.path = path
-        self._depth = 0
+        self.location = str(path)
+        self._local = threading.local()
+        self._local.db, self._local.depth = conn, 0
+        self._all = [conn]
+        self._guard = threading.Lock()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _connect(self.path, "rw")
+            self._local.depth = 0
+            with self._guard:
+                self._all.append(db)
+        return db
+
+    @property
+    def _depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -105,7 +115,10 @@ class SQLiteStore(BlockStore):
         return cls(conn, path)
 
     def close(self) -> None:
-        self._db.close()
+        with self._guard:
+            for db in self._all:
+                db.close()
+            self._all.clear()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -237,7 +250,7 @@ class SQLiteStore(BlockStore):
         )
         return [Ref(n, t, bool(s)) for n, t, s in rows]
 
-    def update_ref(
+    def set_if_equals(
         self,
         name: str,
         new: str | None,
@@ -246,7 +259,6 @@ class SQLiteStore(BlockStore):
         *,
         symbolic: bool = False,
     ) -> None:
-        """Set `name` to `new` (None deletes it) only if it now holds `expected` (None: absent)."""
         check_ref_name(name)
         with self.transaction():
             current = self.read_ref(name)
@@ -283,7 +295,11 @@ class SQLiteStore(BlockStore):
 def _connect(path: Path, mode: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None, timeout=60
+            f"{path.resolve().as_uri()}?mode={mode}",
+            uri=True,
+            isolation_level=None,
+            timeout=60,
+            check_same_thread=False,  # one thread uses it; whichever closes the store closes it
         )
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=OFF")

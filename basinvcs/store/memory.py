@@ -1,0 +1,157 @@
+"""A repository store in memory: the `Store` interface with dictionaries, for tests and tools
+that need a throwaway repository. Same rules as SQLite's: blocks checked on the way in and
+re-hashed on the way out, refs moved only by compare-and-swap, transactions all or nothing (the
+outermost one snapshots everything and restores it on an error), one lock for threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ..cid import CID, DAG_CBOR
+from ..errors import BlockNotFound, RefConflict
+from ..refnames import check_ref_name
+from .base import Ref, ReflogEntry, Store, check_block
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self.location = "memory"
+        self._blocks: dict[str, bytes] = {}
+        self._refs: dict[str, Ref] = {}
+        self._reflog: list[ReflogEntry] = []
+        self._commits: dict[str, tuple[int, list[str]]] = {}  # cid -> (time, parents)
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            saved = (dict(self._blocks), dict(self._refs), list(self._reflog), dict(self._commits))
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._blocks, self._refs, self._reflog, self._commits = saved
+                raise
+            finally:
+                self._depth = 0
+
+    def close(self) -> None:
+        pass
+
+    def check_integrity(self) -> str | None:
+        return None
+
+    # -- blocks
+
+    def put(self, data: bytes, codec: int = DAG_CBOR) -> CID:
+        check_block(data, codec)
+        cid = CID.for_block(data, codec)
+        with self._lock:
+            self._blocks.setdefault(str(cid), bytes(data))
+        return cid
+
+    def get(self, cid: CID) -> bytes:
+        data = self._blocks.get(str(cid))
+        if data is None:
+            raise BlockNotFound(f"block {cid} not found")
+        cid.verify(data)
+        return data
+
+    def has(self, cid: CID) -> bool:
+        return str(cid) in self._blocks
+
+    def size(self, cid: CID) -> int:
+        data = self._blocks.get(str(cid))
+        if data is None:
+            raise BlockNotFound(f"block {cid} not found")
+        return len(data)
+
+    def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        return sorted(c for c in self._blocks if c.startswith(prefix))[:limit]
+
+    # -- refs
+
+    def read_ref(self, name: str) -> Ref | None:
+        return self._refs.get(name)
+
+    def list_refs(self, prefix: str = "refs/") -> list[Ref]:
+        return [self._refs[n] for n in sorted(self._refs) if n.startswith(prefix)]
+
+    def set_if_equals(
+        self,
+        name: str,
+        new: str | None,
+        expected: str | None,
+        message: str,
+        *,
+        symbolic: bool = False,
+    ) -> None:
+        check_ref_name(name)
+        with self.transaction():
+            current = self._refs.get(name)
+            found = current.target if current else None
+            if found != expected:
+                raise RefConflict(
+                    f"ref {name} changed underneath this operation "
+                    f"(expected {expected or 'nothing'}, found {found or 'nothing'})"
+                )
+            if new is None:
+                self._refs.pop(name, None)
+            else:
+                self._refs[name] = Ref(name, new, symbolic)
+            self.append_reflog(name, expected, new, message)
+
+    def append_reflog(self, name: str, old: str | None, new: str | None, message: str) -> None:
+        with self._lock:
+            now = int(time.time() * 1000) / 1000
+            self._reflog.append(ReflogEntry(name, old, new, now, message))
+
+    def reflog(self, name: str, limit: int = -1) -> list[ReflogEntry]:
+        entries = [e for e in reversed(self._reflog) if e.name == name]
+        return entries if limit < 0 else entries[:limit]
+
+    # -- the commit-graph index
+
+    def index_commit(self, cid: CID, parents: Sequence[CID], time_ms: int) -> None:
+        with self._lock:
+            self._commits.setdefault(str(cid), (time_ms, [str(p) for p in parents]))
+
+    def is_indexed_commit(self, cid: CID) -> bool:
+        return str(cid) in self._commits
+
+    def indexed_parents(self, cid: CID) -> list[str]:
+        entry = self._commits.get(str(cid))
+        return list(entry[1]) if entry else []
+
+    def indexed_commits(self) -> dict[str, int]:
+        return {c: t for c, (t, _) in self._commits.items()}
+
+    def commit_edges(self) -> list[tuple[str, str]]:
+        return [(c, p) for c, (_, parents) in self._commits.items() for p in parents]
+
+    def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
+        queue = [(-self._commits[str(h)][0], str(h)) for h in heads if str(h) in self._commits]
+        heapq.heapify(queue)
+        seen = {c for _, c in queue}
+        while queue and limit != 0:
+            _, text = heapq.heappop(queue)
+            cid = CID.parse(text)
+            yield cid, self.get(cid)
+            limit -= 1
+            for parent in self._commits[text][1]:
+                if parent not in seen and parent in self._commits:
+                    seen.add(parent)
+                    heapq.heappush(queue, (-self._commits[parent][0], parent))
