@@ -409,15 +409,21 @@ def reflog(ref: str, limit: int | None) -> None:
         click.echo(f"{new} {short_name(name)}@{{{i}}}: {e.message}")
 
 
+def _strategies() -> list[str]:
+    from .merge import STRATEGIES
+
+    return list(STRATEGIES)
+
+
 def _merge_options(fn):
     """The options `merge` and `pull` share: strategy, weight, thresholds, force, trust, message."""
     options = [
         click.option(
             "--strategy",
-            type=click.Choice(["fisher", "linear", "ties", "ours", "theirs"]),
+            type=click.Choice(_strategies()),
             default="fisher",
             show_default=True,
-            help="How coordinates both sides changed combine.",
+            help="How coordinates several sides changed combine.",
         ),
         click.option(
             "--weight",
@@ -452,12 +458,12 @@ def _merge_options(fn):
     return fn
 
 
-def _merge(repo, rev: str, **options):
+def _merge(repo, revs: str | list[str], **options):
     """porcelain.merge, printing the conflict report (on stderr) when it refuses."""
     from . import porcelain
 
     try:
-        return porcelain.merge(repo, rev, **options)
+        return porcelain.merge(repo, revs, **options)
     except porcelain.MergeRefused as exc:
         for line in exc.report:
             click.echo(line, err=True)
@@ -470,13 +476,16 @@ def _report_merge(result) -> None:
     elif result.kind == "fast-forward":
         click.echo(f"Fast-forward to {short(result.cid)}")
     else:
-        v = result.assessment
         click.echo(f"Merge made by the '{result.strategy}' strategy: {short(result.cid)}")
-        click.echo(
-            f"  weights ours {result.weights[0]:.3g}, theirs {result.weights[1]:.3g}; "
-            f"{v.shared} shared coordinates, Fisher distance {v.distance:.4g} "
-            f"({v.relative:.3g}x), interference {v.interference:.3g}"
-        )
+        several = len(result.assessments) > 1
+        for k, v in enumerate(result.assessments):
+            theirs = f"{result.revs[k]} " if several else ""
+            click.echo(
+                f"  weights ours {result.weights[0]:.3g}, theirs {theirs}"
+                f"{result.weights[k + 1]:.3g}; "
+                f"{v.shared} shared coordinates, Fisher distance {v.distance:.4g} "
+                f"({v.relative:.3g}x), interference {v.interference:.3g}"
+            )
         if result.bases > 1:
             click.echo(f"  {result.bases} best common ancestors: merged against their mean")
         for note in result.notes:
@@ -485,12 +494,14 @@ def _report_merge(result) -> None:
 
 
 @main.command()
-@click.argument("rev")
+@click.argument("revs", metavar="REV...", nargs=-1, required=True)
+@click.option("--into", metavar="BRANCH", help="Merge into BRANCH instead of HEAD's branch.")
 @_merge_options
-def merge(rev: str, **options) -> None:
-    """Three-way merge REV into HEAD, refusing conflicting or suspicious updates."""
+def merge(revs: tuple[str, ...], into: str | None, **options) -> None:
+    """Merge REV (or several: one merge of them all) into HEAD, refusing conflicting or
+    suspicious updates."""
     with _repo() as repo:
-        result = _merge(repo, rev, **options)
+        result = _merge(repo, list(revs), into=into, **options)
     _report_merge(result)
 
 

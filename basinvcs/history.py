@@ -30,12 +30,12 @@ def is_ancestor(graph: nx.DiGraph, ancestor: CID, descendant: CID) -> bool:
     return str(ancestor) == str(descendant) or nx.has_path(graph, str(descendant), str(ancestor))
 
 
-def merge_bases(graph: nx.DiGraph, a: CID, b: CID) -> list[CID]:
-    """The best common ancestors of `a` and `b`: common ones that no other common one descends from.
+def merge_bases(graph: nx.DiGraph, *heads: CID) -> list[CID]:
+    """The best common ancestors of `heads`: common ones that no other common one descends from.
 
     There can be several (criss-cross merges); they come sorted, and callers decide what to do.
     """
-    common = ancestors(graph, a) & ancestors(graph, b)
+    common = set.intersection(*(ancestors(graph, h) for h in heads))
     sub = graph.subgraph(common)
     return sorted(CID.parse(c) for c in common if sub.in_degree(c) == 0)
 

@@ -507,16 +507,23 @@ class MergeResult:
     kind: str  # "merge", "fast-forward" or "up-to-date"
     cid: CID
     strategy: str | None = None
-    assessment: object | None = None
-    weights: tuple[float, float] = (1.0, 1.0)
+    assessments: list = field(default_factory=list)  # one per incoming side, in order
+    weights: list[float] = field(default_factory=list)  # ours first, then each incoming side
     bases: int = 0
     notes: list[str] = field(default_factory=list)  # what the user should know about the weights
+    revs: list[str] = field(default_factory=list)  # the incoming sides merged, as named
+
+    @property
+    def assessment(self):
+        """The conflict assessment of a two-sided merge (the only incoming side's)."""
+        return self.assessments[0] if self.assessments else None
 
 
 def merge(
     repo: Repository,
-    rev: str,
+    revs: str | Sequence[str],
     *,
+    into: str | None = None,
     strategy: str = "fisher",
     weight: float = 1.0,
     max_distance: float | None = None,
@@ -526,108 +533,153 @@ def merge(
     message: str | None = None,
     allow_untrusted: bool = False,
 ) -> MergeResult:
-    """Three-way merge of `rev` into HEAD; see basinvcs.merge for the rules and docs/merge.md.
+    """Merge `revs` (one or more) into branch `into` (default: HEAD's branch, or a detached HEAD);
+    see basinvcs.merge for the rules and docs/merge.md. `weight` is each incoming side's extra.
 
-    Everything is checked first (signatures and trust of the incoming history, charts, the
-    conflict assessment); a refusal raises before anything is written.
+    This function resolves, checks and commits; the arithmetic is basinvcs.merge's. Everything is
+    checked first (signatures and trust of the incoming history, charts, each incoming side's
+    conflict assessment against ours); a refusal raises before anything is written.
     """
     from . import history
     from . import merge as mm
     from .concepts import refresh_links
 
-    if strategy not in mm.STRATEGIES:
-        raise BasinError(f"unknown merge strategy {strategy!r} (known: {', '.join(mm.STRATEGIES)})")
+    rule = mm.get(strategy)
     weight = mm.check_weight(weight, "--weight")
-    settings = repo.config.settings.get("merge", {})
-    limit_d = mm.check_threshold(
-        max_distance
-        if max_distance is not None
-        else settings.get("max_distance", mm.DEFAULT_MAX_DISTANCE),
-        "maximum Fisher distance",
-    )
-    limit_i = mm.check_threshold(
-        max_interference
-        if max_interference is not None
-        else settings.get("max_interference", mm.DEFAULT_MAX_INTERFERENCE),
-        "maximum interference",
-    )
-    ours, theirs = repo.head_commit(), repo.resolve(rev)
-    repo.read_commit(theirs)
+    limit_d, limit_i = _thresholds(repo, max_distance, max_interference)
+    revs = [revs] if isinstance(revs, str) else list(revs)
+    if not revs:
+        raise BasinError("nothing to merge: name at least one revision")
+    target, ours = _merge_target(repo, into)
+    heads = [repo.resolve(rev) for rev in revs]
     graph = history.commit_graph(repo)
-    _check_incoming(
-        repo, history.ancestors(graph, theirs) - history.ancestors(graph, ours), allow_untrusted
-    )
-    their_basin = repo.read_basin(repo.read_commit(theirs).basin)
-    if their_basin.chart != repo.config.chart:
-        raise BasinError(
-            f"cannot merge {rev}: its basin is in chart {their_basin.chart}, this repository's "
-            f"is {repo.config.chart}: the coordinates mean different things"
-        )
-    if history.is_ancestor(graph, theirs, ours):
+    incoming = set().union(*(history.ancestors(graph, h) for h in heads))
+    _check_incoming(repo, incoming - history.ancestors(graph, ours), allow_untrusted)
+    basins = [repo.read_basin(repo.read_commit(h).basin) for h in heads]
+    for rev, basin in zip(revs, basins, strict=True):
+        if basin.chart != repo.config.chart:
+            raise BasinError(
+                f"cannot merge {rev}: its basin is in chart {basin.chart}, this repository's "
+                f"is {repo.config.chart}: the coordinates mean different things"
+            )
+    pending = [
+        (rev, head, basin)
+        for rev, head, basin in zip(revs, heads, basins, strict=True)
+        if not history.is_ancestor(graph, head, ours)
+    ]
+    if not pending:
         return MergeResult("up-to-date", ours)
-    if history.is_ancestor(graph, ours, theirs) and not no_ff:
-        repo.move_head(theirs, ours, f"merge {rev}: fast-forward")
-        return MergeResult("fast-forward", theirs)
+    if len(pending) == 1 and history.is_ancestor(graph, ours, pending[0][1]) and not no_ff:
+        rev, head, _ = pending[0]
+        _move(repo, target, head, ours, f"merge {rev}: fast-forward")
+        return MergeResult("fast-forward", head, revs=[rev])
 
-    bases = history.merge_bases(graph, ours, theirs)
+    revs, heads, basins = ([p[k] for p in pending] for k in range(3))
+    bases = history.merge_bases(graph, ours, *heads)
     base_z = _virtual_base(repo, bases)
     our_commit = repo.read_commit(ours)
     our_basin = repo.read_basin(our_commit.basin)
     notes: list[str] = []
-    sides = [
-        _side(repo, our_commit.author, our_basin, 1.0, "ours", notes),
-        _side(repo, repo.read_commit(theirs).author, their_basin, weight, "theirs", notes),
+    names = ["theirs"] if len(revs) == 1 else [f"theirs {rev}" for rev in revs]
+    sides = [_side(repo, our_commit.author, our_basin, 1.0, "ours", notes)]
+    sides += [
+        _side(repo, repo.read_commit(head).author, basin, weight, name, notes)
+        for head, basin, name in zip(heads, basins, names, strict=True)
     ]
-    verdict = mm.assess(base_z, *sides)
-    why = verdict.refused(limit_d, limit_i)
-    if why and not force and strategy not in ("ours", "theirs"):
-        raise MergeRefused(
-            f"merge of {rev} refused: {why}", _conflict_report(verdict, limit_d, limit_i)
-        )
+    verdicts = [mm.assess(base_z, sides[0], side) for side in sides[1:]]
+    if not force and not rule.picks:
+        for rev, verdict in zip(revs, verdicts, strict=True):
+            if why := verdict.refused(limit_d, limit_i):
+                raise MergeRefused(
+                    f"merge of {rev} refused: {why}", _conflict_report(verdict, limit_d, limit_i)
+                )
 
-    z = mm.combine(base_z, *sides, strategy)
+    z = mm.combine(base_z, sides, strategy)
+    every = [our_basin, *basins]
     # the merged diagonal: the sides' on the common scale, averaged (a side without one has none
-    # to give, so it does not dilute the other's)
-    fisher = mean_fisher(
-        [b.fisher for b in (our_basin, their_basin) if b.fisher is not None], len(base_z)
-    )
-    labels = list(dict.fromkeys([*our_basin.labels, *their_basin.labels]))
-    ents = {(e.a, e.b): e for e in (*their_basin.entanglements, *our_basin.entanglements)}
+    # to give, so it does not dilute the others')
+    fisher = mean_fisher([b.fisher for b in every if b.fisher is not None], len(base_z))
+    labels = list(dict.fromkeys(label for b in every for label in b.labels))
+    ents = {(e.a, e.b): e for b in reversed(every) for e in b.entanglements}  # ours win
     merged = Basin.create(
         repo.config.chart,
         z,
         fisher=fisher,
-        beta=mm.merge_beta(*sides),
+        beta=mm.merge_beta(sides),
         entanglements=list(ents.values()),
         labels=labels,
         substrate=our_basin.substrate,
     )
     merged = refresh_links(repo, merged)  # the concepts it now carries, linked afresh
-    metrics = {
-        "distance": verdict.distance,
-        "relative_distance": verdict.relative,
-        "interference": verdict.interference,
-        "shared_coordinates": float(verdict.shared),
-        "weight_ours": sides[0].weight,
-        "weight_theirs": sides[1].weight,
-        "merge_bases": float(len(bases)),
-    }
     ident = repo.identity()
-    branch = repo.current_branch()
-    text = message or f"Merge {rev} into {short_name(branch) if branch else 'HEAD'}"
+    where = short_name(target) if target != HEAD else "HEAD"
+    text = message or f"Merge {_listed(revs)} into {where}"
     with repo.transaction():
         basin_cid = repo.write_basin(merged)
-        commit_ = _sign(
-            ident,
-            Commit(
-                basin_cid, (ours, theirs), ident.public_key, now_ms(), text, metrics, None, strategy
-            ),
+        metrics = _merge_metrics(verdicts, sides, len(bases))
+        commit_ = Commit(
+            basin_cid, (ours, *heads), ident.public_key, now_ms(), text, metrics, None, strategy
         )
-        cid = repo.write_commit(commit_)
-        repo.move_head(cid, ours, f"merge {rev}: {strategy}")
+        cid = repo.write_commit(_sign(ident, commit_))
+        _move(repo, target, cid, ours, f"merge {_listed(revs)}: {strategy}")
     return MergeResult(
-        "merge", cid, strategy, verdict, (sides[0].weight, sides[1].weight), len(bases), notes
+        "merge", cid, strategy, verdicts, [s.weight for s in sides], len(bases), notes, revs
     )
+
+
+def _thresholds(
+    repo: Repository, max_distance: float | None, max_interference: float | None
+) -> tuple[float, float]:
+    """The conflict check's limits: given, else from the config's settings, else the defaults."""
+    from . import merge as mm
+
+    settings = repo.config.settings.get("merge", {})
+    if max_distance is None:
+        max_distance = settings.get("max_distance", mm.DEFAULT_MAX_DISTANCE)
+    if max_interference is None:
+        max_interference = settings.get("max_interference", mm.DEFAULT_MAX_INTERFERENCE)
+    return (
+        mm.check_threshold(max_distance, "maximum Fisher distance"),
+        mm.check_threshold(max_interference, "maximum interference"),
+    )
+
+
+def _merge_target(repo: Repository, into: str | None) -> tuple[str, CID]:
+    """The ref a merge moves (a branch, or HEAD when detached) and the commit it is at."""
+    if into is None:
+        return repo.current_branch() or HEAD, repo.head_commit()
+    head = repo.branch_commit(into)
+    if head is None:
+        raise RefError(f"cannot merge into {into!r}: no such branch")
+    return branch_ref(into), head
+
+
+def _move(repo: Repository, target: str, new: CID, old: CID, message: str) -> None:
+    """Move the merge's target: through HEAD when it is HEAD's branch (both reflogs say so)."""
+    if target in (HEAD, repo.current_branch()):
+        repo.move_head(new, old, message)
+    else:
+        repo.set_ref(target, new, old, message)
+
+
+def _listed(revs: Sequence[str]) -> str:
+    return revs[0] if len(revs) == 1 else f"{', '.join(revs[:-1])} and {revs[-1]}"
+
+
+def _merge_metrics(verdicts: list, sides: list, bases: int) -> dict[str, float]:
+    """What the merge commit records: each incoming side's assessment and weight (keys numbered
+    from 1 when there are several), our weight and how many merge bases there were."""
+    out = {"weight_ours": sides[0].weight, "merge_bases": float(bases)}
+    for k, (verdict, side) in enumerate(zip(verdicts, sides[1:], strict=True), start=1):
+        suffix = "" if len(verdicts) == 1 else f"_{k}"
+        out |= {
+            f"distance{suffix}": verdict.distance,
+            f"relative_distance{suffix}": verdict.relative,
+            f"interference{suffix}": verdict.interference,
+            f"shared_coordinates{suffix}": float(verdict.shared),
+            f"weight_theirs{suffix}": side.weight,
+        }
+    return out
 
 
 def _check_incoming(repo: Repository, incoming: set[str], allow_untrusted: bool) -> None:

@@ -23,7 +23,7 @@ def test_disjoint_changes_are_both_kept_by_every_blending_strategy():
     base = vec()
     ours, theirs = side(vec(c0=1.0, c1=2.0)), side(vec(c2=3.0), weight=5.0)
     for strategy in ("fisher", "linear"):
-        assert mm.combine(base, ours, theirs, strategy) == vec(c0=1.0, c1=2.0, c2=3.0)
+        assert mm.combine(base, [ours, theirs], strategy) == vec(c0=1.0, c1=2.0, c2=3.0)
     assert mm.assess(base, ours, theirs).shared == 0
 
 
@@ -31,10 +31,10 @@ def test_fisher_strategy_weights_shared_coordinates_by_information():
     base = vec(c0=1.0)
     ours = side(vec(c0=2.0), fisher=[3.0] + [1.0] * (DIM - 1))  # δ = +1 with F = 3
     theirs = side(vec(c0=-1.0), fisher=[1.0] * DIM)  # δ = -2 with F = 1
-    merged = mm.combine(base, ours, theirs, "fisher")
+    merged = mm.combine(base, [ours, theirs], "fisher")
     f = 3.0 / ((3.0 + DIM - 1) / DIM)  # ours on the common scale: divided by its mean
     assert merged[0] == pytest.approx(1.0 + (f * 1 + 1 * -2) / (f + 1))
-    assert mm.combine(base, ours, theirs, "linear")[0] == pytest.approx(1.0 + (1 - 2) / 2)
+    assert mm.combine(base, [ours, theirs], "linear")[0] == pytest.approx(1.0 + (1 - 2) / 2)
 
 
 def test_fisher_scale_alone_carries_no_weight():
@@ -44,7 +44,7 @@ def test_fisher_scale_alone_carries_no_weight():
     shape = [4.0, 1.0] + [0.5] * (DIM - 2)
     loud = side(vec(c0=1.0, c1=1.0), fisher=[1000 * f for f in shape])
     quiet = side(vec(c0=-1.0, c1=3.0), fisher=shape)
-    merged = mm.combine(base, loud, quiet, "fisher")
+    merged = mm.combine(base, [loud, quiet], "fisher")
     assert merged[:2] == pytest.approx([0.0, 2.0])  # equal weights at each coordinate
     assert mm.assess(base, loud, quiet).relative == pytest.approx(
         mm.assess(base, side(loud.z, shape), quiet).relative
@@ -56,11 +56,11 @@ def test_ties_trims_elects_a_sign_and_averages_the_agreeing():
     small = [0.01 * (i + 1) for i in range(10)]
     ours = side(small + [1.0] + [0.0] * (DIM - 11))  # 11 changes: TIES keeps the largest 3
     theirs = side(vec(c10=3.0, c11=-1.0))
-    merged = mm.combine(base, ours, theirs, "ties")
+    merged = mm.combine(base, [ours, theirs], "ties")
     assert merged[:8] == [0.0] * 8 and merged[8:10] == pytest.approx([0.09, 0.1])
     assert merged[10] == pytest.approx(2.0)  # both kept it, signs agree: their mean
     assert merged[11] == 0.0  # theirs keeps only its largest of two changes
-    opposed = mm.combine(base, side(vec(c0=1.0)), side(vec(c0=-3.0)), "ties")
+    opposed = mm.combine(base, [side(vec(c0=1.0)), side(vec(c0=-3.0))], "ties")
     assert opposed[0] == pytest.approx(-3.0)  # the elected sign is theirs; ours disagrees, dropped
 
 
@@ -81,7 +81,7 @@ def test_assessment_scales_and_sign_flips():
 def test_capacity_rule():
     assert mm.capacity(None) == 1.0 and mm.capacity(1_033_600) == pytest.approx(1.0145, abs=1e-3)
     assert mm.capacity(1_000_000_000) == pytest.approx(4.0)
-    assert mm.merge_beta(side(vec()), mm.Side(vec(), None, (1.0, 2.0), 3.0)) == (1.0, 1.5)
+    assert mm.merge_beta([side(vec()), mm.Side(vec(), None, (1.0, 2.0), 3.0)]) == (1.0, 1.5)
 
 
 # -- basin merge ---------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_the_assessment_cannot_overflow():
         big = [3.4e38 * (1 if v > 0 else -1) for v in zb]  # the largest float32 coordinates
         verdict = mm.assess([0.0] * 1024, side(za, fa), side(big, fb))
         assert verdict.interference > 0.99 and verdict.relative > 1
-        merged = mm.combine([0.0] * 1024, side(za, fa), side(big, fb), "fisher")
+        merged = mm.combine([0.0] * 1024, [side(za, fa), side(big, fb)], "fisher")
         assert all(abs(v) < 3.5e38 for v in merged)
 
 
@@ -307,7 +307,7 @@ def test_their_fisher_can_steer_the_weights_but_not_lower_the_interference():
 def test_non_finite_results_are_refused_not_written():
     with pytest.raises(mm.MergeArithmeticError, match="value 0 of the merged β is inf"):
         mm.merge_beta(
-            mm.Side(vec(), None, (FLOAT_MAX,), 1.0), mm.Side(vec(), None, (FLOAT_MAX,), 1.0)
+            [mm.Side(vec(), None, (FLOAT_MAX,), 1.0), mm.Side(vec(), None, (FLOAT_MAX,), 1.0)]
         )
     with pytest.raises(porcelain.BasinError, match="side weight nan"):
         mm.Side(vec(), None, (1.0,), float("nan"))
@@ -374,3 +374,84 @@ def test_capacity_counts_only_a_registered_substrate(repo_dir, cli):
     assert "weights ours 1, theirs 1;" in result.output
     assert "theirs: substrate huge is not registered here" in result.stderr
     assert head_z(repo_dir) == vec(c0=2.0)
+
+
+# -- any number of sides, into any branch, strategies from the registry ---------------------------
+
+
+def test_three_sides_combine_where_several_changed_and_keep_single_changes():
+    base = vec()
+    a, b, c = side(vec(c0=1.0, c1=5.0)), side(vec(c0=4.0, c2=7.0)), side(vec(c0=-2.0), weight=2.0)
+    merged = mm.combine(base, [a, b, c], "linear")
+    assert merged[0] == pytest.approx((1.0 + 4.0 - 4.0) / 4)  # Σ w δ / Σ w over the three
+    assert merged[1:3] == [5.0, 7.0]  # changed by one side each: whole
+    assert mm.combine(base, [a, b, c], "ours") == a.z
+    with pytest.raises(porcelain.BasinError, match="'theirs' takes one incoming side"):
+        mm.combine(base, [a, b, c], "theirs")
+    assert mm.merge_beta([a, b, mm.Side(vec(), None, (4.0,), 2.0)]) == (2.5,)
+
+
+def test_a_registered_strategy_is_offered_everywhere(cli, repo_dir):
+    from basinvcs.merge import strategy
+
+    @strategy.register
+    class Largest(strategy.Strategy):
+        name = "largest"
+        summary = "the largest change"
+
+        def coordinate(self, shares):
+            return max((d for _, _, d in shares), key=abs)
+
+    try:
+        assert mm.combine(vec(), [side(vec(c0=1.0)), side(vec(c0=-3.0))], "largest")[0] == -3.0
+        assert mm.get("largest").summary == "the largest change"
+    finally:
+        del strategy.REGISTRY["largest"]
+    with pytest.raises(porcelain.BasinError, match="unknown merge strategy 'largest'"):
+        mm.get("largest")
+
+
+def test_an_octopus_merge_of_three_branches(repo_dir, cli):
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c0=1.0), "a")
+    cli("fork", "general", "--specialize", "b")
+    commit_z(repo_dir, vec(c1=2.0), "b")
+    cli("fork", "general", "--specialize", "c")
+    commit_z(repo_dir, vec(c2=3.0), "c")
+    cli("checkout", "general")
+    out = cli("merge", "a", "b", "c").output
+    assert "Merge made by the 'fisher' strategy" in out
+    assert "theirs a 1;" in out and "theirs c 1;" in out
+    assert head_z(repo_dir) == vec(c0=1.0, c1=2.0, c2=3.0)
+    with Repository.open(repo_dir) as repo:
+        c = repo.read_commit(repo.head_commit())
+        assert len(c.parents) == 4 and c.message == "Merge a, b and c into general"
+        assert {"interference_1", "weight_theirs_3"} <= set(c.metrics)
+    assert cli("verify").output.rstrip().endswith("ok")
+    assert cli("merge", "a", "b").output.startswith("Already up to date.")
+
+
+def test_a_refused_side_refuses_the_whole_octopus(repo_dir, cli):
+    two_branches(repo_dir, cli, vec(c0=1.0, c1=-0.5), vec(c0=-1.0, c1=0.5))  # b flips a
+    cli("fork", "general", "--specialize", "c")
+    commit_z(repo_dir, vec(c5=1.0), "c")
+    cli("checkout", "a")
+    before = state(repo_dir)
+    result = cli("merge", "c", "b", ok=False)
+    assert result.exit_code == 1 and "error: merge of b refused: interference" in result.stderr
+    assert state(repo_dir) == before
+
+
+def test_merge_into_another_branch_leaves_head_alone(repo_dir, cli):
+    two_branches(repo_dir, cli, vec(c0=1.0), vec(c1=2.0))
+    cli("checkout", "general")
+    out = cli("merge", "b", "--into", "a").output
+    assert "Merge made" in out
+    with Repository.open(repo_dir) as repo:
+        a = repo.read_commit(repo.branch_commit("a"))
+        assert a.message == "Merge b into a" and len(a.parents) == 2
+        assert repo.current_branch() == "refs/heads/general"
+        assert repo.reflog("refs/heads/a")[0].message == "merge b: fisher"
+        assert not repo.reflog("HEAD")[0].message.startswith("merge")
+    assert cli("merge", "a", "--into", "a").output.startswith("Already up to date.")
+    assert "no such branch" in cli.fails("merge", "b", "--into", "nosuch").stderr

@@ -27,7 +27,7 @@ def build(path: Path, commits: int) -> None:
             porcelain.checkout(repo, "general")
             porcelain.fork(repo, "general", name)
             z = [0.0] * chart.dim
-            with repo.store.transaction():
+            with repo.transaction():
                 for i in range(commits):
                     z[offset + i % half] += 0.001 * (i + 1)
                     porcelain.commit(repo, Basin.create(chart, z), f"{name} step {i}")

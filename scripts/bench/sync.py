@@ -34,7 +34,7 @@ def build(path: Path, commits: int) -> None:
     with porcelain.init(path) as repo:
         chart = repo.config.chart
         z = [0.0] * chart.dim
-        with repo.store.transaction():
+        with repo.transaction():
             for i in range(commits):
                 z[(7 * i) % chart.dim] += 0.01 * (i + 1)
                 porcelain.commit(repo, Basin.create(chart, z), f"step {i}")

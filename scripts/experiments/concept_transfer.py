@@ -94,7 +94,7 @@ def exact(model, tasks: list[str]) -> dict[str, float]:
 def pull(repo: Repository, source: Repository, branch: str, ref: str) -> None:
     """Bring `branch` of `source` into `repo` as the remote-tracking ref `ref` (validated fetch)."""
     head = source.branch_commit(branch)
-    plan = plan_fetch(repo, [head], source.store.get)  # get() re-hashes every block
+    plan = plan_fetch(repo, [head], source.get_block)  # re-hashes every block
     apply_plan(repo, plan, [(ref, head, f"fetch: {branch} from {source.basin_dir.parent}")])
 
 
