@@ -31,6 +31,10 @@ _BASE32_TO_INT_DIGITS = str.maketrans(
     "abcdefghijklmnopqrstuvwxyz234567", "0123456789abcdefghijklmnopqrstuv"
 )
 _MAX_VARINT_BYTES = 9  # the unsigned-varint spec caps values at 2^63 - 1
+# multiformats decodes most multibases (base58btc, base36, base10...) in time quadratic in the
+# length: a 1 MiB DAG-JSON link would take minutes.  Far longer than any CID in use (a CID with a
+# 128-byte inlined identity digest is about 1,250 characters even in base2).
+_MAX_MULTIBASE_TEXT = 4096
 
 
 def _varint(n: int) -> bytes:
@@ -118,9 +122,16 @@ class CID:
         if text[:1] == "b":
             raw = _base32_decode(text[1:])
             if raw is None:
-                raise CIDError(f"invalid CID {text!r}: not canonical unpadded lowercase base32")
+                raise CIDError(
+                    f"invalid CID {_shown(text)}: not canonical unpadded lowercase base32"
+                )
         elif not text:
             raise CIDError("invalid CID '': empty string")
+        elif len(text) > _MAX_MULTIBASE_TEXT:
+            raise CIDError(
+                f"invalid CID {_shown(text)}: {len(text)} characters, over the"
+                f" {_MAX_MULTIBASE_TEXT} read in a multibase other than base32 ('b')"
+            )
         else:
             from multiformats import multibase
 
@@ -128,16 +139,18 @@ class CID:
                 raw = multibase.decode("z" + text if is_v0 else text)
             except KeyError:
                 reason = f"unknown multibase prefix {text[0]!r}"
-                raise CIDError(f"invalid CID {text!r}: {reason}") from None
+                raise CIDError(f"invalid CID {_shown(text)}: {reason}") from None
             except ValueError:
-                raise CIDError(f"invalid CID {text!r}: not valid in its multibase") from None
+                raise CIDError(f"invalid CID {_shown(text)}: not valid in its multibase") from None
         try:
             cid = cls.from_bytes(raw)
         except CIDError as exc:
             reason = str(exc).removeprefix("invalid CID bytes: ")
-            raise CIDError(f"invalid CID {text!r}: {reason}") from None
+            raise CIDError(f"invalid CID {_shown(text)}: {reason}") from None
         if (cid.version == 0) != is_v0:
-            raise CIDError(f"invalid CID {text!r}: a CIDv0 is written as bare base58btc 'Qm...'")
+            raise CIDError(
+                f"invalid CID {_shown(text)}: a CIDv0 is written as bare base58btc 'Qm...'"
+            )
         if is_v0 or text[0] == "b":
             cid._text = text  # already the canonical form str() would produce
         return cid
@@ -210,8 +223,10 @@ class CID:
 
             try:
                 name = multihash.get(code=code).name
-            except KeyError:
+            except KeyError:  # no such multicodec
                 name = f"0x{code:x}"
+            except ValueError:  # a multicodec that is no hash function, such as dag-pb
+                name = f"0x{code:x} (not a hash function)"
             raise CIDError(f"cannot verify block {self}: unsupported hash function {name}")
         if not ok:
             raise HashMismatch(f"block {self} does not match its hash (stored bytes are corrupt)")
@@ -244,6 +259,11 @@ class CID:
         if not isinstance(other, CID):
             return NotImplemented
         return str(self) < str(other)
+
+
+def _shown(text: str) -> str:
+    """A CID string for an error message, cut short: errors are one line of sensible length."""
+    return repr(text) if len(text) <= 100 else repr(text[:100]) + "..."
 
 
 def _base32_decode(text: str) -> bytes | None:

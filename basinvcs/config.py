@@ -80,8 +80,8 @@ class SyncState:
         return cls(
             _optional(doc.get("repo"), str, "sync.repo"),
             _count(doc.get("seq", 0), "sync.seq"),
-            {k: _typed(v, str, f"sync.published.{k}") for k, v in _map(doc, "published")},
-            {k: _count(v, f"sync.seen.{k}") for k, v in _map(doc, "seen")},
+            {k: _typed(v, str, f"sync.published.{_key(k)}") for k, v in _map(doc, "published")},
+            {k: _count(v, f"sync.seen.{_key(k)}") for k, v in _map(doc, "seen")},
             _optional(doc.get("heads"), str, "sync.heads"),
         )
 
@@ -125,11 +125,11 @@ class Config:
             )
         remotes = {}
         for name, r in _map(doc, "remotes"):
-            r = _object(r, f"remotes.{name}")
+            r = _object(r, f"remotes.{_key(name)}")
             remotes[name] = Remote(
-                _typed(r.get("node"), str, f"remotes.{name}.node"),
-                _optional(r.get("follow"), str, f"remotes.{name}.follow"),
-                _optional(r.get("bound"), str, f"remotes.{name}.bound"),
+                _typed(r.get("node"), str, f"remotes.{_key(name)}.node"),
+                _optional(r.get("follow"), str, f"remotes.{_key(name)}.follow"),
+                _optional(r.get("bound"), str, f"remotes.{_key(name)}.bound"),
             )
         return cls(
             Chart.from_node(doc["chart"]),
@@ -166,6 +166,11 @@ def _typed(value: object, kind: type, what: str):
 
 def _optional(value: object, kind: type, what: str):
     return None if value is None else _typed(value, kind, what)
+
+
+def _key(key: str) -> str:
+    """A config key as messages show it: quoted when it is long or holds what a line cannot."""
+    return key if key.isprintable() and len(key) <= 60 else repr(key[:60])
 
 
 def _count(value: object, what: str) -> int:

@@ -35,6 +35,8 @@ def format_key(public: bytes) -> str:
 def parse_key(text: str) -> bytes:
     """A public key from its z6Mk... form (a did:key: prefix is accepted too)."""
     raw = text.removeprefix("did:key:")
+    if len(raw) > 64:  # an Ed25519 key is 48 characters; never base58-decode a megabyte
+        raise SignatureError(f"bad public key {text[:60]!r}...: too long for an Ed25519 key")
     if not raw.startswith("z"):
         raise SignatureError(f"bad public key {text!r}: expected base58btc multibase 'z6Mk...'")
     try:

@@ -71,7 +71,8 @@ def fisher_encode(values: Sequence[float]) -> tuple[float, bytes]:
         raise SchemaError("Fisher diagonal is all zero: leave it out instead")
     acc = 0
     for v in values:
-        code = 0 if v <= 0 else round(_FISHER_TOP + 2 * math.log2(v / top))
+        ratio = v / top  # 0.0 when v is that far below the maximum: no information, code 0
+        code = 0 if ratio <= 0 else round(_FISHER_TOP + 2 * math.log2(ratio))
         acc = (acc << FISHER_BITS) | max(code, 0)
     return float(top), _pack_bits(acc, len(values))
 

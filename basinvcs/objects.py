@@ -448,7 +448,12 @@ class Commit:
             _check_canonical(commit, data)
             return commit
         node = dagcbor.decode_trusted(data)
-        if node.get("version") != FORMAT_VERSION or node.get("type") != COMMIT_TYPE:
+        if (
+            type(node) is not dict
+            or node.get("version") != FORMAT_VERSION
+            or node.get("type") != COMMIT_TYPE
+            or type(node.get("parents")) is not list
+        ):
             return cls.from_node(node)  # raises the precise error
         commit = object.__new__(cls)  # bypass __post_init__: `log` reads thousands of these
         for name in _COMMIT_FIELDS:

@@ -27,7 +27,7 @@ DIM = 64  # small chart for most tests; d = 1024 where packet size matters
 # (BASIN_FUZZ_PROFILE=long, BASIN_FUZZ_EXAMPLES per test), fresh random examples on every run.
 # No example database, and hypothesis's own cache goes to the temp dir, not into the repository.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "basinvcs-hypothesis")
-settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None)
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, database=None)
 settings.register_profile(
     "long",
     max_examples=int(os.environ.get("BASIN_FUZZ_EXAMPLES", "5000")),

@@ -26,11 +26,20 @@ class Refusal(Exception):
         self.path: list[str] = []
 
     def at(self) -> str:
-        """Where, as a JSON pointer (/key/0/...)."""
+        """Where, as a JSON pointer (/key/0/...), keys cut short and escaped to stay on one line."""
         if not self.path:
             return "the top level"
-        segments = (s.replace("~", "~0").replace("/", "~1") for s in reversed(self.path))
+        segments = (_segment(s) for s in reversed(self.path))
         return "/" + "/".join(segments)
+
+
+def _segment(key: str) -> str:
+    """A JSON-pointer segment for a message: ~ and / escaped as RFC 6901 says, line breaks and
+    other unprintable characters as Python escapes (a key may hold any of them), cut at 60."""
+    text = key[:60].replace("~", "~0").replace("/", "~1")
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text + ("..." if len(key) > 60 else "")
 
 
 def int_text(n: int) -> str:

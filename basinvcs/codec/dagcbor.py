@@ -114,15 +114,35 @@ def _trusted_link(tag: cbor2.CBORTag, immutable: bool) -> CID:
     return CID(tag.value[1:])
 
 
+def _refuse_tag(*args: Any) -> NoReturn:
+    """cbor2 semantic decoder for the tags below: stops cbor2, and the scanner names the tag."""
+    raise ValueError("not a DAG-CBOR tag")
+
+
+# Every tag cbor2 (6.x) decodes itself instead of calling the tag hook.  Some cost far more than
+# their size: value sharing (28/29) and string references (256/25) expand a few hundred bytes into
+# 2^n nodes or gigabytes of repeated strings, decimals (4, 5) and fractions (30) do quadratic
+# arithmetic on huge integers.  DAG-CBOR has no tag but 42, so none of them may run on untrusted
+# bytes (the scanner then names the tag); tests/codec/test_fuzz_dagcbor.py checks the list.
+_CBOR2_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
+_NO_SEMANTIC_TAGS = dict.fromkeys(_CBOR2_TAGS + (1004, 43000, 55799), _refuse_tag)
+# Map keys must be strings or bytes, whose hashes are salted: keys of other kinds (tuples, say)
+# can be chosen to collide, and cbor2 takes tens of seconds to build a 1 MiB map of them.
+_CBOR2_OPTIONS: dict[str, Any] = {
+    "semantic_decoders": _NO_SEMANTIC_TAGS,
+    "strict_hashable_types": True,
+}
+
+
 def decode(data: bytes) -> Any:
     """Decode untrusted bytes, accepting nothing but canonical DAG-CBOR.
 
-    Fast path: cbor2 decodes (it silently accepts much that DAG-CBOR forbids: other tags,
-    duplicate keys, short floats, trailing bytes...), then re-encoding must give back the exact
-    input, which only canonical DAG-CBOR does.
+    Fast path: cbor2 decodes (it silently accepts much that DAG-CBOR forbids: duplicate keys,
+    short floats, trailing bytes...), then re-encoding must give back the exact input, which only
+    canonical DAG-CBOR does.  _CBOR2_OPTIONS keep cbor2's own work proportional to the input.
     """
     try:
-        value = cbor2.loads(data, tag_hook=_strict_link)
+        value = cbor2.loads(data, tag_hook=_strict_link, **_CBOR2_OPTIONS)
         if encode(value) == data:
             return value
     except Exception:  # whatever went wrong, the scanner below names it precisely
@@ -139,7 +159,7 @@ def decode_trusted(data: bytes) -> Any:
     Skips the re-encode check and CID validation: the hot path for walking history.
     """
     try:
-        return cbor2.loads(data, tag_hook=_trusted_link)
+        return cbor2.loads(data, tag_hook=_trusted_link, **_CBOR2_OPTIONS)
     except Exception:
         return decode(data)  # raises with a precise message (or decodes, if cbor2 was wrong)
 

@@ -238,7 +238,7 @@ def _header_entry(
     if not isinstance(info, dict):
         raise SchemaError(f"{path}: header entry {name!r} is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise SchemaError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_size(n) for n in shape):
         raise SchemaError(f"{path}: tensor {name!r} has bad shape {shape!r}")
