@@ -221,9 +221,7 @@ def test_verify_names_a_bad_signature(repo_dir, cli):
         node = dagcbor.decode(repo.get_block(CID.parse(cid)))
         node["signature"] = bytes(64)
         forged = repo.put_block(dagcbor.encode(node))
-        repo._store.index_commit(
-            forged, [CID.parse(p) for p in repo.parents(CID.parse(cid))], 1
-        )
+        repo._store.index_commit(forged, [CID.parse(p) for p in repo.parents(CID.parse(cid))], 1)
         repo.set_ref("refs/heads/general", str(forged), cid, "forge")
     result = cli("verify", ok=False)
     assert result.exit_code == 1
