@@ -7,6 +7,8 @@ networkx or nacl. Every BasinError becomes one `error: ...` line on stderr and a
 from __future__ import annotations
 
 import functools
+import gc
+import itertools
 import os
 import sys
 import time
@@ -14,6 +16,13 @@ from pathlib import Path
 
 import click
 
+from .completion import (
+    complete_branches,
+    complete_remotes,
+    complete_revisions,
+    complete_substrates,
+    complete_tags,
+)
 from .errors import BasinError, RefError
 from .refnames import short_name
 
@@ -32,6 +41,15 @@ class BasinGroup(click.Group):
         except BrokenPipeError:
             sys.stderr.close()  # reader went away (`basin log | head`): not an error
             ctx.exit(0)
+        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as git and the shells report it
+            ctx.exit(130)
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        """Parsing can wait too (a `click.File` argument opening a FIFO): Ctrl-C there is 130."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=BasinGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,7 +146,11 @@ def init(path: str, dim: int, seed: int, exclude: tuple[str, ...], name: str | N
     help="A model to extract the basin of: safetensors (file, shards or directory) "
     "or a torch file (read with weights_only).",
 )
-@click.option("--substrate", help="The model's substrate (default: found by its tensors).")
+@click.option(
+    "--substrate",
+    shell_complete=complete_substrates,
+    help="The model's substrate (default: found by its tensors).",
+)
 @click.option(
     "--fisher",
     "fisher_path",
@@ -194,8 +216,19 @@ def _commit_model(path: Path, substrate: str | None, fisher_path: Path | None, m
 
 
 @main.command()
-@click.argument("rev")
-@click.option("--model", "substrate", help="Decode the basin into this substrate's weights.")
+@click.argument("rev", required=False, shell_complete=complete_revisions)
+@click.option(
+    "-b",
+    "new_branch",
+    metavar="NEW",
+    help="Create branch NEW at REV (default HEAD) and switch to it, as 'switch -c'.",
+)
+@click.option(
+    "--model",
+    "substrate",
+    shell_complete=complete_substrates,
+    help="Decode the basin into this substrate's weights.",
+)
 @click.option(
     "-o",
     "--output",
@@ -216,12 +249,32 @@ def _commit_model(path: Path, substrate: str | None, fisher_path: Path | None, m
     show_default=True,
     help="Largest shard in MiB; bigger models are written as Hugging Face-style shards.",
 )
+@click.option(
+    "--force", is_flag=True, help="With --model: overwrite an existing output file or folder."
+)
 def checkout(
-    rev: str, substrate: str | None, output: Path | None, dtype: str, max_shard_size: int
+    rev: str | None,
+    new_branch: str | None,
+    substrate: str | None,
+    output: Path | None,
+    dtype: str,
+    max_shard_size: int,
+    force: bool,
 ) -> None:
     """Move HEAD to REV (like git), or with --model write REV's basin as model weights."""
     from . import porcelain
 
+    if new_branch is not None:
+        if substrate is not None or output is not None or force:
+            raise click.UsageError("-b does not go with --model, -o or --force")
+        with _repo() as repo:
+            done = porcelain.switch(repo, new_branch, create=True, start=rev or "HEAD")
+        _report_switch(done)
+        return
+    if rev is None:
+        raise click.UsageError("Missing argument 'REV'.")
+    if force and substrate is None:
+        raise click.UsageError("--force goes with --model")
     if substrate is None:
         if output is not None:
             raise click.UsageError("-o needs --model")
@@ -239,6 +292,7 @@ def checkout(
         dec = bridge.decode(repo, rev, substrate)
         folder = bool(dec.substrate.folder_files())
         out = output or Path(substrate if folder else f"{substrate}.safetensors")
+        bridge.check_output(out, force=force)
         total = dec.substrate.num_params * torch_dtype.itemsize
         with progress_bar(total, f"checkout {substrate}") as update:
             files = bridge.write_decoded(
@@ -261,7 +315,7 @@ def checkout(
 
 
 @main.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_revisions)
 @click.option("--specialize", required=True, help="The specialisation label of the new branch.")
 @click.option("--branch", help="Branch name (default: the specialisation).")
 def fork(source: str, specialize: str, branch: str | None) -> None:
@@ -278,7 +332,7 @@ def fork(source: str, specialize: str, branch: str | None) -> None:
 
 
 @main.command()
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_revisions)
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("--graph", is_flag=True, help="Draw the commit graph (topological order).")
 @click.option("--all", "all_refs", is_flag=True, help="Start from every branch, not just REV.")
@@ -295,43 +349,71 @@ def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None)
     from . import porcelain
 
     with _repo() as repo:
-        names = {t.key: t.name for t in repo.config.trusted}
-        deco = porcelain.decorations(repo)
-        if graph:
+        body = _log_formatter(repo, oneline)
+        if porcelain.is_range(rev):  # A..B, A...B
+            from .repository import IndexEntry
+
+            entries = (
+                (lanes, IndexEntry(str(c), tuple(map(str, m.parents)), m.time, m.author, m.message))
+                for lanes, c, m in _log_range(repo, rev, graph, limit, all_refs)
+            )
+        elif graph:
             from .graph import graph_log
 
             entries = graph_log(repo, rev, limit, all_refs)
-        else:
-            entries = (
-                (None, c, m)
-                for c, m in porcelain.log(repo, rev, -1 if limit is None else limit, all_refs)
-            )
-        chunk: list[str] = []
-        for lane, cid, commit_ in entries:
-            text = str(cid)
-            refs = f" ({', '.join(deco[text])})" if text in deco else ""
-            if oneline:
-                body = f"{text[:SHORT]}{refs} {commit_.message.partition(chr(10))[0]}\n"
-            else:
-                merge = ""
-                if len(commit_.parents) > 1:
-                    merge = "Merge: " + " ".join(short(p) for p in commit_.parents) + "\n"
-                msg = "".join(f"    {line}\n" for line in commit_.message.splitlines())
-                author = _author(commit_.author, names.get(commit_.author, "untrusted"))
-                body = (
-                    f"commit {text}{refs}\n{merge}Author: {author}\n"
-                    f"Date:   {_date(commit_.time)}\n\n{msg}\n"
-                )
-            chunk.append(body if lane is None else lane.prefix(body))
-            if len(chunk) >= 256:  # one write per chunk: per-entry writes cost more than the rest
-                sys.stdout.write("".join(chunk))
-                chunk.clear()
-        sys.stdout.write("".join(chunk))
-        sys.stdout.flush()
+        else:  # the commit-graph index alone, as git reads its commit-graph file
+            count = -1 if limit is None else limit
+            collecting = gc.isenabled()
+            gc.disable()  # 10,000 entries, no cycles: collecting would only cost (~3 ms)
+            try:
+                _write_all(map(body, porcelain.log_entries(repo, rev, count, all_refs)))
+            finally:
+                if collecting:
+                    gc.enable()
+            return
+        _write_all(body(e) if lanes is None else lanes.prefix(body(e)) for lanes, e in entries)
+
+
+def _write_all(texts) -> None:
+    """Write in chunks: one write per entry would cost more than formatting it."""
+    write = sys.stdout.write
+    while chunk := list(itertools.islice(texts, 512)):
+        write("".join(chunk))
+    sys.stdout.flush()
+
+
+def _log_formatter(repo, oneline: bool):
+    """The function that formats one `IndexEntry` as `log` prints it (with --oneline, in one
+    line), each author, date and decoration worked out once."""
+    from . import porcelain
+
+    deco = {c: f" ({', '.join(labels)})" for c, labels in porcelain.decorations(repo).items()}
+    if oneline:
+        return lambda e: f"{e[0][:SHORT]}{deco.get(e[0], '')} {e[4].partition(chr(10))[0]}\n"
+    names = {t.key: t.name for t in repo.config.trusted}
+    authors: dict[bytes, str] = {}
+    dates: dict[int, str] = {}
+
+    def body(entry) -> str:
+        cid, parents, ms, key, message = entry
+        author = authors.get(key)
+        if author is None:
+            author = authors[key] = _author(key, names.get(key, "untrusted"))
+        date = dates.get(ms // 1000)
+        if date is None:
+            date = dates[ms // 1000] = _date(ms)
+        merge = "Merge: " + " ".join(p[:SHORT] for p in parents) + "\n" if len(parents) > 1 else ""
+        lines = message.splitlines()
+        text = "    " + "\n    ".join(lines) + "\n" if lines else ""
+        return (
+            f"commit {cid}{deco.get(cid, '')}\n{merge}Author: {author}\nDate:   {date}\n\n{text}\n"
+        )
+
+    return body
 
 
 @main.command()
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_revisions)
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "dag-json"]), default="text", show_default=True
 )
@@ -391,7 +473,7 @@ def _show_basin(basin, size: int) -> None:
 
 
 @main.command()
-@click.argument("ref", default="HEAD")
+@click.argument("ref", default="HEAD", shell_complete=complete_branches)
 @click.option("-n", "--max-count", "limit", type=click.IntRange(0, 1 << 62), default=None)
 def reflog(ref: str, limit: int | None) -> None:
     """How REF (a branch, or HEAD) moved, newest first."""
@@ -494,8 +576,15 @@ def _report_merge(result) -> None:
 
 
 @main.command()
-@click.argument("revs", metavar="REV...", nargs=-1, required=True)
-@click.option("--into", metavar="BRANCH", help="Merge into BRANCH instead of HEAD's branch.")
+@click.argument(
+    "revs", metavar="REV...", nargs=-1, required=True, shell_complete=complete_revisions
+)
+@click.option(
+    "--into",
+    metavar="BRANCH",
+    shell_complete=complete_branches,
+    help="Merge into BRANCH instead of HEAD's branch.",
+)
 @_merge_options
 def merge(revs: tuple[str, ...], into: str | None, **options) -> None:
     """Merge REV (or several: one merge of them all) into HEAD, refusing conflicting or
@@ -509,13 +598,20 @@ def merge(revs: tuple[str, ...], into: str | None, **options) -> None:
 
 
 @main.command()
-@click.argument("name", required=False)
-@click.argument("start", required=False, default="HEAD")
-@click.option("-d", "--delete", "delete", is_flag=True, help="Delete branch NAME.")
-def branch(name: str | None, start: str, delete: bool) -> None:
-    """List branches, create NAME at START, or delete NAME with -d."""
+@click.argument("name", required=False, shell_complete=complete_branches)
+@click.argument("start", required=False, default="HEAD", shell_complete=complete_revisions)
+@click.option(
+    "-d", "--delete", "delete", is_flag=True, help="Delete branch NAME if HEAD holds its commits."
+)
+@click.option("-D", "force_delete", is_flag=True, help="Delete branch NAME even if not merged.")
+@click.option("-f", "--force", is_flag=True, help="With -d: delete even if not merged.")
+def branch(name: str | None, start: str, delete: bool, force_delete: bool, force: bool) -> None:
+    """List branches, create NAME at START, or delete NAME with -d (-D: even if not merged)."""
     from . import porcelain
 
+    if force and not (delete or force_delete):
+        raise click.UsageError("-f goes with -d")
+    delete = delete or force_delete
     with _repo() as repo:
         if name is None:
             if delete:
@@ -526,7 +622,7 @@ def branch(name: str | None, start: str, delete: bool) -> None:
                 click.echo(f"{mark} {bname:<20} {short(cid)}")
             return
         if delete:
-            cid = porcelain.delete_branch(repo, name)
+            cid = porcelain.delete_branch(repo, name, force=force or force_delete)
             click.echo(f"Deleted branch {name} (was {short(cid)}).")
         else:
             cid = porcelain.create_branch(repo, name, start)
@@ -855,8 +951,8 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 @main.command()
-@click.argument("rev_a", metavar="A")
-@click.argument("rev_b", metavar="B")
+@click.argument("rev_a", metavar="A", shell_complete=complete_revisions)
+@click.argument("rev_b", metavar="B", shell_complete=complete_revisions)
 @click.option("--stat", is_flag=True, help="One summary line.")
 @click.option(
     "-n",
@@ -960,7 +1056,7 @@ def remote_add(name: str, multiaddr: str, follow: str | None) -> None:
 
 
 @remote.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_remotes)
 def remote_remove(name: str) -> None:
     from . import sync
 
@@ -970,8 +1066,10 @@ def remote_remove(name: str) -> None:
 
 
 @main.command()
-@click.argument("remote_name", metavar="[REMOTE]", default="origin")
-@click.argument("branch_name", metavar="[BRANCH]", required=False)
+@click.argument(
+    "remote_name", metavar="[REMOTE]", default="origin", shell_complete=complete_remotes
+)
+@click.argument("branch_name", metavar="[BRANCH]", required=False, shell_complete=complete_branches)
 def push(remote_name: str, branch_name: str | None) -> None:
     """Send BRANCH (default: the current one) to REMOTE's node and publish the signed heads."""
     from . import sync
@@ -989,8 +1087,10 @@ def push(remote_name: str, branch_name: str | None) -> None:
 
 
 @main.command()
-@click.argument("remote_name", metavar="[REMOTE]", default="origin")
-@click.argument("branch_name", metavar="[BRANCH]", required=False)
+@click.argument(
+    "remote_name", metavar="[REMOTE]", default="origin", shell_complete=complete_remotes
+)
+@click.argument("branch_name", metavar="[BRANCH]", required=False, shell_complete=complete_branches)
 def fetch(remote_name: str, branch_name: str | None) -> None:
     """Fetch BRANCH from the heads REMOTE follows into REMOTE/BRANCH, verifying everything."""
     with _repo() as repo:
@@ -1010,8 +1110,10 @@ def _fetch(repo, remote_name: str, branch_name: str | None) -> str:
 
 
 @main.command()
-@click.argument("remote_name", metavar="[REMOTE]", default="origin")
-@click.argument("branch_name", metavar="[BRANCH]", required=False)
+@click.argument(
+    "remote_name", metavar="[REMOTE]", default="origin", shell_complete=complete_remotes
+)
+@click.argument("branch_name", metavar="[BRANCH]", required=False, shell_complete=complete_branches)
 @_merge_options
 def pull(remote_name: str, branch_name: str | None, **options) -> None:
     """Fetch BRANCH from the heads REMOTE follows, verify everything, then merge it into HEAD."""
@@ -1040,7 +1142,7 @@ def clone(source: str, directory: Path, node: str | None, trust_key: str | None)
 
 
 @main.command("export")
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_revisions)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def export_cmd(rev: str, output: Path) -> None:
     """Write REV's history as a CARv1 file (the commit is its root)."""
@@ -1071,8 +1173,15 @@ def import_cmd(file: Path, branch: str | None) -> None:
 
 @main.command()
 @click.option("--specialization", required=True, help="What this repository offers.")
-@click.option("--substrate", "substrate_name", help="The substrate its basins were fitted on.")
-@click.option("--remote", "remote_name", default="origin", show_default=True)
+@click.option(
+    "--substrate",
+    "substrate_name",
+    shell_complete=complete_substrates,
+    help="The substrate its basins were fitted on.",
+)
+@click.option(
+    "--remote", "remote_name", default="origin", show_default=True, shell_complete=complete_remotes
+)
 @click.option(
     "--ttl", default=3600.0, show_default=True, type=click.FloatRange(min=1), help="Seconds."
 )
@@ -1103,7 +1212,12 @@ def announce(
 
 @main.command()
 @click.option("--specialization", required=True)
-@click.option("--substrate", "substrate_name", help="Only basins fitted on this substrate.")
+@click.option(
+    "--substrate",
+    "substrate_name",
+    shell_complete=complete_substrates,
+    help="Only basins fitted on this substrate.",
+)
 @click.option("--node", help="IPFS node RPC multiaddr (default: $BASIN_IPFS_API).")
 @click.option(
     "--wait", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Seconds."
@@ -1126,6 +1240,158 @@ def discover(
         click.echo(f"no announcements of {specialization} heard in {wait:g} s")
     if dropped:
         click.echo(f"({dropped} invalid or expired announcements ignored)", err=True)
+
+
+# -- git's habits: help, tag, switch, reset, revert, log ranges ---------------------------------
+
+
+def _complete_commands(ctx: click.Context, param: click.Parameter, incomplete: str):
+    from click.shell_completion import CompletionItem
+
+    group = ctx.find_root().command
+    names = group.list_commands(ctx) if isinstance(group, click.Group) else []
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+@main.command("help")
+@click.argument("command", nargs=-1, shell_complete=_complete_commands)
+@click.pass_context
+def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Show the help of COMMAND (as 'basin COMMAND --help'), or of basin itself."""
+    from .refnames import shown
+
+    target = ctx.find_root()
+    for i, name in enumerate(command):
+        group = target.command
+        sub = group.get_command(target, name) if isinstance(group, click.Group) else None
+        if sub is None:
+            listing = " ".join(["basin help", *command[:i]])
+            raise BasinError(f"no such command {shown(name)}: see '{listing}'")
+        target = click.Context(sub, info_name=name, parent=target)
+    click.echo(target.get_help())
+
+
+@main.command()
+@click.argument("name", required=False, shell_complete=complete_tags)
+@click.argument("rev", required=False, shell_complete=complete_revisions)
+@click.option("-d", "--delete", is_flag=True, help="Delete tag NAME.")
+@click.option("-f", "--force", is_flag=True, help="Replace tag NAME if it exists.")
+@click.option(
+    "-l", "--list", "listing", is_flag=True, help="List tags; NAME and REV are then patterns."
+)
+def tag(name: str | None, rev: str | None, delete: bool, force: bool, listing: bool) -> None:
+    """List tags, tag REV (default HEAD) as NAME, or delete NAME with -d."""
+    from fnmatch import fnmatchcase
+
+    from . import porcelain
+
+    if delete and listing:
+        raise click.UsageError("-d and -l cannot be used together")
+    if delete and (name is None or rev is not None):
+        raise click.UsageError("tag -d takes one tag name")
+    with _repo() as repo:
+        if listing or name is None:
+            patterns = [p for p in (name, rev) if p is not None]
+            for tname, _ in porcelain.tags(repo):
+                if not patterns or any(fnmatchcase(tname, p) for p in patterns):
+                    click.echo(tname)
+        elif delete:
+            cid = porcelain.delete_tag(repo, name)
+            click.echo(f"Deleted tag '{name}' (was {short(cid)})")
+        else:
+            _, old = porcelain.create_tag(repo, name, rev or "HEAD", force=force)
+            if old is not None:
+                click.echo(f"Updated tag '{name}' (was {short(old)})")
+
+
+def _report_switch(done, summary: str | None = None) -> None:
+    if done.kind == "already":
+        click.echo(f"Already on '{done.name}'")
+    elif done.kind == "new-branch":
+        click.echo(f"Switched to a new branch '{done.name}'")
+    elif done.kind == "branch":
+        click.echo(f"Switched to branch '{done.name}'")
+    else:
+        click.echo(f"HEAD is now at {short(done.cid)} {summary or ''}".rstrip())
+
+
+@main.command()
+@click.argument(
+    "target", metavar="[BRANCH|START]", required=False, shell_complete=complete_branches
+)
+@click.option(
+    "-c",
+    "--create",
+    "new",
+    metavar="NEW",
+    help="Create branch NEW at START (a revision; default HEAD) and switch to it.",
+)
+@click.option("--detach", is_flag=True, help="Detach HEAD at the commit START names.")
+def switch(target: str | None, new: str | None, detach: bool) -> None:
+    """Switch HEAD to BRANCH. With -c NEW, create branch NEW at START (default HEAD) first;
+    with --detach, detach HEAD at the commit START names."""
+    from . import porcelain
+
+    if new is not None and detach:
+        raise click.UsageError("-c and --detach cannot be used together")
+    if new is None and target is None and not detach:
+        raise click.UsageError("missing branch or commit argument")
+    with _repo() as repo:
+        if new is not None:
+            done = porcelain.switch(repo, new, create=True, start=target or "HEAD")
+        else:
+            done = porcelain.switch(repo, target or "HEAD", detach=detach)
+        summary = repo.read_commit(done.cid).message.partition("\n")[0]
+    _report_switch(done, summary)
+
+
+@main.command()
+@click.argument("rev", default="HEAD", shell_complete=complete_revisions)
+@click.option("--soft", "mode", flag_value="soft", help="Move the branch only (as all modes do).")
+@click.option("--mixed", "mode", flag_value="mixed", help="The same: basin has no index.")
+@click.option("--hard", "mode", flag_value="hard", help="The same: basin has no working tree.")
+def reset(rev: str, mode: str | None) -> None:
+    """Move the current branch (or a detached HEAD) to REV; only the ref moves."""
+    from . import porcelain
+
+    with _repo() as repo:
+        _, new = porcelain.reset(repo, rev)
+        summary = repo.read_commit(new).message.partition("\n")[0]
+    click.echo(f"HEAD is now at {short(new)} {summary}")
+
+
+@main.command()
+@click.argument("rev", shell_complete=complete_revisions)
+@click.option(
+    "-m",
+    "--mainline",
+    type=click.IntRange(1),
+    metavar="PARENT",
+    help="For a merge commit: undo its change relative to parent number PARENT.",
+)
+def revert(rev: str, mainline: int | None) -> None:
+    """Record a new commit whose basin undoes the change REV made (z -= z_REV - z_parent)."""
+    from . import porcelain
+
+    with _repo() as repo:
+        cid = porcelain.revert(repo, rev, mainline)
+        branch = repo.current_branch()
+        message = repo.read_commit(cid).message
+    _report_commit(branch, cid, message)
+    click.echo(cid)
+
+
+def _log_range(repo, spec: str, graph: bool, limit: int | None, all_refs: bool):
+    """`log A..B` entries as `log` prints them: (lanes or None, CID, commit)."""
+    from . import porcelain
+
+    if graph:
+        from .graph import graph_log_range
+
+        order = porcelain.range_commits(repo, spec, all_refs=all_refs, topo=True)
+        return graph_log_range(repo, order, limit)
+    count = -1 if limit is None else limit
+    return ((None, c, m) for c, m in porcelain.log_range(repo, spec, count, all_refs))
 
 
 if __name__ == "__main__":  # pragma: no cover

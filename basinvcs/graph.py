@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .cid import CID
 from .history import commit_graph, topo_order
 from .objects import Commit
+from .repository import IndexEntry
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,29 @@ def layout(order: Sequence[str], parents: dict[str, list[str]]) -> Iterator[tupl
 
 def graph_log(
     repo, rev: str, limit: int | None, all_refs: bool = False
-) -> Iterator[tuple[Lanes, CID, Commit]]:
-    heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
-    graph = commit_graph(repo)
-    order = topo_order(graph, heads, repo.commit_times())
+) -> Iterator[tuple[Lanes, IndexEntry]]:
+    """`log --graph`: the commits `log` lists, in topological order, with their lanes; like
+    `log`, from the commit-graph index alone."""
+    from .porcelain import log_heads
+
+    heads = log_heads(repo, rev, all_refs)
+    entries = {e.cid: e for e in repo.log_entries(heads)}
+    order = [c for c in topo_order(commit_graph(repo), heads, repo.commit_times()) if c in entries]
     if limit is not None:
         order = order[:limit]
-    parents = {c: repo.parents(CID.parse(c)) for c in order}
+    parents = {c: list(entries[c].parents) for c in order}
     for cid, lanes in layout(order, parents):
+        yield lanes, entries[cid]
+
+
+def graph_log_range(
+    repo, order: Sequence[CID], limit: int | None
+) -> Iterator[tuple[Lanes, CID, Commit]]:
+    """`log --graph A..B`: lanes for a range's commits in topological order (`order`), drawing
+    only the edges between commits of the range, as git draws a range without its boundary."""
+    members = {str(c) for c in order}
+    shown = [str(c) for c in order][: limit if limit is not None else None]
+    parents = {c: [p for p in repo.parents(CID.parse(c)) if p in members] for c in shown}
+    for cid, lanes in layout(shown, parents):
         parsed = CID.parse(cid)
         yield lanes, parsed, repo.read_commit(parsed)

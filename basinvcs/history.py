@@ -6,6 +6,7 @@ index (one query), not by decoding blocks.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 import networkx as nx
@@ -47,3 +48,38 @@ def topo_order(graph: nx.DiGraph, heads: Iterable[CID], times: dict[str, int]) -
         reach |= ancestors(graph, head)
     sub = graph.subgraph(reach)
     return list(nx.lexicographical_topological_sort(sub, key=lambda c: (-times.get(c, 0), c)))
+
+
+def range_order(
+    graph: nx.DiGraph,
+    heads: Iterable[CID],
+    hidden_from: Iterable[CID],
+    times: dict[str, int],
+    *,
+    topo: bool = False,
+) -> list[str]:
+    """Commits reachable from `heads` but not from any of `hidden_from` (git's `A..B` is heads
+    [B], hidden_from [A]), newest first with each child before its parents, as `git log` walks;
+    with `topo`, in `topo_order`'s order instead (for `--graph`)."""
+    hidden: set[str] = set()
+    for cid in hidden_from:
+        hidden |= ancestors(graph, cid)
+    starts = {str(h) for h in heads} - hidden
+    if topo:
+        reach: set[str] = set()
+        for head in starts:
+            reach |= ancestors(graph, CID.parse(head)) - hidden
+        sub = graph.subgraph(reach)
+        return list(nx.lexicographical_topological_sort(sub, key=lambda c: (-times.get(c, 0), c)))
+    queue = [(-times.get(c, 0), c) for c in starts]
+    heapq.heapify(queue)
+    seen = set(starts)
+    out: list[str] = []
+    while queue:
+        _, cid = heapq.heappop(queue)
+        out.append(cid)
+        for parent in graph.successors(cid):
+            if parent not in seen and parent not in hidden:
+                seen.add(parent)
+                heapq.heappush(queue, (-times.get(parent, 0), parent))
+    return out

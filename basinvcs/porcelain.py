@@ -26,7 +26,7 @@ from .identity import (
 from .metrics import mean_fisher
 from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
 from .refnames import HEAD, REMOTES, branch_ref, check_branch_name, short_name
-from .repository import BASIN_DIR, Repository
+from .repository import BASIN_DIR, IndexEntry, Repository
 
 GENESIS_BRANCH = "general"
 
@@ -198,11 +198,26 @@ def fork(repo: Repository, source: str, specialization: str, branch: str | None 
 def log(
     repo: Repository, rev: str = HEAD, limit: int = -1, all_refs: bool = False
 ) -> Iterator[tuple[CID, Commit]]:
-    """Commits reachable from `rev` (or every branch), newest first, each block re-hashed."""
+    """Commits reachable from `rev` (or every branch), newest first, each block re-hashed and
+    decoded; `log_entries` lists the same commits from the commit-graph index alone."""
+    yield from repo.walk(log_heads(repo, rev, all_refs), limit)
+
+
+def log_entries(
+    repo: Repository, rev: str = HEAD, limit: int = -1, all_refs: bool = False
+) -> Iterator[IndexEntry]:
+    """What `basin log` lists: `log`'s commits in its order, as the commit-graph index holds
+    them (parents, time, author, message), without reading a block (`verify` checks the index)."""
+    return repo.log_entries(log_heads(repo, rev, all_refs), limit)
+
+
+def log_heads(repo: Repository, rev: str = HEAD, all_refs: bool = False) -> list[CID]:
+    """Where a log starts: `rev`, or every branch; refused unless each is a commit of history."""
     heads = [cid for _, cid in repo.branches()] if all_refs else [repo.resolve(rev)]
     for head in heads:
-        repo.read_commit(head)  # says precisely what a non-commit start is
-    yield from repo.walk(heads, limit)
+        if not repo.is_commit(head):
+            repo.read_commit(head)  # says precisely what a non-commit start is
+    return heads
 
 
 def decorations(repo: Repository) -> dict[str, list[str]]:
@@ -212,6 +227,8 @@ def decorations(repo: Repository) -> dict[str, list[str]]:
     for name, cid in repo.branches():
         label = f"HEAD -> {name}" if head.symbolic and short_name(head.target) == name else name
         out.setdefault(str(cid), []).append(label)
+    for name, cid in tags(repo):
+        out.setdefault(str(cid), []).append(f"tag: {name}")
     for ref in repo.refs(REMOTES):
         out.setdefault(ref.target, []).append(short_name(ref.name))
     if not head.symbolic:
@@ -253,12 +270,21 @@ def create_branch(repo: Repository, name: str, start: str = HEAD) -> CID:
     return cid
 
 
-def delete_branch(repo: Repository, name: str) -> CID:
+def delete_branch(repo: Repository, name: str, force: bool = False) -> CID:
+    """Delete branch `name`; unless `force`, only if HEAD holds all of its commits (git's -d)."""
     cid = repo.branch_commit(check_branch_name(name))
     if cid is None:
         raise RefError(f"branch {name!r} not found")
     if repo.current_branch() == branch_ref(name):
         raise RefError(f"cannot delete branch {name!r}: it is checked out")
+    if not force:
+        from . import history
+
+        if not history.is_ancestor(history.commit_graph(repo), cid, repo.head_commit()):
+            raise RefError(
+                f"the branch '{name}' is not fully merged. If you are sure you want to delete "
+                f"it, run 'basin branch -D {name}'."
+            )
     repo.set_ref(branch_ref(name), None, str(cid), "branch: deleted")
     return cid
 
@@ -285,6 +311,204 @@ def status(repo: Repository) -> Status:
         repo.config.chart,
         len(repo.branches()),
     )
+
+
+# -- tags, switch, reset, revert: git's verbs on basin history ---------------------------------
+
+
+def tags(repo: Repository) -> list[tuple[str, CID]]:
+    """Every tag (refs/tags/NAME) with the commit it names, by name."""
+    from .refnames import TAGS
+
+    return [(r.name[len(TAGS) :], CID.parse(r.target)) for r in repo.refs(TAGS)]
+
+
+def create_tag(
+    repo: Repository, name: str, rev: str = HEAD, force: bool = False
+) -> tuple[CID, CID | None]:
+    """Tag the commit `rev` names as `name` (a lightweight tag); an existing tag is replaced only
+    with `force`. Returns the commit tagged and the one the tag named before (or None)."""
+    from .refnames import tag_ref
+
+    ref = tag_ref(name)
+    cid = repo.resolve(rev)
+    repo.read_commit(cid)
+    old = repo.ref(ref)
+    if old is not None and not force:
+        raise RefError(f"tag '{name}' already exists")
+    what = f"moved to {rev}" if old else f"created at {rev}"
+    repo.set_ref(ref, cid, old.target if old else None, f"tag: {what}")
+    return cid, CID.parse(old.target) if old else None
+
+
+def delete_tag(repo: Repository, name: str) -> CID:
+    """Delete tag `name`; returns the commit it named."""
+    from .refnames import tag_ref
+
+    ref = tag_ref(name)
+    old = repo.ref(ref)
+    if old is None:
+        raise RefError(f"tag '{name}' not found")
+    repo.set_ref(ref, None, old.target, "tag: deleted")
+    return CID.parse(old.target)
+
+
+@dataclass(frozen=True)
+class Switched:
+    """Where `switch` (or `checkout -b`) left HEAD: kind is "branch", "new-branch", "already"
+    (on that branch already) or "detached"."""
+
+    kind: str
+    name: str
+    cid: CID
+
+
+def switch(
+    repo: Repository,
+    name: str,
+    *,
+    create: bool = False,
+    start: str = HEAD,
+    detach: bool = False,
+) -> Switched:
+    """`git switch`: HEAD onto branch `name`; with `create`, a new branch `name` at `start` first
+    (both in one transaction); with `detach`, HEAD detached at the commit `name` resolves to."""
+    head = repo.head()
+    message = f"checkout: moving to {name}"
+    if detach:
+        cid = repo.resolve(name)
+        repo.read_commit(cid)
+        repo.set_ref(HEAD, str(cid), head.target, message)
+        return Switched("detached", name, cid)
+    if create:
+        check_branch_name(name)
+        if repo.branch_commit(name) is not None:
+            raise RefError(f"a branch named '{name}' already exists")
+        cid = repo.resolve(start)
+        repo.read_commit(cid)
+        with repo.transaction():
+            repo.create_branch(name, cid, f"branch: Created from {start}")
+            repo.set_ref(HEAD, branch_ref(name), head.target, message, symbolic=True)
+        return Switched("new-branch", name, cid)
+    cid = repo.branch_commit(name) if _is_branch_name(name) else None
+    if cid is None:
+        try:
+            repo.resolve(name)
+        except BasinError:
+            raise RefError(f"invalid reference: {name}") from None
+        raise RefError(
+            f"a branch is expected, got {name!r}: to detach HEAD at it, run "
+            f"'basin switch --detach {name}'"
+        )
+    if head.symbolic and head.target == branch_ref(name):
+        return Switched("already", name, cid)
+    repo.set_ref(HEAD, branch_ref(name), head.target, message, symbolic=True)
+    return Switched("branch", name, cid)
+
+
+def reset(repo: Repository, rev: str = HEAD) -> tuple[CID, CID]:
+    """`git reset REV`: the current branch (or a detached HEAD) moves to the commit `rev` names,
+    compare-and-swap, logged as "reset: moving to REV". Basin has no working tree or index, so
+    --soft, --mixed and --hard all come to this. Returns (old, new)."""
+    target = repo.resolve(rev)
+    repo.read_commit(target)
+    with repo.transaction():
+        old = repo.head_commit()
+        repo.move_head(target, old, f"reset: moving to {rev}")
+    return old, target
+
+
+def revert(repo: Repository, rev: str, mainline: int | None = None) -> CID:
+    """`git revert REV`: a new signed commit on HEAD whose basin undoes REV's change,
+    z = z_HEAD - (z_REV - z_parent), the parent being REV's only one or, for a merge, parent
+    number `mainline` (git's -m). β, labels, Fisher, entanglements and substrate stay HEAD's."""
+    from dataclasses import replace
+
+    from .numeric import quantize
+
+    cid = repo.resolve(rev)
+    undone = repo.read_commit(cid)
+    parents = undone.parents
+    if not parents:
+        raise BasinError(f"cannot revert {cid}: it is a root commit, with no parent to undo it to")
+    if len(parents) > 1 and mainline is None:
+        raise BasinError(f"commit {cid} is a merge but no -m option was given")
+    if len(parents) == 1 and mainline is not None:
+        raise BasinError(f"mainline was specified but commit {cid} is not a merge")
+    if mainline is not None and not 1 <= mainline <= len(parents):
+        raise BasinError(f"commit {cid} does not have parent {mainline}")
+    parent = parents[(mainline or 1) - 1]
+    after = repo.read_basin(undone.basin)
+    before = repo.read_basin(repo.read_commit(parent).basin)
+    for basin in (after, before):
+        if basin.chart != repo.config.chart:
+            raise SchemaError(
+                f"cannot revert {cid}: a basin in chart {basin.chart} is not in the "
+                f"repository's {repo.config.chart}"
+            )
+    subject = undone.message.partition("\n")[0]
+    reverses = f", reversing\nchanges made to {parent}." if mainline is not None else "."
+    message = f'Revert "{subject}"\n\nThis reverts commit {cid}{reverses}'
+    ident = repo.identity()
+    with repo.transaction():
+        head = repo.head_commit()
+        head_basin = repo.read_basin(repo.read_commit(head).basin)
+        if head_basin.chart != repo.config.chart:
+            raise SchemaError(f"HEAD's basin is in chart {head_basin.chart}, not the repository's")
+        z = [h - (a - b) for h, a, b in zip(head_basin.z, after.z, before.z, strict=True)]
+        basin = replace(head_basin, z=quantize(z))
+        basin_cid = repo.write_basin(basin)
+        if basin_cid == repo.read_commit(head).basin:
+            raise BasinError(
+                f"nothing to commit: reverting {cid} leaves HEAD's basin as it is "
+                "(that commit did not change the coordinates)"
+            )
+        new = _sign(ident, Commit(basin_cid, (head,), ident.public_key, now_ms(), message))
+        new_cid = repo.write_commit(new)
+        repo.move_head(new_cid, head, f"revert: {message.partition(chr(10))[0]}")
+    return new_cid
+
+
+# -- revision ranges: A..B, A...B ---------------------------------------------------------------
+
+
+def is_range(spec: str) -> bool:
+    """Whether `spec` is a range `A..B` or `A...B` (no ref name or CID contains '..')."""
+    return ".." in spec
+
+
+def range_commits(
+    repo: Repository, spec: str, *, all_refs: bool = False, topo: bool = False
+) -> list[CID]:
+    """The commits of the range `spec`, newest first (with `topo`, in `--graph`'s order).
+
+    `A..B`: reachable from B, not from A; `A...B`: reachable from either, not from both. An empty
+    side is HEAD (`..B`, `A..`), as in git. With `all_refs`, every branch counts as a B too.
+    """
+    from . import history
+
+    symmetric = "..." in spec
+    left, _, right = spec.partition("..." if symmetric else "..")
+    a, b = repo.resolve(left or HEAD), repo.resolve(right or HEAD)
+    for cid in (a, b):
+        repo.read_commit(cid)  # says precisely what a non-commit end is
+    graph = history.commit_graph(repo)
+    heads, hidden = [b], [a]
+    if symmetric:
+        heads, hidden = [a, b], history.merge_bases(graph, a, b)
+    if all_refs:
+        heads += [cid for _, cid in repo.branches()]
+    order = history.range_order(graph, heads, hidden, repo.commit_times(), topo=topo)
+    return [CID.parse(c) for c in order]
+
+
+def log_range(
+    repo: Repository, spec: str, limit: int = -1, all_refs: bool = False
+) -> Iterator[tuple[CID, Commit]]:
+    """`log A..B`: the range's commits, newest first, at most `limit` (-1: all), each re-hashed."""
+    order = range_commits(repo, spec, all_refs=all_refs)
+    for cid in order if limit < 0 else order[:limit]:
+        yield cid, repo.read_commit(cid)
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -354,12 +578,32 @@ def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit |
         report.problems.append((str(cid), f"bad signature by {format_key(commit_.author)}"))
     if repo.config.trusted_key(commit_.author) is None:
         report.untrusted.setdefault(commit_.author, []).append(str(cid))
-    if [str(p) for p in commit_.parents] != repo.parents(cid):
-        report.problems.append((str(cid), "commit-graph index disagrees with the commit's parents"))
+    problem = _index_problem(repo, cid, commit_)
+    if problem:
+        report.problems.append((str(cid), problem))
     for parent in commit_.parents:
         if not repo.has_block(parent):
             report.problems.append((str(cid), f"parent {parent} is missing"))
     return commit_
+
+
+def _index_problem(repo: Repository, cid: CID, commit_: Commit) -> str | None:
+    """How the commit-graph index (its parent rows, and the entry `log` lists) differs from the
+    commit block, if it does."""
+    entry = repo.index_entry(cid)
+    if entry is None:
+        return "commit is not in the commit-graph index"
+    parents = [str(p) for p in commit_.parents]
+    same = {
+        "parents": parents == repo.parents(cid) and tuple(parents) == entry.parents,
+        "time": entry.time == commit_.time,
+        "author": entry.author == commit_.author,
+        "message": entry.message == commit_.message,
+    }
+    wrong = [name for name, ok in same.items() if not ok]
+    if not wrong:
+        return None
+    return f"commit-graph index disagrees with the commit's {', '.join(wrong)}"
 
 
 def _verify_packet(repo: Repository, cid: CID, owner: CID, report: VerifyReport) -> None:

@@ -25,8 +25,8 @@ from .config import Config, load_config, save_config
 from .errors import BasinError, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
 from .objects import Basin, Commit
-from .refnames import HEAD, HEADS, REMOTES, branch_ref, check_branch_name, shown
-from .store.base import Ref, ReflogEntry, Store
+from .refnames import HEAD, HEADS, REMOTES, TAGS, branch_ref, check_branch_name, shown
+from .store.base import IndexEntry, Ref, ReflogEntry, Store
 from .store.memory import MemoryStore
 from .store.sqlite import SQLiteStore
 
@@ -38,6 +38,7 @@ BASIN_DIR = ".basin"
 DB_FILE = "basin.db"
 _REV_SUFFIX = re.compile(r"(\^\d*|~\d*)$")
 MAX_REV_CHARS = 1024  # a name of at most 255 bytes and plenty of ~N^N
+_REFLOG_REV = re.compile(r"(.*)@\{(\d+)\}", re.S)  # NAME@{N}, @{N}: the N-th reflog entry
 MIN_PREFIX = 8
 
 
@@ -208,7 +209,9 @@ class Repository:
             for cid, commit, data in commits:
                 if self._store.put(data) != cid:
                     raise SchemaError(f"block {cid} changed on the way in")
-                self._store.index_commit(cid, commit.parents, commit.time)
+                self._store.index_commit(
+                    cid, commit.parents, commit.time, commit.author, commit.message
+                )
             for _, commit, _ in commits:
                 for needed in (commit.basin, *commit.parents):
                     if not self._store.has(needed):
@@ -216,9 +219,21 @@ class Repository:
 
     # -- history ------------------------------------------------------------------------------
 
+    def log_entries(self, heads: Sequence[CID], limit: int = -1) -> Iterator[IndexEntry]:
+        """Commits reachable from `heads`, newest first (a child before its parents), as the
+        commit-graph index holds them (parents, time, author, message); at most `limit` (-1: all).
+        The one history walk: `walk` and `walk_blocks` add each commit's block, re-hashed. No
+        block is read here, as `git log` reads its commit-graph file: `verify` checks the index
+        against the blocks, and everything that reads a commit's content reads the block."""
+        return self._store.walk_index(heads, limit)
+
+    def index_entry(self, cid: CID) -> IndexEntry | None:
+        """What the commit-graph index holds for `cid` (None: not a commit of the history)."""
+        return self._store.index_entry(cid)
+
     def walk(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, Commit]]:
-        """Commits reachable from `heads`, newest first (a child before its parents), each block
-        re-hashed; at most `limit` (-1: all). The one history walk: log, push, export use it."""
+        """`log_entries`' commits, in its order, each block re-hashed and decoded (push, export,
+        and whatever needs the commits themselves)."""
         for cid, data in self.walk_blocks(heads, limit):
             yield cid, Commit.decode(data, trusted=True)
 
@@ -294,7 +309,8 @@ class Repository:
         return [(r.name[len(HEADS) :], CID.parse(r.target)) for r in self._store.list_refs(HEADS)]
 
     def resolve(self, rev: str) -> CID:
-        """A revision to a CID: HEAD, branch, full ref, CID or unique CID prefix, with ~N / ^N."""
+        """A revision to a CID: HEAD (or @), tag, branch, full ref, reflog entry NAME@{N} / @{N},
+        CID or unique CID prefix, with ~N / ^N (docs/cli.md#revisions)."""
         if len(rev) > MAX_REV_CHARS:
             raise RefError(f"revision {shown(rev)} is longer than {MAX_REV_CHARS} characters")
         steps: list[tuple[str, int]] = []  # innermost first, read off the end (no recursion)
@@ -322,9 +338,11 @@ class Repository:
     def _resolve_name(self, rev: str) -> CID:
         if not rev:
             raise RefError("empty revision")
-        if rev == HEAD:
+        if rev in (HEAD, "@"):
             return self.head_commit()
-        for name in (rev, HEADS + rev, REMOTES + rev) if not rev.startswith("refs/") else (rev,):
+        if "@{" in rev:
+            return self._reflog_entry(rev)
+        for name in self._ref_candidates(rev):
             ref = self._store.read_ref(name)
             if ref is not None and not ref.symbolic:
                 return CID.parse(ref.target)
@@ -346,6 +364,53 @@ class Repository:
                 )
         raise RefError(
             f"unknown revision {shown(rev)}: not a branch, ref or CID in this repository"
+        )
+
+    @staticmethod
+    def _ref_candidates(name: str) -> tuple[str, ...]:
+        """The full refs a short name may mean, in git's order (gitrevisions(7)): the name itself,
+        refs/NAME, refs/tags/NAME, refs/heads/NAME, refs/remotes/NAME."""
+        if name.startswith("refs/"):
+            return (name,)
+        return (name, "refs/" + name, TAGS + name, HEADS + name, REMOTES + name)
+
+    def _reflog_entry(self, rev: str) -> CID:
+        """`NAME@{N}`: what ref NAME held N moves ago (0: now), from its reflog. A bare `@{N}` is
+        the current branch's, or HEAD's when HEAD is detached, as in git."""
+        match = _REFLOG_REV.fullmatch(rev)
+        if match is None:
+            raise RefError(
+                f"revision {shown(rev)}: of the @{{...}} forms only NAME@{{N}} and @{{N}} "
+                "(N a reflog entry number) are supported"
+            )
+        name, num = match.group(1), match.group(2)
+        if name in ("", "@"):
+            ref = self.current_branch() or HEAD
+        elif name == HEAD:
+            ref = HEAD
+        else:
+            found = (c for c in self._ref_candidates(name) if self.ref(c) or self.reflog(c, 1))
+            ref = next(found, None)
+            if ref is None:
+                raise RefError(f"revision {shown(rev)}: no ref {shown(name)} with a reflog")
+        entries = self.reflog(ref)
+        n = int(num) if len(num) < 19 else len(entries)  # beyond any reflog, whatever the digits
+        if n >= len(entries):
+            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            raise RefError(f"revision {shown(rev)}: the log of {ref} only has {count}")
+        entry = entries[n]
+        if entry.new is None:
+            raise RefError(f"revision {shown(rev)}: {ref} was deleted by that reflog entry")
+        if not entry.new.startswith("refs/"):
+            return CID.parse(entry.new)
+        # HEAD pointed at a branch then: the commit that branch held at that moment
+        for moved in self.reflog(entry.new):
+            if moved.time <= entry.time:
+                if moved.new is None:
+                    break
+                return CID.parse(moved.new)
+        raise RefError(
+            f"revision {shown(rev)}: {entry.new}, which HEAD pointed at, held no commit then"
         )
 
     def move_head(self, new: CID, old: CID, message: str) -> None:

@@ -9,7 +9,7 @@ from basinvcs.cid import CID
 from basinvcs.codec import dagjson
 from basinvcs.objects import Basin, Chart
 from basinvcs.repository import Repository
-from tests.conftest import DIM, packet, state
+from tests.conftest import DIM, commit_z, packet, state, vec
 
 
 def write_packet(path, seed, **kw):
@@ -221,11 +221,98 @@ def test_verify_names_a_bad_signature(repo_dir, cli):
         node = dagcbor.decode(repo.get_block(CID.parse(cid)))
         node["signature"] = bytes(64)
         forged = repo.put_block(dagcbor.encode(node))
-        repo._store.index_commit(forged, [CID.parse(p) for p in repo.parents(CID.parse(cid))], 1)
+        parents = [CID.parse(p) for p in repo.parents(CID.parse(cid))]
+        repo._store.index_commit(forged, parents, node["time"], node["author"], node["message"])
         repo.set_ref("refs/heads/general", str(forged), cid, "forge")
     result = cli("verify", ok=False)
     assert result.exit_code == 1
     assert f"error: {forged}: bad signature by z6Mk" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "column, value, field",
+    [
+        ("message", "not what was signed", "message"),
+        ("author", bytes(32), "author"),
+        ("time", 5, "time"),
+        ("parents", "", "parents"),
+    ],
+)
+def test_verify_cross_checks_the_commit_index_log_lists(repo_dir, cli, column, value, field):
+    """`log` lists the commit-graph index without reading blocks; verify checks every field of
+    it against the commit blocks, so a forged or stale row cannot go unnoticed."""
+    cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a")
+    cid = cli("commit", "--packet", str(write_packet(repo_dir / "b", 2)), "-m", "b").output.split()[
+        -1
+    ]
+    conn = sqlite3.connect(repo_dir / ".basin" / "basin.db")
+    conn.execute(f"UPDATE commits SET {column} = ? WHERE cid = ?", (value, cid))
+    conn.commit()
+    conn.close()
+    if field == "message":
+        assert "    not what was signed" in cli("log").output  # log believes the index
+    result = cli("verify", ok=False)
+    assert result.exit_code == 1
+    assert f"error: {cid}: commit-graph index disagrees with the commit's {field}\n" in (
+        result.stderr
+    )
+
+
+def test_verify_reports_a_commit_missing_from_the_index(repo_dir, cli):
+    cid = cli("commit", "--packet", str(write_packet(repo_dir / "a", 1)), "-m", "a").output.split()[
+        -1
+    ]
+    conn = sqlite3.connect(repo_dir / ".basin" / "basin.db")
+    conn.execute("DELETE FROM commits WHERE cid = ?", (cid,))
+    conn.commit()
+    conn.close()
+    result = cli("verify", ok=False)
+    assert f"error: {cid}: commit is not in the commit-graph index" in result.stderr
+
+
+def _log_from_blocks(repo, rev: str, limit: int, all_refs: bool, oneline: bool) -> str:
+    """`basin log` as it was printed from the commit blocks before the index held messages."""
+    import time
+
+    from basinvcs import porcelain
+    from basinvcs.identity import format_key
+
+    deco = porcelain.decorations(repo)
+    names = {t.key: t.name for t in repo.config.trusted}
+    out = []
+    for cid, m in porcelain.log(repo, rev, limit, all_refs):
+        text = str(cid)
+        refs = f" ({', '.join(deco[text])})" if text in deco else ""
+        if oneline:
+            out.append(f"{text[:16]}{refs} {m.message.partition(chr(10))[0]}\n")
+            continue
+        merge = ""
+        if len(m.parents) > 1:
+            merge = "Merge: " + " ".join(str(p)[:16] for p in m.parents) + "\n"
+        msg = "".join(f"    {line}\n" for line in m.message.splitlines())
+        author = f"{names.get(m.author, 'untrusted')} <{format_key(m.author)}>"
+        date = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(m.time / 1000))
+        out.append(f"commit {text}{refs}\n{merge}Author: {author}\nDate:   {date}\n\n{msg}\n")
+    return "".join(out)
+
+
+def test_log_from_the_index_prints_what_the_blocks_say(repo_dir, cli):
+    """`log` lists the index, byte for byte as it printed the blocks: merges, messages of several
+    lines and odd line breaks, decorations, -n, --all, --oneline."""
+    cli("fork", "general", "--specialize", "med")
+    commit_z(repo_dir, vec(c0=1.0), "two\n\nparagraphs\n")
+    cli("checkout", "general")
+    commit_z(repo_dir, vec(c5=-2.0), "x\r\ny\u2028z\x85end")
+    cli("merge", "med", "-m", "merge med\n\ninto general")
+    cli("key", "remove", cli("key").output.split("<")[1].strip().rstrip(">"))  # "untrusted"
+    assert "Merge: bafyrei" in cli("log", "-n", "1").output
+    for rev, limit, all_refs in (("HEAD", -1, True), ("med", -1, False), ("HEAD", 2, False)):
+        for oneline in (False, True):
+            args = [rev, "-n", str(limit)] if limit >= 0 else [rev]
+            args += ["--all"] * all_refs + ["--oneline"] * oneline
+            with Repository.open(repo_dir) as repo:
+                want = _log_from_blocks(repo, rev, limit, all_refs, oneline)
+            assert cli("log", *args).stdout_bytes.decode() == want  # (.output folds \r\n)
 
 
 def test_verify_reports_untrusted_signers(repo_dir, cli):

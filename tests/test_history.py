@@ -23,7 +23,7 @@ def graph(tmp_path):
 
     def commit(name: str, parents: str, t: int) -> None:
         cid = store.put(dagcbor.encode({"n": name}))
-        store.index_commit(cid, [made[p] for p in parents], t)
+        store.index_commit(cid, [made[p] for p in parents], t, bytes(32), name)
         made[name] = cid
 
     commit("a", "", 1)

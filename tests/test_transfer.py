@@ -111,7 +111,7 @@ def _install(repo: Repository, branch: str, commit: Commit, head: CID) -> CID:
     """Store `commit` as it is and move `branch` from `head` to it, unchecked: a forger's write."""
     with repo.transaction():
         cid = repo.put_block(commit.encode())
-        repo._store.index_commit(cid, commit.parents, commit.time)
+        repo._store.index_commit(cid, commit.parents, commit.time, commit.author, commit.message)
         repo.set_ref(f"refs/heads/{branch}", str(cid), str(head), "forge")
     return cid
 

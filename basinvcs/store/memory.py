@@ -6,7 +6,6 @@ outermost one snapshots everything and restores it on an error), one lock for th
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from ..cid import CID, DAG_CBOR
 from ..errors import BlockNotFound, RefConflict
 from ..refnames import check_ref_name
-from .base import Ref, ReflogEntry, Store, check_block
+from .base import IndexEntry, Ref, ReflogEntry, Store, check_block, walk_entries
 
 
 class MemoryStore(Store):
@@ -24,7 +23,7 @@ class MemoryStore(Store):
         self._blocks: dict[str, bytes] = {}
         self._refs: dict[str, Ref] = {}
         self._reflog: list[ReflogEntry] = []
-        self._commits: dict[str, tuple[int, list[str]]] = {}  # cid -> (time, parents)
+        self._commits: dict[str, IndexEntry] = {}
         self._lock = threading.RLock()
         self._depth = 0
 
@@ -125,33 +124,29 @@ class MemoryStore(Store):
 
     # -- the commit-graph index
 
-    def index_commit(self, cid: CID, parents: Sequence[CID], time_ms: int) -> None:
+    def index_commit(
+        self, cid: CID, parents: Sequence[CID], time_ms: int, author: bytes, message: str
+    ) -> None:
+        text = str(cid)
+        entry = IndexEntry(text, tuple(map(str, parents)), time_ms, bytes(author), message)
         with self._lock:
-            self._commits.setdefault(str(cid), (time_ms, [str(p) for p in parents]))
+            self._commits.setdefault(text, entry)
+
+    def index_entry(self, cid: CID) -> IndexEntry | None:
+        return self._commits.get(str(cid))
+
+    def walk_index(self, heads: Sequence[CID], limit: int = -1) -> Iterator[IndexEntry]:
+        return walk_entries([str(h) for h in heads], self._commits.get, limit)
 
     def is_indexed_commit(self, cid: CID) -> bool:
         return str(cid) in self._commits
 
     def indexed_parents(self, cid: CID) -> list[str]:
         entry = self._commits.get(str(cid))
-        return list(entry[1]) if entry else []
+        return list(entry.parents) if entry else []
 
     def indexed_commits(self) -> dict[str, int]:
-        return {c: t for c, (t, _) in self._commits.items()}
+        return {c: e.time for c, e in self._commits.items()}
 
     def commit_edges(self) -> list[tuple[str, str]]:
-        return [(c, p) for c, (_, parents) in self._commits.items() for p in parents]
-
-    def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
-        queue = [(-self._commits[str(h)][0], str(h)) for h in heads if str(h) in self._commits]
-        heapq.heapify(queue)
-        seen = {c for _, c in queue}
-        while queue and limit != 0:
-            _, text = heapq.heappop(queue)
-            cid = CID.parse(text)
-            yield cid, self.get(cid)
-            limit -= 1
-            for parent in self._commits[text][1]:
-                if parent not in seen and parent in self._commits:
-                    seen.add(parent)
-                    heapq.heappush(queue, (-self._commits[parent][0], parent))
+        return [(c, p) for c, e in self._commits.items() for p in e.parents]

@@ -1,8 +1,8 @@
 """The embedded store: one SQLite database (WAL) with blocks, refs, the reflog and a commit graph.
 
 Refs change only by compare-and-swap inside an IMMEDIATE transaction, so two writers serialise and
-neither loses an update; the commit graph (child -> parents, commit time) is a derived index, like
-git's commit-graph file, that lets `log` walk history in one query instead of one per commit.
+neither loses an update; the commit graph (per commit: parents, time, author, message) is a derived
+index, like git's commit-graph file, that lets `log` list history without reading a block.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..cid import CID, DAG_CBOR
-from ..errors import BlockNotFound, RefConflict, RepositoryError
+from ..codec import dagcbor
+from ..errors import BasinError, BlockNotFound, RefConflict, RepositoryError
 from ..refnames import check_ref_name
-from .base import Ref, ReflogEntry, Store, check_block
+from .base import IndexEntry, Ref, ReflogEntry, Store, check_block, walk_entries
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: the commit index held only times (opening one upgrades it)
 _TABLES = ("blocks", "refs", "reflog", "commits", "commit_parents")
 _SCHEMA = """
 CREATE TABLE blocks (cid TEXT PRIMARY KEY, data BLOB NOT NULL);
@@ -29,25 +30,26 @@ CREATE TABLE reflog (
     message TEXT NOT NULL
 );
 CREATE INDEX reflog_name ON reflog (name, id);
-CREATE TABLE commits (cid TEXT PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE commits (
+    cid TEXT PRIMARY KEY, time INTEGER NOT NULL, {columns}
+) WITHOUT ROWID;
 CREATE TABLE commit_parents (
     child TEXT NOT NULL, idx INTEGER NOT NULL, parent TEXT NOT NULL, PRIMARY KEY (child, idx)
 ) WITHOUT ROWID;
 """
-
-# A priority-queue walk (newest first) over the commit graph; LIMIT inside the CTE stops it early.
-_WALK = """
-WITH RECURSIVE walk(cid, time) AS (
-    SELECT cid, time FROM commits WHERE cid IN ({heads})
-    UNION
-    SELECT c.cid, c.time FROM walk
-        JOIN commit_parents p ON p.child = walk.cid
-        JOIN commits c ON c.cid = p.parent
-    ORDER BY 2 DESC
-    LIMIT ?
+# What version 2 added to `commits` (version 1 databases get them by ALTER TABLE when opened):
+# the parent CIDs in order, separated by spaces (commit_parents holds them one a row, for graph
+# queries; this copy lets a walk read a commit in one row), the author's key and the message.
+_V2_COLUMNS = (
+    "parents TEXT NOT NULL DEFAULT ''",
+    "author BLOB NOT NULL DEFAULT x''",
+    "message TEXT NOT NULL DEFAULT ''",
 )
-SELECT walk.cid, blocks.data FROM walk JOIN blocks ON blocks.cid = walk.cid
-"""
+_SCHEMA = _SCHEMA.format(columns=", ".join(_V2_COLUMNS))
+_ENTRY = "SELECT cid, parents, time, author, message FROM commits"
+# A walk bounded to at most this many commits looks each one up; a longer one reads the whole
+# index in one scan (~0.6 us a commit against ~4 us a lookup), as git reads its commit-graph file.
+_LOOKUPS_UP_TO = 1000
 
 
 class SQLiteStore(Store):
@@ -107,6 +109,14 @@ class SQLiteStore(Store):
             }
         except sqlite3.DatabaseError as exc:
             raise RepositoryError(f"corrupt repository database {path}: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise RepositoryError(
+                f"repository database {path} has schema version {version}, newer than this "
+                f"basinvcs reads ({SCHEMA_VERSION}): upgrade basinvcs"
+            )
+        if version == 1 and set(_TABLES) <= tables:
+            _upgrade_v1(conn, path)
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION or not set(_TABLES) <= tables:
             raise RepositoryError(
                 f"corrupt repository database {path}: schema version {version}, "
@@ -204,21 +214,39 @@ class SQLiteStore(Store):
 
     # -- commit graph -------------------------------------------------------------------------
 
-    def index_commit(self, cid: CID, parents: Sequence[CID], time_ms: int) -> None:
-        self._exec("INSERT OR IGNORE INTO commits (cid, time) VALUES (?, ?)", (str(cid), time_ms))
+    def index_commit(
+        self, cid: CID, parents: Sequence[CID], time_ms: int, author: bytes, message: str
+    ) -> None:
+        text = str(cid)
+        self._exec(
+            "INSERT OR IGNORE INTO commits (cid, time, parents, author, message)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (text, time_ms, " ".join(map(str, parents)), bytes(author), message),
+        )
         self._exec(
             "INSERT OR IGNORE INTO commit_parents (child, idx, parent) VALUES (?, ?, ?)",
-            [(str(cid), i, str(p)) for i, p in enumerate(parents)],
+            [(text, i, str(p)) for i, p in enumerate(parents)],
             many=True,
         )
 
-    def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
-        """Commits reachable from `heads`, newest first (children before parents), verified."""
-        sql = _WALK.format(heads=",".join("?" * len(heads)))
-        for text, data in self._exec(sql, [*map(str, heads), limit]):
-            cid = CID.parse(text)
-            cid.verify(data)
-            yield cid, data
+    def index_entry(self, cid: CID) -> IndexEntry | None:
+        return self._entry(str(cid))
+
+    def _entry(self, text: str) -> IndexEntry | None:
+        row = self._one(_ENTRY + " WHERE cid = ?", (text,))
+        return _as_entry(row) if row else None
+
+    def walk_index(self, heads: Sequence[CID], limit: int = -1) -> Iterator[IndexEntry]:
+        """Newest first (children before parents), from the index alone: no block is read."""
+        texts = [str(h) for h in heads]
+        if 0 <= limit <= _LOOKUPS_UP_TO:
+            return walk_entries(texts, self._entry, limit)
+        make = tuple.__new__  # IndexEntry's own __new__ is Python code: a third of the time
+        index = {
+            c: make(IndexEntry, (c, tuple(p.split()), t, a, m))
+            for c, p, t, a, m in self._exec(_ENTRY)
+        }
+        return walk_entries(texts, index.get, limit)
 
     def commit_edges(self) -> list[tuple[str, str]]:
         """Every (child, parent) edge in the commit graph."""
@@ -290,6 +318,63 @@ class SQLiteStore(Store):
             (name, limit),
         )
         return [ReflogEntry(n, o, w, t / 1000, m) for n, o, w, t, m in rows]
+
+
+def _as_entry(row: tuple) -> IndexEntry:
+    cid, parents, time_ms, author, message = row
+    return IndexEntry(cid, tuple(parents.split()), time_ms, author, message)
+
+
+def _upgrade_v1(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 1 -> 2, in one IMMEDIATE transaction (a concurrent opener waits, then finds it
+    done): add `commits`' new columns and fill them in, the parents from `commit_parents`, the
+    author and message from each commit's block. A block that is missing or does not hash to its
+    CID leaves them empty, and `verify` reports the commit."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+                for column in _V2_COLUMNS:
+                    conn.execute(f"ALTER TABLE commits ADD COLUMN {column}")
+                parents: dict[str, list[str]] = {}
+                for child, parent in conn.execute(
+                    "SELECT child, parent FROM commit_parents ORDER BY child, idx"
+                ):
+                    parents.setdefault(child, []).append(parent)
+                rows = conn.execute(
+                    "SELECT commits.cid, blocks.data FROM commits"
+                    " LEFT JOIN blocks ON blocks.cid = commits.cid"
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE commits SET parents = ?, author = ?, message = ? WHERE cid = ?",
+                    [
+                        (" ".join(parents.get(cid, ())), *_author_and_message(cid, data), cid)
+                        for cid, data in rows
+                    ],
+                )
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        raise RepositoryError(
+            f"cannot upgrade repository database {path} to schema version {SCHEMA_VERSION}: {exc}"
+        ) from None
+
+
+def _author_and_message(cid: str, data: bytes | None) -> tuple[bytes, str]:
+    """A commit block's author and message, read after the hash check; empty if it fails."""
+    try:
+        if data is not None:
+            CID.parse(cid).verify(data)
+            node = dagcbor.decode_trusted(data)
+            author, message = node["author"], node["message"]
+            if isinstance(author, bytes) and isinstance(message, str):
+                return author, message
+    except (BasinError, KeyError, TypeError):
+        pass
+    return b"", ""
 
 
 def _connect(path: Path, mode: str) -> sqlite3.Connection:

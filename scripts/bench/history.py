@@ -19,7 +19,7 @@ BASIN = Path(sys.executable).with_name("basin")
 
 
 def build_basin(path: Path, commits: int) -> None:
-    with porcelain.init(path) as repo, repo.store.transaction():
+    with porcelain.init(path) as repo, repo.transaction():
         chart = repo.config.chart
         z = [0.0] * chart.dim
         for i in range(commits):
@@ -43,10 +43,14 @@ def build_git(path: Path, commits: int) -> None:
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
+    # as installed: Python may cache compiled modules (PYTHONDONTWRITEBYTECODE would make every
+    # run compile basinvcs again, ~40 ms), and a first, untimed run writes that cache
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=True, env=env)
     samples = []
     for _ in range(RUNS):
         start = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=True, env=env)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -79,8 +83,9 @@ def main() -> None:
     for label, b, g in rows:
         print(f"{label:<12} {b:>10.3f} {g:>10.3f} {b / g:>7.1f}x")
     n20, full = rows[0][1], rows[1][1] / rows[1][2]
-    print(f"target: basin log -n 20 under 0.3 s: {'met' if n20 < 0.3 else 'MISSED'} ({n20:.3f} s)")
-    print(f"target: full log within 3x of git: {'met' if full <= 3 else 'MISSED'} ({full:.1f}x)")
+    print(f"target: basin log -n 20 under 0.1 s: {'met' if n20 < 0.1 else 'MISSED'} ({n20:.3f} s)")
+    print(f"target: full log within 3x of git: {'met' if full <= 3 else 'MISSED'} ({full:.2f}x)")
+    print(f"stretch: full log within 2x of git: {'met' if full <= 2 else 'missed'} ({full:.2f}x)")
 
 
 if __name__ == "__main__":

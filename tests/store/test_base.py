@@ -14,6 +14,7 @@ from basinvcs.errors import (
     RefError,
 )
 from basinvcs.store import MAX_BLOCK_SIZE
+from basinvcs.store.base import IndexEntry
 from basinvcs.store.memory import MemoryStore
 from basinvcs.store.sqlite import SQLiteStore
 
@@ -84,7 +85,7 @@ def test_transaction_rolls_back_everything(store):
 def test_walk_commits_newest_first_with_merges(store):
     def commit(name, parents, t):
         cid = store.put(dagcbor.encode({"n": name}))
-        store.index_commit(cid, parents, t)
+        store.index_commit(cid, parents, t, bytes(32), name)
         return cid
 
     a = commit("a", [], 1)
@@ -95,6 +96,66 @@ def test_walk_commits_newest_first_with_merges(store):
     assert walked == [d, c, b, a]
     assert [cid for cid, _ in store.walk_commits([d], 2)] == [d, c]
     assert [cid for cid, _ in store.walk_commits([b, c])] == [c, b, a]
+
+
+def _index(store, name, parents, t, author=bytes(32)):
+    cid = store.put(dagcbor.encode({"n": name}))
+    store.index_commit(cid, parents, t, author, f"commit {name}\nsecond line")
+    return cid
+
+
+def test_index_entry_holds_what_log_shows(store):
+    a = _index(store, "a", [], 1, b"\x01" * 32)
+    b = _index(store, "b", [a], 2)
+    assert store.index_entry(b) == IndexEntry(
+        str(b), (str(a),), 2, bytes(32), "commit b\nsecond line"
+    )
+    assert store.index_entry(a).parents == () and store.index_entry(a).author == b"\x01" * 32
+    store.index_commit(b, [], 9, b"\x02" * 32, "other")  # indexing again changes nothing
+    assert store.index_entry(b).time == 2 and store.indexed_parents(b) == [str(a)]
+    assert store.index_entry(store.put(dagcbor.encode({"not": "indexed"}))) is None
+
+
+def test_walk_index_newest_first_with_merges_and_limits(store):
+    a = _index(store, "a", [], 1)
+    b = _index(store, "b", [a], 2)
+    c = _index(store, "c", [a], 3)
+    d = _index(store, "d", [b, c], 4)
+    walked = list(store.walk_index([d]))
+    assert [e.cid for e in walked] == [str(d), str(c), str(b), str(a)]
+    assert walked[0] == store.index_entry(d) and walked[0].parents == (str(b), str(c))
+    assert [e.cid for e in store.walk_index([d], 2)] == [str(d), str(c)]
+    assert [e.cid for e in store.walk_index([b, c, c])] == [str(c), str(b), str(a)]
+    assert list(store.walk_index([d], 0)) == []
+    unindexed = store.put(dagcbor.encode({"n": "loose"}))
+    assert [e.cid for e in store.walk_index([unindexed, b])] == [str(b), str(a)]
+    blocks = list(store.walk_commits([d]))  # the same walk, each block re-hashed
+    assert [cid for cid, _ in blocks] == [CID.parse(e.cid) for e in walked]
+    assert blocks[-1][1] == dagcbor.encode({"n": "a"})
+
+
+def test_walk_index_breaks_ties_in_the_order_commits_were_reached(store):
+    """Equal times (commits made in the same millisecond) keep one order, bounded or not: the
+    heads in CID order, then parents in their order, as SQLite's recursive walk gave them."""
+    root = _index(store, "root", [], 1)
+    sides = [_index(store, f"side{i}", [root], 5) for i in range(6)]
+    merge = _index(store, "merge", sides, 9)
+    tip = _index(store, "tip", [merge], 9)
+    assert [str(c) for c in sides] != sorted(str(c) for c in sides)  # so CID order would differ
+    full = [e.cid for e in store.walk_index([tip])]
+    assert full == [str(c) for c in (tip, merge, *sides, root)]
+    for limit in (1, 3, 8, 1000, 1001, 5000):  # lookups up to 1000, one scan beyond
+        assert [e.cid for e in store.walk_index([tip], limit)] == full[:limit]
+    heads = [e.cid for e in store.walk_index(sides[::-1], 3)]
+    assert heads == sorted(str(c) for c in sides)[:3]
+
+
+def test_a_rolled_back_transaction_leaves_no_index_entry(store):
+    with pytest.raises(RefConflict), store.transaction():
+        cid = _index(store, "a", [], 1)
+        store.set_if_equals("refs/heads/a", "x", "not-there", "m")
+    assert store.index_entry(cid) is None and not store.is_indexed_commit(cid)
+    assert list(store.walk_index([cid])) == []
 
 
 def test_concurrent_compare_and_swap_has_one_winner_per_step(store):
