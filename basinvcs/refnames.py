@@ -6,6 +6,7 @@ from .errors import RefError
 
 HEADS = "refs/heads/"
 REMOTES = "refs/remotes/"  # what was last fetched from a remote: refs/remotes/<remote>/<branch>
+TAGS = "refs/tags/"  # lightweight tags: a name fixed on one commit
 HEAD = "HEAD"
 
 _FORBIDDEN_CHARS = frozenset(" ~^:?*[\\\x7f")
@@ -64,6 +65,23 @@ def check_branch_name(name: str) -> str:
     if problem:
         raise RefError(f"bad branch name {shown(name)}: {problem}")
     return name
+
+
+def check_tag_name(name: str) -> str:
+    """Return `name` if it is a valid short tag name (the rules of branch names), else raise."""
+    problem = _problem(name)
+    if problem is None and name.startswith("-"):
+        problem = "it starts with '-'"
+    if problem is None and name == HEAD:
+        problem = "HEAD is not a tag name"
+    if problem:
+        raise RefError(f"bad tag name {shown(name)}: {problem}")
+    return name
+
+
+def tag_ref(name: str) -> str:
+    """The full ref for tag `name`, validated."""
+    return TAGS + check_tag_name(name)
 
 
 def branch_ref(name: str) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from .. import numeric, porcelain
 from ..cid import CID
-from ..errors import BasinError, SchemaError
+from ..errors import BasinError, InputError, SchemaError
 from ..objects import Basin, Chart, SubstrateRef
 from ..repository import Repository
 from .projection import Projection, beta_at
@@ -296,6 +296,43 @@ def write_decoded(
         copy_file(source, out / name)
         written.append(out / name)
     return written
+
+
+def check_output(out: Path, *, force: bool = False) -> None:
+    """Refuse, before anything is written, a checkout output (`-o`) that would overwrite or
+    create more than it names: an existing file, or a folder that is not empty, unless `force`;
+    a file where a folder is meant; a parent directory that does not exist (never made silently).
+
+    `out` ending in `.safetensors` is a file (its shards and index go beside it); anything else is
+    a folder, which is created if missing.
+    """
+    import os
+
+    parent = out.parent
+    if not parent.is_dir():
+        what = (
+            "is not a directory" if os.path.lexists(parent) else "does not exist: create it first"
+        )
+        raise InputError(f"cannot write {out}: {parent} {what}")
+    if out.suffix == ".safetensors":
+        stem = out.name.removesuffix(".safetensors")
+        taken = [p for p in (out, parent / f"{stem}.safetensors.index.json") if os.path.lexists(p)]
+        if taken and out.is_dir():
+            raise InputError(f"cannot write {out}: it is a directory")
+        if taken and not force:
+            raise InputError(f"{taken[0]} already exists: give --force to overwrite it")
+        return
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(f"cannot write the model folder {out}: a file of that name exists")
+    if out.is_dir() and not force:
+        try:
+            full = any(out.iterdir())
+        except OSError as exc:
+            raise InputError(f"cannot read the folder {out}: {exc.strerror or exc}") from None
+        if full:
+            raise InputError(
+                f"{out} is a folder that is not empty: give --force to write the model into it"
+            )
 
 
 def checkout_model(
