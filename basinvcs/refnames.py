@@ -57,25 +57,22 @@ def check_ref_name(name: str) -> str:
 
 def check_branch_name(name: str) -> str:
     """Return `name` if it is a valid short branch name (as `git branch` accepts), else raise."""
-    problem = _problem(name)
-    if problem is None and name.startswith("-"):
-        problem = "it starts with '-'"
-    if problem is None and name == HEAD:
-        problem = "HEAD is not a branch name"
-    if problem:
-        raise RefError(f"bad branch name {shown(name)}: {problem}")
-    return name
+    return _check_short(name, "branch")
 
 
 def check_tag_name(name: str) -> str:
     """Return `name` if it is a valid short tag name (the rules of branch names), else raise."""
+    return _check_short(name, "tag")
+
+
+def _check_short(name: str, kind: str) -> str:
     problem = _problem(name)
     if problem is None and name.startswith("-"):
         problem = "it starts with '-'"
     if problem is None and name == HEAD:
-        problem = "HEAD is not a tag name"
+        problem = f"HEAD is not a {kind} name"
     if problem:
-        raise RefError(f"bad tag name {shown(name)}: {problem}")
+        raise RefError(f"bad {kind} name {shown(name)}: {problem}")
     return name
 
 

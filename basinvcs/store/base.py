@@ -25,7 +25,8 @@ from typing import NamedTuple
 
 from ..cid import CID, DAG_CBOR, DAG_JSON
 from ..codec import dagcbor, dagjson
-from ..errors import BlockTooLarge
+from ..errors import BlockTooLarge, RefConflict
+from ..refnames import check_ref_name
 
 MAX_BLOCK_SIZE = 1 << 20  # 1 MiB, the block size IPFS nodes exchange
 
@@ -163,7 +164,6 @@ class Store(BlockStore):
     def list_refs(self, prefix: str = "refs/") -> list[Ref]:
         """Refs whose names start with `prefix`, sorted by name."""
 
-    @abstractmethod
     def set_if_equals(
         self,
         name: str,
@@ -174,7 +174,23 @@ class Store(BlockStore):
         symbolic: bool = False,
     ) -> None:
         """Set `name` to `new` (None deletes it) only if it now holds `expected` (None: absent),
-        and log the move; RefConflict otherwise."""
+        and log the move; RefConflict otherwise. Read, compare, write and log in one
+        transaction, so two writers racing for a ref serialise and the second one loses."""
+        check_ref_name(name)
+        with self.transaction():
+            current = self.read_ref(name)
+            found = current.target if current else None
+            if found != expected:
+                raise RefConflict(
+                    f"ref {name} changed underneath this operation "
+                    f"(expected {expected or 'nothing'}, found {found or 'nothing'})"
+                )
+            self._write_ref(name, new, symbolic)
+            self.append_reflog(name, expected, new, message)
+
+    @abstractmethod
+    def _write_ref(self, name: str, new: str | None, symbolic: bool) -> None:
+        """Store (or, for None, delete) the ref, inside `set_if_equals`'s transaction."""
 
     @abstractmethod
     def append_reflog(self, name: str, old: str | None, new: str | None, message: str) -> None:

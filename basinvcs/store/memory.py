@@ -12,8 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ..cid import CID, DAG_CBOR
-from ..errors import BlockNotFound, RefConflict
-from ..refnames import check_ref_name
+from ..errors import BlockNotFound
 from .base import IndexEntry, Ref, ReflogEntry, Store, check_block, walk_entries
 
 
@@ -89,29 +88,11 @@ class MemoryStore(Store):
     def list_refs(self, prefix: str = "refs/") -> list[Ref]:
         return [self._refs[n] for n in sorted(self._refs) if n.startswith(prefix)]
 
-    def set_if_equals(
-        self,
-        name: str,
-        new: str | None,
-        expected: str | None,
-        message: str,
-        *,
-        symbolic: bool = False,
-    ) -> None:
-        check_ref_name(name)
-        with self.transaction():
-            current = self._refs.get(name)
-            found = current.target if current else None
-            if found != expected:
-                raise RefConflict(
-                    f"ref {name} changed underneath this operation "
-                    f"(expected {expected or 'nothing'}, found {found or 'nothing'})"
-                )
-            if new is None:
-                self._refs.pop(name, None)
-            else:
-                self._refs[name] = Ref(name, new, symbolic)
-            self.append_reflog(name, expected, new, message)
+    def _write_ref(self, name: str, new: str | None, symbolic: bool) -> None:
+        if new is None:
+            self._refs.pop(name, None)
+        else:
+            self._refs[name] = Ref(name, new, symbolic)
 
     def append_reflog(self, name: str, old: str | None, new: str | None, message: str) -> None:
         with self._lock:

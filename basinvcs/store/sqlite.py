@@ -16,8 +16,7 @@ from pathlib import Path
 
 from ..cid import CID, DAG_CBOR
 from ..codec import dagcbor
-from ..errors import BasinError, BlockNotFound, RefConflict, RepositoryError
-from ..refnames import check_ref_name
+from ..errors import BasinError, BlockNotFound, RepositoryError
 from .base import IndexEntry, Ref, ReflogEntry, Store, check_block, walk_entries
 
 SCHEMA_VERSION = 2  # 1: the commit index held only times (opening one upgrades it)
@@ -278,32 +277,14 @@ class SQLiteStore(Store):
         )
         return [Ref(n, t, bool(s)) for n, t, s in rows]
 
-    def set_if_equals(
-        self,
-        name: str,
-        new: str | None,
-        expected: str | None,
-        message: str,
-        *,
-        symbolic: bool = False,
-    ) -> None:
-        check_ref_name(name)
-        with self.transaction():
-            current = self.read_ref(name)
-            found = current.target if current else None
-            if found != expected:
-                raise RefConflict(
-                    f"ref {name} changed underneath this operation "
-                    f"(expected {expected or 'nothing'}, found {found or 'nothing'})"
-                )
-            if new is None:
-                self._exec("DELETE FROM refs WHERE name = ?", (name,))
-            else:
-                self._exec(
-                    "INSERT OR REPLACE INTO refs (name, target, symbolic) VALUES (?, ?, ?)",
-                    (name, new, int(symbolic)),
-                )
-            self.append_reflog(name, expected, new, message)
+    def _write_ref(self, name: str, new: str | None, symbolic: bool) -> None:
+        if new is None:
+            self._exec("DELETE FROM refs WHERE name = ?", (name,))
+        else:
+            self._exec(
+                "INSERT OR REPLACE INTO refs (name, target, symbolic) VALUES (?, ?, ?)",
+                (name, new, int(symbolic)),
+            )
 
     def append_reflog(self, name: str, old: str | None, new: str | None, message: str) -> None:
         self._exec(
