@@ -23,7 +23,7 @@ from .completion import (
     complete_substrates,
     complete_tags,
 )
-from .errors import BasinError, RefError
+from .errors import BasinError
 from .refnames import short_name
 
 SHORT = 16  # characters of a CID shown in short form ("bafyrei" + 9)
@@ -434,7 +434,7 @@ def show(rev: str, fmt: str) -> None:
             for p in obj.parents:
                 click.echo(f"Parent: {p}")
             click.echo(f"Author: {_author(obj.author, names.get(obj.author, 'untrusted'))}")
-            if not porcelain.signature_ok(obj):
+            if not obj.signature_valid():
                 click.echo("Signature: BAD: the author's key did not sign this commit")
                 click.echo(f"warning: commit {cid} has a bad signature", err=True)
             click.echo(f"Date:   {_date(obj.time)}")
@@ -477,13 +477,10 @@ def _show_basin(basin, size: int) -> None:
 @click.option("-n", "--max-count", "limit", type=click.IntRange(0, 1 << 62), default=None)
 def reflog(ref: str, limit: int | None) -> None:
     """How REF (a branch, or HEAD) moved, newest first."""
-    from .refnames import HEAD, branch_ref
+    from . import porcelain
 
     with _repo() as repo:
-        name = ref if ref == HEAD or ref.startswith("refs/") else branch_ref(ref)
-        entries = repo.reflog(name, -1 if limit is None else limit)
-        if not entries and repo.ref(name) is None:
-            raise RefError(f"no such ref {ref!r}")
+        name, entries = porcelain.reflog(repo, ref, -1 if limit is None else limit)
     for i, e in enumerate(entries):
         new = (
             "(deleted)" if e.new is None else e.new if e.new.startswith("refs/") else e.new[:SHORT]

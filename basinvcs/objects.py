@@ -398,6 +398,13 @@ class Commit:
         """What the signature covers: the canonical encoding of the commit without `signature`."""
         return dagcbor.encode(self.unsigned_node())
 
+    def signature_valid(self) -> bool:
+        """Whether the key named as author made the signature: the one check every reader of
+        commits (merge, fetch, verify, show) applies."""
+        from .identity import verify_signature  # nacl: only commands that check signatures
+
+        return verify_signature(self.author, self.signing_bytes(), self.signature)
+
     def to_node(self) -> dict:
         if len(self.signature) != 64:
             raise SchemaError("commit is not signed")

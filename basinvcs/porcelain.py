@@ -21,11 +21,10 @@ from .identity import (
     format_key,
     load_or_create_identity,
     parse_key,
-    verify_signature,
 )
 from .metrics import mean_fisher
 from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
-from .refnames import HEAD, REMOTES, branch_ref, check_branch_name, short_name
+from .refnames import HEAD, REMOTES, branch_ref, check_branch_name, short_name, shown
 from .repository import BASIN_DIR, IndexEntry, Repository
 
 GENESIS_BRANCH = "general"
@@ -75,11 +74,6 @@ def init(
 
 def _sign(ident: Identity, commit: Commit) -> Commit:
     return commit.signed(ident.sign)
-
-
-def signature_ok(commit: Commit) -> bool:
-    """Whether the commit was signed by the key it names as its author."""
-    return verify_signature(commit.author, commit.signing_bytes(), commit.signature)
 
 
 # -- commit / fork ------------------------------------------------------------------------------
@@ -218,6 +212,16 @@ def log_heads(repo: Repository, rev: str = HEAD, all_refs: bool = False) -> list
         if not repo.is_commit(head):
             repo.read_commit(head)  # says precisely what a non-commit start is
     return heads
+
+
+def reflog(repo: Repository, ref: str = HEAD, limit: int = -1) -> tuple[str, list]:
+    """How `ref` (HEAD, a branch, or a full ref name) moved, newest first: its full name and
+    its entries. A deleted branch still has its reflog; a ref that never existed is refused."""
+    name = ref if ref == HEAD or ref.startswith("refs/") else branch_ref(ref)
+    entries = repo.reflog(name, limit)
+    if not entries and repo.ref(name) is None:
+        raise RefError(f"no such ref {shown(ref)}")
+    return name, entries
 
 
 def decorations(repo: Repository) -> dict[str, list[str]]:
@@ -574,7 +578,7 @@ def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit |
     except BasinError as exc:
         report.problems.append((str(cid), str(exc)))
         return None
-    if not signature_ok(commit_):
+    if not commit_.signature_valid():
         report.problems.append((str(cid), f"bad signature by {format_key(commit_.author)}"))
     if repo.config.trusted_key(commit_.author) is None:
         report.untrusted.setdefault(commit_.author, []).append(str(cid))
@@ -930,7 +934,7 @@ def _check_incoming(repo: Repository, incoming: set[str], allow_untrusted: bool)
     """Every commit a merge would bring in must be signed correctly, by a trusted key."""
     for text in sorted(incoming):
         commit_ = repo.read_commit(CID.parse(text))
-        if not signature_ok(commit_):
+        if not commit_.signature_valid():
             raise BasinError(f"merge refused: commit {text} has a bad signature")
         if not allow_untrusted and repo.config.trusted_key(commit_.author) is None:
             raise BasinError(

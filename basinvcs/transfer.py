@@ -24,7 +24,6 @@ from pathlib import Path
 from .cid import CID
 from .config import load_config
 from .errors import RefError, RepositoryError, SchemaError, SignatureError
-from .identity import verify_signature
 from .objects import Basin, Commit
 from .refnames import branch_ref, check_branch_name
 from .repository import BASIN_DIR, DB_FILE, Repository
@@ -71,7 +70,7 @@ def plan_fetch(
             commit = Commit.decode(data)
         except SchemaError as exc:
             raise SchemaError(f"fetch refused: {cid} is not a valid commit: {exc}") from None
-        if not verify_signature(commit.author, commit.signing_bytes(), commit.signature):
+        if not commit.signature_valid():
             raise SignatureError(f"fetch refused: commit {cid} has a bad signature")
         if commit.basin not in seen_packets:
             seen_packets.add(commit.basin)

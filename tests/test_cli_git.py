@@ -199,7 +199,7 @@ def test_revert_undoes_one_commits_change(repo_dir, cli):
     assert commit.message == f'Revert "add c0"\n\nThis reverts commit {a}.'
     assert [str(p) for p in commit.parents] == [resolved(repo_dir, "HEAD~1")]
     assert head.fisher == before.fisher and head.beta == (0.5,) and head.labels == before.labels
-    assert porcelain.signature_ok(commit)
+    assert commit.signature_valid()
     assert cli("reflog").output.splitlines()[0].endswith('HEAD@{0}: revert: Revert "add c0"')
     cli("revert", "HEAD")  # reverting the revert brings a's change back
     assert z_of(repo_dir) == vec(c0=1.0, c1=2.0)
