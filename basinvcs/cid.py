@@ -208,7 +208,8 @@ class CID:
             # CIDv1, one-byte codec, sha2-256: every block we write; the hot path of `log`
             if hashlib.sha256(data).digest() != buf[4:]:
                 raise HashMismatch(
-                    f"block {self} does not match its hash (stored bytes are corrupt)"
+                    f"block {self} does not match its hash (stored bytes are corrupt)",
+                    subject=self,
                 )
             return
         code, digest = self.hash_code, self.digest
@@ -229,7 +230,9 @@ class CID:
                 name = f"0x{code:x} (not a hash function)"
             raise CIDError(f"cannot verify block {self}: unsupported hash function {name}")
         if not ok:
-            raise HashMismatch(f"block {self} does not match its hash (stored bytes are corrupt)")
+            raise HashMismatch(
+                f"block {self} does not match its hash (stored bytes are corrupt)", subject=self
+            )
 
     def __str__(self) -> str:
         if self._text is None:

@@ -358,7 +358,7 @@ def log(rev: str, oneline: bool, graph: bool, all_refs: bool, limit: int | None)
                 for lanes, c, m in _log_range(repo, rev, graph, limit, all_refs)
             )
         elif graph:
-            from .graph import graph_log
+            from .loggraph import graph_log
 
             entries = graph_log(repo, rev, limit, all_refs)
         else:  # the commit-graph index alone, as git reads its commit-graph file
@@ -1045,20 +1045,20 @@ def remote_list() -> None:
 @click.option("--follow", help="IPNS name or heads-record CID that `basin pull` fetches.")
 def remote_add(name: str, multiaddr: str, follow: str | None) -> None:
     """Name the IPFS node at MULTIADDR (its RPC API, e.g. /ip4/127.0.0.1/tcp/5001)."""
-    from . import sync
+    from . import remote
 
     with _repo() as repo:
-        sync.add_remote(repo, name, multiaddr, follow)
+        remote.add_remote(repo, name, multiaddr, follow)
     click.echo(f"remote {name}: {multiaddr}" + (f", follows {follow}" if follow else ""))
 
 
 @remote.command("remove")
 @click.argument("name", shell_complete=complete_remotes)
 def remote_remove(name: str) -> None:
-    from . import sync
+    from . import remote
 
     with _repo() as repo:
-        sync.remove_remote(repo, name)
+        remote.remove_remote(repo, name)
     click.echo(f"removed remote {name}")
 
 
@@ -1069,10 +1069,10 @@ def remote_remove(name: str) -> None:
 @click.argument("branch_name", metavar="[BRANCH]", required=False, shell_complete=complete_branches)
 def push(remote_name: str, branch_name: str | None) -> None:
     """Send BRANCH (default: the current one) to REMOTE's node and publish the signed heads."""
-    from . import sync
+    from . import remote
 
     with _repo() as repo:
-        result = sync.push(repo, remote_name, branch_name)
+        result = remote.push(repo, remote_name, branch_name)
     click.echo(
         f"pushed {', '.join(sorted(result.branches))} ({result.blocks} blocks, "
         f"{result.bytes} bytes sent)"
@@ -1095,10 +1095,10 @@ def fetch(remote_name: str, branch_name: str | None) -> None:
 
 
 def _fetch(repo, remote_name: str, branch_name: str | None) -> str:
-    from . import sync
+    from . import remote
     from .refnames import remote_ref
 
-    fetched = sync.fetch(repo, remote_name, branch_name or sync.current_branch(repo))
+    fetched = remote.fetch(repo, remote_name, branch_name or remote.current_branch(repo))
     click.echo(
         f"fetched {fetched.branch} from heads record {fetched.heads} (seq {fetched.seq}): "
         f"{fetched.fetched} new blocks"
@@ -1126,9 +1126,9 @@ def pull(remote_name: str, branch_name: str | None, **options) -> None:
 @click.option("--trust", "trust_key", help="Require the heads record to be signed by this key.")
 def clone(source: str, directory: Path, node: str | None, trust_key: str | None) -> None:
     """Make DIRECTORY a copy of the repository whose heads SOURCE names (IPNS name or CID)."""
-    from . import sync
+    from . import remote
 
-    result = sync.clone(source, directory, node, trust_key)
+    result = remote.clone(source, directory, node, trust_key)
     click.echo(
         f"Cloned into {result.path}: {len(result.branches)} branch(es), "
         f"{result.fetched} blocks, heads record {result.heads} (seq {result.seq})"
@@ -1143,10 +1143,10 @@ def clone(source: str, directory: Path, node: str | None, trust_key: str | None)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def export_cmd(rev: str, output: Path) -> None:
     """Write REV's history as a CARv1 file (the commit is its root)."""
-    from . import sync
+    from . import carfile
 
     with _repo() as repo:
-        root, blocks, size = sync.export_car(repo, rev, output)
+        root, blocks, size = carfile.export_car(repo, rev, output)
     click.echo(f"wrote {output}: root {root}, {blocks} blocks, {size} bytes")
 
 
@@ -1155,10 +1155,10 @@ def export_cmd(rev: str, output: Path) -> None:
 @click.option("--branch", help="Create this branch at the file's root commit.")
 def import_cmd(file: Path, branch: str | None) -> None:
     """Store the history a CARv1 file holds, every block verified first."""
-    from . import sync
+    from . import carfile
 
     with _repo() as repo:
-        result = sync.import_car(repo, file, branch)
+        result = carfile.import_car(repo, file, branch)
     click.echo(
         f"imported {file}: root {result.root}, {result.written} new of {result.blocks} blocks"
     )
@@ -1193,10 +1193,10 @@ def announce(
     interval: float,
 ) -> None:
     """Announce, signed and expiring, that this repository offers SPECIALIZATION."""
-    from . import sync
+    from . import discovery
 
     with _repo() as repo:
-        record, cid, heard = sync.announce(
+        record, cid, heard = discovery.announce(
             repo, remote_name, specialization, substrate_name, ttl, repeat, interval
         )
     click.echo(
@@ -1223,10 +1223,10 @@ def discover(
     specialization: str, substrate_name: str | None, node: str | None, wait: float
 ) -> None:
     """Listen for announcements of SPECIALIZATION and list who offers it."""
-    from . import sync
+    from . import discovery, remote
     from .identity import format_key
 
-    found, dropped = sync.discover(sync.connect(node), specialization, substrate_name, wait)
+    found, dropped = discovery.discover(remote.connect(node), specialization, substrate_name, wait)
     for f in found:
         r = f.record
         click.echo(
@@ -1383,7 +1383,7 @@ def _log_range(repo, spec: str, graph: bool, limit: int | None, all_refs: bool):
     from . import porcelain
 
     if graph:
-        from .graph import graph_log_range
+        from .loggraph import graph_log_range
 
         order = porcelain.range_commits(repo, spec, all_refs=all_refs, topo=True)
         return graph_log_range(repo, order, limit)

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 class BasinError(Exception):
-    """Base of all expected failures: bad input, missing objects, refused operations."""
+    """Base of all expected failures: bad input, missing objects, refused operations.
+
+    `subject` is what the error is about when there is one thing: the CID of a block, the path
+    of a file, the name of a ref, so that callers (a server answering a request) need not parse
+    the message.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, subject: object = None) -> None:
+        super().__init__(message)
+        self.subject = subject
 
 
 class CodecError(BasinError):
@@ -64,3 +73,24 @@ class RemoteError(BasinError):
 class InputError(BasinError):
     """A file or stream handed to us that is not what it must be: too large, not a regular file
     where one is needed, or not strict JSON."""
+
+
+class NotJSON(InputError):
+    """Text that does not parse as JSON at all (as opposed to JSON we refuse)."""
+
+
+class SubstrateError(BasinError):
+    """A substrate name that is unknown, ambiguous, taken or bad, or a broken registry entry."""
+
+
+class MergeRefused(BasinError):
+    """A merge refused by the conflict check before anything was written; `report` says why,
+    line by line."""
+
+    def __init__(self, message: str, report: list[str]):
+        super().__init__(message)
+        self.report = report
+
+
+class MergeArithmeticError(BasinError):
+    """A merge whose arithmetic left the finite numbers: refused, nothing is written."""

@@ -15,12 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from .errors import InputError
-
-
-class NotJSON(InputError):
-    """Text that does not parse as JSON at all (as opposed to JSON we refuse)."""
-
+from .errors import InputError, NotJSON
 
 MAX_NESTING = 100  # far deeper than any config, Fisher list or safetensors header needs
 
@@ -39,13 +34,15 @@ def open_regular(path: Path, what: str) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
+        raise InputError(f"{what} {path} does not exist", subject=path) from None
     except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise InputError(
+            f"cannot read {what} {path}: {exc.strerror or exc}", subject=path
+        ) from None
     fh = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         fh.close()
-        raise InputError(f"{what} {path} is not a regular file")
+        raise InputError(f"{what} {path} is not a regular file", subject=path)
     os.set_blocking(fd, True)
     return fh
 
@@ -56,7 +53,9 @@ def read_file(path: Path, limit: int, what: str) -> bytes:
         try:
             return read_stream(fh, limit, f"{what} {path}")
         except OSError as exc:
-            raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+            raise InputError(
+                f"cannot read {what} {path}: {exc.strerror or exc}", subject=path
+            ) from None
 
 
 def parse_json(data: bytes | str, what: str) -> Any:

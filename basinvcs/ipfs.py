@@ -7,8 +7,8 @@ query arguments, a ``size`` on ed25519 key generation. ipfshttpclient is importe
 `Node` is made, so commands that never talk to a node do not pay for it.
 
 Nothing a node sends is trusted: blocks are re-hashed against the CID asked for, CARs are read
-with `basinvcs.car` (every block verified), and the CID a node reports for a put must be the one
-computed here. Every failure is one line: `RemoteError` naming the node's address, or the
+with `basinvcs.codec.car` (every block verified), and the CID a node reports for a put must be
+the one computed here. Every failure is one line: `RemoteError` naming the node's address, or the
 project's `BlockNotFound` / `HashMismatch` where those say it better.
 
 Kubo and js-ipfs differ in a few places, so some calls send options for both:
@@ -381,7 +381,7 @@ class Node:
 
         Counts the CAR's blocks and their bytes into blocks_sent / bytes_sent.
         """
-        from basinvcs.car import read_car_bytes
+        from basinvcs.codec.car import read_car_bytes
 
         car = bytes(car)
         roots, blocks = read_car_bytes(car)
@@ -400,7 +400,7 @@ class Node:
 
     def dag_export(self, cid: CID) -> bytes:
         """The DAG under `cid` as a CARv1 from the node, checked: rooted at cid, blocks verified."""
-        from basinvcs.car import read_car_bytes
+        from basinvcs.codec.car import read_car_bytes
 
         car = self._request("/dag/export", (str(cid),), json=False, node_timeout=True)
         try:

@@ -14,7 +14,15 @@ from pathlib import Path
 from .cid import CID, DAG_CBOR, DAG_JSON
 from .codec import dagcbor, dagjson
 from .config import Config, TrustedKey
-from .errors import BasinError, CodecError, RefError, RepositoryError, SchemaError, SignatureError
+from .errors import (
+    BasinError,
+    CodecError,
+    MergeRefused,
+    RefError,
+    RepositoryError,
+    SchemaError,
+    SignatureError,
+)
 from .identity import (
     Identity,
     default_name,
@@ -740,14 +748,6 @@ def describe_block(repo: Repository, cid: CID) -> tuple[str, object]:
 
 
 # -- merge --------------------------------------------------------------------------------------
-
-
-class MergeRefused(BasinError):
-    """A merge refused before anything was written; `report` says why, line by line."""
-
-    def __init__(self, message: str, report: list[str]):
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass

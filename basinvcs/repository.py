@@ -1,10 +1,10 @@
 """A basin repository: a store (blocks, refs, reflog, commit-graph index), its config and the
 identity that signs for it; on disk, `.basin/` with the block database and the config.
 
-`Repository` is the one way in: the operations in `porcelain`, `sync`, `transfer` and the CLI
-read and write objects, read and move refs, walk history and resolve revisions through it, never
-through the store beneath. It never decides policy (what to commit, what to refuse); that is
-porcelain's job. The store is any `store.base.Store`: SQLite on disk, memory in tests.
+`Repository` is the one way in: the operations in `porcelain`, `remote`, `ingest`, `carfile` and
+the CLI read and write objects, read and move refs, walk history and resolve revisions through
+it, never through the store beneath. It never decides policy (what to commit, what to refuse);
+that is porcelain's job. The store is any `store.base.Store`: SQLite on disk, memory in tests.
 
 Threads: a repository on SQLite may be shared by a server's worker threads. Each thread gets its
 own database connection and transactions; refs move only by compare-and-swap, so two threads
@@ -200,7 +200,7 @@ class Repository:
         packets: Sequence[tuple[CID, bytes]],
         commits: Sequence[tuple[CID, Commit, bytes]],
     ) -> None:
-        """Store packets and commits validated elsewhere (`transfer`), in any order, and index
+        """Store packets and commits validated elsewhere (`ingest`), in any order, and index
         the commits, in one transaction; refused if any commit links a block still missing."""
         with self._store.transaction():
             for cid, data in packets:

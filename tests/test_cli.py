@@ -522,11 +522,11 @@ def test_endless_stdin_is_refused(repo_dir, cli, args):
 def test_a_car_over_the_import_limit_is_refused_while_streaming(
     repo_dir, cli, tmp_path, monkeypatch
 ):
-    from basinvcs import sync
+    from basinvcs import carfile
 
     out = tmp_path / "h.car"
     cli("export", "-o", str(out))
-    monkeypatch.setattr(sync, "MAX_IMPORT_BYTES", 100)  # the genesis packet alone is larger
+    monkeypatch.setattr(carfile, "MAX_IMPORT_BYTES", 100)  # the genesis packet alone is larger
     before = state(repo_dir)
     assert "holds over 100 bytes of blocks" in cli.fails("import", str(out)).stderr
     assert state(repo_dir) == before

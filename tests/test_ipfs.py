@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from basinvcs.car import car_bytes, read_car_bytes
 from basinvcs.cid import CID, DAG_CBOR, DAG_JSON, RAW
 from basinvcs.codec import dagcbor
+from basinvcs.codec.car import car_bytes, read_car_bytes
 from basinvcs.errors import BlockNotFound, CarError, CodecError, HashMismatch, RemoteError
 from basinvcs.ipfs import Node, decode_multibase, encode_topic, verify_received
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..metrics import common_scale
+from ..metrics import common_scale, distance
 from .sides import Side, delta, finite
 
 DEFAULT_MAX_DISTANCE = 4.0
@@ -61,12 +61,12 @@ def assess(base: Sequence[float], ours: Side, theirs: Side, top: int = 5) -> Ass
 def _measure(
     d_o: Sequence[float], d_t: Sequence[float], f: dict[int, float]
 ) -> tuple[float, float, float]:
-    """(distance, relative distance, interference) over the coordinates of `f`, weighted by it."""
-    sq = math.fsum(w * (d_o[i] - d_t[i]) ** 2 for i, w in f.items())
-    norm_o = math.fsum(w * d_o[i] ** 2 for i, w in f.items())
-    norm_t = math.fsum(w * d_t[i] ** 2 for i, w in f.items())
-    mass = math.fsum(w * abs(d_o[i] * d_t[i]) for i, w in f.items())
-    opposed = math.fsum(w * abs(d_o[i] * d_t[i]) for i, w in f.items() if d_o[i] * d_t[i] < 0)
-    smaller = math.sqrt(min(norm_o, norm_t))
-    distance = math.sqrt(sq)
-    return distance, distance / smaller if smaller else 0.0, opposed / mass if mass else 0.0
+    """(distance, relative distance, interference) over the coordinates of `f`, weighted by it:
+    the basin metric (basinvcs.metrics) restricted to the coordinates both sides changed."""
+    weights, a, b = list(f.values()), [d_o[i] for i in f], [d_t[i] for i in f]
+    zero = [0.0] * len(a)
+    dist = distance(a, b, weights)
+    smaller = min(distance(a, zero, weights), distance(b, zero, weights))
+    mass = math.fsum(w * abs(x * y) for w, x, y in zip(weights, a, b, strict=True))
+    opposed = math.fsum(w * abs(x * y) for w, x, y in zip(weights, a, b, strict=True) if x * y < 0)
+    return dist, dist / smaller if smaller else 0.0, opposed / mass if mass else 0.0

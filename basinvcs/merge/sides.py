@@ -6,15 +6,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import BasinError
+from ..errors import BasinError, MergeArithmeticError
 
 # Trust weights and --weight: a side's say is bounded, so no weighting can silence the other side
 # entirely or carry the arithmetic out of the float range.
 MIN_WEIGHT, MAX_WEIGHT = 1e-3, 1e3
-
-
-class MergeArithmeticError(BasinError):
-    """A merge whose arithmetic left the finite numbers: refused, nothing is written."""
 
 
 @dataclass(frozen=True)

@@ -24,16 +24,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..errors import BasinError, SchemaError
+from ..errors import SchemaError, SubstrateError  # noqa: F401  (SubstrateError: its users import it here)
 from .modelio import read_safetensors_header
 
 Header = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape)
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # float θ0 in files
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-
-
-class SubstrateError(BasinError):
-    """A substrate name that is unknown, ambiguous, taken or bad, or a broken registry entry."""
 
 
 @dataclass(frozen=True)

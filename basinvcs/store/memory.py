@@ -64,7 +64,7 @@ class MemoryStore(Store):
     def get(self, cid: CID) -> bytes:
         data = self._blocks.get(str(cid))
         if data is None:
-            raise BlockNotFound(f"block {cid} not found")
+            raise BlockNotFound(f"block {cid} not found", subject=cid)
         cid.verify(data)
         return data
 
@@ -74,7 +74,7 @@ class MemoryStore(Store):
     def size(self, cid: CID) -> int:
         data = self._blocks.get(str(cid))
         if data is None:
-            raise BlockNotFound(f"block {cid} not found")
+            raise BlockNotFound(f"block {cid} not found", subject=cid)
         return len(data)
 
     def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:

@@ -189,7 +189,7 @@ class SQLiteStore(Store):
     def get(self, cid: CID) -> bytes:
         row = self._one("SELECT data FROM blocks WHERE cid = ?", (str(cid),))
         if row is None:
-            raise BlockNotFound(f"block {cid} not found")
+            raise BlockNotFound(f"block {cid} not found", subject=cid)
         data = bytes(row[0])
         cid.verify(data)
         return data
@@ -200,7 +200,7 @@ class SQLiteStore(Store):
     def size(self, cid: CID) -> int:
         row = self._one("SELECT length(data) FROM blocks WHERE cid = ?", (str(cid),))
         if row is None:
-            raise BlockNotFound(f"block {cid} not found")
+            raise BlockNotFound(f"block {cid} not found", subject=cid)
         return row[0]
 
     def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from ipfsnode import IPFSDaemon, sandbox_problem  # noqa: E402
 
-from basinvcs import porcelain, sync  # noqa: E402
-from basinvcs.car import write_car  # noqa: E402
+from basinvcs import carfile, porcelain, remote  # noqa: E402
+from basinvcs.codec.car import write_car  # noqa: E402
 from basinvcs.ipfs import Node  # noqa: E402
 from basinvcs.objects import Basin  # noqa: E402
 from basinvcs.repository import Repository  # noqa: E402
@@ -52,18 +52,18 @@ def main() -> None:
         build(tmp / "repo", commits)
         with IPFSDaemon(tmp / "n1", "push") as d1, IPFSDaemon(tmp / "n2", "import") as d2:
             with Repository.open(tmp / "repo") as repo:
-                sync.add_remote(repo, "origin", d1.api)
+                remote.add_remote(repo, "origin", d1.api)
                 head = repo.branch_commit("general")
-                blocks = list(sync.history_blocks(repo, head))
+                blocks = list(carfile.history_blocks(repo, head))
                 car = io.BytesIO()
                 write_car(car, [head], blocks)
 
                 start = time.perf_counter()
-                first = sync.push(repo)
+                first = remote.push(repo)
                 t_push = time.perf_counter() - start
 
                 porcelain.commit(repo, Basin.create(repo.config.chart, [0.5] * 1024), "one more")
-                second = sync.push(repo)
+                second = remote.push(repo)
 
             node2 = Node(d2.api)
             start = time.perf_counter()

@@ -6,7 +6,7 @@ See scripts/experiments/concept_transfer and docs/experiments/concept_transfer.m
    `ct-base` in every participant's BASIN_HOME (each participant has its own home, hence its own
    Ed25519 identity);
 2. the hub repository (d = 1024, chart seed 0) is initialised and never trains;
-3. each specialist repository is initialised, fetches the hub's `general` (basinvcs.transfer),
+3. each specialist repository is initialised, fetches the hub's `general` (basinvcs.ingest),
    forks it for its task, trains inside the basin (only z), and commits z with its Fisher diagonal;
 4. the hub trusts the three keys and fetches the three branches; then, in a fresh copy of the hub
    per strategy, merges them into `general` one by one (the k-th with side weight 1/(k-1), so every
@@ -45,6 +45,7 @@ from pretrain_base import pretrain, write  # noqa: E402
 
 from basinvcs import porcelain  # noqa: E402
 from basinvcs.identity import format_key, load_identity  # noqa: E402
+from basinvcs.ingest import apply_plan, fetch, plan_fetch  # noqa: E402
 from basinvcs.model.projection import Projection  # noqa: E402
 from basinvcs.model.registry import add_substrate, load_substrate  # noqa: E402
 from basinvcs.model.tasks import TASKS, make_task  # noqa: E402
@@ -58,7 +59,6 @@ from basinvcs.model.train import (  # noqa: E402
 from basinvcs.objects import Chart  # noqa: E402
 from basinvcs.refnames import remote_ref  # noqa: E402
 from basinvcs.repository import Repository  # noqa: E402
-from basinvcs.transfer import apply_plan, fetch, plan_fetch  # noqa: E402
 
 SUBSTRATE = "ct-base"
 STRATEGIES = ("fisher", "linear", "ties")

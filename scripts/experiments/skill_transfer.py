@@ -12,7 +12,7 @@ seed = S), in its own process (one thread each; seeds run side by side):
    With `--heads probe` the classifier in θ0 is instead a linear probe per task fitted on the
    frozen base's features (the specialists then fine-tune from a working head);
 2. the hub repository (d = 1024, chart seed S, the word-embedding table masked out) never trains;
-3. each specialist repository fetches the hub's `general` (basinvcs.transfer: every block verified),
+3. each specialist repository fetches the hub's `general` (basinvcs.ingest: every block verified),
    forks it for its task, trains inside the basin (z only; Adam), computes its Fisher diagonal and
    commits z with it;
 4. the hub trusts the three keys and fetches the three branches; then, in a fresh copy of the hub
@@ -73,6 +73,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     from basinvcs import merge as mm
     from basinvcs import porcelain
     from basinvcs.identity import format_key, load_identity
+    from basinvcs.ingest import fetch
     from basinvcs.model.registry import add_hf_substrate, load_substrate
     from basinvcs.model.texttasks import accuracy, encode, make_text_task
     from basinvcs.model.train import (
@@ -84,7 +85,6 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     )
     from basinvcs.objects import Chart
     from basinvcs.repository import Repository
-    from basinvcs.transfer import fetch
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

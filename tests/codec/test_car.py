@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from basinvcs.car import car_bytes, read_car, read_car_bytes, write_car
 from basinvcs.cid import CID, DAG_CBOR, DAG_JSON, RAW
 from basinvcs.codec import dagcbor
+from basinvcs.codec.car import car_bytes, read_car, read_car_bytes, write_car
 from basinvcs.errors import CarError
 from basinvcs.store.base import MAX_BLOCK_SIZE
 

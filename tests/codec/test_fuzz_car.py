@@ -11,9 +11,9 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from basinvcs.car import _MAX_SECTION, car_bytes, read_car, read_car_bytes
 from basinvcs.cid import _MAX_VARINT_BYTES, CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW, _varint
 from basinvcs.codec import dagcbor
+from basinvcs.codec.car import _MAX_SECTION, car_bytes, read_car, read_car_bytes
 from basinvcs.errors import CarError
 from basinvcs.store.base import MAX_BLOCK_SIZE
 from tests.fuzzing import CIDS, assert_one_line, bounded, mutants, node_mutants, v1_cid

@@ -1,12 +1,12 @@
 """Bringing history in from elsewhere: validated, all or nothing.
 
-History arrives from another repository on this machine (`fetch`, below), a CAR file or an IPFS
-node (basinvcs.sync). Whatever the source, nothing from it is trusted: `plan_fetch` reads every
-block through a `BlockSource` that re-hashes it against its CID, decodes it strictly
-(`Commit.decode`, `Basin.decode`, which also require canonical form), verifies every commit's
-signature and requires every packet to be in this repository's chart. All checks run before
-anything is written; `apply_plan` then writes blocks, commit-graph index and refs in one store
-transaction, so a refused or failed fetch changes nothing.
+History arrives from another repository on this machine (`fetch`, below), a CAR file
+(basinvcs.carfile) or an IPFS node (basinvcs.remote). Whatever the source, nothing from it is
+trusted: `plan_fetch` reads every block through a `BlockSource` that re-hashes it against its
+CID, decodes it strictly (`Commit.decode`, `Basin.decode`, which also require canonical form),
+verifies every commit's signature and requires every packet to be in this repository's chart.
+All checks run before anything is written; `apply_plan` then writes blocks, commit-graph index
+and refs in one store transaction, so a refused or failed fetch changes nothing.
 
 Trust is not checked here: fetching is only copying. `merge` refuses commits by untrusted signers,
 as it does for any incoming history.

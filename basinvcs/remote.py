@@ -1,12 +1,13 @@
-"""Moving history between machines: remotes, push, pull and clone through an IPFS node, CAR
-files, and capability announcements. Porcelain over ipfs.Node, car and transfer.
+"""Moving history between machines through IPFS nodes: remotes, push, fetch and clone.
+Porcelain over ipfs.Node and ingest (CAR files are carfile.py; announcements discovery.py).
 
 Trust comes from signatures, never from where bytes came from. A heads record (records.Heads) is
 accepted only when its signature verifies, its signer is trusted (a clone trusts the signer it
 was told to, or the first one it meets, and says so) and its sequence number is not below the
-highest already seen from that signer's repository (a replayed old record is a rollback). Every
-block is re-hashed against its CID and every commit verified before anything is written
-(transfer.plan_fetch), and then everything is written in one transaction.
+highest already seen from that signer's repository (a replayed old record is a rollback). A remote
+is bound at its first fetch to the repository its records are for, and its remote-tracking refs
+never move back. Every block is re-hashed against its CID and every commit verified before
+anything is written (ingest.plan_fetch), and then everything is written in one transaction.
 
 Push sends only what the node lacks. It asks the node once for its recursive pins: a pinned
 commit has all its history on the node, so the walk stops at pinned commits and everything they
@@ -26,33 +27,24 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .car import read_car, write_car
 from .cid import CID, DAG_CBOR
+from .codec.car import write_car
 from .config import Config, Remote, SyncState, TrustedKey
-from .errors import (
-    BasinError,
-    BlockNotFound,
-    CarError,
-    RefError,
-    RemoteError,
-    RepositoryError,
-    SchemaError,
-)
+from .errors import BasinError, RefError, RemoteError, RepositoryError, SchemaError
 from .identity import default_name, format_key, load_or_create_identity, parse_key
+from .ingest import FetchPlan, apply_plan, plan_fetch
 from .ipfs import Node, check_address
 from .objects import Commit
 from .porcelain import now_ms
 from .progress import progress_bar
-from .records import Capability, Heads
+from .records import Heads
 from .refnames import HEAD, branch_ref, check_branch_name, remote_ref, short_name
 from .repository import Repository
-from .transfer import FetchPlan, apply_plan, plan_fetch
 
 ENV_NODE = "BASIN_IPFS_API"
 DEFAULT_REMOTE = "origin"
@@ -87,13 +79,13 @@ def add_remote(repo: Repository, name: str, node: str, follow: str | None = None
 
 
 def remove_remote(repo: Repository, name: str) -> Remote:
-    remote = _remote(repo, name)
+    remote = get_remote(repo, name)
     del repo.config.remotes[name]
     repo.save_config()
     return remote
 
 
-def _remote(repo: Repository, name: str) -> Remote:
+def get_remote(repo: Repository, name: str) -> Remote:
     try:
         return repo.config.remotes[name]
     except KeyError:
@@ -170,7 +162,7 @@ class PushResult:
 def push(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = None) -> PushResult:
     """Send `branch` (default: the current one) to the remote's node and publish the heads."""
     ident = repo.identity()
-    target = _remote(repo, remote)
+    target = get_remote(repo, remote)
     branch = branch or current_branch(repo)
     head = repo.branch_commit(branch)
     if head is None:
@@ -280,7 +272,7 @@ def fetch(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = N
     by an untrusted key, of another chart or older than one seen before, and any block that fails
     its hash, decoding or signature.
     """
-    target = _remote(repo, remote)
+    target = get_remote(repo, remote)
     if not target.follow:
         raise RemoteError(
             f"remote {remote!r} follows no heads: basin remote add NAME MULTIADDR --follow "
@@ -406,171 +398,3 @@ def clone(
         format_key(heads.author),
         trusted_new,
     )
-
-
-# -- CAR files -----------------------------------------------------------------------------------
-
-
-def history_blocks(repo: Repository, head: CID) -> Iterator[tuple[CID, bytes]]:
-    """Every commit reachable from `head`, each followed by its packet the first time it appears."""
-    packets: set[CID] = set()
-    for cid, data in repo.walk_blocks([head]):
-        yield cid, data
-        basin = Commit.decode(data, trusted=True).basin
-        if basin not in packets:
-            packets.add(basin)
-            yield basin, repo.get_block(basin)
-
-
-def export_car(repo: Repository, rev: str, out: Path | str) -> tuple[CID, int, int]:
-    """Write the history of `rev` as a CARv1 file with the commit as its root.
-
-    Returns (root, blocks, bytes). Written to a temporary file beside `out` and renamed, so a
-    failure leaves no partial file.
-    """
-    root = repo.resolve(rev)
-    repo.read_commit(root)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            blocks, size = write_car(fh, [root], history_blocks(repo, root))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RepositoryError(f"cannot write {out}: {exc.strerror}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return root, blocks, size
-
-
-@dataclass
-class ImportResult:
-    root: CID
-    blocks: int  # blocks in the file
-    written: int  # blocks this repository lacked
-    ignored: int  # blocks not reachable from the root (not stored)
-
-
-def import_car(repo: Repository, path: Path | str, branch: str | None = None) -> ImportResult:
-    """Store the history a CARv1 file holds (its one root must be a commit) and optionally name
-    it as a new branch. Every block is verified first; any bad block refuses the whole file."""
-    if branch is not None and repo.branch_commit(check_branch_name(branch)) is not None:
-        raise RefError(f"a branch named {branch!r} already exists")
-    roots, table = _read_car_file(Path(path))
-    if len(roots) != 1:
-        raise SchemaError(f"{path} has {len(roots)} roots; a basin CAR has exactly one commit")
-    root = roots[0]
-
-    def get(cid: CID) -> bytes:
-        try:
-            return table[cid]
-        except KeyError:
-            raise BlockNotFound(f"{path} lacks block {cid}, which its history needs") from None
-
-    plan = plan_fetch(repo, [root], get)
-    refs = [(branch_ref(branch), root, f"import: {path}")] if branch else []
-    apply_plan(repo, plan, refs)
-    ignored = sum(1 for cid in table if not repo.has_block(cid))  # what the history did not need
-    return ImportResult(root, len(table), plan.blocks, ignored)
-
-
-MAX_IMPORT_BYTES = 1 << 30  # a CAR's blocks, held in memory until every one is verified
-
-
-def _read_car_file(path: Path) -> tuple[list[CID], dict[CID, bytes]]:
-    """A CAR file's roots and blocks, streamed: each block within the block limit (read_car),
-    all of them within MAX_IMPORT_BYTES, so no file can exhaust memory."""
-    try:
-        with path.open("rb") as fh:
-            roots, sections = read_car(fh)
-            table: dict[CID, bytes] = {}
-            total = 0
-            for cid, data in sections:
-                total += len(data)
-                if total > MAX_IMPORT_BYTES:
-                    raise CarError(f"{path} holds over {MAX_IMPORT_BYTES} bytes of blocks")
-                table[cid] = data
-    except OSError as exc:
-        raise RepositoryError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return roots, table
-
-
-# -- discovery -----------------------------------------------------------------------------------
-
-
-def announce(
-    repo: Repository,
-    remote: str,
-    specialization: str,
-    substrate: str | None = None,
-    ttl: float = 3600.0,
-    repeat: int = 1,
-    interval: float = 5.0,
-) -> tuple[Capability, CID, int]:
-    """Sign, pin and publish that this repository offers `specialization`, `repeat` times.
-
-    The repository must have pushed (the record points at its IPNS name and heads record).
-    Returns the record, its CID and how many of the publications some peer subscribed to.
-    """
-    ident = repo.identity()
-    target = _remote(repo, remote)
-    sync = repo.config.sync
-    if not sync.heads or not sync.repo:
-        raise RemoteError("nothing published yet: basin push first, so there is something to find")
-    node = connect(target.node)
-    name = node.key_ensure(f"basin-{sync.repo}")
-    made = now_ms()
-    record = Capability(
-        specialization=specialization,
-        substrate=substrate,
-        name=name,
-        heads=CID.parse(sync.heads),
-        chart=repo.config.chart,
-        author=ident.public_key,
-        time=made,
-        expires=made + int(ttl * 1000),
-    ).signed(ident.sign)
-    data = record.encode()
-    cid = node.block_put(data)
-    node.pin_add(cid)
-    heard = 0
-    for i in range(max(1, repeat)):
-        if i:
-            time.sleep(interval)
-        heard += broadcast(node, CAPABILITY_TOPIC + specialization, data)
-    return record, cid, heard
-
-
-@dataclass
-class Found:
-    record: Capability
-    cid: CID
-    peer: str  # the node that relayed it
-
-
-def discover(
-    node: Node, specialization: str, substrate: str | None = None, wait: float = 10.0
-) -> tuple[list[Found], int]:
-    """Listen `wait` seconds for announcements of `specialization`; returns the valid, unexpired
-    ones (newest per signer and IPNS name) and how many invalid ones were dropped."""
-    best: dict[tuple[bytes, str], Found] = {}
-    dropped = 0
-    for data, peer in node.pubsub_subscribe(CAPABILITY_TOPIC + specialization, wait):
-        try:
-            record = Capability.decode(data)
-        except BasinError:
-            dropped += 1
-            continue
-        if record.specialization != specialization or record.expires <= now_ms():
-            dropped += 1
-            continue
-        if substrate is not None and record.substrate != substrate:
-            continue
-        key = (record.author, record.name)
-        if key not in best or best[key].record.time < record.time:
-            best[key] = Found(record, CID.for_block(data), peer)
-    return sorted(best.values(), key=lambda f: -f.record.time), dropped

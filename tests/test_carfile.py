@@ -8,9 +8,9 @@ import pytest
 from conftest import DIM, packet, state
 
 from basinvcs import porcelain
-from basinvcs.car import car_bytes, read_car_bytes
 from basinvcs.cid import CID
 from basinvcs.codec import dagcbor
+from basinvcs.codec.car import car_bytes, read_car_bytes
 from basinvcs.repository import Repository
 
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import DIM, Cli, packet, state
 
 from basinvcs import porcelain
-from basinvcs.car import read_car_bytes
 from basinvcs.cid import CID
+from basinvcs.codec.car import read_car_bytes
 from basinvcs.identity import format_key, load_identity
 from basinvcs.ipfs import Node
 from basinvcs.repository import Repository

@@ -1,4 +1,4 @@
-"""basinvcs.transfer.fetch between real repositories, each with its own identity."""
+"""basinvcs.ingest.fetch between real repositories, each with its own identity."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from basinvcs import porcelain
 from basinvcs.cid import CID
 from basinvcs.errors import RefError, SchemaError, SignatureError
 from basinvcs.identity import format_key, load_identity
+from basinvcs.ingest import fetch
 from basinvcs.objects import Commit
 from basinvcs.repository import Repository
-from basinvcs.transfer import fetch
 
 
 def _as(monkeypatch, home: Path) -> None:
