@@ -63,15 +63,6 @@ def ipld_values(*, json_keys: bool = False, max_leaves: int = 16) -> st.SearchSt
     )
 
 
-def typed(value: Any) -> Any:
-    """value with every scalar paired with its type, so 1, 1.0, True and -0.0 stay distinct."""
-    if type(value) is dict:
-        return {k: typed(v) for k, v in value.items()}
-    if type(value) is list:
-        return [typed(v) for v in value]
-    return (type(value), repr(value) if type(value) is float else value)
-
-
 # -- raw CBOR: well-formed or nearly, canonical or not -------------------------------------------
 
 WIDTHS = st.sampled_from([None, None, None, 0, 1, 2, 3])  # None: minimal head

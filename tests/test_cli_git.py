@@ -416,61 +416,27 @@ def test_branch_d_refuses_unmerged_work_and_D_forces(repo_dir, cli):
 def test_checkout_output_must_not_overwrite_or_create_parents(repo_dir, cli, tmp_path):
     commit_z(repo_dir, vec(c0=0.5), "a")
     out = tmp_path / "models" / "a.safetensors"
-    refused(
-        cli,
-        repo_dir,
-        "checkout",
-        "HEAD",
-        "--model",
-        "tiny",
-        "-o",
-        str(out),
-        match=f"{out.parent} does not exist: create it first",
-    )
+
+    def checkout_refused(output, match: str) -> None:
+        refused(
+            cli, repo_dir, "checkout", "HEAD", "--model", "tiny", "-o", str(output), match=match
+        )
+
+    checkout_refused(out, f"{out.parent} does not exist: create it first")
     assert not out.parent.exists()
     out.parent.mkdir()
     cli("checkout", "HEAD", "--model", "tiny", "-o", str(out))
     data = out.read_bytes()
-    refused(
-        cli,
-        repo_dir,
-        "checkout",
-        "HEAD",
-        "--model",
-        "tiny",
-        "-o",
-        str(out),
-        match="already exists: give --force",
-    )
+    checkout_refused(out, "already exists: give --force")
     cli("checkout", "HEAD~1", "--model", "tiny", "-o", str(out), "--force")
     assert out.read_bytes() != data
     folder = tmp_path / "folder"
     folder.mkdir()
     cli("checkout", "HEAD", "--model", "tiny", "-o", str(folder))  # empty folder: fine
     assert (folder / "model.safetensors").is_file()
-    refused(
-        cli,
-        repo_dir,
-        "checkout",
-        "HEAD",
-        "--model",
-        "tiny",
-        "-o",
-        str(folder),
-        match="is a folder that is not empty",
-    )
+    checkout_refused(folder, "is a folder that is not empty")
     cli("checkout", "HEAD", "--model", "tiny", "-o", str(folder), "--force")
-    refused(
-        cli,
-        repo_dir,
-        "checkout",
-        "HEAD",
-        "--model",
-        "tiny",
-        "-o",
-        str(out / "x"),
-        match="is not a directory",
-    )
+    checkout_refused(out / "x", "is not a directory")
 
 
 def test_checkout_default_output_is_not_overwritten(repo_dir, cli):

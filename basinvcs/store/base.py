@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -140,9 +140,43 @@ class Store(BlockStore):
 
     location: str  # where it lives, for messages
 
-    @abstractmethod
-    def transaction(self) -> AbstractContextManager[None]:
+    _depth: int = 0  # how deep the current transaction is nested (per thread where that matters)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
         """All changes inside happen or none do; nested transactions join the outer one."""
+        with self._exclusive():
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._begin()
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._rollback()
+                raise
+            else:
+                self._commit()
+            finally:
+                self._depth = 0
+
+    def _exclusive(self) -> AbstractContextManager:
+        """Held for a whole transaction where the store itself must keep threads apart."""
+        return nullcontext()
+
+    @abstractmethod
+    def _begin(self) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
 
     @abstractmethod
     def close(self) -> None: ...

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 from ..cid import CID, DAG_CBOR
 from ..errors import BlockNotFound
@@ -25,26 +24,19 @@ class MemoryStore(Store):
         self._commits: dict[str, IndexEntry] = {}
         self._lock = threading.RLock()
         self._depth = 0
+        self._saved: tuple | None = None  # what the running transaction would roll back to
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            saved = (dict(self._blocks), dict(self._refs), list(self._reflog), dict(self._commits))
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._blocks, self._refs, self._reflog, self._commits = saved
-                raise
-            finally:
-                self._depth = 0
+    def _exclusive(self) -> threading.RLock:
+        return self._lock
+
+    def _begin(self) -> None:
+        self._saved = dict(self._blocks), dict(self._refs), list(self._reflog), dict(self._commits)
+
+    def _commit(self) -> None:
+        self._saved = None
+
+    def _rollback(self) -> None:
+        self._blocks, self._refs, self._reflog, self._commits = self._saved
 
     def close(self) -> None:
         pass

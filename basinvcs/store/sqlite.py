@@ -11,7 +11,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..cid import CID, DAG_CBOR
@@ -129,27 +128,14 @@ class SQLiteStore(Store):
                 db.close()
             self._all.clear()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """An IMMEDIATE transaction (nesting joins the outer one): all of it happens, or none."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._exec("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._exec("COMMIT")
-        finally:
-            self._depth = 0
+    def _begin(self) -> None:
+        self._exec("BEGIN IMMEDIATE")  # the write lock now: two writers serialise, none loses
+
+    def _commit(self) -> None:
+        self._exec("COMMIT")
+
+    def _rollback(self) -> None:
+        self._db.execute("ROLLBACK")
 
     def _exec(self, sql: str, params: Sequence = (), *, many: bool = False) -> list[tuple]:
         """Run `sql` and fetch every row inside the error handling: a damaged page surfaces while

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from basinvcs.codec import INT_MAX, INT_MIN, MAX_DEPTH, dagcbor
 from basinvcs.errors import CodecError
+from tests.codec.common import typed
 from tests.fuzzing import (
     CBOR_FRAGMENTS,
     CBOR_STREAMS,
@@ -22,7 +23,6 @@ from tests.fuzzing import (
     ipld_values,
     mutants,
     text_item,
-    typed,
 )
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from basinvcs.codec import MAX_DEPTH, dagjson
 from basinvcs.errors import CodecError
+from tests.codec.common import typed
 from tests.fuzzing import (
     FLOATS,
     JSON_FRAGMENTS,
@@ -21,7 +22,6 @@ from tests.fuzzing import (
     bounded,
     ipld_values,
     mutants,
-    typed,
 )
 
 
