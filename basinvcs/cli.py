@@ -1391,5 +1391,101 @@ def _log_range(repo, spec: str, graph: bool, limit: int | None, all_refs: bool):
     return ((None, c, m) for c, m in porcelain.log_range(repo, spec, count, all_refs))
 
 
+# -- the hive -------------------------------------------------------------------------------------
+
+
+@main.group()
+def hive() -> None:
+    """Train in one shared basin with others: a coordinator, and edge instances that join it."""
+
+
+@hive.command("serve")
+@click.option("--branch", default="general", show_default=True, help="The shared basin's branch.")
+@click.option("--listen", default="127.0.0.1:8765", show_default=True, help="HOST:PORT.")
+@click.option("--round-updates", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@click.option(
+    "--round-seconds", type=click.FloatRange(0.01, 86_400), default=30.0, show_default=True
+)
+@click.option(
+    "--freshness",
+    type=click.IntRange(1, 1000),
+    default=2,
+    show_default=True,
+    help="An update's parent must be the head of one of this many last rounds.",
+)
+@click.option(
+    "--rule",
+    default=None,
+    help="Aggregation rule: mean, trimmed_mean, median, centered_clip (default) or fisher_mean.",
+)
+@click.option(
+    "--optimizer",
+    default=None,
+    help="Outer optimiser applied to the round's "
+    "aggregate: average, nesterov (default) or fedadam.",
+)
+@click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
+def hive_serve(branch, listen, round_updates, round_seconds, freshness, rule, optimizer, open_):
+    """Coordinate a hive over HTTP in front of this repository (Ctrl-C stops it)."""
+    from .hive import coordinator as hc
+    from .hive.server import serve
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    options = {k: v for k, v in (("rule", rule), ("optimizer", optimizer)) if v is not None}
+    settings = hc.Settings(branch, round_updates, round_seconds, freshness, open=open_, **options)
+    with _repo() as repo:
+        coordinator = hc.Coordinator(repo, settings)
+        info = coordinator.head_info()
+        click.echo(
+            f"hive on http://{host}:{port}: branch {branch} at {short(info['head'])}, "
+            f"round {info['round']}, key {info['key']}"
+        )
+        serve(coordinator, host, int(port))
+
+
+@hive.command("join")
+@click.argument("url")
+def hive_join(url: str) -> None:
+    """Join the hive coordinated at URL: trust its key and start from its head."""
+    from .hive import edge
+
+    with _repo() as repo:
+        state = edge.join(repo, url)
+    click.echo(f"joined {state.url}: branch {state.branch} at {short(state.synced)}")
+    click.echo(f"trusting the coordinator's key {state.key} as 'hive' (check it out of band)")
+
+
+@hive.command("submit")
+@click.option(
+    "--samples",
+    type=click.IntRange(1, 1 << 62),
+    default=1,
+    show_default=True,
+    help="Samples (or steps) behind this change.",
+)
+def hive_submit(samples: int) -> None:
+    """Send the change since the last sync as a signed update."""
+    from .hive import edge
+
+    with _repo() as repo:
+        answer = edge.submit(repo, samples)
+    click.echo(
+        f"submitted update {answer['cid']} for round {answer['round']} "
+        f"({answer['bytes']} bytes, {answer['coordinates']} coordinates)"
+    )
+
+
+@hive.command("sync")
+def hive_sync() -> None:
+    """Bring this repository to the coordinator's head (local unsubmitted work is merged)."""
+    from .hive import edge
+
+    with _repo() as repo:
+        kind, head = edge.sync(repo)
+    click.echo(f"{kind}: {short(head)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

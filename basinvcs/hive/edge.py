@@ -1,0 +1,234 @@
+"""An edge instance of a hive: join a coordinator, submit the local change as a signed update,
+and sync to the head the coordinator signed.
+
+State lives in `.basin/hive.json` (strict JSON, rewritten whole through a rename): the
+coordinator's URL and key, the branch, the head last synced, the commit last submitted, the
+signer's sequence number, and the compressor's residual (error feedback: what top-k quantisation
+left out of earlier updates goes into the next one).
+
+- `join(repo, url)`: asks the coordinator for its head and key, trusts that key (as `hive`),
+  fetches the head's history and checks it out as the local branch's start.
+- `submit(repo)`: the change z(HEAD) − z(synced head), compressed with error feedback, signed as
+  an update whose parent is the synced head; the sequence number grows with every submission.
+- `sync(repo)`: fetches the coordinator's head (every block re-hashed and every commit verified,
+  as any fetch: ingest.plan_fetch) into `refs/remotes/hive/<branch>`. If nothing was done locally
+  since the last sync or submission, the branch moves to the head (the head already holds what
+  was submitted, aggregated); otherwise the head is merged into the local work, which is kept.
+
+The coordinator being down or refusing is one line (RemoteError), and nothing local changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..cid import CID
+from ..errors import BasinError, RemoteError, RepositoryError
+from ..identity import format_key, parse_key
+from ..ingest import apply_plan, plan_fetch
+from ..inputs import parse_json, read_file
+from ..refnames import branch_ref, remote_ref
+from ..repository import Repository
+from .update import DEFAULT_ENCODING, Compressor, Update
+
+STATE_FILE = "hive.json"
+REMOTE = "hive"
+TIMEOUT = 30.0  # seconds for one request to the coordinator
+MAX_ANSWER = 4 << 20  # a coordinator's answer: a block or a small JSON document
+
+
+@dataclass
+class EdgeState:
+    url: str
+    key: str  # the coordinator's public key, z6Mk...
+    branch: str
+    synced: str  # head commit last synced (CID text)
+    submitted: str | None = None  # local HEAD when it was last submitted
+    seq: int = 0
+    residual: list[float] = field(default_factory=list)
+
+
+def _state_path(repo: Repository) -> Path:
+    if repo.basin_dir is None:
+        raise RepositoryError("an in-memory repository cannot join a hive")
+    return Path(repo.basin_dir) / STATE_FILE
+
+
+def load_state(repo: Repository) -> EdgeState:
+    path = _state_path(repo)
+    if not path.exists():
+        raise RepositoryError("this repository has joined no hive: basin hive join URL")
+    doc = parse_json(read_file(path, 1 << 20, "hive state"), str(path))
+    try:
+        state = EdgeState(**doc)
+        CID.parse(state.synced)
+        parse_key(state.key)
+        if not isinstance(state.seq, int) or not all(isinstance(v, float) for v in state.residual):
+            raise TypeError("bad field types")
+    except (TypeError, BasinError) as exc:
+        raise RepositoryError(f"hive state {path} is unusable: {exc}") from None
+    return state
+
+
+def save_state(repo: Repository, state: EdgeState) -> None:
+    path = _state_path(repo)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hive-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- talking to the coordinator
+
+
+def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of one request; a coordinator that cannot be reached is a RemoteError."""
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+            return answer.status, answer.read(MAX_ANSWER + 1)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(MAX_ANSWER + 1)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RemoteError(f"cannot reach the hive coordinator at {url}: {reason}") from None
+
+
+def _json(url: str, data: bytes | None = None) -> dict:
+    status, body = _request(url, data)
+    try:
+        doc = parse_json(body[:MAX_ANSWER], f"the answer of {url}")
+    except BasinError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise RemoteError(f"{url} answered HTTP {status} with something that is not a hive's")
+    if status >= 400:
+        raise RemoteError(f"the hive coordinator refused (HTTP {status}): {doc.get('error')}")
+    return doc
+
+
+def _block_source(url: str):
+    def get(cid: CID) -> bytes:
+        status, body = _request(f"{url}/block/{cid}")
+        if status != 200 or len(body) > MAX_ANSWER:
+            raise RemoteError(f"the hive coordinator at {url} could not give block {cid}")
+        cid.verify(body)
+        return body
+
+    return get
+
+
+# -- the edge's operations
+
+
+def join(repo: Repository, url: str) -> EdgeState:
+    """Record the coordinator at `url`, trust its key, and start from its head."""
+    url = url.rstrip("/")
+    head = _json(f"{url}/head")
+    try:
+        key = parse_key(str(head["key"]))
+        branch = str(head["branch"])
+        cid = CID.parse(str(head["head"]))
+    except (KeyError, BasinError) as exc:
+        raise RemoteError(f"{url} is not a hive coordinator: {exc}") from None
+    if head.get("chart") != str(repo.config.chart):
+        raise RemoteError(
+            f"the hive's chart is {head.get('chart')}, this repository's is {repo.config.chart}"
+        )
+    if repo.config.trusted_key(key) is None:
+        from ..porcelain import trust
+
+        trust(repo, format_key(key), REMOTE)
+    state = EdgeState(url, format_key(key), branch, str(cid))
+    _fetch(repo, state, cid)
+    _move_branch(repo, state.branch, cid, "hive join")
+    save_state(repo, state)
+    return state
+
+
+def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING) -> dict:
+    """Send the change since the synced head as the next signed update."""
+    state = load_state(repo)
+    synced = CID.parse(state.synced)
+    base = repo.read_basin(repo.read_commit(synced).basin)
+    here = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+    delta = [a - b for a, b in zip(here.z, base.z, strict=True)]
+    compressor = Compressor(len(delta), encoding)
+    if state.residual:
+        compressor.residual = list(state.residual)
+    change = compressor.compress(delta)
+    ident = repo.identity()
+    head = _json(f"{state.url}/head")
+    update = Update(
+        chart=repo.config.chart,
+        parent=synced,
+        round=int(head.get("round", 0)),
+        seq=state.seq + 1,
+        change=change,
+        samples=samples,
+        author=ident.public_key,
+    ).signed(ident.sign)
+    answer = _json(f"{state.url}/update", update.encode())
+    state.seq += 1
+    state.residual = [float(v) for v in compressor.residual]
+    state.submitted = str(repo.head_commit())
+    save_state(repo, state)
+    return {**answer, "bytes": len(update.encode()), "coordinates": change.k}
+
+
+def sync(repo: Repository) -> tuple[str, CID]:
+    """Fetch the coordinator's head and bring the local branch to it ("fast-forward", "reset"
+    when the local change was submitted already, "merge" when there is unsubmitted work)."""
+    from .. import porcelain
+
+    state = load_state(repo)
+    head = CID.parse(str(_json(f"{state.url}/head")["head"]))
+    _fetch(repo, state, head)
+    local = repo.branch_commit(state.branch)
+    if local == head:
+        kind = "up-to-date"
+    elif str(local) in (state.synced, state.submitted):
+        _move_branch(repo, state.branch, head, "hive sync")
+        kind = "reset" if str(local) == state.submitted else "fast-forward"
+    else:
+        porcelain.merge(repo, remote_ref(REMOTE, state.branch), into=state.branch)
+        kind = "merge"
+    state.synced = str(head)
+    state.submitted = None
+    save_state(repo, state)
+    return kind, head
+
+
+def _fetch(repo: Repository, state: EdgeState, head: CID) -> None:
+    plan = plan_fetch(repo, [head], _block_source(state.url))
+    ref = remote_ref(REMOTE, state.branch)
+    old = repo.ref(ref)
+    apply_plan(
+        repo,
+        plan,
+        [(ref, head, f"hive: fetch {head}")] if not old or old.target != str(head) else [],
+    )
+
+
+def _move_branch(repo: Repository, branch: str, target: CID, message: str) -> None:
+    current = repo.branch_commit(branch)
+    if current == target:
+        return
+    if repo.current_branch() == branch_ref(branch):
+        repo.move_head(target, current, message)
+    else:
+        repo.set_ref(branch_ref(branch), target, current, message)

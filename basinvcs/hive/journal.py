@@ -1,0 +1,157 @@
+"""The coordinator's journal: every update it accepted or refused, each signer's last sequence
+number, and the state that must survive a restart (the round, the outer optimiser's buffers).
+
+A SQLite file beside the repository's database (`.basin/hive.db`, WAL). An update is journaled in
+the same transaction that raises its signer's sequence number, so after a crash (kill -9 mid-round)
+an accepted update is there and a replayed one is still refused; a round is closed by marking its
+updates taken or refused in one transaction, after the head commit that records it is written
+(`Coordinator.recover` finishes a round whose commit was written but not yet marked).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RepositoryError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS updates (
+    cid TEXT PRIMARY KEY, round INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
+    data BLOB NOT NULL, received INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS updates_round ON updates (round, status);
+CREATE TABLE IF NOT EXISTS signers (author BLOB PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+PENDING, TAKEN, REFUSED = "pending", "taken", "refused"
+
+
+@dataclass(frozen=True)
+class Journaled:
+    cid: str
+    round: int
+    author: bytes
+    seq: int
+    data: bytes
+
+
+class Journal:
+    """The coordinator's durable state; one connection, used under a lock (the server is one
+    process; its request handlers and the round timer share this object)."""
+
+    def __init__(self, path: Path):
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise RepositoryError(f"hive journal {path} is unusable: {exc}") from None
+        self.path = path
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise RepositoryError(f"hive journal {self.path}: {exc}") from None
+
+    # -- state
+
+    def get(self, key: str, default: object = None) -> object:
+        with self._lock:
+            rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def put(self, key: str, value: object) -> None:
+        with self._lock:
+            self._run(
+                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, json.dumps(value))
+            )
+
+    # -- intake
+
+    def last_seq(self, author: bytes) -> int | None:
+        with self._lock:
+            rows = self._run("SELECT seq FROM signers WHERE author = ?", (author,))
+        return rows[0][0] if rows else None
+
+    def accept(self, cid: str, round_: int, author: bytes, seq: int, data: bytes) -> bool:
+        """Journal an accepted update and raise its signer's sequence number, atomically; False
+        if the sequence number is not above the last one (a replay raced past the check)."""
+        with self._lock:
+            self._run("BEGIN IMMEDIATE")
+            try:
+                last = self._run("SELECT seq FROM signers WHERE author = ?", (author,))
+                if last and seq <= last[0][0]:
+                    self._run("ROLLBACK")
+                    return False
+                self._run(
+                    "INSERT OR REPLACE INTO signers (author, seq) VALUES (?, ?)", (author, seq)
+                )
+                self._run(
+                    "INSERT INTO updates (cid, round, author, seq, data, received, status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cid, round_, author, seq, data, int(time.time() * 1000), PENDING),
+                )
+                self._run("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._run("ROLLBACK")
+                raise
+        return True
+
+    def pending(self, round_: int) -> list[Journaled]:
+        """The round's accepted updates not yet taken into a head, in arrival order."""
+        with self._lock:
+            rows = self._run(
+                "SELECT cid, round, author, seq, data FROM updates"
+                " WHERE round = ? AND status = ? ORDER BY received, cid",
+                (round_, PENDING),
+            )
+        return [Journaled(c, r, bytes(a), s, bytes(d)) for c, r, a, s, d in rows]
+
+    def count_pending(self, round_: int) -> int:
+        with self._lock:
+            return self._run(
+                "SELECT count(*) FROM updates WHERE round = ? AND status = ?", (round_, PENDING)
+            )[0][0]
+
+    def close_round(
+        self, round_: int, taken: list[str], refused: dict[str, str], state: dict[str, object]
+    ) -> None:
+        """Mark the round's updates taken or refused and store the next state, atomically."""
+        with self._lock:
+            self._run("BEGIN IMMEDIATE")
+            try:
+                for cid in taken:
+                    self._run("UPDATE updates SET status = ? WHERE cid = ?", (TAKEN, cid))
+                for cid, reason in refused.items():
+                    self._run(
+                        "UPDATE updates SET status = ?, reason = ? WHERE cid = ?",
+                        (REFUSED, reason, cid),
+                    )
+                for key, value in state.items():
+                    self._run(
+                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                        (key, json.dumps(value)),
+                    )
+                self._run("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._run("ROLLBACK")
+                raise
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._run("SELECT status, count(*) FROM updates GROUP BY status")
+        return {status: n for status, n in rows}

@@ -1,0 +1,87 @@
+"""The intake outlier check: which of a round's updates lie far from the rest, by the round's own
+robust statistics rather than a fixed constant.
+
+Each update's score is its Fisher distance to the coordinate-wise median of the round,
+sqrt(Σ F̄_i (δ_i − med_i)²) (basinvcs.metrics.distance), F̄ the mean of the round's Fisher diagonals
+on the common scale (metrics.mean_fisher; identity for an update without one, and identity when
+none has one). One F̄ for the whole round: an update's own diagonal is one voice in it, so it
+cannot shrink its own score by claiming no information where it differs (cf. the merge check).
+
+An update is flagged when its score exceeds median(scores) + c · spread, the spread being the
+median absolute deviation times 1.4826 (which makes it the standard deviation for normal scores;
+c = 3.5 as Iglewicz & Hoaglin's modified z-score); if more than half the scores are equal (MAD 0),
+the mean absolute deviation times 1.2533 instead, and if every score is equal nothing is flagged.
+Only far updates are flagged, never close ones. With fewer than 3 updates there is no robust
+statistic of the round: nothing is flagged, and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..metrics import distance, mean_fisher
+from .rules import AggregationError, as_fishers, as_updates
+
+DEFAULT_C = 3.5  # Iglewicz & Hoaglin: modified z-scores beyond 3.5 are potential outliers
+MAD_NORMAL = 1.4826  # MAD × this estimates σ for normal data
+MEANAD_NORMAL = 1.2533  # mean absolute deviation × this (√(π/2)) estimates σ for normal data
+MIN_UPDATES = 3
+
+
+@dataclass(frozen=True)
+class OutlierReport:
+    """`scores[k]`: update k's Fisher distance to the round's median (input order); `outliers`:
+    the indices flagged, ascending; `threshold`: the score above which an update is flagged (None
+    when nothing could be); `note`: why nothing could be flagged, if so."""
+
+    scores: list[float]
+    outliers: list[int]
+    threshold: float | None
+    center: float | None  # median of the scores
+    spread: float | None  # 1.4826 × MAD (or 1.2533 × mean absolute deviation when MAD is 0)
+    note: str | None = None
+
+    def flagged(self, k: int) -> bool:
+        return k in self.outliers
+
+
+def check(
+    updates: Sequence[Sequence[float]],
+    fishers: Sequence[Sequence[float] | None] | None = None,
+    c: float = DEFAULT_C,
+) -> OutlierReport:
+    """Score each of the round's `updates` (dense changes of z, one length d) and flag the far
+    ones. `fishers`: one diagonal or None per update, or None. Non-finite input is refused."""
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
+        raise AggregationError(f"outlier factor c {c!r} must be a finite number > 0")
+    if not isinstance(updates, np.ndarray) and len(updates) == 0:
+        return OutlierReport([], [], None, None, None, "no updates: nothing flagged")
+    x = as_updates(updates)
+    n, d = x.shape
+    as_fishers(fishers, n, d)  # refuses a malformed or non-finite diagonal before any arithmetic
+    fbar = mean_fisher(list(fishers), d) if fishers is not None else None
+    median = np.median(x, axis=0).tolist()
+    try:
+        scores = [distance(row, median, fbar) for row in x.tolist()]
+    except OverflowError:  # fsum's or a square's: updates near the float range
+        raise AggregationError("outlier check refused: a distance overflowed") from None
+    if not all(math.isfinite(v) for v in scores):
+        raise AggregationError("outlier check refused: a distance overflowed")
+    if n < MIN_UPDATES:
+        note = f"{n} update{'s' if n != 1 else ''}: fewer than {MIN_UPDATES}, nothing flagged"
+        return OutlierReport(scores, [], None, None, None, note)
+    s = np.array(scores)
+    center = float(np.median(s))
+    deviations = np.abs(s - center)
+    spread = MAD_NORMAL * float(np.median(deviations))
+    if spread == 0:
+        spread = MEANAD_NORMAL * float(deviations.mean())
+    if spread == 0:
+        return OutlierReport(scores, [], None, center, 0.0, "every score is equal: nothing flagged")
+    threshold = center + c * spread
+    outliers = [k for k, v in enumerate(scores) if v > threshold]
+    return OutlierReport(scores, outliers, threshold, center, spread)

@@ -1,0 +1,147 @@
+"""The coordinator without HTTP: intake refusals, rounds, head commits, recovery after a crash."""
+
+from __future__ import annotations
+
+import pytest
+
+from basinvcs import porcelain
+from basinvcs.hive import coordinator as hc
+from basinvcs.hive.update import Update, encode_change
+from basinvcs.identity import Identity, format_key
+from basinvcs.objects import Chart
+from basinvcs.repository import Repository
+from tests.conftest import CHART, vec
+
+EDGES = [Identity(bytes([k]) * 32, f"edge{k}") for k in range(1, 6)]
+
+
+@pytest.fixture
+def hub(repo_dir):
+    with Repository.open(repo_dir) as repo:
+        for ident in EDGES[:4]:
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+    return repo_dir
+
+
+def coordinator(repo_dir, **settings) -> hc.Coordinator:
+    repo = Repository.open(repo_dir)
+    return hc.Coordinator(repo, hc.Settings(**{"round_updates": 3, **settings}))
+
+
+def update(
+    c: hc.Coordinator, ident: Identity, delta, *, seq=1, parent=None, samples=10, chart=CHART
+):
+    return (
+        Update(
+            chart=chart,
+            parent=parent or c.head(),
+            round=c.round,
+            seq=seq,
+            change=encode_change(delta),
+            samples=samples,
+            author=ident.public_key,
+        )
+        .signed(ident.sign)
+        .encode()
+    )
+
+
+def head_z(c: hc.Coordinator) -> list[float]:
+    return list(c.repo.read_basin(c.repo.read_commit(c.head()).basin).z)
+
+
+def test_a_round_closes_after_m_updates_into_a_signed_head(hub):
+    c = coordinator(hub, rule="mean", optimizer="average")
+    genesis = c.head()
+    for k, ident in enumerate(EDGES[:2]):
+        assert c.submit(update(c, ident, vec(c0=1.0 + k)))["round"] == 0
+    assert c.head() == genesis and c.round == 0
+    c.submit(update(c, EDGES[2], vec(c0=3.0)))
+    assert c.round == 1 and c.head() != genesis
+    commit = c.repo.read_commit(c.head())
+    assert commit.parents == (genesis,) and commit.metrics["taken"] == 3.0
+    assert commit.signature_valid() and commit.message.startswith("hive round 0: 3 updates")
+    assert head_z(c)[0] == pytest.approx(2.0, rel=1e-2)  # the mean of 1, 2, 3 (8-bit values)
+    assert c.status()["taken"] == 3
+    c.repo.close()
+
+
+@pytest.mark.parametrize(
+    "make, status, words",
+    [
+        (lambda c: b"\x00" * 5000, 413, "over the limit"),
+        (lambda c: b"\xa1\x61a\x01", 400, "not a valid update"),
+        (lambda c: update(c, EDGES[4], vec(c0=1.0)), 403, "not trusted"),
+        (
+            lambda c: update(c, EDGES[0], [0.0] * 32 + [1.0], chart=Chart(seed=7, dim=33)),
+            422,
+            "chart",
+        ),
+    ],
+)
+def test_bad_updates_are_refused_with_a_status(hub, make, status, words):
+    c = coordinator(hub)
+    with pytest.raises(hc.Refused) as err:
+        c.submit(make(c))
+    assert err.value.status == status and words in str(err.value)
+    assert "\n" not in str(err.value) and c.status().get("pending", 0) == 0
+    c.repo.close()
+
+
+def test_replays_stale_parents_and_a_second_update_per_round(hub):
+    c = coordinator(hub, round_updates=2, freshness=1)
+    first = update(c, EDGES[0], vec(c0=1.0))
+    c.submit(first)
+    with pytest.raises(hc.Refused, match="replayed") as err:
+        c.submit(first)  # the same record again
+    assert err.value.status == 409
+    with pytest.raises(hc.Refused, match="one update per signer per round") as err:
+        c.submit(update(c, EDGES[0], vec(c0=2.0), seq=2))
+    assert err.value.status == 429
+    old_head = c.head()
+    c.submit(update(c, EDGES[1], vec(c1=1.0)))  # closes round 0
+    with pytest.raises(hc.Refused, match="stale parent") as err:
+        c.submit(update(c, EDGES[2], vec(c0=1.0), parent=old_head))
+    assert err.value.status == 409
+    c.submit(update(c, EDGES[2], vec(c0=1.0)))  # from the new head: fine
+    c.repo.close()
+
+
+def test_outliers_are_refused_and_recorded(hub):
+    c = coordinator(hub, round_updates=4, rule="mean", optimizer="average")
+    for k, ident in enumerate(EDGES[:3]):
+        c.submit(update(c, ident, vec(c0=1.0, c1=0.1 * k)))
+    c.submit(update(c, EDGES[3], vec(c0=-500.0)))  # far from the round's median
+    commit = c.repo.read_commit(c.head())
+    assert commit.metrics["taken"] == 3.0 and commit.metrics["refused"] == 1.0
+    assert "outlier: Fisher distance" in commit.message
+    assert head_z(c)[0] > 0
+    c.repo.close()
+
+
+def test_inflated_sample_counts_buy_at_most_twice_a_typical_say(hub):
+    c = coordinator(hub, round_updates=3, rule="mean", optimizer="average")
+    c.submit(update(c, EDGES[0], vec(c0=1.0), samples=10))
+    c.submit(update(c, EDGES[1], vec(c0=1.0), samples=10))
+    c.submit(update(c, EDGES[2], vec(c0=4.0), samples=2**62))
+    assert head_z(c)[0] == pytest.approx((10 + 10 + 20 * 4) / 40, rel=1e-2)
+    c.repo.close()
+
+
+def test_a_coordinator_killed_after_its_commit_finishes_the_round_on_restart(hub):
+    c = coordinator(hub, rule="mean", optimizer="average")
+    updates = [update(c, ident, vec(c0=1.0)) for ident in EDGES[:3]]
+    for data in updates[:2]:
+        c.submit(data)
+    # the commit is written, then the process dies before the round is marked closed
+    c.journal.close_round = lambda *a, **k: (_ for _ in ()).throw(SystemExit("killed"))
+    with pytest.raises(SystemExit):
+        c.submit(updates[2])
+    head = c.head()
+    c.repo.close()
+    again = coordinator(hub, rule="mean", optimizer="average")  # recover() runs at start
+    assert again.round == 1 and again.head() == head
+    assert again.status()["taken"] == 3 and again.status().get("pending", 0) == 0
+    with pytest.raises(hc.Refused, match="replayed"):
+        again.submit(updates[0])  # counted once, never twice
+    again.repo.close()
