@@ -1,0 +1,316 @@
+"""The hive without a coordinator: replicas gossip updates on an IPFS pubsub topic and each applies
+the same deterministic rule per round, so replicas that heard the same updates reach the same
+head CID.
+
+A round is keyed by its parent head. Its head is a pure function of that head and the set of
+updates taken (`round_head`):
+
+- an update counts if it is a valid signed record of the hive's chart, by a trusted signer, whose
+  parent is the round's head; of several by one signer, the lowest CID counts (deterministic);
+- the outlier check, the aggregation rule (centered clipping by default) and a stateless outer
+  step (z + lr·Δ: no momentum buffers a late replica could not know) give the new z;
+- the head commit is signed by the *hive key*, derived from the hive's genesis commit
+  (`hive_identity`), with a time derived from its parent's: Ed25519 signatures are deterministic,
+  so the commit's bytes, and its CID, are the same on every replica.
+
+The hive key is public knowledge, so its signature proves nothing by itself: a replica accepts a
+head only by recomputing it. Heads are announced on the topic with the CIDs of the updates they
+took (`Announcement`); every replica keeps update blocks on its IPFS node, so one that missed
+some fetches them by CID, verifies each (hash, signature, signer) and recomputes. A replica that
+missed a round entirely catches up from the announcement the same way.
+
+Under message loss: an update heard by some replicas and not others makes their heads differ
+for that round. At the round's end each replica takes the union of the updates it heard and those
+listed in the announcements it heard (fetching the missing blocks), so one announcement that
+reaches everyone reconciles them; a replica that heard nothing of a round keeps its head and
+catches up when it hears the next announcement whose updates it can fetch. Updates that no
+replica's node can serve are left out (deterministically, for everyone who cannot fetch them),
+which is the price of having no coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ..cid import CID
+from ..codec import dagcbor
+from ..errors import BasinError, SchemaError
+from ..identity import Identity, format_key
+from ..objects import Basin, Commit
+from ..refnames import branch_ref
+from ..repository import Repository
+from . import outliers, rules
+from .update import Update
+
+ANNOUNCE_TYPE = "basin/hive-head"
+TOPIC = "basin/hive/"  # + the genesis commit's CID
+LR = 1.0  # the stateless outer step: z + LR · Δ
+
+
+def hive_identity(genesis: CID) -> Identity:
+    """The key every replica of the hive signs heads with, derived from its genesis commit."""
+    seed = hashlib.sha256(b"basin-hive/v1\0" + genesis.buffer).digest()
+    return Identity(seed, "hive")
+
+
+def hive_genesis(repo: Repository, commit: CID) -> CID:
+    """The root of `commit`'s first-parent history: the commit that names the hive."""
+    while parents := repo.read_commit(commit).parents:
+        commit = parents[0]
+    return commit
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """ "This is the head of the round after `parent`, made of these updates" (unsigned: it is
+    checked by recomputing the head, not by who says it)."""
+
+    parent: CID
+    head: CID
+    updates: tuple[CID, ...]
+
+    def encode(self) -> bytes:
+        return dagcbor.encode(
+            {
+                "type": ANNOUNCE_TYPE,
+                "parent": self.parent,
+                "head": self.head,
+                "updates": list(self.updates),
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Announcement:
+        node = dagcbor.decode(data)
+        if not isinstance(node, dict) or node.get("type") != ANNOUNCE_TYPE:
+            raise SchemaError("not a hive head announcement")
+        updates = node.get("updates")
+        if not isinstance(updates, list) or len(updates) > 100_000:
+            raise SchemaError("hive head announcement has a bad update list")
+        if not all(isinstance(c, CID) for c in [node.get("parent"), node.get("head"), *updates]):
+            raise SchemaError("hive head announcement links something that is not a CID")
+        return cls(node["parent"], node["head"], tuple(updates))
+
+
+def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: str) -> CID:
+    """The head of the round after `parent` made of `updates` (blocks), written to `repo`:
+    the same CID on every replica given the same parent, updates, trust list and rule."""
+    head_commit = repo.read_commit(parent)
+    basin = repo.read_basin(head_commit.basin)
+    taken = _eligible(repo, parent, updates)
+    if not taken:
+        return parent
+    records = [u for _, u in taken]
+    report = outliers.check([u.delta() for u in records])
+    kept = [i for i in range(len(taken)) if i not in set(report.outliers)]
+    chosen = [records[i] for i in kept]
+    counts = sorted(u.samples for u in chosen)
+    cap = 2 * counts[len(counts) // 2]
+    delta = rules.aggregate(
+        rule,
+        [u.delta() for u in chosen],
+        weights=[float(min(u.samples, cap)) for u in chosen],
+        keys=[taken[i][0].buffer for i in kept],
+    )
+    z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
+    new_basin = Basin.create(
+        basin.chart,
+        z,
+        fisher=basin.fisher,
+        beta=basin.beta,
+        entanglements=list(basin.entanglements),
+        labels=list(basin.labels),
+        substrate=basin.substrate,
+    )
+    lines = [
+        f"hive round after {parent}: {len(kept)} updates taken, {len(taken) - len(kept)} refused",
+        "",
+    ]
+    lines += [f"taken {taken[i][0]} {format_key(records[i].author)}" for i in kept]
+    lines += [f"refused {taken[i][0]} outlier" for i in report.outliers]
+    key = hive_identity(hive_genesis(repo, parent))
+    metrics = {"taken": float(len(kept)), "refused": float(len(report.outliers))}
+    commit = Commit(
+        repo.write_basin(new_basin),
+        (parent,),
+        key.public_key,
+        head_commit.time + 1,
+        "\n".join(lines),
+        metrics,
+    ).signed(key.sign)
+    return repo.write_commit(commit)
+
+
+def _eligible(repo: Repository, parent: CID, blocks: Iterable[bytes]) -> list[tuple[CID, Update]]:
+    """The updates that count, by CID: valid, trusted, of this round, one per signer."""
+    by_author: dict[bytes, tuple[CID, Update]] = {}
+    for data in blocks:
+        try:
+            update = Update.decode(data, chart=repo.config.chart)
+        except BasinError:
+            continue
+        if update.parent != parent or repo.config.trusted_key(update.author) is None:
+            continue
+        cid = CID.for_block(data)
+        known = by_author.get(update.author)
+        if known is None or cid.buffer < known[0].buffer:
+            by_author[update.author] = (cid, update)
+    return sorted(by_author.values(), key=lambda t: t[0].buffer)
+
+
+MAX_CATCH_UP = 1000  # rounds a replica walks back to find where it left off
+
+
+class Replica:
+    """One replica's rounds: offer an update, hear the others', close the round, announce.
+
+    `publish(bytes)` sends a message to every replica (pubsub); `store(bytes)` keeps a block
+    where others can fetch it and `fetch(CID)` gets one (an IPFS node's blocks). Messages heard
+    are given to `hear`; `close` ends the round.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        branch: str,
+        publish: Callable[[bytes], None],
+        store: Callable[[bytes], None],
+        fetch: Callable[[CID], bytes],
+        rule: str = rules.DEFAULT_RULE,
+    ):
+        self.repo, self.branch, self.rule = repo, branch, rule
+        self._publish, self._store, self._fetch = publish, store, fetch
+        self.heard: dict[CID, bytes] = {}
+        self.announced: dict[CID, set[CID]] = {}  # parent -> update CIDs others took
+        self.taken: dict[CID, set[CID]] = {}  # parent -> the update CIDs this replica's head took
+
+    @property
+    def head(self) -> CID:
+        return self.repo.branch_commit(self.branch)
+
+    def offer(self, update: bytes) -> CID:
+        """Share this replica's own update for the current round."""
+        self._store(update)
+        self.heard[CID.for_block(update)] = update
+        self._publish(update)
+        return CID.for_block(update)
+
+    def hear(self, message: bytes) -> None:
+        """An update or a head announcement from the topic (anything else is ignored)."""
+        try:
+            announcement = Announcement.decode(message)
+        except BasinError:
+            self.heard.setdefault(CID.for_block(message), message)
+            return
+        known = self.announced.setdefault(announcement.parent, set())
+        known.update(announcement.updates)
+        mine = self.taken.get(announcement.parent)
+        if mine is not None and not known <= mine:
+            self._reconcile(announcement.parent)  # the round this replica closed with fewer
+        elif not self.repo.is_commit(announcement.parent):
+            self.catch_up(announcement.parent)  # rounds this replica missed
+
+    def close(self) -> CID:
+        """End the round after the current head: the union of the updates heard and those others
+        announced for it, combined by `round_head`; the new head is recorded, its commit stored
+        where others can fetch it, and announced."""
+        parent = self.head
+        return self._settle(parent, parent, set(self.heard) | self.announced.get(parent, set()))
+
+    def _reconcile(self, parent: CID) -> None:
+        """Others closed the round after `parent` with updates this replica had not heard: make
+        the head again from the union (every replica that hears every announcement converges on
+        the union of what anyone heard)."""
+        if self.repo.parents(self.head) != [str(parent)]:
+            return  # this replica has moved on since: the next rounds' announcements carry it
+        self._settle(parent, self.head, self.taken[parent] | self.announced[parent])
+
+    def _settle(self, parent: CID, current: CID, cids: set[CID]) -> CID:
+        """Make the head after `parent` from the updates `cids`, move the branch from `current`
+        to it, store its commit for others to fetch and announce it."""
+        blocks = self._blocks(cids)
+        head = round_head(self.repo, parent, blocks.values(), self.rule)
+        taken = {c for c, _ in _eligible(self.repo, parent, blocks.values())}
+        self.taken[parent] = taken
+        if head != current:
+            self._move(head, current)
+        if head != parent:
+            self._store(self.repo.get_block(head))
+            ordered = tuple(sorted(taken, key=lambda c: c.buffer))
+            self._publish(Announcement(parent, head, ordered).encode())
+        self.heard = {c: d for c, d in self.heard.items() if c not in blocks}
+        return head
+
+    def catch_up(self, target: CID) -> bool:
+        """Reach `target`, a head other replicas made, from this replica's head: walk back from
+        it through their stored commits to where this replica left off, then recompute every
+        round forward from the updates each commit lists; adopt only what recomputes exactly."""
+        chain: list[Commit] = []
+        cid = target
+        while cid != self.head:
+            if len(chain) >= MAX_CATCH_UP:
+                return False
+            try:
+                commit = Commit.decode(self._fetch(cid))
+            except BasinError:
+                return False
+            if len(commit.parents) != 1:
+                return False
+            chain.append(commit)
+            cid = commit.parents[0]
+        for commit in reversed(chain):
+            parent = self.head
+            listed = {
+                CID.parse(line.split()[1])
+                for line in commit.message.splitlines()
+                if line.startswith(("taken ", "refused "))
+            }
+            head = round_head(self.repo, parent, self._blocks(listed).values(), self.rule)
+            if head != CID.for_block(commit.encode()):
+                return False  # not what the listed updates give: not adopted
+            self._move(head, parent)
+        return True
+
+    def _blocks(self, cids: set[CID]) -> dict[CID, bytes]:
+        out = {}
+        for cid in sorted(cids, key=lambda c: c.buffer):
+            if cid in self.heard:
+                out[cid] = self.heard[cid]
+                continue
+            try:
+                out[cid] = self._fetch(cid)
+            except BasinError:
+                continue  # no replica's node could serve it: left out, for everyone who can't
+        return out
+
+    def _move(self, new: CID, old: CID) -> None:
+        if self.repo.current_branch() == branch_ref(self.branch):
+            self.repo.move_head(new, old, "hive round")
+        else:
+            self.repo.set_ref(branch_ref(self.branch), new, old, "hive round")
+
+
+def topic(genesis: CID) -> str:
+    return TOPIC + str(genesis)
+
+
+def ipfs_transport(node, genesis: CID, timeout: float = 10.0):
+    """(publish, store, fetch) for a replica through an IPFS node: pubsub on the hive's topic
+    (a message nobody listens to is dropped, as pubsub does), the node's blocks for updates and
+    heads (fetched from its peers by bitswap, re-hashed against the CID)."""
+    from ..remote import broadcast
+
+    name = topic(genesis)
+
+    def publish(message: bytes) -> None:
+        broadcast(node, name, message)
+
+    def store(data: bytes) -> None:
+        node.block_put(data)  # updates and commits are DAG-CBOR blocks
+
+    def fetch(cid: CID) -> bytes:
+        return node.block_get(cid, timeout=timeout)
+
+    return publish, store, fetch

@@ -1,0 +1,200 @@
+"""The hive without a coordinator: replicas that heard the same updates reach the same head CID;
+a replica that missed updates or whole rounds catches up by recomputing what others announced."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from basinvcs import porcelain
+from basinvcs.cid import CID
+from basinvcs.errors import BasinError, BlockNotFound
+from basinvcs.hive.replica import Replica, hive_genesis, hive_identity
+from basinvcs.hive.update import Update, encode_change
+from basinvcs.identity import Identity, format_key
+from basinvcs.repository import Repository
+from tests.conftest import CHART, vec
+
+SIGNERS = [Identity(bytes([k]) * 32, f"r{k}") for k in (1, 2, 3)]
+
+
+class Bus:
+    """Pubsub and a shared block store in memory; `drop(sender, receiver, message)` loses some."""
+
+    def __init__(self):
+        self.replicas: list[Replica] = []
+        self.blocks: dict[CID, bytes] = {}
+        self.drop = lambda sender, receiver, message: False
+        self.offline: set[int] = set()
+
+    def join(self, repo: Repository) -> Replica:
+        k = len(self.replicas)
+
+        def publish(message: bytes) -> None:
+            for j, other in enumerate(self.replicas):
+                if j != k and j not in self.offline and not self.drop(k, j, message):
+                    other.hear(message)
+
+        def fetch(cid: CID) -> bytes:
+            if cid not in self.blocks:
+                raise BlockNotFound(f"block {cid} not found")
+            return self.blocks[cid]
+
+        def store(data: bytes) -> None:
+            self.blocks[CID.for_block(data)] = data
+
+        replica = Replica(repo, "general", publish, store, fetch, rule="mean")
+        self.replicas.append(replica)
+        return replica
+
+
+@pytest.fixture
+def replicas(repo_dir, tmp_path):
+    with Repository.open(repo_dir) as repo:
+        for ident in SIGNERS:
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+    paths = [repo_dir]
+    for k in (1, 2):
+        shutil.copytree(repo_dir, tmp_path / f"copy{k}")
+        paths.append(tmp_path / f"copy{k}")
+    repos = [Repository.open(p) for p in paths]
+    bus = Bus()
+    yield bus, [bus.join(r) for r in repos]
+    for r in repos:
+        r.close()
+
+
+def offer_all(replicas, values) -> None:
+    for replica, ident, v in zip(replicas, SIGNERS, values, strict=True):
+        if v is None:
+            continue
+        update = Update(
+            chart=CHART,
+            parent=replica.head,
+            round=0,
+            seq=1,
+            change=encode_change(vec(**{f"c{SIGNERS.index(ident)}": v})),
+            samples=1,
+            author=ident.public_key,
+        ).signed(ident.sign)
+        replica.offer(update.encode())
+
+
+def z(replica) -> list[float]:
+    return list(replica.repo.read_basin(replica.repo.read_commit(replica.head).basin).z)
+
+
+def test_replicas_that_heard_the_same_updates_reach_the_same_head(replicas):
+    bus, (a, b, c) = replicas
+    start = a.head
+    offer_all([a, b, c], [1.0, 2.0, 3.0])
+    heads = {r.close() for r in (a, b, c)}
+    assert len(heads) == 1 and a.head != start
+    assert z(a)[:3] == pytest.approx([1 / 3, 2 / 3, 1.0], rel=1e-2)  # mean of three sparse changes
+    commit = a.repo.read_commit(a.head)
+    assert commit.author == hive_identity(hive_genesis(a.repo, a.head)).public_key
+    assert commit.signature_valid() and commit.metrics["taken"] == 3.0
+
+
+def test_a_lost_update_is_recovered_from_the_announcements(replicas):
+    bus, (a, b, c) = replicas
+    bus.drop = lambda sender, receiver, message: sender == 1 and receiver == 2  # c misses b
+    offer_all([a, b, c], [1.0, 2.0, 3.0])
+    a.close()
+    b.close()  # their announcements list b's update; c fetches it by CID
+    c.close()
+    assert a.head == b.head == c.head
+
+
+def test_a_replica_that_missed_rounds_catches_up_by_recomputing(replicas):
+    bus, (a, b, c) = replicas
+    bus.offline = {2}
+    for value in (1.0, 2.0):
+        offer_all([a, b, None], [value, value, None])
+        a.close()
+        b.close()
+    assert a.head == b.head != c.head
+    bus.offline = set()
+    assert c.catch_up(a.head) and c.head == a.head
+    offer_all([a, b, c], [1.0, 1.0, 1.0])
+    assert len({r.close() for r in (a, b, c)}) == 1
+
+
+def test_a_forged_head_is_not_adopted(replicas):
+    """The hive key is public: anyone can sign a head with it, so a head is adopted only if the
+    updates its commit lists recompute to exactly it."""
+    from basinvcs.objects import Basin, Commit
+
+    bus, (a, b, c) = replicas
+    offer_all([a, b, c], [1.0, 2.0, 3.0])
+    parent = a.head
+    honest = a.repo.read_commit(a.close())
+    basin = a.repo.read_basin(honest.basin)
+    poisoned = Basin.create(CHART, [v + 100.0 for v in basin.z], labels=list(basin.labels))
+    key = hive_identity(hive_genesis(a.repo, parent))
+    forged = Commit(
+        a.repo.write_basin(poisoned),
+        (parent,),
+        key.public_key,
+        honest.time,
+        honest.message,
+        honest.metrics,
+    ).signed(key.sign)
+    bus.blocks[CID.for_block(forged.encode())] = forged.encode()
+    assert not c.catch_up(CID.for_block(forged.encode()))
+    assert c.head == parent
+    assert c.catch_up(a.head) and c.head == a.head  # the honest one is
+
+
+def test_three_replicas_through_two_ipfs_nodes_converge(replicas, ipfs_pair):
+    """Real pubsub and bitswap: a and b on one js-ipfs daemon, c on another."""
+    import threading
+    import time
+
+    from basinvcs.hive.replica import ipfs_transport, topic
+
+    node1, node2 = ipfs_pair
+    bus, (a, b, c) = replicas
+    genesis = hive_genesis(a.repo, a.head)
+    inboxes: list[list[bytes]] = [[], [], []]
+    for k, (replica, daemon) in enumerate(zip((a, b, c), (node1, node1, node2), strict=True)):
+        replica._publish, replica._store, replica._fetch = ipfs_transport(daemon.node, genesis)
+
+        def listen(daemon=daemon, inbox=inboxes[k]) -> None:
+            try:
+                for data, _ in daemon.node.pubsub_subscribe(topic(genesis), 25):
+                    inbox.append(data)
+            except BasinError:
+                pass  # the stream ends when the test is over
+
+        threading.Thread(target=listen, daemon=True).start()
+    time.sleep(3)  # subscriptions reach the other node
+
+    def deliver() -> None:
+        for replica, inbox in zip((a, b, c), inboxes, strict=True):
+            while inbox:
+                replica.hear(inbox.pop(0))
+
+    for value in (1.0, 2.0):
+        for _ in range(3):  # pubsub has no delivery guarantee: say it a few times
+            offer_all([a, b, c], [value, value + 1, value + 2])
+            time.sleep(1)
+        deliver()
+        for replica in (a, b, c):
+            replica.close()
+        time.sleep(1)
+        deliver()
+        assert a.head == b.head == c.head, f"round with {value}"
+    # c misses a round entirely, then catches up from what the others announce and store
+    before = c.head
+    for _ in range(3):
+        offer_all([a, b, None], [5.0, 5.0, None])
+        time.sleep(1)
+    for replica, inbox in zip((a, b), inboxes[:2], strict=True):
+        while inbox:
+            replica.hear(inbox.pop(0))
+        replica.close()
+    inboxes[2].clear()
+    assert c.head == before != a.head
+    assert c.catch_up(a.head) and c.head == a.head
