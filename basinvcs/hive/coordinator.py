@@ -13,29 +13,41 @@ A round closes after `round_updates` updates or `round_seconds` seconds (with at
 updates are screened by the outlier check (Fisher distance to the coordinate-wise median beyond
 median + c·MAD of the round), combined by the aggregation rule (`rules`, weighted by samples) and
 applied by the outer optimiser (`outer`); the new head is a commit signed by the coordinator whose
-message lists the updates taken and refused and their signers, and whose metrics record the round.
+message lists the updates taken and refused and their signers (as many as fit in a commit message;
+the journal has every one), and whose metrics record the round.
 
 Durability: an update is journaled, with its signer's sequence number, before it is acknowledged
-(journal.py). The head commit is written first, then the round is marked closed; `recover` (run
-at start) finishes a round whose commit exists but was not yet marked, from that commit's message,
-so a coordinator killed mid-round loses no accepted update and counts none twice.
+(journal.py; `submit_many` journals several in one transaction and acknowledges them once it is
+committed). A round's decision (the updates taken and refused, the outer optimiser's next state)
+is journaled first, then its head commit is written, then the round is marked closed; `recover`
+(run at start) finishes a round whose commit exists but was not yet marked, from that decision,
+so a coordinator killed mid-round loses no accepted update and counts none twice. A round that was
+full when the coordinator stopped closes when it starts again.
+
+The intake's working state (the round, its recent heads, its pending updates decoded once and
+their signers) is read from the journal at start and kept in memory beside it, each change made
+in the journal first: a submission reads the journal once, for its signer's sequence number.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..cid import CID
+from ..config import TrustedKey
 from ..errors import BasinError
 from ..identity import format_key
-from ..objects import Basin, Commit
+from ..objects import MAX_MESSAGE_BYTES, Basin, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import outer, outliers, rules
-from .journal import Journal
+from .journal import Journal, Journaled
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
@@ -68,6 +80,16 @@ class Settings:
         return self
 
 
+@dataclass
+class _Staged:
+    """Updates journaled in a transaction not yet committed: (index, row, update), their
+    signers, and the round's opening time if the first of them opened it."""
+
+    rows: list[tuple[int, Journaled, Update]] = field(default_factory=list)
+    authors: set[bytes] = field(default_factory=set)
+    opened: float | None = None
+
+
 class Coordinator:
     """One hive's coordinator over `repo` (thread-safe: the server's handlers share it)."""
 
@@ -82,7 +104,27 @@ class Coordinator:
         self.max_update_bytes = update_limit(repo.config.chart)
         self._lock = threading.RLock()
         self.messages: list[str] = []
+        self.close_seconds: float | None = None
+        self._trusted: tuple[object, int, dict[bytes, TrustedKey]] = (None, 0, {})
+        self._load()
         self.recover()
+        if len(self._pending) >= self.settings.round_updates:  # full when the last one stopped
+            try:
+                self.close_round()
+            except BasinError as exc:
+                self.log(f"round {self._round} not closed: {exc}")
+
+    def _load(self) -> None:
+        """The intake's working state, read from the journal once and then kept beside it (each
+        change journaled first): the round, its recent heads, when it opened, and its pending
+        updates, decoded once, with their signers."""
+        self._round = int(self.journal.get("round", 0))
+        self._heads: dict[str, int] = dict(self.journal.get("heads", {}) or {})
+        self._opened = self.journal.get("opened")
+        self._pending: list[tuple[Journaled, Update]] = [
+            (j, Update.decode(j.data)) for j in self.journal.pending(self._round)
+        ]
+        self._authors = {j.author for j, _ in self._pending}
 
     def log(self, line: str) -> None:
         self.messages.append(line)
@@ -91,7 +133,7 @@ class Coordinator:
 
     @property
     def round(self) -> int:
-        return int(self.journal.get("round", 0))
+        return self._round
 
     def head(self) -> CID:
         return self.repo.branch_commit(self.settings.branch)
@@ -108,7 +150,12 @@ class Coordinator:
         }
 
     def status(self) -> dict:
-        return {"round": self.round, "head": str(self.head()), **self.journal.counts()}
+        return {
+            "round": self.round,
+            "head": str(self.head()),
+            **self.journal.counts(),
+            "close_seconds": self.close_seconds,  # the last round closed, here (None: none yet)
+        }
 
     def block(self, text: str) -> bytes:
         try:
@@ -119,56 +166,148 @@ class Coordinator:
 
     def _recent_heads(self) -> dict[str, int]:
         """Head CID -> the round it opened, for the last `freshness` rounds."""
-        heads = self.journal.get("heads", {})
-        if not heads:
-            heads = {str(self.head()): self.round}
-        return heads
+        return self._heads or {str(self.head()): self._round}
+
+    def _trusted_key(self, author: bytes) -> TrustedKey | None:
+        """`config.trusted_key` by a dict, rebuilt when the list is replaced or grows."""
+        trusted = self.repo.config.trusted
+        source, size, index = self._trusted
+        if source is not trusted or size != len(trusted):
+            index = {}
+            for t in trusted:
+                index.setdefault(t.key, t)  # the first entry for a key, as config.trusted_key
+            self._trusted = (trusted, len(trusted), index)
+        return index.get(author)
 
     # -- intake
 
     def submit(self, data: bytes) -> dict:
         """Check an update record and journal it; its CID and round, or Refused."""
+        (answer,) = self.submit_many([data])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def submit_many(
+        self, bodies: list[bytes], close: bool = True, decoded: list | None = None
+    ) -> list[dict | BasinError]:
+        """`submit` for each of `bodies` in turn (each checked as if alone, after the ones before
+        it), journaled in one transaction (one sync to disk) that is committed before this
+        returns: the answer for each, its CID and round, or the Refused (or journal error) that
+        stops it.
+
+        A round that fills up closes right away, between two transactions; a failure to close it
+        is logged (its updates stay journaled; the next submission or the timer closes it). With
+        `close` False it is not closed here: the call stops there, and the answer for each update
+        after it is None, not taken in yet (the server answers the others first, then closes the
+        round, then submits those again).
+
+        `decoded`: `decode_many(bodies)`, done elsewhere (the server's decoding process); each
+        is then checked here for everything else, as if decoded here."""
+        decoded = decoded or [None] * len(bodies)
+        # outside the lock: decoding, signature
+        checked = [self._check(data, d) for data, d in zip(bodies, decoded, strict=True)]
+        answers: list = [None] * len(checked)
+        with self._lock:
+            todo = iter(range(len(checked)))
+            for first in todo:
+                staged = _Staged()
+                try:
+                    with self.journal.batch():
+                        for k in itertools.chain([first], todo):
+                            if isinstance(checked[k], Refused):
+                                answers[k] = checked[k]
+                            else:
+                                answers[k] = self._take(bodies[k], checked[k], staged, k)
+                            if len(self._pending) + len(staged.rows) >= self.settings.round_updates:
+                                break
+                except BasinError as exc:  # rolled back: none of it journaled, none acknowledged
+                    rolled_back = {k for k, _, _ in staged.rows}
+                    return [
+                        exc if answer is None or k in rolled_back else answer
+                        for k, answer in enumerate(answers)
+                    ]
+                # committed: now the working state follows the journal
+                if staged.opened is not None:
+                    self._opened = staged.opened
+                self._pending += [(j, u) for _, j, u in staged.rows]
+                self._authors |= staged.authors
+                if len(self._pending) >= self.settings.round_updates:
+                    if not close:
+                        break
+                    try:
+                        self.close_round()
+                    except BasinError as exc:
+                        self.log(f"round {self._round} not closed: {exc}")
+        return answers
+
+    def room(self) -> int:
+        """How many more updates the round takes before it closes (0 when full)."""
+        return max(0, self.settings.round_updates - len(self._pending))
+
+    def close_if_full(self) -> CID | None:
+        """Close the round if it holds its M updates (the server's half of submit_many's
+        `close`)."""
+        with self._lock:
+            if len(self._pending) >= self.settings.round_updates:
+                return self.close_round()
+        return None
+
+    def _check(self, data: bytes, decoded: Update | str | None = None) -> Update | Refused:
+        """The checks that need no journal: size, strict decoding and signature (or their
+        result, `decoded`, from `decode_many`), chart, trust."""
         chart = self.repo.config.chart
         if len(data) > self.max_update_bytes:
-            raise Refused(413, f"update of {len(data)} bytes is over the limit")
-        try:
-            update = Update.decode(data, chart=None)
-        except BasinError as exc:
-            raise Refused(400, f"not a valid update: {exc}") from None
+            return Refused(413, f"update of {len(data)} bytes is over the limit")
+        if isinstance(decoded, str):
+            return Refused(400, f"not a valid update: {decoded}")
+        if isinstance(decoded, Update):
+            update = decoded
+        else:
+            try:
+                update = Update.decode(data, chart=None)
+            except BasinError as exc:
+                return Refused(400, f"not a valid update: {exc}")
         if update.chart != chart:
-            raise Refused(422, f"update is in chart {update.chart}, the hive's is {chart}")
-        trusted = self.repo.config.trusted_key(update.author)
+            return Refused(422, f"update is in chart {update.chart}, the hive's is {chart}")
+        trusted = self._trusted_key(update.author)
         if trusted is None and not self.settings.open:
-            raise Refused(403, f"signer {format_key(update.author)} is not trusted by this hive")
-        with self._lock:
-            current = self.round
-            last = self.journal.last_seq(update.author)
-            if last is not None and update.seq <= last:
-                raise Refused(409, f"sequence {update.seq} replayed: {last} already seen")
-            opened = self._recent_heads().get(str(update.parent))
-            if opened is None or opened < current - self.settings.freshness + 1:
-                raise Refused(
-                    409,
-                    f"stale parent {update.parent}: not a head of the last "
-                    f"{self.settings.freshness} rounds (now {self.head()})",
-                )
-            if any(j.author == update.author for j in self.journal.pending(current)):
-                raise Refused(429, "one update per signer per round: wait for the next round")
-            cid = CID.for_block(data)
-            if not self.journal.accept(str(cid), current, update.author, update.seq, data):
-                raise Refused(409, f"sequence {update.seq} replayed")
-            if not self.journal.get("opened"):
-                self.journal.put("opened", time.time())
-            if self.journal.count_pending(current) >= self.settings.round_updates:
-                self.close_round()
-        return {"cid": str(cid), "round": current}
+            return Refused(403, f"signer {format_key(update.author)} is not trusted by this hive")
+        return update
+
+    def _take(self, data: bytes, update: Update, staged: _Staged, k: int) -> dict | Refused:
+        """The journal's checks (replay, freshness, one per signer per round) for an update
+        checked by `_check`, and its row in the open transaction (`staged`: the rows before it
+        in that transaction, not yet in the working state)."""
+        current = self._round
+        last = self.journal.last_seq(update.author)  # sees the open transaction's rows too
+        if last is not None and update.seq <= last:
+            return Refused(409, f"sequence {update.seq} replayed: {last} already seen")
+        opened = self._recent_heads().get(str(update.parent))
+        if opened is None or opened < current - self.settings.freshness + 1:
+            return Refused(
+                409,
+                f"stale parent {update.parent}: not a head of the last "
+                f"{self.settings.freshness} rounds (now {self.head()})",
+            )
+        if update.author in self._authors or update.author in staged.authors:
+            return Refused(429, "one update per signer per round: wait for the next round")
+        cid = str(CID.for_block(data))
+        # the round's first update also records when the round opened, in its transaction
+        opened = time.time() if self._opened is None and staged.opened is None else None
+        if not self.journal.accept(cid, current, update.author, update.seq, data, opened=opened):
+            return Refused(409, f"sequence {update.seq} replayed")
+        staged.rows.append((k, Journaled(cid, current, update.author, update.seq, data), update))
+        staged.authors.add(update.author)
+        staged.opened = opened if opened is not None else staged.opened
+        return {"cid": cid, "round": current}
 
     # -- rounds
 
     def maybe_close(self) -> CID | None:
         """Close the round if its time is up (and it holds an update)."""
         with self._lock:
-            opened = self.journal.get("opened")
+            opened = self._opened
             if opened and time.time() - float(opened) >= self.settings.round_seconds:
                 return self.close_round()
         return None
@@ -176,35 +315,43 @@ class Coordinator:
     def close_round(self) -> CID | None:
         """Combine the round's updates into a new head; None if it holds none."""
         with self._lock:
-            current = self.round
-            pending = self.journal.pending(current)
-            if not pending:
+            current = self._round
+            if not self._pending:
                 self.journal.put("opened", None)
+                self._opened = None
                 return None
-            updates = [Update.decode(j.data) for j in pending]
-            taken, refused = self._screen(pending, updates)
+            start = time.perf_counter()
+            # decoded and verified once, at intake
+            pending = [j for j, _ in self._pending]
+            updates = [u for _, u in self._pending]
+            x = _dense(updates)
+            taken, refused = self._screen(x)
             head = self.head()
             # every update refused: the head stays, and the round still closes
-            cid = self._commit(current, head, pending, updates, taken, refused) if taken else head
-            self._finish(current, cid, pending, taken, refused)
+            cid = (
+                self._commit(current, head, pending, updates, x, taken, refused) if taken else head
+            )
+            self._finish(current, cid, pending, taken, refused, head)
+            self.close_seconds = time.perf_counter() - start
             return cid
 
-    def _screen(self, pending, updates) -> tuple[list[int], dict[int, str]]:
-        """Indices of the updates to combine, and the refused ones with why (outliers)."""
-        report = outliers.check([u.delta() for u in updates], c=self.settings.outlier_c)
+    def _screen(self, x: np.ndarray) -> tuple[list[int], dict[int, str]]:
+        """Indices of the updates (the rows of x) to combine, and the refused ones with why
+        (outliers)."""
+        report = outliers.check(x, c=self.settings.outlier_c)
         refused = {
             i: f"outlier: Fisher distance {report.scores[i]:.4g} > {report.threshold:.4g}"
             for i in report.outliers
         }
-        return [i for i in range(len(updates)) if i not in refused], refused
+        return [i for i in range(len(x)) if i not in refused], refused
 
-    def _commit(self, current, head, pending, updates, taken, refused) -> CID:
+    def _commit(self, current, head, pending, updates, x, taken, refused) -> CID:
         head_commit = self.repo.read_commit(head)
         basin = self.repo.read_basin(head_commit.basin)
         chosen = [updates[i] for i in taken]
         delta = rules.aggregate(
             self.settings.rule,
-            [u.delta() for u in chosen],
+            x[taken],
             weights=self._weights(chosen),
             keys=[pending[i].cid.encode() for i in taken],
         )
@@ -220,9 +367,6 @@ class Coordinator:
             labels=list(basin.labels),
             substrate=basin.substrate,
         )
-        lines = [f"hive round {current}: {len(taken)} updates taken, {len(refused)} refused", ""]
-        lines += [f"taken {pending[i].cid} {format_key(pending[i].author)}" for i in taken]
-        lines += [f"refused {pending[i].cid} {why}" for i, why in refused.items()]
         ident = self.repo.identity()
         metrics = {
             "round": float(current),
@@ -230,6 +374,17 @@ class Coordinator:
             "refused": float(len(refused)),
             "samples": float(sum(u.samples for u in chosen)),
         }
+        # the round's decision, journaled before its commit: what `recover` finishes from
+        self.journal.put(
+            "closing",
+            {
+                "round": current,
+                "parent": str(head),
+                "taken": [pending[i].cid for i in taken],
+                "refused": {pending[i].cid: why for i, why in refused.items()},
+                "outer": optimizer.to_dict(),
+            },
+        )
         with self.repo.transaction():
             basin_cid = self.repo.write_basin(new_basin)
             commit = Commit(
@@ -237,7 +392,7 @@ class Coordinator:
                 (head,),
                 ident.public_key,
                 int(time.time() * 1000),
-                "\n".join(lines),
+                _message(current, pending, taken, refused),
                 metrics,
             ).signed(ident.sign)
             cid = self.repo.write_commit(commit)
@@ -252,18 +407,16 @@ class Coordinator:
         cap = 2 * counts[len(counts) // 2]
         out = []
         for u in chosen:
-            trusted = self.repo.config.trusted_key(u.author)
+            trusted = self._trusted_key(u.author)
             out.append((trusted.weight if trusted else 1.0) * min(u.samples, cap))
         return out
 
-    def _finish(self, current, cid, pending, taken, refused) -> None:
-        heads = {
-            h: r
-            for h, r in self._recent_heads().items()
-            if r > current + 1 - self.settings.freshness
-        }
+    def _finish(self, current, cid, pending, taken, refused, previous: CID) -> None:
+        """Mark the round closed with `cid` its new head (`previous` the head it opened with)."""
+        recent = self._heads or {str(previous): current}  # (none before the first close)
+        heads = {h: r for h, r in recent.items() if r > current + 1 - self.settings.freshness}
         heads[str(cid)] = current + 1
-        state = {"round": current + 1, "opened": None, "heads": heads}
+        state = {"round": current + 1, "opened": None, "heads": heads, "closing": None}
         if getattr(self, "_pending_state", None) is not None:
             state["outer"] = self._pending_state
             self._pending_state = None
@@ -273,6 +426,8 @@ class Coordinator:
             {pending[i].cid: why for i, why in refused.items()},
             state,
         )
+        self._round, self._heads, self._opened = current + 1, heads, None
+        self._pending, self._authors = [], set()
 
     def recover(self) -> None:
         """Finish a round whose head commit was written before the coordinator stopped."""
@@ -283,12 +438,83 @@ class Coordinator:
         pending = self.journal.pending(current)
         by_cid = {j.cid: i for i, j in enumerate(pending)}
         taken, refused = [], {}
-        for line in commit.message.splitlines():
-            word, _, rest = line.partition(" ")
-            cid, _, why = rest.partition(" ")
-            if cid in by_cid and word == "taken":
-                taken.append(by_cid[cid])
-            elif cid in by_cid and word == "refused":
-                refused[by_cid[cid]] = why
+        closing = self.journal.get("closing")
+        if (
+            isinstance(closing, dict)
+            and closing.get("round") == current
+            and commit.parents
+            and closing.get("parent") == str(commit.parents[0])
+        ):
+            taken = [by_cid[cid] for cid in closing["taken"] if cid in by_cid]
+            refused = {by_cid[c]: why for c, why in closing["refused"].items() if c in by_cid}
+            self._pending_state = closing.get("outer")
+        else:  # a journal from before the decision was journaled: the commit's message
+            for line in commit.message.splitlines():
+                word, _, rest = line.partition(" ")
+                cid, _, why = rest.partition(" ")
+                if cid in by_cid and word == "taken":
+                    taken.append(by_cid[cid])
+                elif cid in by_cid and word == "refused":
+                    refused[by_cid[cid]] = why
         self.log(f"recovered round {current}: its head {self.head()} was written")
-        self._finish(current, self.head(), pending, taken, refused)
+        previous = commit.parents[0] if commit.parents else self.head()
+        self._finish(current, self.head(), pending, taken, refused, previous)
+
+
+def decode_many(bodies: list[bytes], limit: int) -> list[Update | str | None]:
+    """`Update.decode` (strict, signature verified) of each body: the record, or why it is not
+    one; None for a body over `limit` (refused before decoding). Stateless: the server runs it
+    in a process of its own, beside the coordinator's thread, and hands the result to
+    `submit_many`."""
+    out: list[Update | str | None] = []
+    for data in bodies:
+        if len(data) > limit:
+            out.append(None)
+            continue
+        try:
+            out.append(Update.decode(data, chart=None))
+        except BasinError as exc:
+            out.append(str(exc))
+    return out
+
+
+def _dense(updates: list[Update]) -> np.ndarray:
+    """The updates' changes of z as one (n, d) array, row k equal to `updates[k].delta()`."""
+    x = np.zeros((len(updates), updates[0].change.dim))
+    for k, u in enumerate(updates):
+        if u.change.indices:
+            x[k, list(u.change.indices)] = (
+                np.array(u.change.codes, dtype=np.float64) * u.change.scale
+            )
+    return x
+
+
+def _message(current: int, pending, taken: list[int], refused: dict[int, str]) -> str:
+    """The head commit's message: the round's counts, then a line per update taken (`taken CID
+    SIGNER`) and refused (`refused CID REASON`) while they fit in a commit message; past that,
+    refusals first and one last line saying how many more are in the journal (every decision is
+    there, and in the journal's "closing" record until the round is marked)."""
+    head = f"hive round {current}: {len(taken)} updates taken, {len(refused)} refused"
+    taken_lines = (f"taken {pending[i].cid} {format_key(pending[i].author)}" for i in taken)
+    refused_lines = (f"refused {pending[i].cid} {why}" for i, why in refused.items())
+    lines, size, budget = [head, ""], len(head.encode()) + 1, MAX_MESSAGE_BYTES
+    for line in itertools.chain(taken_lines, refused_lines):
+        size += 1 + len(line.encode())
+        if size > budget:
+            break
+        lines.append(line)
+    else:
+        return "\n".join(lines)
+    # too many for one message: refusals first, as many lines as leave room for the last one
+    listed = len(taken) + len(refused)
+    lines, size, budget = [head, ""], len(head.encode()) + 1, MAX_MESSAGE_BYTES - 100
+    refused_lines = (f"refused {pending[i].cid} {why}" for i, why in refused.items())
+    taken_lines = (f"taken {pending[i].cid} {format_key(pending[i].author)}" for i in taken)
+    for line in itertools.chain(refused_lines, taken_lines):
+        size += 1 + len(line.encode())
+        if size > budget:
+            break
+        lines.append(line)
+    more = listed - (len(lines) - 2)
+    lines.append(f"... and {more} more, in the coordinator's journal ({JOURNAL_FILE})")
+    return "\n".join(lines)

@@ -1,0 +1,428 @@
+"""Edge training from any training loop: every H local steps, send the change of z as a signed
+update and restart from the head the coordinator signed (DiLoCo over the hive's protocol).
+
+    hive = HiveTrainer(model, HttpTransport("http://coordinator:8765"), identity, every=10)
+    opt = torch.optim.Adam([model.z], lr=0.1)
+    for batch in batches:
+        loss = loss_fn(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hive.step()      # every 10th call: send the update, wait for the round, sync z
+    hive.finish()        # the steps left since the last sync, as a last (shorter) round
+
+`model` is a `BasinModel` (basinvcs.model.train): only z moves. At every H-th `step()` the trainer
+
+1. takes the change of z since the head it last synced to (`z − z_sync`), adds what error feedback
+   kept from earlier updates and encodes it (`update.Compressor`: top-k, 8 or 4 bits; what is left
+   out stays in the residual, on this instance only);
+2. signs an `Update` (parent = the head synced to, round = the round the coordinator has open,
+   seq = the signer's next sequence number, samples = local steps × `samples_per_step`) and hands
+   its bytes to a transport;
+3. waits until the coordinator closes that round, reads the new head's basin, and sets z to it.
+   The optimiser is not touched: its state (Adam's moments) stays local, as DiLoCo's inner state.
+
+Before sending, the head is read: if it moved since the last sync without this instance (a round
+closed while it was away), the local change is carried onto the new head first
+(z ← z_head + (z − z_sync)), so the parent is never stale and no local work is dropped.
+
+Transports: `LocalTransport` talks to a `Coordinator` object in this process (the real signed bytes
+through `Coordinator.submit`, the head read back from its repository; it also plays the server's
+round timer while it waits), `HttpTransport` to `basin hive serve` through edge.py's request
+helpers (the head commit's signature checked against the coordinator's key, every block re-hashed).
+
+Failures are `HiveError` (a `RemoteError`), one line, and lose nothing local:
+
+- coordinator down or update refused: z, the synced head and the residual are as before the
+  attempt; training can go on and the next H-th `step()` (or `finish()`) sends the whole change
+  since the last sync (the sequence number still advances: a number used once is never reused);
+- round not closed within `timeout`: the update was taken in; training can go on, every later
+  `step()` checks the head (without waiting) and syncs when the round closes, carrying the steps
+  made meanwhile onto the new head (z ← z_head + (z − z at sending)).
+
+The signer's sequence number must grow across restarts: pass the last one used (`trainer.seq`) as
+`seq` when starting again with the same identity, or the coordinator refuses it as a replay (409).
+An update refused at the round's close (an outlier) is not sent again; `Synced.taken` says which.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..cid import CID
+from ..errors import BasinError, RemoteError, SchemaError
+from ..identity import Identity, format_key, parse_key
+from ..objects import Basin, Commit
+from . import edge
+from .update import DEFAULT_ENCODING, Compressor, Update
+
+DEFAULT_EVERY = 10  # H: local steps between syncs
+DEFAULT_TIMEOUT = 600.0  # seconds to wait for a round to close
+
+
+class HiveError(RemoteError):
+    """The coordinator could not be reached, refused an update, or did not close a round in time;
+    nothing local was lost (see the module's docstring)."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """The coordinator's head commit, the round it has open (the next update joins that round)
+    and its chart (as text)."""
+
+    cid: CID
+    round: int
+    chart: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    """An update taken in by the coordinator."""
+
+    cid: str
+    round: int  # the round it joined
+    seq: int
+    bytes: int  # its encoded size
+    coordinates: int  # k: coordinates it carries
+    steps: int  # local steps behind it
+
+
+@dataclass(frozen=True)
+class Synced:
+    """One round of this instance: what it sent and the head it restarted from."""
+
+    sent: Sent
+    head: Head
+    taken: bool | None  # combined into the head (False: refused, an outlier; None: unknown)
+
+
+class Transport(Protocol):
+    """How an instance talks to its coordinator."""
+
+    def head(self) -> Head:
+        """The current head and open round."""
+        ...
+
+    def read(self, cid: CID) -> tuple[Commit, Basin]:
+        """The head commit `cid` (signed by the coordinator) and its basin."""
+        ...
+
+    def submit(self, data: bytes) -> dict:
+        """Send an encoded update; the coordinator's answer ({"cid", "round"}), or HiveError."""
+        ...
+
+    def wait(self, after: int, timeout: float) -> Head:
+        """The head once the coordinator's round is above `after` (HiveError after `timeout`
+        seconds; 0 checks once)."""
+        ...
+
+
+def _deadline_passed(deadline: float, what: str, timeout: float) -> None:
+    if time.monotonic() >= deadline:
+        raise HiveError(f"{what} has not closed after {timeout:g} s")
+
+
+class LocalTransport:
+    """A `Coordinator` object in this process (experiments, tests): updates go through
+    `Coordinator.submit` as bytes, the head is read back from its repository, and while waiting
+    for a round it closes rounds whose time is up (`maybe_close`), as the server's timer does.
+    Thread-safe: several instances (threads) may share one."""
+
+    def __init__(self, coordinator, poll: float = 0.005):
+        self.coordinator = coordinator
+        self.poll = poll
+        self._closed = threading.Condition()
+
+    def head(self) -> Head:
+        info = self.coordinator.head_info()
+        return Head(CID.parse(info["head"]), int(info["round"]), str(info["chart"]))
+
+    def read(self, cid: CID) -> tuple[Commit, Basin]:
+        repo = self.coordinator.repo
+        commit = repo.read_commit(cid)
+        return commit, repo.read_basin(commit.basin)
+
+    def submit(self, data: bytes) -> dict:
+        try:
+            answer = self.coordinator.submit(data)
+        except BasinError as exc:
+            status = getattr(exc, "status", None)
+            why = f" (HTTP {status})" if status else ""
+            raise HiveError(f"the hive coordinator refused{why}: {exc}") from None
+        with self._closed:
+            self._closed.notify_all()
+        return answer
+
+    def wait(self, after: int, timeout: float) -> Head:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.coordinator.round > after:
+                return self.head()
+            self.coordinator.maybe_close()
+            if self.coordinator.round > after:
+                return self.head()
+            _deadline_passed(deadline, f"round {after}", timeout)
+            with self._closed:
+                self._closed.wait(min(self.poll, max(0.0, deadline - time.monotonic())))
+
+
+class HttpTransport:
+    """`basin hive serve` at `url`, through edge.py's request helpers. The coordinator's key is
+    `key` (z6Mk...) or, if None, the one its first answer names; a head commit signed by any other
+    key, or an answer naming another key, is refused."""
+
+    def __init__(self, url: str, key: str | None = None, poll: float = 0.5):
+        self.url = url.rstrip("/")
+        self.key = parse_key(key) if key is not None else None
+        self.poll = poll
+        self._blocks = edge._block_source(self.url)
+
+    def head(self) -> Head:
+        try:
+            doc = edge._json(f"{self.url}/head")
+        except RemoteError as exc:
+            raise HiveError(str(exc)) from None
+        try:
+            key = parse_key(str(doc["key"]))
+            head = Head(CID.parse(str(doc["head"])), int(doc["round"]), str(doc["chart"]))
+        except (KeyError, TypeError, ValueError, BasinError) as exc:
+            raise HiveError(f"{self.url} is not a hive coordinator: {exc}") from None
+        if self.key is None:
+            self.key = key
+        elif key != self.key:
+            raise HiveError(
+                f"the coordinator at {self.url} now names key {format_key(key)}, "
+                f"not {format_key(self.key)}"
+            )
+        return head
+
+    def read(self, cid: CID) -> tuple[Commit, Basin]:
+        if self.key is None:
+            self.head()
+        try:
+            commit = Commit.decode(self._blocks(cid))
+            if commit.author != self.key or not commit.signature_valid():
+                raise HiveError(f"head {cid} is not signed by the coordinator's key")
+            return commit, Basin.decode(self._blocks(commit.basin))
+        except HiveError:
+            raise
+        except BasinError as exc:
+            raise HiveError(f"head {cid} from {self.url} is unusable: {exc}") from None
+
+    def submit(self, data: bytes) -> dict:
+        try:
+            return edge._json(f"{self.url}/update", data)
+        except RemoteError as exc:
+            raise HiveError(str(exc)) from None
+
+    def wait(self, after: int, timeout: float) -> Head:
+        deadline = time.monotonic() + timeout
+        while True:
+            head = self.head()
+            if head.round > after:
+                return head
+            _deadline_passed(deadline, f"round {after}", timeout)
+            time.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
+
+
+class HiveTrainer:
+    """The callback: call `step()` after every optimiser step of `model` (see the module's
+    docstring). Starts by setting z to the coordinator's head.
+
+    `every`: H, local steps per round. `encoding`, `k`: the update's encoding (update.ENCODINGS)
+    and coordinates per update (the encoding's default if None). `samples_per_step`: what one
+    step is worth in the update's `samples` (e.g. the batch size). `seq`: the last sequence number
+    this identity used with this coordinator. `timeout`: seconds to wait for a round to close.
+    """
+
+    def __init__(
+        self,
+        model,
+        transport: Transport,
+        identity: Identity,
+        *,
+        every: int = DEFAULT_EVERY,
+        encoding: str = DEFAULT_ENCODING,
+        k: int | None = None,
+        samples_per_step: int = 1,
+        seq: int = 0,
+        timeout: float = DEFAULT_TIMEOUT,
+    ):
+        if not isinstance(every, int) or every < 1:
+            raise SchemaError(f"every (H) must be an integer >= 1, not {every!r}")
+        if not isinstance(samples_per_step, int) or samples_per_step < 1:
+            raise SchemaError(f"samples_per_step must be an integer >= 1, not {samples_per_step!r}")
+        if getattr(model.beta, "requires_grad", False):
+            raise SchemaError("β is trained: a hive update carries the change of z only")
+        self.model = model
+        self.transport = transport
+        self.identity = identity
+        self.every = every
+        self.samples_per_step = samples_per_step
+        self.seq = seq
+        self.timeout = timeout
+        self.compressor = Compressor(model.chart.dim, encoding, k)
+        self.steps = 0  # local steps taken
+        self.history: list[Synced] = []
+        self.bytes_sent = 0
+        self.pending: Sent | None = None  # sent, its round not yet closed
+        self._since = 0  # self.steps at the last sync (or sending)
+        self._sent_z: torch.Tensor | None = None  # z when `pending` was sent
+        head = transport.head()
+        if head.chart != str(model.chart):
+            raise HiveError(f"the hive's chart is {head.chart}, the model's is {model.chart}")
+        self._move_to(head, carry=None)
+
+    # -- state
+
+    @property
+    def residual(self) -> list[float]:
+        """What error feedback holds back for the next update (d floats)."""
+        return list(self.compressor.residual)
+
+    @property
+    def parent(self) -> CID:
+        """The head last synced to: the parent of the next update."""
+        return self.head.cid
+
+    def change(self) -> list[float]:
+        """The change of z since the head last synced to, d floats (before error feedback)."""
+        with torch.no_grad():
+            now = self.model.z.detach().cpu().double()
+        return (now - self._z_sync).tolist()
+
+    # -- the callback
+
+    def step(self) -> Synced | None:
+        """Count one local step; on every `every`-th since the last sync, send the update and
+        sync (the Synced record), else None. With an update waiting for its round (an earlier
+        timeout), checks the head without waiting and syncs once the round has closed."""
+        self.steps += 1
+        due = self.steps - self._since >= self.every
+        last = None
+        if self.pending is not None:
+            last = self.sync(timeout=self.timeout if due else 0.0, quiet=not due)
+            if last is None:
+                return None
+        return self.round() if due else last
+
+    def finish(self) -> Synced | None:
+        """Sync an update still waiting for its round, then send the steps left since the last
+        sync as a last round; None if nothing was left."""
+        last = None
+        if self.pending is not None:
+            last = self.sync()
+        if self.steps > self._since:
+            last = self.round()
+        return last
+
+    def round(self) -> Synced:
+        """Send the change since the last sync and wait for its round to close."""
+        self.submit()
+        return self.sync()
+
+    def submit(self) -> Sent:
+        """Send the change since the last sync as the next signed update (after carrying it onto
+        a newer head if the head moved without this instance)."""
+        if self.pending is not None:
+            sent = self.pending
+            raise HiveError(
+                f"update {sent.cid} is still waiting for round {sent.round}: sync first"
+            )
+        steps = self.steps - self._since
+        plural = "s" if steps != 1 else ""
+        kept = f"the local work ({steps} step{plural}) is kept for the next update"
+        try:
+            head = self.transport.head()
+            if head.cid != self.head.cid:
+                self._move_to(head, carry=self._z_sync)
+        except HiveError as exc:
+            raise HiveError(f"{exc}; {kept}") from None
+        saved = list(self.compressor.residual)
+        self.seq += 1
+        try:
+            change = self.compressor.compress(self.outgoing(self.change()))
+            data = (
+                Update(
+                    chart=self.model.chart,
+                    parent=self.head.cid,
+                    round=head.round,
+                    seq=self.seq,
+                    change=change,
+                    samples=max(1, steps * self.samples_per_step),
+                    author=self.identity.public_key,
+                )
+                .signed(self.identity.sign)
+                .encode()
+            )
+            answer = self.transport.submit(data)
+        except BaseException as exc:
+            self.compressor.residual = saved  # nothing sent: the change is still all in z
+            if isinstance(exc, HiveError):
+                raise HiveError(f"{exc}; {kept}") from None
+            raise
+        sent = Sent(
+            str(answer.get("cid", CID.for_block(data))),
+            int(answer.get("round", head.round)),
+            self.seq,
+            len(data),
+            change.k,
+            steps,
+        )
+        self.bytes_sent += sent.bytes
+        self.pending = sent
+        self._since = self.steps
+        with torch.no_grad():
+            self._sent_z = self.model.z.detach().cpu().double().clone()
+        return sent
+
+    def outgoing(self, change: list[float]) -> list[float]:
+        """The change to send (before error feedback): `change` itself. Experiments override it
+        to play a poisoned instance."""
+        return change
+
+    def sync(self, timeout: float | None = None, *, quiet: bool = False) -> Synced | None:
+        """Wait (up to `timeout`, default the trainer's) for the pending update's round to close,
+        then restart from the new head. `quiet`: return None instead of raising on a timeout."""
+        if self.pending is None:
+            raise HiveError("no update is waiting for its round")
+        sent = self.pending
+        try:
+            head = self.transport.wait(sent.round, self.timeout if timeout is None else timeout)
+        except HiveError as exc:
+            if quiet:
+                return None
+            raise HiveError(
+                f"{exc}; update {sent.cid} was taken in: training may go on, and a later "
+                "step() syncs when the round closes"
+            ) from None
+        commit = self._move_to(head, carry=self._sent_z)
+        taken = None
+        for line in commit.message.splitlines():
+            word, _, rest = line.partition(" ")
+            if rest.split(" ", 1)[0] == sent.cid and word in ("taken", "refused"):
+                taken = word == "taken"
+        self.pending = None
+        self._sent_z = None
+        record = Synced(sent, head, taken)
+        self.history.append(record)
+        return record
+
+    def _move_to(self, head: Head, carry: torch.Tensor | None) -> Commit:
+        """z ← the head's z (+ z − carry: the local steps made since `carry`)."""
+        commit, basin = self.transport.read(head.cid)
+        if basin.chart != self.model.chart:
+            raise HiveError(f"head {head.cid} is in chart {basin.chart}, not {self.model.chart}")
+        target = torch.tensor(basin.z, dtype=torch.float64)
+        with torch.no_grad():
+            if carry is not None:
+                target = target + (self.model.z.detach().cpu().double() - carry)
+            self.model.z.copy_(target.to(self.model.z.dtype))
+        self.head = head
+        self._z_sync = torch.tensor(basin.z, dtype=torch.float64)
+        return commit

@@ -1,0 +1,681 @@
+"""The hive on MiniLM: three instances train inside one shared basin, each on its own task, and
+synchronise through a coordinator every H local steps with small signed updates.
+
+See scripts/experiments/hive and docs/experiments/hive.md. One process, one seed S (chart seed =
+data seed = S), one torch thread per Python thread:
+
+1. the substrate and chart of scripts/experiments/skill_transfer: all-MiniLM-L6-v2 as
+   BertForSequenceClassification, one 8-way head at zero inside θ0 (negation 0-1, topic 2-5,
+   agent 6-7), dropout off; d = 1024, the word-embedding table masked out;
+2. references, side by side in four threads: the three specialists exactly as skill_transfer
+   trains them (`train`, Adam lr 0.1, batch 32, T steps, seed S; Fisher diagonal on 16 batches of
+   8; z rounded to float24 as a commit stores it), and joint training of one basin on all three
+   tasks for 3T steps (the hive's total compute), each batch 11 + 11 + 10 sentences of the three
+   tasks; the one-shot merges of the three specialists (their plain average, which is the linear
+   merge, and the three-way Fisher merge, `merge.combine`);
+3. for every H and every (rule, outer optimiser): a fresh coordinator repository (its own
+   `Coordinator`, round = the 3 instances' updates, the default outlier check) that trusts three
+   instance keys; three threads, each an ordinary training loop on its own task (the specialist's
+   optimiser, learning rate and batches) calling `HiveTrainer.step()` after every optimiser step
+   and `finish()` at the end: every H steps the change of z goes out as a signed update
+   (top-k 8-bit with error feedback) through `Coordinator.submit` as bytes, and the instance
+   restarts from the head the coordinator committed (its Adam state stays local);
+4. the heads of the rounds are read back from the coordinator's repository and evaluated;
+   normalised accuracy = accuracy on task k / the specialist k's (as in skill_transfer);
+5. the default is the setting with the best mean normalised accuracy whose updates are all
+   ≤ 600 bytes; it is run again with one instance (agent) poisoned: it sends --poison (−100 by
+   default) times its change;
+6. the outlier check is replayed on every honest round with one instance's update replaced by a
+   poisoned one (sign flip, ×100, sign flip ×100), each instance in turn.
+
+Prints markdown; writes the measurements as JSON (--json) and the plot (--plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from skill_transfer import (  # noqa: E402  (the same substrate, chart and tasks)
+    EXCLUDE,
+    FISHER_BATCH,
+    FISHER_BATCHES,
+    NUM_LABELS,
+    OFFSETS,
+    SUBSTRATE,
+    TASKS,
+    minilm_folder,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ATTACKS = {"sign flip": -1.0, "x100": 100.0, "sign flip x100": -100.0}
+BYTES_TARGET = 600
+TARGET = 0.9  # of joint training's mean normalised accuracy
+
+
+def identity_for(name: str):
+    from basinvcs.identity import Identity
+
+    return Identity(hashlib.sha256(f"hive experiment {name}".encode()).digest(), name)
+
+
+class Experiment:
+    def __init__(self, args: argparse.Namespace):
+        import transformers
+
+        from basinvcs.model.registry import add_hf_substrate, load_substrate
+        from basinvcs.model.texttasks import make_text_task
+        from basinvcs.model.train import BasinModel
+        from basinvcs.objects import Chart
+
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.work = Path(tempfile.mkdtemp(prefix="hive-", dir=args.work))
+        os.environ["BASIN_HOME"] = str(self.work / "home")  # the coordinators' identity
+        folder = minilm_folder()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        add_hf_substrate(
+            SUBSTRATE,
+            folder,
+            architecture="BertForSequenceClassification",
+            config_overrides={
+                "num_labels": NUM_LABELS,
+                "hidden_dropout_prob": 0.0,
+                "attention_probs_dropout_prob": 0.0,
+            },
+            zero_init=["classifier.*"],
+        )
+        self.sub = load_substrate(SUBSTRATE)
+        self.chart = Chart.masked("srht", args.seed, 1024, EXCLUDE)
+        self.tasks = {name: make_text_task(name, seed=args.seed) for name in TASKS}
+        self.proj = BasinModel(self.sub, self.chart).projection
+        self.evaluators = {
+            name: BasinModel(self.sub, self.chart, projection=self.proj) for name in TASKS
+        }
+        self.identities = {name: identity_for(name) for name in TASKS}
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    def model(self, z=None):
+        from basinvcs.model.train import BasinModel
+
+        return BasinModel(self.sub, self.chart, z, projection=self.proj)
+
+    # -- tasks
+
+    def loss_for(self, name: str):
+        from basinvcs.model.texttasks import encode
+        from basinvcs.model.train import logits_of
+
+        lo, n = OFFSETS[name], len(self.tasks[name].labels)
+
+        def loss(model, batch):
+            sentences, labels = batch
+            logits = logits_of(model(**encode(self.tokenizer, sentences)))
+            return F.cross_entropy(logits[:, lo : lo + n], labels)
+
+        return loss
+
+    def evaluate(self, z) -> dict[str, float]:
+        """Held-out accuracy of z on every task, the tasks in three threads."""
+        from basinvcs.model.texttasks import accuracy
+        from basinvcs.model.train import logits_of
+
+        z = torch.as_tensor(z, dtype=torch.float32)
+        out: dict[str, float] = {}
+
+        def one(name: str) -> None:
+            model = self.evaluators[name]
+            with torch.no_grad():
+                model.z.copy_(z)
+            model.eval()
+            lo, n = OFFSETS[name], len(self.tasks[name].labels)
+            with torch.no_grad():
+                out[name] = accuracy(
+                    lambda inputs: logits_of(model(**inputs))[:, lo : lo + n],
+                    self.tasks[name],
+                    self.tokenizer,
+                )
+
+        run_threads({name: (lambda n=name: one(n)) for name in TASKS})
+        return {name: out[name] for name in TASKS}
+
+    # -- references
+
+    def references(self) -> dict:
+        from basinvcs import merge as mm
+        from basinvcs.model.train import fisher_diagonal, train
+
+        args = self.args
+        spec_z, fishers, joint_z, seconds = {}, {}, {}, {}
+
+        def specialist(name: str) -> None:
+            model = self.model()
+            start = time.perf_counter()
+            train(
+                model,
+                self.tasks[name],
+                args.steps,
+                args.lr,
+                args.batch,
+                args.seed,
+                loss_fn=self.loss_for(name),
+            )
+            seconds[name] = time.perf_counter() - start
+            gen = torch.Generator().manual_seed(args.seed + 1)
+            batches = [self.tasks[name].batch(FISHER_BATCH, gen) for _ in range(FISHER_BATCHES)]
+            fishers[name] = fisher_diagonal(model, batches, self.loss_for(name)).tolist()
+            model.snap_()  # as commit_model_in_basin stores it (skill_transfer evaluates this)
+            spec_z[name] = model.z.detach().clone()
+
+        def joint() -> None:
+            from basinvcs.model.texttasks import encode
+            from basinvcs.model.train import logits_of
+
+            model = self.model()
+            opt = torch.optim.Adam([model.z], lr=args.lr)
+            gen = torch.Generator().manual_seed(args.seed)
+            sizes = [args.batch // 3 + (k < args.batch % 3) for k in range(3)]
+            start = time.perf_counter()
+            model.train()
+            for step in range(1, 3 * args.steps + 1):
+                parts = [self.tasks[n].batch(s, gen) for n, s in zip(TASKS, sizes, strict=True)]
+                sentences = [s for part in parts for s in part[0]]
+                logits = logits_of(model(**encode(self.tokenizer, sentences)))
+                loss, row = 0.0, 0
+                for name, (_, labels) in zip(TASKS, parts, strict=True):
+                    lo, n = OFFSETS[name], len(self.tasks[name].labels)
+                    rows = logits[row : row + len(labels), lo : lo + n]
+                    loss = loss + F.cross_entropy(rows, labels, reduction="sum")
+                    row += len(labels)
+                loss = loss / row
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step % (3 * args.curve) == 0 or step == 3 * args.steps:
+                    joint_z[step // 3] = model.z.detach().clone()
+            model.eval()
+            seconds["joint"] = time.perf_counter() - start
+
+        jobs = {name: (lambda n=name: specialist(n)) for name in TASKS}
+        jobs["joint"] = joint
+        run_threads(jobs)
+        self.log(f"references trained: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}")
+        results = {"base": self.evaluate(torch.zeros(1024))}
+        for name in TASKS:
+            results[name] = self.evaluate(spec_z[name])
+        joint_curve = {str(s): self.evaluate(z) for s, z in sorted(joint_z.items())}
+        results["joint"] = joint_curve[str(args.steps)]
+        zero = [0.0] * 1024
+        sides = [mm.Side(spec_z[n].tolist(), fishers[n], (1.0,), 1.0) for n in TASKS]
+        results["one-shot average"] = self.evaluate(
+            torch.stack([spec_z[n].double() for n in TASKS]).mean(0)
+        )
+        results["one-shot fisher"] = self.evaluate(mm.combine(zero, sides, "fisher"))
+        for key, value in results.items():
+            self.log(f"{key}: {value}")
+        self.spec_z = spec_z
+        return {
+            "results": results,
+            "joint_curve": joint_curve,
+            "seconds": seconds,
+            "z_norm": {n: float(spec_z[n].norm()) for n in TASKS},
+        }
+
+    # -- one hive
+
+    def hive(
+        self,
+        every: int,
+        rule: str,
+        outer: str,
+        k: int | None,
+        c: float,
+        poisoned: str | None = None,
+    ) -> dict:
+        from basinvcs import porcelain
+        from basinvcs.hive.coordinator import Coordinator, Settings
+        from basinvcs.hive.trainer import HiveTrainer, LocalTransport
+        from basinvcs.identity import format_key
+
+        args = self.args
+        label = f"H={every} {rule}+{outer} k={k or 'default'} c={c:g}"
+        label += f" {poisoned} poisoned x{args.poison:g}" if poisoned else ""
+        path = self.work / label.replace(" ", "_").replace("=", "").replace("+", "_")
+        repo = porcelain.init(path, dim=1024, seed=args.seed, exclude=EXCLUDE, name="hub")
+        for ident in self.identities.values():
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+        settings = Settings(
+            round_updates=len(TASKS), round_seconds=1e5, rule=rule, optimizer=outer, outlier_c=c
+        )
+        coordinator = Coordinator(repo, settings)
+        genesis = coordinator.head()
+        transport = Tap(LocalTransport(coordinator))
+        trainers: dict[str, HiveTrainer] = {}
+
+        class Poisoned(HiveTrainer):
+            def outgoing(self, change):
+                return [args.poison * v for v in change]
+
+        def instance(name: str) -> None:
+            model = self.model()
+            cls = Poisoned if name == poisoned else HiveTrainer
+            hive = cls(
+                model,
+                transport,
+                self.identities[name],
+                every=every,
+                encoding=args.encoding,
+                k=k,
+                samples_per_step=args.batch,
+                timeout=3600,
+            )
+            trainers[name] = hive
+            opt = torch.optim.Adam([model.z], lr=args.lr)
+            gen = torch.Generator().manual_seed(args.seed)  # the specialist's batches
+            loss_fn = self.loss_for(name)
+            model.train()
+            for _ in range(args.steps):
+                loss = loss_fn(model, self.tasks[name].batch(args.batch, gen))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                hive.step()
+            hive.finish()
+            model.eval()
+
+        start = time.perf_counter()
+        run_threads({name: (lambda n=name: instance(n)) for name in TASKS})
+        seconds = time.perf_counter() - start
+        # the heads, read back from the coordinator's repository
+        heads = [coordinator.head()]
+        while heads[-1] != genesis:
+            heads.append(repo.read_commit(heads[-1]).parents[0])
+        heads.reverse()  # heads[r]: the head after round r - 1 (heads[0]: genesis)
+        rounds = len(trainers[TASKS[0]].history)
+        steps_at = [0]
+        for record in trainers[TASKS[0]].history:
+            steps_at.append(steps_at[-1] + record.sent.steps)
+        by_round = {r: {} for r in range(rounds)}
+        for author, update in transport.sent:
+            by_round[update.round][author] = update
+        taken = {n: [s.taken for s in trainers[n].history] for n in TASKS}
+        refused_rounds = sum(1 for r in range(rounds) if not all(taken[n][r] for n in TASKS))
+        # heads after each round: a round whose updates were all refused keeps the head
+        head_after, moved = [], 0
+        for r in range(rounds):
+            moved += any(taken[n][r] for n in TASKS)
+            head_after.append(heads[moved])
+        points = [
+            r
+            for r in range(rounds)
+            if steps_at[r + 1] % args.curve == 0 or every >= args.curve or r == rounds - 1
+        ]
+        curve = {}
+        for r in points:
+            z = repo.read_basin(repo.read_commit(head_after[r]).basin).z
+            curve[str(steps_at[r + 1])] = self.evaluate(z)
+        final = curve[str(steps_at[-1])]
+        z_final = repo.read_basin(repo.read_commit(heads[-1]).basin).z
+        sizes = [u.encode() for _, u in transport.sent]
+        out = {
+            "label": label,
+            "every": every,
+            "rule": rule,
+            "outer": outer,
+            "k": k,
+            "c": c,
+            "poisoned": poisoned,
+            "poison": args.poison if poisoned else None,
+            "rounds": rounds,
+            "steps": steps_at[-1],
+            "seconds": seconds,
+            "final": final,
+            "z_norm": float(torch.tensor(z_final).norm()),
+            "curve": curve,
+            "bytes": {n: trainers[n].bytes_sent for n in TASKS},
+            "max_update_bytes": max(len(b) for b in sizes),
+            "coordinates": max(u.change.k for _, u in transport.sent),
+            "taken": {n: sum(bool(t) for t in taken[n]) for n in TASKS},
+            "refused": {n: sum(t is False for t in taken[n]) for n in TASKS},
+            "rounds_with_refusals": refused_rounds,
+            "status": coordinator.status(),
+            "deltas": {str(r): {n: by_round[r][n].delta() for n in TASKS} for r in range(rounds)},
+        }
+        repo.close()
+        self.log(
+            f"{label}: {rounds} rounds, {seconds:.0f} s, final {final}, bytes {out['bytes']}, "
+            f"max update {out['max_update_bytes']} B, refused {out['refused']}"
+        )
+        if not args.keep:
+            shutil.rmtree(path, ignore_errors=True)
+        return out
+
+
+class Tap:
+    """The transport, keeping (signer name, update) of every update it carries."""
+
+    def __init__(self, inner):
+        self.inner, self.sent = inner, []
+        self._lock = threading.Lock()
+
+    def submit(self, data: bytes) -> dict:
+        from basinvcs.hive.update import Update
+
+        update = Update.decode(data)
+        answer = self.inner.submit(data)
+        with self._lock:
+            self.sent.append((_name_of(update.author), update))
+        return answer
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _name_of(author: bytes) -> str:
+    for name in TASKS:
+        if identity_for(name).public_key == author:
+            return name
+    raise ValueError("unknown signer")
+
+
+def run_threads(jobs: dict) -> None:
+    """Run each job in its own thread; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def wrap(job):
+        def run():
+            try:
+                job()
+            except BaseException as exc:
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(job), daemon=True) for job in jobs.values()]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        if errors:
+            raise errors[0]  # the others may wait on a round that will not close
+        time.sleep(0.2)
+    if errors:
+        raise errors[0]
+
+
+# -- the outlier check, replayed ------------------------------------------------------------------
+
+
+def replay(runs: list[dict], c: float) -> dict:
+    """The coordinator's outlier check on every honest round, as taken, and with each instance's
+    update in turn replaced by a poisoned version."""
+    from basinvcs.hive import outliers
+
+    honest = {"rounds": 0, "updates": 0, "flagged": 0}
+    attacks = {a: {"rounds": 0, "accepted": 0, "honest flagged": 0} for a in ATTACKS}
+    for run in runs:
+        for deltas in run["deltas"].values():
+            rows = [deltas[n] for n in TASKS]
+            report = outliers.check(rows, c=c)
+            honest["rounds"] += 1
+            honest["updates"] += len(rows)
+            honest["flagged"] += len(report.outliers)
+            for attack, factor in ATTACKS.items():
+                for t in range(len(rows)):
+                    poisoned = list(rows)
+                    poisoned[t] = [factor * v for v in rows[t]]
+                    report = outliers.check(poisoned, c=c)
+                    attacks[attack]["rounds"] += 1
+                    attacks[attack]["accepted"] += t not in report.outliers
+                    attacks[attack]["honest flagged"] += sum(k != t for k in report.outliers)
+    return {"honest": honest, "attacks": attacks}
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def normalised(acc: dict[str, float], spec: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {n: acc[n] / spec[n][n] for n in TASKS}
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def report(data: dict) -> str:
+    res = data["references"]["results"]
+    spec = {n: res[n] for n in TASKS}
+    joint_mean = mean(normalised(res["joint"], spec).values())
+    a = data["args"]
+    lines = [
+        f"seed {a['seed']}; {a['steps']} local steps per instance (batch {a['batch']}, Adam lr "
+        f"{a['lr']}); updates {a['encoding']}",
+        "",
+        "| model | " + " | ".join(TASKS) + " |",
+        "|---|" + "---|" * len(TASKS),
+    ]
+    for key in ("base", *TASKS, "joint", "one-shot average", "one-shot fisher"):
+        lines.append(f"| {key} | " + " | ".join(f"{res[key][t]:.3f}" for t in TASKS) + " |")
+    lines += [
+        "",
+        "Normalised accuracy (task k ÷ specialist k on task k); ratio = mean ÷ joint's mean; "
+        "bytes: sent per instance (max of the three), largest update:",
+        "",
+        "| model | H | k | c | rounds | " + " | ".join(TASKS) + " | mean | ratio | bytes |"
+        " update | refused | ‖z‖ |",
+        "|---|---|---|---|---|" + "---|" * len(TASKS) + "---|---|---|---|---|---|",
+    ]
+    for key in ("joint", "one-shot average", "one-shot fisher"):
+        norm = normalised(res[key], spec)
+        m = mean(norm.values())
+        lines.append(
+            f"| {key} | | | | | "
+            + " | ".join(f"{norm[t]:.3f}" for t in TASKS)
+            + f" | {m:.3f} | {m / joint_mean:.3f} | | | | |"
+        )
+    for run in data["hives"]:
+        norm = normalised(run["final"], spec)
+        m = mean(norm.values())
+        refused = sum(run["refused"].values())
+        lines.append(
+            f"| {run['rule']}+{run['outer']}"
+            + (f", {run['poisoned']} poisoned ×{run['poison']:g}" if run["poisoned"] else "")
+            + f" | {run['every']} | {run['coordinates']} | {run['c']:g} | {run['rounds']} | "
+            + " | ".join(f"{norm[t]:.3f}" for t in TASKS)
+            + f" | {m:.3f} | {m / joint_mean:.3f} | {max(run['bytes'].values())} |"
+            f" {run['max_update_bytes']} | {refused} of {3 * run['rounds']} |"
+            f" {run['z_norm']:.1f} |"
+        )
+    d = data["default"]
+    lines += [
+        "",
+        f"default (best mean with every update ≤ {BYTES_TARGET} bytes): {d['label']}, mean "
+        f"{d['mean']:.3f} = {d['ratio']:.3f} of joint training's {joint_mean:.3f} (target "
+        f"≥ {TARGET}: {'met' if d['ratio'] >= TARGET else 'NOT met'})",
+    ]
+    first = next(iter(data["replay"].values()))["honest"]
+    lines += [
+        "",
+        f"The outlier check replayed on the {first['rounds']} honest rounds of the runs above "
+        "(each round's three updates as the coordinator decoded them), at each c; then with one "
+        "update of each round replaced by a poisoned one (each instance in turn):",
+        "",
+        "| c | honest updates flagged | " + " | ".join(f"{a} accepted" for a in ATTACKS) + " |",
+        "|---|---|" + "---|" * len(ATTACKS),
+    ]
+    for c, rp in data["replay"].items():
+        h = rp["honest"]
+        row = [f"{h['flagged']} of {h['updates']} ({h['flagged'] / max(1, h['updates']):.1%})"]
+        for r in rp["attacks"].values():
+            row.append(f"{r['accepted']} of {r['rounds']} ({r['accepted'] / r['rounds']:.1%})")
+        lines.append(f"| {float(c):g} | " + " | ".join(row) + " |")
+    elapsed = data["elapsed"]
+    lines += ["", f"wall clock: {elapsed:.0f} s"]
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = data["references"]["results"]
+    spec = {n: res[n] for n in TASKS}
+
+    def m(acc):
+        return mean(normalised(acc, spec).values())
+
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    colours = {"average": "tab:blue", "nesterov": "tab:orange", "fedadam": "tab:green"}
+    styles = {1: "-", 10: "--", 50: ":"}
+    base = m(res["base"])
+    for run in data["hives"]:
+        if run["poisoned"]:
+            continue
+        xs = [0] + [int(s) for s in run["curve"]]
+        ys = [base] + [m(acc) for acc in run["curve"].values()]
+        default = run["label"] == data["default"]["label"]
+        ax.plot(
+            xs,
+            ys,
+            styles.get(run["every"], "-."),
+            color="tab:red" if default else colours.get(run["outer"], "tab:gray"),
+            linewidth=2.5 if default else 1.3,
+            marker="o" if run["every"] >= 50 else None,
+            label=f"hive H={run['every']}, {run['rule']}+{run['outer']}, c={run['c']:g}"
+            + (" (default)" if default else ""),
+        )
+    joint = data["references"]["joint_curve"]
+    ax.plot(
+        [0] + [int(s) for s in joint],
+        [base] + [m(acc) for acc in joint.values()],
+        "-",
+        color="black",
+        linewidth=2,
+        label="joint training (3 steps per instance step)",
+    )
+    for key, style in (("one-shot average", "gray"), ("one-shot fisher", "brown")):
+        ax.axhline(m(res[key]), color=style, linestyle="-.", linewidth=1, label=key)
+    ax.set_xlabel("local steps per instance (rounds × H)")
+    ax.set_ylabel("mean normalised accuracy (÷ specialist)")
+    ax.set_title("Hive on MiniLM: three instances, three tasks, d = 1024")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="the hive on MiniLM")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=120, help="local steps per instance")
+    ap.add_argument("--every", default="1,10,50", help="H values, comma-separated")
+    ap.add_argument(
+        "--settings",
+        default="mean:average,mean:nesterov,mean:fedadam",
+        help="rule:outer-optimiser pairs, comma-separated",
+    )
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--encoding", default="topk-q8")
+    ap.add_argument("--k", default="default", help="coordinates per update, comma-separated")
+    ap.add_argument(
+        "--outlier-c", default="3.5", help="the coordinator's outlier factor c, comma-separated"
+    )
+    ap.add_argument(
+        "--replay-c", default="3.5,5,10,20,50", help="c values to replay the outlier check at"
+    )
+    ap.add_argument(
+        "--extra",
+        default="",
+        help="more settings after the grid, comma-separated, each H:rule:outer:k:c",
+    )
+    ap.add_argument("--curve", type=int, default=20, help="evaluate every this many steps")
+    ap.add_argument("--no-poison", action="store_true", help="skip the poisoned run")
+    ap.add_argument(
+        "--poison", type=float, default=-100.0, help="the poisoned instance sends this × its change"
+    )
+    ap.add_argument(
+        "--references", type=Path, default=None, help="reuse the references of an earlier --json"
+    )
+    ap.add_argument("--json", type=Path, default=None, help="write every measurement here")
+    ap.add_argument("--plot", type=Path, default=None, help="write the PNG here")
+    ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch repositories")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    ks = [None if k == "default" else int(k) for k in args.k.split(",")]
+    cs = [float(c) for c in args.outlier_c.split(",")]
+    exp = Experiment(args)
+    data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if args.references:
+        earlier = json.loads(args.references.read_text())
+        same = ("seed", "steps", "lr", "batch", "curve")
+        if any(earlier["args"][key] != data["args"][key] for key in same):
+            sys.exit(f"error: {args.references} was measured with other {', '.join(same)}")
+        data["references"] = earlier["references"]
+        exp.log(f"references from {args.references}")
+    else:
+        data["references"] = exp.references()
+    res = data["references"]["results"]
+    spec = {n: res[n] for n in TASKS}
+    joint_mean = mean(normalised(res["joint"], spec).values())
+    data["hives"] = []
+    for every in [int(h) for h in args.every.split(",")]:
+        for pair in args.settings.split(","):
+            rule, outer = pair.split(":")
+            for k in ks:
+                for c in cs:
+                    data["hives"].append(exp.hive(every, rule, outer, k, c))
+    for spec_text in filter(None, args.extra.split(",")):
+        every, rule, outer, k, c = spec_text.split(":")
+        k = None if k == "default" else int(k)
+        data["hives"].append(exp.hive(int(every), rule, outer, k, float(c)))
+    honest = [r for r in data["hives"] if not r["poisoned"]]
+    fitting = [r for r in honest if r["max_update_bytes"] <= BYTES_TARGET] or honest
+    best = max(fitting, key=lambda r: mean(normalised(r["final"], spec).values()))
+    best_mean = mean(normalised(best["final"], spec).values())
+    data["default"] = {
+        **{key: best[key] for key in ("label", "every", "rule", "outer", "k", "c")},
+        "mean": best_mean,
+        "ratio": best_mean / joint_mean,
+    }
+    data["replay"] = {
+        str(c): replay(honest, c) for c in [float(c) for c in args.replay_c.split(",")]
+    }
+    if not args.no_poison:
+        d = data["default"]
+        data["hives"].append(exp.hive(d["every"], d["rule"], d["outer"], d["k"], d["c"], TASKS[-1]))
+    data["elapsed"] = time.perf_counter() - exp.t0
+    text = report(data)
+    print(text)
+    if args.json:
+        slim = {
+            **data,
+            "hives": [{k: v for k, v in r.items() if k != "deltas"} for r in data["hives"]],
+        }
+        args.json.write_text(json.dumps(slim, indent=1))
+    if args.plot:
+        plot(data, args.plot)
+    if not args.keep:
+        shutil.rmtree(exp.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

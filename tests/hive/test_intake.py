@@ -1,0 +1,127 @@
+"""The coordinator's batched intake (submit_many), rounds of hundreds of updates whose commit
+message cannot list them all, and recovery from the journaled decision."""
+
+import pytest
+
+from basinvcs import porcelain
+from basinvcs.errors import RepositoryError
+from basinvcs.hive import coordinator as hc
+from basinvcs.identity import Identity, format_key
+from basinvcs.objects import MAX_MESSAGE_BYTES
+from basinvcs.repository import Repository
+from tests.conftest import vec
+from tests.hive.test_coordinator import update
+
+MANY = [Identity(k.to_bytes(4, "big") + bytes(28), f"e{k}") for k in range(1, 301)]
+
+
+@pytest.fixture
+def hub(repo_dir):
+    with Repository.open(repo_dir) as repo:
+        for ident in MANY:
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+    return repo_dir
+
+
+def make(repo_dir, **kw):
+    return hc.Coordinator(Repository.open(repo_dir), hc.Settings(**{"round_updates": 3, **kw}))
+
+
+def test_a_batch_is_checked_in_order(hub):
+    c = make(hub, round_updates=10)
+    a = update(c, MANY[0], vec(c0=1.0))
+    b = update(c, MANY[0], vec(c0=2.0), seq=2)  # same signer, same round
+    d = update(c, MANY[1], vec(c0=1.0))
+    answers = c.submit_many([a, a, b, d, b"junk"])
+    assert answers[0]["round"] == 0
+    assert answers[1].status == 409 and "replayed" in str(answers[1])
+    assert answers[2].status == 429
+    assert answers[3]["round"] == 0
+    assert answers[4].status == 400
+    assert c.status()["pending"] == 2
+    c.repo.close()
+
+
+def test_a_round_that_fills_mid_batch_closes_then_the_rest_goes_on(hub):
+    c = make(hub, rule="mean", optimizer="average")
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(3)]
+    late = update(c, MANY[3], vec(c0=1.0))  # built on the old head: still fresh (K = 2)
+    answers = c.submit_many(ups + [late])
+    print(answers)
+    assert [a["round"] for a in answers] == [0, 0, 0, 1]
+    assert c.round == 1 and c.status()["pending"] == 1
+    c.repo.close()
+
+
+def test_without_close_the_batch_stops_at_the_full_round(hub):
+    c = make(hub)
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(5)]
+    answers = c.submit_many(ups, close=False)
+    assert [a is None for a in answers] == [False] * 3 + [True] * 2
+    assert c.room() == 0 and c.round == 0
+    c.close_if_full()
+    assert c.round == 1
+    answers = c.submit_many(ups[3:], close=False)
+    assert [a["round"] for a in answers] == [1, 1]
+    c.repo.close()
+
+
+def test_a_journal_failure_rolls_the_batch_back_and_acknowledges_none(hub, monkeypatch):
+    c = make(hub, round_updates=10)
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(3)]
+    real = c.journal._accept
+    calls = []
+
+    def failing(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RepositoryError("disk full")
+        return real(*a)
+
+    monkeypatch.setattr(c.journal, "_accept", failing)
+    answers = c.submit_many(ups)
+    assert all(isinstance(a, RepositoryError) for a in answers)
+    assert c.status().get("pending", 0) == 0 and c.room() == 10
+    monkeypatch.setattr(c.journal, "_accept", real)
+    assert [a["round"] for a in c.submit_many(ups)] == [0, 0, 0]  # nothing was journaled
+    c.repo.close()
+
+
+def test_a_round_of_300_closes_with_a_message_that_fits(hub):
+    c = make(hub, round_updates=300, rule="mean", optimizer="average")
+    answers = c.submit_many([update(c, MANY[k], vec(c0=1.0)) for k in range(300)])
+    assert all(isinstance(a, dict) for a in answers) and c.round == 1
+    commit = c.repo.read_commit(c.head())
+    assert len(commit.message.encode()) <= MAX_MESSAGE_BYTES
+    assert commit.message.startswith("hive round 0: 300 updates taken, 0 refused")
+    assert commit.message.rstrip().endswith("in the coordinator's journal (hive.db)")
+    assert c.status()["taken"] == 300
+    c.repo.close()
+
+
+def test_recovery_from_the_journaled_decision_keeps_the_outer_state(hub):
+    c = make(hub, round_updates=200, rule="mean", optimizer="nesterov")
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(200)]
+    c.submit_many(ups[:199])
+    c.journal.close_round = lambda *a, **k: (_ for _ in ()).throw(SystemExit("killed"))
+    with pytest.raises(SystemExit):
+        c.submit(ups[199])
+    closing = c.journal.get("closing")
+    head = c.head()
+    c.repo.close()
+    again = make(hub, round_updates=200, rule="mean", optimizer="nesterov")
+    assert again.round == 1 and again.head() == head
+    assert again.status()["taken"] == 200 and again.status().get("pending", 0) == 0
+    assert again.journal.get("outer") == closing["outer"] and again.journal.get("closing") is None
+    again.repo.close()
+
+
+def test_a_full_round_closes_when_the_coordinator_starts(hub):
+    c = make(hub)
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(3)]
+    assert all(a is not None for a in c.submit_many(ups, close=False))
+    assert c.round == 0
+    c.repo.close()
+    again = make(hub)
+    assert again.round == 1 and again.status()["taken"] == 3
+    again.repo.close()

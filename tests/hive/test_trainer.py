@@ -1,0 +1,333 @@
+"""Edge training from a training loop (hive.trainer): three `tiny` instances in threads with an
+in-process coordinator, each running its own loop with the callback; rounds, resyncs, sequence
+numbers, error feedback, a coordinator that is down, a round that does not close in time, a head
+that moved meanwhile, and the HTTP transport against a served coordinator."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from basinvcs import porcelain
+from basinvcs.hive import coordinator as hc
+from basinvcs.hive import trainer as ht
+from basinvcs.hive.update import Update
+from basinvcs.identity import Identity, format_key
+from basinvcs.model.projection import Projection
+from basinvcs.model.registry import load_substrate
+from basinvcs.model.tasks import make_task
+from basinvcs.model.train import BasinModel, batch_loss
+from basinvcs.repository import Repository
+from tests.conftest import CHART
+
+EDGES = [Identity(bytes([k]) * 32, f"edge{k}") for k in range(1, 4)]
+TASKS = ("cipher", "reverse", "sort")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sub():
+    return load_substrate("tiny")
+
+
+@pytest.fixture(scope="module")
+def proj(sub):
+    projection = Projection(CHART, sub.specs)
+    task = make_task("copy")
+    BasinModel(sub, CHART, projection=projection)(task.encode(list(task.test[:2]))[0])
+    return projection  # warmed: its cached tensors exist before threads share it
+
+
+@pytest.fixture
+def hub(repo_dir):
+    with Repository.open(repo_dir) as repo:
+        for ident in EDGES:
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+    return repo_dir
+
+
+def coordinator(repo_dir, **settings) -> hc.Coordinator:
+    options = {"round_updates": 3, "rule": "mean", "optimizer": "average", **settings}
+    return hc.Coordinator(Repository.open(repo_dir), hc.Settings(**options))
+
+
+def head_z(c: hc.Coordinator) -> torch.Tensor:
+    return torch.tensor(c.repo.read_basin(c.repo.read_commit(c.head()).basin).z)
+
+
+class Recording(ht.HiveTrainer):
+    """Keeps every change it sent, before error feedback."""
+
+    def outgoing(self, change):
+        self.changes = [*getattr(self, "changes", []), change]
+        return change
+
+
+class Instance:
+    """One instance: a model, its optimiser, its task's batches, its trainer."""
+
+    def __init__(self, sub, proj, transport, ident, task, **options):
+        self.model = BasinModel(sub, CHART, projection=proj)
+        self.opt = torch.optim.Adam([self.model.z], lr=0.05)
+        self.task = make_task(task)
+        self.gen = torch.Generator().manual_seed(0)
+        self.hive = Recording(self.model, transport, ident, **options)
+
+    def train_step(self) -> None:
+        loss = batch_loss(self.model, self.task.batch(8, self.gen))
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def loop(self, steps: int) -> None:
+        for _ in range(steps):
+            self.train_step()
+            self.hive.step()
+        self.hive.finish()
+
+
+def run_threads(instances, steps: int) -> None:
+    errors = []
+
+    def run(inst):
+        try:
+            inst.loop(steps)
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(inst,)) for inst in instances]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+
+
+class Tap:
+    """A transport that keeps a copy of every update it carries."""
+
+    def __init__(self, inner):
+        self.inner, self.sent = inner, []
+
+    def submit(self, data: bytes) -> dict:
+        answer = self.inner.submit(data)
+        self.sent.append(Update.decode(data))
+        return answer
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_three_loops_advance_rounds_resync_and_carry_the_residual(hub, sub, proj):
+    c = coordinator(hub, outlier_c=1e6)  # three different tasks: the check may flag one
+    genesis = c.head()
+    tap = Tap(ht.LocalTransport(c))
+    instances = [
+        Instance(sub, proj, tap, ident, task, every=2, k=8, timeout=60)
+        for ident, task in zip(EDGES, TASKS, strict=True)
+    ]
+    run_threads(instances, steps=5)  # rounds of 2, 2 and (finish) 1 steps
+    assert c.round == 3 and c.status()["taken"] == 9
+    heads = [c.head()]
+    while len(heads) < 4:
+        heads.append(c.repo.read_commit(heads[-1]).parents[0])
+    assert heads[-1] == genesis
+    for inst in instances:
+        hive = inst.hive
+        assert hive.seq == 3 and [s.sent.seq for s in hive.history] == [1, 2, 3]
+        assert [s.sent.round for s in hive.history] == [0, 1, 2]
+        assert [s.sent.steps for s in hive.history] == [2, 2, 1]
+        assert [s.head.cid for s in hive.history] == heads[2::-1]
+        assert all(s.taken for s in hive.history)
+        assert all(s.sent.coordinates <= 8 and s.sent.bytes <= 600 for s in hive.history)
+        assert hive.bytes_sent == sum(s.sent.bytes for s in hive.history)
+        assert torch.equal(inst.model.z.detach(), head_z(c))  # everyone restarted from the head
+        assert hive.parent == c.head()
+        # error feedback: what was sent plus what is held back is everything there was to send
+        mine = [u for u in tap.sent if u.author == hive.identity.public_key]
+        assert [u.seq for u in mine] == [1, 2, 3]
+        sent = torch.tensor([u.delta() for u in mine], dtype=torch.float64).sum(0)
+        total = torch.tensor(hive.changes, dtype=torch.float64).sum(0)
+        assert any(abs(r) > 0 for r in hive.residual)
+        assert torch.allclose(sent + torch.tensor(hive.residual, dtype=torch.float64), total)
+    # each head is the previous one plus the mean of the round's three decoded updates
+    for r in range(3):
+        updates = [u for u in tap.sent if u.parent == heads[3 - r]]
+        assert len(updates) == 3 and {u.round for u in updates} == {r}
+        before = c.repo.read_basin(c.repo.read_commit(heads[3 - r]).basin).z
+        after = c.repo.read_basin(c.repo.read_commit(heads[2 - r]).basin).z
+        mean = torch.tensor([u.delta() for u in updates], dtype=torch.float64).mean(0)
+        expected = torch.tensor(before, dtype=torch.float64) + mean
+        after = torch.tensor(after, dtype=torch.float64)
+        assert torch.allclose(after, expected, rtol=1e-4, atol=1e-6)
+    c.repo.close()
+
+
+class Flaky:
+    """A transport whose coordinator can be taken down."""
+
+    def __init__(self, inner):
+        self.inner, self.down = inner, False
+
+    def __getattr__(self, name):
+        if self.down:
+            raise ht.HiveError("cannot reach the hive coordinator at test: connection refused")
+        return getattr(self.inner, name)
+
+
+def test_a_coordinator_that_is_down_is_one_error_and_no_local_work_is_lost(hub, sub, proj):
+    c = coordinator(hub, round_updates=1)
+    transport = Flaky(ht.LocalTransport(c))
+    inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, timeout=5)
+    for _ in range(2):
+        inst.train_step()
+        inst.hive.step()
+    assert len(inst.hive.history) == 1
+    residual, seq = inst.hive.residual, inst.hive.seq
+    transport.down = True
+    inst.train_step()
+    assert inst.hive.step() is None
+    inst.train_step()
+    z = inst.model.z.detach().clone()
+    with pytest.raises(ht.HiveError, match="cannot reach.*local work \\(2 steps\\) is kept") as err:
+        inst.hive.step()
+    assert "\n" not in str(err.value)
+    assert torch.equal(inst.model.z.detach(), z) and inst.hive.residual == residual
+    assert inst.hive.pending is None and inst.hive.parent == c.head()
+    transport.down = False
+    inst.train_step()
+    synced = inst.hive.step()  # everything since the last sync goes out now
+    assert synced.sent.steps == 3 and synced.sent.seq == seq + 1 and synced.taken
+    assert torch.equal(inst.model.z.detach(), head_z(c))
+    c.repo.close()
+
+
+def test_a_round_that_does_not_close_in_time_then_syncs_carrying_later_steps(hub, sub, proj):
+    c = coordinator(hub, round_updates=2)
+    transport = ht.LocalTransport(c)
+    a = Instance(sub, proj, transport, EDGES[0], "cipher", every=1, k=8, timeout=0.05)
+    b = Instance(sub, proj, transport, EDGES[1], "reverse", every=1, k=8, timeout=5)
+    a.train_step()
+    with pytest.raises(ht.HiveError, match="round 0 has not closed.*was taken in"):
+        a.hive.step()
+    assert a.hive.pending is not None and a.hive.pending.round == 0
+    sent_z = a.model.z.detach().double().clone()
+    a.train_step()  # training goes on meanwhile
+    later = a.model.z.detach().double() - sent_z
+    b.hive.submit()  # the second update closes the round
+    synced = a.hive.sync(timeout=0)
+    assert synced.sent.round == 0 and c.round == 1
+    expected = (head_z(c).double() + later).float()
+    assert torch.allclose(a.model.z.detach(), expected, atol=1e-6)
+    c.repo.close()
+
+
+def test_a_head_that_moved_meanwhile_is_the_parent_and_local_work_is_carried(hub, sub, proj):
+    c = coordinator(hub, round_updates=1)
+    tap = Tap(ht.LocalTransport(c))
+    a = Instance(sub, proj, tap, EDGES[0], "cipher", every=100, k=8)
+    b = Instance(sub, proj, tap, EDGES[1], "reverse", every=1, k=8)
+    start = c.head()
+    a.train_step()
+    mine = a.model.z.detach().double().clone()
+    b.train_step()
+    b.hive.step()  # round 0 closes without a
+    moved = c.head()
+    assert moved != start
+    sent = a.hive.submit()
+    assert sent.round == 1 and tap.sent[-1].parent == moved  # not stale
+    change = torch.tensor(tap.sent[-1].delta(), dtype=torch.float64)
+    change += torch.tensor(a.hive.residual, dtype=torch.float64)
+    assert torch.allclose(change, mine, atol=1e-6)  # the change from genesis, carried over
+    c.repo.close()
+
+
+class Poisoned(ht.HiveTrainer):
+    def outgoing(self, change):
+        return [-100.0 * v for v in change]
+
+
+def test_an_update_refused_as_an_outlier_is_reported_not_taken(hub, sub, proj):
+    c = coordinator(hub)
+    transport = ht.LocalTransport(c)
+    instances = [
+        Instance(sub, proj, transport, ident, task, every=1, k=8)
+        for ident, task in zip(EDGES, TASKS, strict=True)
+    ]
+    bad = instances[2]
+    bad.hive = Poisoned(bad.model, transport, bad.hive.identity, every=1, k=8)
+    for inst in instances:
+        inst.train_step()
+        inst.hive.submit()  # the third closes the round
+    assert c.round == 1
+    records = [inst.hive.sync(timeout=0) for inst in instances]
+    assert [r.taken for r in records] == [True, True, False]
+    assert c.repo.read_commit(c.head()).metrics["refused"] == 1.0
+    c.repo.close()
+
+
+def test_refusals_and_bad_settings(hub, sub, proj, monkeypatch):
+    c = coordinator(hub)
+    stranger = Identity(bytes([9]) * 32, "stranger")
+    inst = Instance(sub, proj, ht.LocalTransport(c), stranger, "cipher", every=1, k=8)
+    inst.train_step()
+    with pytest.raises(ht.HiveError, match="HTTP 403.*not trusted.*kept"):
+        inst.hive.step()
+    with pytest.raises(Exception, match="every"):
+        ht.HiveTrainer(inst.model, ht.LocalTransport(c), EDGES[0], every=0)
+    trained = BasinModel(sub, CHART, projection=proj, train_beta=True)
+    with pytest.raises(Exception, match="β is trained"):
+        ht.HiveTrainer(trained, ht.LocalTransport(c), EDGES[0])
+    c.repo.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_http_transport_against_a_served_coordinator(hub, sub, proj):
+    uvicorn = pytest.importorskip("uvicorn")
+    from basinvcs.hive.server import make_app
+
+    c = coordinator(hub, round_updates=1)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(c), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        transport = ht.HttpTransport(url, poll=0.05)
+        inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, timeout=10)
+        for _ in range(4):
+            inst.train_step()
+            inst.hive.step()
+        assert [s.sent.seq for s in inst.hive.history] == [1, 2] and c.round == 2
+        assert torch.equal(inst.model.z.detach(), head_z(c))
+        assert transport.key == c.repo.identity().public_key
+        wrong = ht.HttpTransport(url, key=format_key(EDGES[1].public_key))
+        with pytest.raises(ht.HiveError, match="names key"):
+            wrong.head()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        c.repo.close()
+    with pytest.raises(ht.HiveError, match="cannot reach the hive coordinator"):
+        ht.HiveTrainer(inst.model, ht.HttpTransport(url), EDGES[0])
