@@ -1422,7 +1422,7 @@ def hive() -> None:
     "--optimizer",
     default=None,
     help="Outer optimiser applied to the round's "
-    "aggregate: average, nesterov (default) or fedadam.",
+    "aggregate: average (default), nesterov or fedadam.",
 )
 @click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
 def hive_serve(branch, listen, round_updates, round_seconds, freshness, rule, optimizer, open_):
