@@ -1,14 +1,14 @@
 """Edge training from any training loop: every H local steps, send the change of z as a signed
 update and restart from the head the coordinator signed (DiLoCo over the hive's protocol).
 
-    hive = HiveTrainer(model, HttpTransport("http://coordinator:8765"), identity, every=10)
+    hive = HiveTrainer(model, HttpTransport("http://coordinator:8765"), identity, every=1)
     opt = torch.optim.Adam([model.z], lr=0.1)
     for batch in batches:
         loss = loss_fn(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        hive.step()      # every 10th call: send the update, wait for the round, sync z
+        hive.step()      # every H-th call (here every call): send, wait for the round, sync z
     hive.finish()        # the steps left since the last sync, as a last (shorter) round
 
 `model` is a `BasinModel` (basinvcs.model.train): only z moves. At every H-th `step()` the trainer
@@ -61,7 +61,10 @@ from ..objects import Basin, Commit
 from . import edge
 from .update import DEFAULT_ENCODING, Compressor, Update
 
-DEFAULT_EVERY = 10  # H: local steps between syncs
+# H, local steps between syncs: 1 kept the most of joint training on MiniLM with three non-IID
+# instances (0.87 of it, against 0.74 at H = 10 and 0.65 at H = 50, with plain averaging;
+# docs/experiments/hive.md)
+DEFAULT_EVERY = 1
 DEFAULT_TIMEOUT = 600.0  # seconds to wait for a round to close
 
 
