@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,13 +195,17 @@ def load_config(basin_dir: Path) -> Config:
 
 
 def save_config(basin_dir: Path, config: Config) -> None:
-    import tempfile
 
-    path = basin_dir / CONFIG_FILE
-    fd, tmp = tempfile.mkstemp(dir=basin_dir, prefix=".config-", suffix=".tmp")
+    write_json(basin_dir / CONFIG_FILE, config.to_json())
+
+
+def write_json(path: Path, doc: object) -> None:
+    """Write `doc` as JSON through a temporary file and a rename: a crash leaves the old file
+    or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(config.to_json(), fh, indent=2, sort_keys=True)
+            json.dump(doc, fh, indent=2, sort_keys=True)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())

@@ -260,6 +260,18 @@ class Basin:
             raise SchemaError(f"entanglements must be distinct pairs, at most {MAX_ENTANGLEMENTS}")
         return cls(chart, z, fisher, beta, ents, labels, substrate, fisher_raw)
 
+    def with_z(self, z: Sequence[float]) -> Basin:
+        """This basin at other coordinates (rounded as a packet keeps them), all else kept."""
+        return Basin.create(
+            self.chart,
+            z,
+            fisher=self.fisher,
+            beta=self.beta,
+            entanglements=list(self.entanglements),
+            labels=list(self.labels),
+            substrate=self.substrate,
+        )
+
     def with_labels(self, labels: Sequence[str]) -> Basin:
         return self._build(
             self.chart,

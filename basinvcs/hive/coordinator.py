@@ -43,7 +43,7 @@ from ..cid import CID
 from ..config import TrustedKey
 from ..errors import BasinError
 from ..identity import format_key
-from ..objects import MAX_MESSAGE_BYTES, Basin, Commit
+from ..objects import MAX_MESSAGE_BYTES, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import outer, outliers, rules
@@ -361,15 +361,7 @@ class Coordinator:
         state = self.journal.get("outer")
         optimizer = outer.restore(state) if state else outer.create(self.settings.optimizer)
         z = optimizer.step(list(basin.z), delta)
-        new_basin = Basin.create(
-            basin.chart,
-            z,
-            fisher=basin.fisher,
-            beta=basin.beta,
-            entanglements=list(basin.entanglements),
-            labels=list(basin.labels),
-            substrate=basin.substrate,
-        )
+        new_basin = basin.with_z(z)
         ident = self.repo.identity()
         metrics = {
             "round": float(current),

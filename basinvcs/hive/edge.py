@@ -20,15 +20,13 @@ The coordinator being down or refusing is one line (RemoteError), and nothing lo
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cid import CID
+from ..config import write_json
 from ..errors import BasinError, RemoteError, RepositoryError
 from ..identity import format_key, parse_key
 from ..ingest import apply_plan, plan_fetch
@@ -77,17 +75,7 @@ def load_state(repo: Repository) -> EdgeState:
 
 
 def save_state(repo: Repository, state: EdgeState) -> None:
-    path = _state_path(repo)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hive-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(_state_path(repo), asdict(state))
 
 
 # -- talking to the coordinator

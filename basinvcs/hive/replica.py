@@ -38,7 +38,7 @@ from ..cid import CID
 from ..codec import dagcbor
 from ..errors import BasinError, SchemaError
 from ..identity import Identity, format_key
-from ..objects import Basin, Commit
+from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import outliers, rules
@@ -115,15 +115,7 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
         keys=[taken[i][0].buffer for i in kept],
     )
     z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
-    new_basin = Basin.create(
-        basin.chart,
-        z,
-        fisher=basin.fisher,
-        beta=basin.beta,
-        entanglements=list(basin.entanglements),
-        labels=list(basin.labels),
-        substrate=basin.substrate,
-    )
+    new_basin = basin.with_z(z)
     lines = [
         f"hive round after {parent}: {len(kept)} updates taken, {len(taken) - len(kept)} refused",
         "",
