@@ -32,6 +32,7 @@ in the journal first: a submission reads the journal once, for its signer's sequ
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -74,10 +75,14 @@ class Settings:
     optimizer: str = "average"
     outlier_c: float = 10.0
     open: bool = False  # take updates from any valid signer, each at weight 1
+    rule_options: dict = field(default_factory=dict)  # e.g. {"trim": 0.3}: rules.Rule.options
+    optimizer_options: dict = field(default_factory=dict)  # e.g. {"lr": 0.5}: outer's defaults
 
     def check(self) -> Settings:
-        rules.get(self.rule)
-        outer.get(self.optimizer)
+        rules.aggregate(self.rule, [[0.0], [1.0]], **self.rule_options)  # refuses bad options
+        outer.create(self.optimizer, **self.optimizer_options)  # refuses unknown or bad values
+        if not (math.isfinite(self.outlier_c) and self.outlier_c > 0):
+            raise BasinError(f"outlier factor c {self.outlier_c} must be finite and > 0")
         if self.round_updates < 1 or not 0 < self.round_seconds < 1e6 or self.freshness < 1:
             raise BasinError("round_updates, round_seconds and freshness must be positive")
         return self
@@ -356,10 +361,16 @@ class Coordinator:
             self.settings.rule,
             x[taken],
             weights=self._weights(chosen),
+            fishers=_fishers(chosen) if self.settings.rule == "fisher_mean" else None,
             keys=[pending[i].cid.encode() for i in taken],
+            **self.settings.rule_options,
         )
         state = self.journal.get("outer")
-        optimizer = outer.restore(state) if state else outer.create(self.settings.optimizer)
+        optimizer = (
+            outer.restore(state)
+            if state
+            else outer.create(self.settings.optimizer, **self.settings.optimizer_options)
+        )
         z = optimizer.step(list(basin.z), delta)
         new_basin = basin.with_z(z)
         ident = self.repo.identity()
@@ -482,6 +493,22 @@ def _dense(updates: list[Update]) -> np.ndarray:
                 np.array(u.change.codes, dtype=np.float64) * u.change.scale
             )
     return x
+
+
+def _fishers(updates: list[Update]) -> list[list[float] | None]:
+    """Each update's Fisher values as a dense diagonal: its sent coordinates' values, 0 ("no
+    information") on the rest; None for an update without them."""
+    out: list[list[float] | None] = []
+    for u in updates:
+        values = u.fisher_values()
+        if values is None:
+            out.append(None)
+            continue
+        dense = [0.0] * u.change.dim
+        for i, v in zip(u.change.indices, values, strict=True):
+            dense[i] = v
+        out.append(dense)
+    return out
 
 
 def _message(current: int, pending, taken: list[int], refused: dict[int, str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from basinvcs import porcelain
+from basinvcs.errors import BasinError
 from basinvcs.hive import coordinator as hc
 from basinvcs.hive.update import Update, encode_change
 from basinvcs.identity import Identity, format_key
@@ -145,3 +146,54 @@ def test_a_coordinator_killed_after_its_commit_finishes_the_round_on_restart(hub
     with pytest.raises(hc.Refused, match="replayed"):
         again.submit(updates[0])  # counted once, never twice
     again.repo.close()
+
+
+def test_rule_and_optimizer_options_reach_the_round(hub):
+    # trim 0.34 of 3 drops one value per side: the median of 1, 2, 4 is 2 (the mean 2.33);
+    # the outer step at lr 0.5 takes half of it
+    c = coordinator(
+        hub, rule="trimmed_mean", rule_options={"trim": 0.34}, optimizer_options={"lr": 0.5}
+    )
+    for ident, value in zip(EDGES[:3], (1.0, 2.0, 4.0), strict=True):
+        c.submit(update(c, ident, vec(c0=value)))
+    assert head_z(c)[0] == pytest.approx(1.0, rel=2e-2)
+    c.repo.close()
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({"rule": "median", "rule_options": {"trim": 0.3}}, "no option 'trim'"),
+        ({"rule": "trimmed_mean", "rule_options": {"trim": 0.7}}, "trim fraction"),
+        ({"optimizer": "average", "optimizer_options": {"momentum": 0.9}}, "no hyperparameter"),
+        ({"optimizer": "nesterov", "optimizer_options": {"lr": -1.0}}, "lr -1.0 must be > 0"),
+        ({"outlier_c": float("nan")}, "outlier factor"),
+        ({"outlier_c": 0.0}, "outlier factor"),
+    ],
+)
+def test_bad_settings_are_refused_at_start(hub, settings, words):
+    with pytest.raises(BasinError, match=words):
+        coordinator(hub, **settings)
+
+
+def test_fisher_mean_weighs_each_coordinate_by_the_fisher_values_sent(hub):
+    from basinvcs.hive.update import SentFisher
+
+    c = coordinator(hub, rule="fisher_mean", round_updates=2)
+    # each diagonal on the common scale: (1, 1) -> (d/2, d/2), (3, 1) -> (3d/4, d/4)
+    for ident, value, fisher in ((EDGES[0], 1.0, (1.0, 1.0)), (EDGES[1], 3.0, (3.0, 1.0))):
+        change = encode_change(vec(c0=value, c1=value))
+        record = Update(
+            chart=CHART,
+            parent=c.head(),
+            round=c.round,
+            seq=1,
+            change=change,
+            samples=10,
+            author=ident.public_key,
+            fisher=SentFisher.for_change(change, vec(c0=fisher[0], c1=fisher[1])),
+        )
+        c.submit(record.signed(ident.sign).encode())
+    # c0: (1·2 + 3·3) / (2 + 3) = 2.2; c1: (1·2 + 3·1) / (2 + 1) = 5/3; the plain mean is 2
+    assert head_z(c)[:2] == pytest.approx([2.2, 5 / 3], rel=2e-2)
+    c.repo.close()
