@@ -12,6 +12,7 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -1396,7 +1397,69 @@ def _log_range(repo, spec: str, graph: bool, limit: int | None, all_refs: bool):
 
 @main.group()
 def hive() -> None:
-    """Train in one shared basin with others: a coordinator, and edge instances that join it."""
+    """Train in one shared basin with others: a coordinator and the edges that join it, or
+    replicas that gossip updates over IPFS."""
+
+
+class _RegistryHelp(click.Option):
+    """An option whose help lists what a registry holds, formatted only when help is shown: the
+    registries import numpy, which `basin --help` and the light commands must not pay for."""
+
+    def __init__(self, *args, choices: Callable[[], dict[str, str]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._template, self._choices = self.help or "", choices
+
+    def get_help_record(self, ctx: click.Context):
+        self.help = self._template.format(**self._choices())
+        return super().get_help_record(ctx)
+
+
+def _hive_choices() -> dict[str, str]:
+    """The hive's registries and defaults, for the help of the options that name them."""
+    from .hive import outer, rules
+    from .hive.coordinator import Settings
+
+    def listed(options: dict[str, dict]) -> str:
+        return "; ".join(f"{name}: {', '.join(keys)}" for name, keys in options.items() if keys)
+
+    return {
+        "rules": ", ".join(rules.REGISTRY),
+        "rule": rules.DEFAULT_RULE,
+        "optimizers": ", ".join(outer.REGISTRY),
+        "optimizer": Settings.optimizer,
+        "c": f"{Settings.outlier_c:g}",
+        "rule_options": listed({k: r.options for k, r in rules.REGISTRY.items()}),
+        "optimizer_options": listed({k: o.defaults for k, o in outer.REGISTRY.items()}),
+    }
+
+
+def _hive_option(*names: str, **kwargs):
+    """A click option whose help names the hive's registries ({rules}, {optimizers}, ...)."""
+    return click.option(*names, cls=_RegistryHelp, choices=_hive_choices, **kwargs)
+
+
+def _key_values(pairs: tuple[str, ...], option: str, number: Callable[[str], float]) -> dict:
+    """KEY=VALUE pairs as a dict, each VALUE read by `number`; bad ones are one `error:` line."""
+    from .errors import InputError
+
+    out = {}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key] = number(value)
+        except ValueError:
+            raise InputError(f"{option} {text!r} is not KEY=NUMBER") from None
+    return out
+
+
+def _int_or_float(text: str) -> int | float:
+    """An integer where the text is one (a rule's iterations), else a float (trim, tau)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 @hive.command("serve")
@@ -1413,19 +1476,57 @@ def hive() -> None:
     show_default=True,
     help="An update's parent must be the head of one of this many last rounds.",
 )
-@click.option(
+@_hive_option(
     "--rule",
     default=None,
-    help="Aggregation rule: mean, trimmed_mean, median, centered_clip (default) or fisher_mean.",
+    help="Aggregation rule: {rules} (default {rule}).",
 )
-@click.option(
+@_hive_option(
+    "--rule-option",
+    "rule_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the rule (repeatable): {rule_options}.",
+)
+@_hive_option(
     "--optimizer",
     default=None,
-    help="Outer optimiser applied to the round's "
-    "aggregate: average (default), nesterov or fedadam.",
+    help="Outer optimiser applied to the round's aggregate: {optimizers} (default {optimizer}).",
+)
+@_hive_option(
+    "--optimizer-option",
+    "optimizer_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A hyperparameter of the outer optimiser (repeatable): {optimizer_options}.",
+)
+@_hive_option(
+    "--outlier-c",
+    type=float,
+    default=None,
+    help="Outlier factor c: an update is refused beyond median + c·MAD (default {c}).",
 )
 @click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
-def hive_serve(branch, listen, round_updates, round_seconds, freshness, rule, optimizer, open_):
+@click.option(
+    "--publish",
+    metavar="REMOTE",
+    shell_complete=complete_remotes,
+    help="Push the branch to this remote (basin remote add) at start and after every round.",
+)
+def hive_serve(
+    branch,
+    listen,
+    round_updates,
+    round_seconds,
+    freshness,
+    rule,
+    rule_options,
+    optimizer,
+    optimizer_options,
+    outlier_c,
+    open_,
+    publish,
+):
     """Coordinate a hive over HTTP in front of this repository (Ctrl-C stops it)."""
     from .hive import coordinator as hc
     from .hive.server import serve
@@ -1433,16 +1534,31 @@ def hive_serve(branch, listen, round_updates, round_seconds, freshness, rule, op
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    options = {k: v for k, v in (("rule", rule), ("optimizer", optimizer)) if v is not None}
-    settings = hc.Settings(branch, round_updates, round_seconds, freshness, open=open_, **options)
+    given = (("rule", rule), ("optimizer", optimizer), ("outlier_c", outlier_c))
+    settings = hc.Settings(
+        branch,
+        round_updates,
+        round_seconds,
+        freshness,
+        open=open_,
+        rule_options=_key_values(rule_options, "--rule-option", _int_or_float),
+        optimizer_options=_key_values(optimizer_options, "--optimizer-option", float),
+        **{k: v for k, v in given if v is not None},
+    )
     with _repo() as repo:
+        if publish is not None:
+            from .remote import get_remote
+
+            get_remote(repo, publish)  # a remote that is not there: refused before anything
         coordinator = hc.Coordinator(repo, settings)
         info = coordinator.head_info()
         click.echo(
             f"hive on http://{host}:{port}: branch {branch} at {short(info['head'])}, "
             f"round {info['round']}, key {info['key']}"
         )
-        serve(coordinator, host, int(port))
+        if publish is not None:
+            click.echo(f"publishing {branch} to {publish} after every round")
+        serve(coordinator, host, int(port), publish)
 
 
 @hive.command("join")
@@ -1465,16 +1581,89 @@ def hive_join(url: str) -> None:
     show_default=True,
     help="Samples (or steps) behind this change.",
 )
-def hive_submit(samples: int) -> None:
-    """Send the change since the last sync as a signed update."""
-    from .hive import edge
+@click.option(
+    "--node",
+    metavar="MULTIADDR",
+    help="Gossip the update to the replicas through this IPFS node instead (no coordinator).",
+)
+@click.option(
+    "--branch",
+    default=None,
+    help="With --node: the hive's branch, whose tip is the update's parent [default: general].",
+)
+def hive_submit(samples: int, node: str | None, branch: str | None) -> None:
+    """Send the change since the last sync as a signed update (with --node: the change of HEAD
+    since the hive's head, gossiped to its replicas)."""
+    if node is None:
+        if branch is not None:
+            raise click.UsageError("--branch goes with --node")
+        from .hive import edge
 
-    with _repo() as repo:
-        answer = edge.submit(repo, samples)
+        with _repo() as repo:
+            answer = edge.submit(repo, samples)
+        click.echo(
+            f"submitted update {answer['cid']} for round {answer['round']} "
+            f"({answer['bytes']} bytes, {answer['coordinates']} coordinates)"
+        )
+        return
+    from .hive import replica
+    from .ipfs import Node
+
+    with _repo() as repo:  # the node is first asked to store the update, once it is made
+        cid, update = replica.gossip(repo, Node(node), branch or "general", samples)
     click.echo(
-        f"submitted update {answer['cid']} for round {answer['round']} "
-        f"({answer['bytes']} bytes, {answer['coordinates']} coordinates)"
+        f"gossiped update {cid} after {short(update.parent)} "
+        f"({len(update.encode())} bytes, {update.change.k} coordinates)"
     )
+
+
+@hive.command("replica")
+@click.option(
+    "--node", metavar="MULTIADDR", help="IPFS node RPC multiaddr (default: $BASIN_IPFS_API)."
+)
+@click.option("--branch", default="general", show_default=True, help="The hive's branch.")
+@_hive_option(
+    "--rule",
+    default=None,
+    help="Aggregation rule, the same on every replica: {rules} (default {rule}).",
+)
+@click.option(
+    "--window",
+    type=click.FloatRange(0.1, 86_400),
+    default=10.0,
+    show_default=True,
+    help="Seconds a round stays open after its first update is heard.",
+)
+@click.option(
+    "--rounds", type=click.IntRange(1), default=None, help="Stop after N rounds [default: never]."
+)
+def hive_replica(
+    node: str | None, branch: str, rule: str | None, window: float, rounds: int | None
+) -> None:
+    """Run a replica of the hive without a coordinator: hear updates on the IPFS node's pubsub,
+    make each round's head by the deterministic rule and move BRANCH there (Ctrl-C stops it)."""
+    from . import remote
+    from .errors import RefError
+    from .hive import replica, rules
+
+    rule = rules.get(rule or rules.DEFAULT_RULE).name
+    with _repo() as repo:
+        head = repo.branch_commit(branch)
+        if head is None:
+            raise RefError(f"no branch named {branch!r}")
+        client = remote.connect(node)
+        events = replica.follow(repo, client, branch, rule, window)
+        genesis = replica.hive_genesis(repo, head)
+        click.echo(f"replica of {branch} at {head} on {replica.topic(genesis)}: listening")
+        closed = 0
+        for event in events:
+            if event.kind == "adopted":
+                click.echo(f"adopted {event.head} ({event.taken} updates taken), from the others")
+                continue
+            closed += 1
+            click.echo(f"round {closed}: {event.head} ({event.taken} updates taken)")
+            if rounds is not None and closed >= rounds:
+                break
 
 
 @hive.command("sync")

@@ -35,6 +35,7 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +71,9 @@ class Settings:
     freshness: int = 2  # an update's parent must be the head of one of the last K rounds
     rule: str = rules.DEFAULT_RULE
     # measured on MiniLM (docs/experiments/hive.md): plain averaging kept 0.87-0.91 of joint
-    # training, Nesterov (DiLoCo's lr 0.7, momentum 0.9) 0.52 at H = 1; c = 3.5 flagged 7.1% of
-    # honest updates when each instance trains its own task, c = 10 2.5%, and still every ×100
+    # training, Nesterov (DiLoCo's lr 0.7, momentum 0.9) 0.52 at H = 1
     optimizer: str = "average"
-    outlier_c: float = 10.0
+    outlier_c: float = outliers.DEFAULT_C
     open: bool = False  # take updates from any valid signer, each at weight 1
     rule_options: dict = field(default_factory=dict)  # e.g. {"trim": 0.3}: rules.Rule.options
     optimizer_options: dict = field(default_factory=dict)  # e.g. {"lr": 0.5}: outer's defaults
@@ -113,6 +113,9 @@ class Coordinator:
         self._lock = threading.RLock()
         self.messages: list[str] = []
         self.close_seconds: float | None = None
+        # called (in the coordinator's thread, under its lock: it must not wait) with each new
+        # head a round makes; the server publishes heads through it
+        self.on_head: Callable[[CID], None] | None = None
         self._trusted: tuple[object, int, dict[bytes, TrustedKey]] = (None, 0, {})
         self._load()
         self.recover()
@@ -407,14 +410,12 @@ class Coordinator:
         return cid
 
     def _weights(self, chosen: list[Update]) -> list[float]:
-        """Trust weight × samples, the samples capped at twice the round's median: a count is
-        the update's own claim, so an inflated one buys at most twice a typical say."""
-        counts = sorted(u.samples for u in chosen)
-        cap = 2 * counts[len(counts) // 2]
+        """Trust weight × samples (`rules.capped_samples`)."""
+        samples = rules.capped_samples([u.samples for u in chosen])
         out = []
-        for u in chosen:
+        for u, s in zip(chosen, samples, strict=True):
             trusted = self._trusted_key(u.author)
-            out.append((trusted.weight if trusted else 1.0) * min(u.samples, cap))
+            out.append((trusted.weight if trusted else 1.0) * s)
         return out
 
     def _finish(self, current, cid, pending, taken, refused, previous: CID) -> None:
@@ -434,6 +435,8 @@ class Coordinator:
         )
         self._round, self._heads, self._opened = current + 1, heads, None
         self._pending, self._authors = [], set()
+        if self.on_head is not None and cid != previous:
+            self.on_head(cid)
 
     def recover(self) -> None:
         """Finish a round whose head commit was written before the coordinator stopped."""

@@ -26,27 +26,34 @@ reaches everyone reconciles them; a replica that heard nothing of a round keeps 
 catches up when it hears the next announcement whose updates it can fetch. Updates that no
 replica's node can serve are left out (deterministically, for everyone who cannot fetch them),
 which is the price of having no coordinator.
+
+`follow` runs a replica over an IPFS node (`basin hive replica`), `gossip` offers an edge's local
+change to the replicas (`basin hive submit --node`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..cid import CID
 from ..codec import dagcbor
-from ..errors import BasinError, SchemaError
+from ..errors import BasinError, RefError, RemoteError, SchemaError
 from ..identity import Identity, format_key
 from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import outliers, rules
-from .update import Update
+from .update import DEFAULT_ENCODING, Compressor, Update
 
 ANNOUNCE_TYPE = "basin/hive-head"
 TOPIC = "basin/hive/"  # + the genesis commit's CID
 LR = 1.0  # the stateless outer step: z + LR · Δ
+SUBSCRIBE_SECONDS = 3600.0  # a replica's subscription is renewed this often
 
 
 def hive_identity(genesis: CID) -> Identity:
@@ -106,12 +113,10 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
     report = outliers.check([u.delta() for u in records])
     kept = [i for i in range(len(taken)) if i not in set(report.outliers)]
     chosen = [records[i] for i in kept]
-    counts = sorted(u.samples for u in chosen)
-    cap = 2 * counts[len(counts) // 2]
     delta = rules.aggregate(
         rule,
         [u.delta() for u in chosen],
-        weights=[float(min(u.samples, cap)) for u in chosen],
+        weights=rules.capped_samples([u.samples for u in chosen]),
         keys=[taken[i][0].buffer for i in kept],
     )
     z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
@@ -204,6 +209,10 @@ class Replica:
         elif not self.repo.is_commit(announcement.parent):
             self.catch_up(announcement.parent)  # rounds this replica missed
 
+    def counts(self, message: bytes) -> bool:
+        """Whether `message` is an update that counts for the round after the current head."""
+        return bool(_eligible(self.repo, self.head, [message]))
+
     def close(self) -> CID:
         """End the round after the current head: the union of the updates heard and those others
         announced for it, combined by `round_head`; the new head is recorded, its commit stored
@@ -290,14 +299,15 @@ def topic(genesis: CID) -> str:
 
 def ipfs_transport(node, genesis: CID, timeout: float = 10.0):
     """(publish, store, fetch) for a replica through an IPFS node: pubsub on the hive's topic
-    (a message nobody listens to is dropped, as pubsub does), the node's blocks for updates and
-    heads (fetched from its peers by bitswap, re-hashed against the CID)."""
+    (a message nobody listens to is dropped, as pubsub does: publish says False when the node
+    knows it was), the node's blocks for updates and heads (fetched from its peers by bitswap,
+    re-hashed against the CID)."""
     from ..remote import broadcast
 
     name = topic(genesis)
 
-    def publish(message: bytes) -> None:
-        broadcast(node, name, message)
+    def publish(message: bytes) -> bool:
+        return broadcast(node, name, message)
 
     def store(data: bytes) -> None:
         node.block_put(data)  # updates and commits are DAG-CBOR blocks
@@ -306,3 +316,106 @@ def ipfs_transport(node, genesis: CID, timeout: float = 10.0):
         return node.block_get(cid, timeout=timeout)
 
     return publish, store, fetch
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a running replica did: closed a round ("round": from `parent` to `head`, made of
+    `taken` updates) or adopted a head other replicas made ("adopted": reconciled or caught
+    up; `parent` is the head it had)."""
+
+    kind: str
+    parent: CID
+    head: CID
+    taken: int
+
+
+def follow(repo: Repository, node, branch: str, rule: str, window: float) -> Iterator[Event]:
+    """Run a replica of `branch` over the IPFS `node` until the caller stops: listen on the
+    hive's topic, close each round `window` seconds after its first update (or the first
+    announcement of it) was heard, and say what happened. A subscription that fails is a
+    RemoteError; one that ends is renewed."""
+    head = repo.branch_commit(branch)
+    if head is None:
+        raise RefError(f"no branch named {branch!r}")
+    genesis = hive_genesis(repo, head)
+    replica = Replica(repo, branch, *ipfs_transport(node, genesis), rule=rule)
+    inbox: queue.Queue[bytes | BasinError] = queue.Queue()
+
+    def listen() -> None:
+        try:
+            while True:
+                for data, _ in node.pubsub_subscribe(topic(genesis), SUBSCRIBE_SECONDS):
+                    inbox.put(data)
+        except BasinError as exc:
+            inbox.put(exc)
+
+    threading.Thread(target=listen, name=f"pubsub {topic(genesis)}", daemon=True).start()
+    deadline: float | None = None
+    while True:
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = inbox.get(timeout=left)
+        except queue.Empty:
+            parent = replica.head
+            head = replica.close()
+            deadline = None
+            yield Event("round", parent, head, _taken(repo, parent, head))
+            continue
+        if isinstance(message, BasinError):
+            raise RemoteError(f"the hive's subscription through {node.addr} failed: {message}")
+        before = replica.head
+        replica.hear(message)
+        if replica.head != before:
+            deadline = None  # what was heard for the old head no longer counts
+            yield Event("adopted", before, replica.head, _taken(repo, before, replica.head))
+        if deadline is None and (replica.counts(message) or replica.announced.get(replica.head)):
+            deadline = time.monotonic() + window
+
+
+def _taken(repo: Repository, parent: CID, head: CID) -> int:
+    """How many updates the head commit of a round combined (its metrics; 0 for no change)."""
+    return 0 if head == parent else int(repo.read_commit(head).metrics.get("taken", 0))
+
+
+def gossip(
+    repo: Repository, node, branch: str, samples: int = 1, encoding: str = DEFAULT_ENCODING
+) -> tuple[CID, Update]:
+    """Offer the change of HEAD since the hive's head (the tip of `branch`, where `basin hive
+    replica` keeps it) to the replicas as a signed update: its block stored on the node, the
+    update published on the hive's topic. HEAD must contain that head (else the change would
+    undo the rounds since). Without a coordinator there is no sequence to keep: the sequence
+    number is the time in milliseconds, and no compression residual is carried over."""
+    from .. import history
+    from ..porcelain import now_ms
+
+    parent = repo.branch_commit(branch)
+    if parent is None:
+        raise RefError(f"no branch named {branch!r}")
+    here = repo.head_commit()
+    if not history.is_ancestor(history.commit_graph(repo), parent, here):
+        raise RefError(
+            f"HEAD does not contain {branch}'s head {parent}: merge it first (basin merge {branch})"
+        )
+    base = repo.read_basin(repo.read_commit(parent).basin)
+    local = repo.read_basin(repo.read_commit(here).basin)
+    delta = [a - b for a, b in zip(local.z, base.z, strict=True)]
+    ident = repo.identity()
+    update = Update(
+        chart=repo.config.chart,
+        parent=parent,
+        round=0,  # replicas key rounds by their parent
+        seq=now_ms(),
+        change=Compressor(len(delta), encoding).compress(delta),
+        samples=samples,
+        author=ident.public_key,
+    ).signed(ident.sign)
+    publish, store, _ = ipfs_transport(node, hive_genesis(repo, parent))
+    data = update.encode()
+    store(data)
+    if not publish(data):
+        raise RemoteError(
+            f"no replica listens on {topic(hive_genesis(repo, parent))} through {node.addr}: "
+            "the update was not heard"
+        )
+    return CID.for_block(data), update

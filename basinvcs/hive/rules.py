@@ -234,6 +234,14 @@ def _options_number(value: Any, what: str, low: float, high: float, *, open_high
 # -- the rules ------------------------------------------------------------------------------------
 
 
+def capped_samples(samples: Sequence[int]) -> list[float]:
+    """The updates' sample counts as weights, each capped at twice the round's median: a count
+    is the update's own claim, so an inflated one buys at most twice a typical say."""
+    counts = sorted(samples)
+    cap = 2 * counts[len(counts) // 2]
+    return [float(min(s, cap)) for s in samples]
+
+
 def weighted_mean(x: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Σ p δ, p summing to 1; the rows are added in their (canonical) order."""
     return (p[:, None] * x).sum(axis=0)

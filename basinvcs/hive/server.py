@@ -4,7 +4,7 @@
     GET  /block/{cid}   a block of the repository (raw bytes, verified on the way out)
     POST /update        a signed update record (DAG-CBOR body): 202 with its CID and round, or a
                         status and a one-line reason ({"error": ...}) for every refusal
-    GET  /status        counts of taken, refused and pending updates
+    GET  /status        counts of taken, refused and pending updates, and what was published
 
 Handlers run the coordinator in one thread of its own (it uses SQLite; one thread also keeps the
 allocator to one arena, so the memory a round's close takes is reused by the next round's), and a
@@ -18,6 +18,10 @@ that transaction is committed (group commit: one sync to disk per batch, not per
 batch is decoded while the one before it is journaled. A round that fills up is closed after its
 updates are answered. POST /update is served on ASGI directly, the other routes through
 Starlette. Listens on 127.0.0.1 unless told otherwise.
+
+With a remote to publish to (`Publisher`), the branch is pushed there (`remote.push`: blocks,
+signed heads record, IPNS, pubsub) at start and after every round that made a new head, in a
+thread of its own, outside the path of any request.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,12 +45,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..cid import CID
 from ..errors import BasinError
+from ..repository import Repository
 from .coordinator import Coordinator, Refused, decode_many
 
 TICK = 0.2  # seconds between checks of the round timer
 BATCH = 256  # the most updates taken in (and journaled) together
 DECODE_TIMEOUT = 60.0  # seconds the decoding process may take for a batch before it is dropped
+PUBLISH_GRACE = 10.0  # seconds a stopping server waits for a push under way
 
 
 class Decoder:
@@ -229,15 +237,77 @@ class Worker:
             self.decoder.close()
 
 
-def make_app(coordinator: Coordinator) -> Callable[..., Awaitable[None]]:
-    """The server's ASGI application."""
+class Publisher:
+    """Pushes the coordinator's branch to a remote after each round that made a new head, in a
+    thread of its own, so that intake never waits for an IPFS node. One push at a time: a head
+    made while one runs marks the branch dirty, and the latest head is pushed right after it. A
+    push that fails is logged as one line and tried again after the next round; the server goes
+    on either way."""
+
+    def __init__(self, repo: Repository, remote: str, branch: str, log: Callable[[str], None]):
+        self.repo, self.remote, self.branch, self.log = repo, remote, branch, log
+        # what /status says: the last head pushed, its IPNS name, or the last push's error
+        self.state: dict = {"remote": remote, "head": None, "name": None, "error": None}
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._thread: threading.Thread | None = None
+
+    def head_moved(self, _head: CID | None = None) -> None:
+        """A new head (the coordinator's `on_head`): push it, now or after the push under way."""
+        with self._lock:
+            self._dirty = True
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="hive-publish", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        from ..remote import push
+
+        while True:
+            with self._lock:
+                if not self._dirty:
+                    self._thread = None
+                    return
+                self._dirty = False
+            try:
+                result = push(self.repo, self.remote, self.branch)
+            except Exception as exc:  # a node down or refusing, anything: the server goes on
+                error = " ".join(str(exc).split()) or type(exc).__name__
+                self.log(f"publishing {self.branch} to {self.remote} failed: {error}")
+                self.state = {**self.state, "error": error}
+            else:
+                head = str(result.branches[self.branch])
+                self.state = {
+                    "remote": self.remote,
+                    "head": head,
+                    "name": result.name,
+                    "error": None,
+                }
+
+    def close(self) -> None:
+        """Push no more; wait a little for the push under way (the thread dies with the server
+        otherwise, and the next start pushes again)."""
+        with self._lock:
+            self._dirty = False
+            thread = self._thread
+        if thread is not None:
+            thread.join(PUBLISH_GRACE)
+
+
+def make_app(
+    coordinator: Coordinator, publisher: Publisher | None = None
+) -> Callable[..., Awaitable[None]]:
+    """The server's ASGI application; with `publisher`, each new head is published through it."""
     worker = Worker(coordinator)
 
     async def head(_: Request) -> Response:
         return JSONResponse(await worker.call(coordinator.head_info))
 
     async def status(_: Request) -> Response:
-        return JSONResponse(await worker.call(coordinator.status))
+        answer = await worker.call(coordinator.status)
+        answer["published"] = publisher.state if publisher is not None else None
+        return JSONResponse(answer)
 
     async def block(request: Request) -> Response:
         try:
@@ -249,6 +319,9 @@ def make_app(coordinator: Coordinator) -> Callable[..., Awaitable[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
         worker.start()
+        if publisher is not None:
+            coordinator.on_head = publisher.head_moved
+            publisher.head_moved()  # the head it starts with
         task = asyncio.create_task(_rounds(worker))
         try:
             yield
@@ -257,6 +330,9 @@ def make_app(coordinator: Coordinator) -> Callable[..., Awaitable[None]]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             worker.close()
+            if publisher is not None:
+                coordinator.on_head = None
+                publisher.close()
 
     routes = [Route("/head", head), Route("/status", status), Route("/block/{cid}", block)]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -320,8 +396,19 @@ def _refusal(exc: Refused) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
-def serve(coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Run the coordinator's server until interrupted."""
+def serve(
+    coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8765, publish: str | None = None
+) -> None:
+    """Run the coordinator's server until interrupted; with `publish` (a remote's name), push
+    the branch there after every round."""
     import uvicorn
 
-    uvicorn.run(make_app(coordinator), host=host, port=port, log_level="warning")
+    publisher = None
+    if publish is not None:
+
+        def log(line: str) -> None:
+            coordinator.log(line)
+            print(f"hive: {line}", file=sys.stderr, flush=True)
+
+        publisher = Publisher(coordinator.repo, publish, coordinator.settings.branch, log)
+    uvicorn.run(make_app(coordinator, publisher), host=host, port=port, log_level="warning")

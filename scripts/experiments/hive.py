@@ -1,8 +1,10 @@
-"""The hive on MiniLM: three instances train inside one shared basin, each on its own task, and
-synchronise through a coordinator every H local steps with small signed updates.
+"""The hive on MiniLM: N instances (3 by default) train inside one shared basin, each on one task,
+and synchronise through a coordinator every H local steps with small signed updates.
 
 See scripts/experiments/hive and docs/experiments/hive.md. One process, one seed S (chart seed =
-data seed = S), one torch thread per Python thread:
+data seed = S), one torch thread per Python thread. With --instances 10 the tasks go round in turn
+(4 negation, 3 topic, 3 agent instances); --frozen-layers K leaves MiniLM's first K layers out of
+the chart (fixed at θ0; a step 1.4× cheaper at K = 4, for many instances on 2 cores):
 
 1. the substrate and chart of scripts/experiments/skill_transfer: all-MiniLM-L6-v2 as
    BertForSequenceClassification, one 8-way head at zero inside θ0 (negation 0-1, topic 2-5,
@@ -10,13 +12,15 @@ data seed = S), one torch thread per Python thread:
 2. references, side by side in four threads: the three specialists exactly as skill_transfer
    trains them (`train`, Adam lr 0.1, batch 32, T steps, seed S; Fisher diagonal on 16 batches of
    8; z rounded to float24 as a commit stores it), and joint training of one basin on all three
-   tasks for 3T steps (the hive's total compute), each batch 11 + 11 + 10 sentences of the three
-   tasks; the one-shot merges of the three specialists (their plain average, which is the linear
-   merge, and the three-way Fisher merge, `merge.combine`);
+   tasks for N·T steps (the hive's total compute), each batch split over the tasks as the
+   instances are (N = 3: 11 + 11 + 10 sentences; N = 10: 13 + 10 + 9); the one-shot merges
+   of the three specialists (their plain average, which is the linear merge, and the
+   three-way Fisher merge, `merge.combine`);
 3. for every H and every (rule, outer optimiser): a fresh coordinator repository (its own
-   `Coordinator`, round = the 3 instances' updates, the default outlier check) that trusts three
-   instance keys; three threads, each an ordinary training loop on its own task (the specialist's
-   optimiser, learning rate and batches) calling `HiveTrainer.step()` after every optimiser step
+   `Coordinator`, round = the N instances' updates, the default outlier check) that trusts the
+   N instance keys; N threads, each an ordinary training loop on its task (the specialist's
+   optimiser, learning rate and batches; the k-th copy of a task with the data seed + 1000 k)
+   calling `HiveTrainer.step()` after every optimiser step
    and `finish()` at the end: every H steps the change of z goes out as a signed update
    (top-k 8-bit with error feedback) through `Coordinator.submit` as bytes, and the instance
    restarts from the head the coordinator committed (its Adam state stays local);
@@ -37,6 +41,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -61,8 +66,19 @@ from skill_transfer import (  # noqa: E402  (the same substrate, chart and tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 ATTACKS = {"sign flip": -1.0, "x100": 100.0, "sign flip x100": -100.0}
+LAYERS = 6  # MiniLM's
 BYTES_TARGET = 600
 TARGET = 0.9  # of joint training's mean normalised accuracy
+
+
+def instances(n: int) -> dict[str, tuple[str, int]]:
+    """Instance name -> (its task, its data seed offset): the tasks in turn, so n = 10 is four
+    negation instances and three each of topic and agent. With one instance per task the names
+    are the tasks' and the offsets 0 (the specialists' batches); the k-th copy of a task draws
+    its batches with seed + 1000 k."""
+    if n == len(TASKS):
+        return {name: (name, 0) for name in TASKS}
+    return {f"{TASKS[i % 3]}{i}": (TASKS[i % 3], 1000 * (i // 3)) for i in range(n)}
 
 
 def identity_for(name: str):
@@ -98,13 +114,19 @@ class Experiment:
             zero_init=["classifier.*"],
         )
         self.sub = load_substrate(SUBSTRATE)
-        self.chart = Chart.masked("srht", args.seed, 1024, EXCLUDE)
+        # --frozen-layers K: the chart leaves MiniLM's first K layers out too (for many instances
+        # on 2 cores: a step's backward pass stops above them)
+        self.exclude = EXCLUDE + (
+            (f"*layer.[0-{args.frozen_layers - 1}].*",) if args.frozen_layers else ()
+        )
+        self.chart = Chart.masked("srht", args.seed, 1024, self.exclude)
         self.tasks = {name: make_text_task(name, seed=args.seed) for name in TASKS}
         self.proj = BasinModel(self.sub, self.chart).projection
         self.evaluators = {
             name: BasinModel(self.sub, self.chart, projection=self.proj) for name in TASKS
         }
-        self.identities = {name: identity_for(name) for name in TASKS}
+        self.instances = instances(args.instances)
+        self.identities = {name: identity_for(name) for name in self.instances}
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
@@ -188,10 +210,11 @@ class Experiment:
             model = self.model()
             opt = torch.optim.Adam([model.z], lr=args.lr)
             gen = torch.Generator().manual_seed(args.seed)
-            sizes = [args.batch // 3 + (k < args.batch % 3) for k in range(3)]
+            n = len(self.instances)
+            sizes = joint_batch(args.batch, [t for t, _ in self.instances.values()])
             start = time.perf_counter()
             model.train()
-            for step in range(1, 3 * args.steps + 1):
+            for step in range(1, n * args.steps + 1):
                 parts = [self.tasks[n].batch(s, gen) for n, s in zip(TASKS, sizes, strict=True)]
                 sentences = [s for part in parts for s in part[0]]
                 logits = logits_of(model(**encode(self.tokenizer, sentences)))
@@ -205,8 +228,8 @@ class Experiment:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if step % (3 * args.curve) == 0 or step == 3 * args.steps:
-                    joint_z[step // 3] = model.z.detach().clone()
+                if step % (n * args.curve) == 0 or step == n * args.steps:
+                    joint_z[step // n] = model.z.detach().clone()
             model.eval()
             seconds["joint"] = time.perf_counter() - start
 
@@ -245,35 +268,55 @@ class Experiment:
         k: int | None,
         c: float,
         poisoned: str | None = None,
+        *,
+        rule_options: dict | None = None,
+        roles=None,
+        label: str = "",
+        round_updates: int | None = None,
     ) -> dict:
+        """One hive run: a fresh coordinator, a thread per instance. `poisoned`: the instance
+        sending --poison × its change. `roles(tap)`: instance name -> a HiveTrainer subclass to
+        use for it (attackers; the tap sees every update taken in), evaluated like the others.
+        `round_updates`: M (default: one update per instance)."""
         from basinvcs import porcelain
         from basinvcs.hive.coordinator import Coordinator, Settings
         from basinvcs.hive.trainer import HiveTrainer, LocalTransport
         from basinvcs.identity import format_key
 
         args = self.args
-        label = f"H={every} {rule}+{outer} k={k or 'default'} c={c:g}"
+        n = len(self.instances)
+        label = label or f"H={every} {rule}+{outer} k={k or 'default'} c={c:g}"
         label += f" {poisoned} poisoned x{args.poison:g}" if poisoned else ""
-        path = self.work / label.replace(" ", "_").replace("=", "").replace("+", "_")
-        repo = porcelain.init(path, dim=1024, seed=args.seed, exclude=EXCLUDE, name="hub")
+        path = self.work / "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label)
+        repo = porcelain.init(path, dim=1024, seed=args.seed, exclude=self.exclude, name="hub")
         for ident in self.identities.values():
             porcelain.trust(repo, format_key(ident.public_key), ident.name)
         settings = Settings(
-            round_updates=len(TASKS), round_seconds=1e5, rule=rule, optimizer=outer, outlier_c=c
+            round_updates=round_updates or n,
+            round_seconds=1e5,
+            rule=rule,
+            optimizer=outer,
+            outlier_c=c,
+            rule_options=rule_options or {},
         )
         coordinator = Coordinator(repo, settings)
         genesis = coordinator.head()
-        transport = Tap(LocalTransport(coordinator))
+        transport = Tap(LocalTransport(coordinator), self.identities)
         trainers: dict[str, HiveTrainer] = {}
 
         class Poisoned(HiveTrainer):
             def outgoing(self, change):
                 return [args.poison * v for v in change]
 
+        classes = {name: HiveTrainer for name in self.instances}
+        if poisoned:
+            classes[poisoned] = Poisoned
+        classes.update(roles(transport) if roles else {})
+
         def instance(name: str) -> None:
+            task, offset = self.instances[name]
             model = self.model()
-            cls = Poisoned if name == poisoned else HiveTrainer
-            hive = cls(
+            hive = classes[name](
                 model,
                 transport,
                 self.identities[name],
@@ -285,11 +328,11 @@ class Experiment:
             )
             trainers[name] = hive
             opt = torch.optim.Adam([model.z], lr=args.lr)
-            gen = torch.Generator().manual_seed(args.seed)  # the specialist's batches
-            loss_fn = self.loss_for(name)
+            gen = torch.Generator().manual_seed(args.seed + offset)  # the specialist's batches
+            loss_fn = self.loss_for(task)
             model.train()
             for _ in range(args.steps):
-                loss = loss_fn(model, self.tasks[name].batch(args.batch, gen))
+                loss = loss_fn(model, self.tasks[task].batch(args.batch, gen))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -298,26 +341,27 @@ class Experiment:
             model.eval()
 
         start = time.perf_counter()
-        run_threads({name: (lambda n=name: instance(n)) for name in TASKS})
+        run_threads({name: (lambda n=name: instance(n)) for name in self.instances})
         seconds = time.perf_counter() - start
         # the heads, read back from the coordinator's repository
         heads = [coordinator.head()]
         while heads[-1] != genesis:
             heads.append(repo.read_commit(heads[-1]).parents[0])
         heads.reverse()  # heads[r]: the head after round r - 1 (heads[0]: genesis)
-        rounds = len(trainers[TASKS[0]].history)
+        honest = [name for name in self.instances if classes[name] is HiveTrainer]
+        first = trainers[honest[0]]
+        rounds = len(first.history)
         steps_at = [0]
-        for record in trainers[TASKS[0]].history:
+        for record in first.history:
             steps_at.append(steps_at[-1] + record.sent.steps)
-        by_round = {r: {} for r in range(rounds)}
-        for author, update in transport.sent:
+        by_round: dict[int, dict[str, object]] = {r: {} for r in range(rounds)}
+        for author, update, _ in transport.sent:
             by_round[update.round][author] = update
-        taken = {n: [s.taken for s in trainers[n].history] for n in TASKS}
-        refused_rounds = sum(1 for r in range(rounds) if not all(taken[n][r] for n in TASKS))
+        taken = {name: [s.taken for s in trainers[name].history] for name in self.instances}
         # heads after each round: a round whose updates were all refused keeps the head
         head_after, moved = [], 0
         for r in range(rounds):
-            moved += any(taken[n][r] for n in TASKS)
+            moved += any(len(t) > r and t[r] for t in taken.values())
             head_after.append(heads[moved])
         points = [
             r
@@ -330,11 +374,13 @@ class Experiment:
             curve[str(steps_at[r + 1])] = self.evaluate(z)
         final = curve[str(steps_at[-1])]
         z_final = repo.read_basin(repo.read_commit(heads[-1]).basin).z
-        sizes = [u.encode() for _, u in transport.sent]
+        sizes = [len(data) for _, _, data in transport.sent]
         out = {
             "label": label,
+            "instances": n,
             "every": every,
             "rule": rule,
+            "rule_options": rule_options or {},
             "outer": outer,
             "k": k,
             "c": c,
@@ -346,19 +392,23 @@ class Experiment:
             "final": final,
             "z_norm": float(torch.tensor(z_final).norm()),
             "curve": curve,
-            "bytes": {n: trainers[n].bytes_sent for n in TASKS},
-            "max_update_bytes": max(len(b) for b in sizes),
-            "coordinates": max(u.change.k for _, u in transport.sent),
-            "taken": {n: sum(bool(t) for t in taken[n]) for n in TASKS},
-            "refused": {n: sum(t is False for t in taken[n]) for n in TASKS},
-            "rounds_with_refusals": refused_rounds,
+            "bytes": {name: trainers[name].bytes_sent for name in self.instances},
+            "max_update_bytes": max(sizes),
+            "coordinates": max(u.change.k for _, u, _ in transport.sent),
+            "taken": {name: sum(bool(t) for t in taken[name]) for name in self.instances},
+            "refused": {name: sum(t is False for t in taken[name]) for name in self.instances},
+            "intake_refused": dict(transport.refused),
             "status": coordinator.status(),
-            "deltas": {str(r): {n: by_round[r][n].delta() for n in TASKS} for r in range(rounds)},
+            "deltas": {
+                str(r): {name: u.delta() for name, u in sorted(by_round[r].items())}
+                for r in range(rounds)
+            },
         }
         repo.close()
         self.log(
-            f"{label}: {rounds} rounds, {seconds:.0f} s, final {final}, bytes {out['bytes']}, "
-            f"max update {out['max_update_bytes']} B, refused {out['refused']}"
+            f"{label}: {rounds} rounds, {seconds:.0f} s, final {final}, max update "
+            f"{out['max_update_bytes']} B, refused {sum(out['refused'].values())}, intake "
+            f"refusals {out['intake_refused']}"
         )
         if not args.keep:
             shutil.rmtree(path, ignore_errors=True)
@@ -366,30 +416,73 @@ class Experiment:
 
 
 class Tap:
-    """The transport, keeping (signer name, update) of every update it carries."""
+    """The transport, keeping (signer name, update, bytes) of every update taken in, in order,
+    and counting refusals at intake by HTTP status; `updates(round, names)` waits for the given
+    instances' updates of a round (what an omniscient attacker sees)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, identities: dict):
         self.inner, self.sent = inner, []
-        self._lock = threading.Lock()
+        self.refused: dict[int, int] = {}
+        self.identities = identities
+        self._names = {ident.public_key: name for name, ident in identities.items()}
+        self._cond = threading.Condition()
 
     def submit(self, data: bytes) -> dict:
+        from basinvcs.hive.trainer import HiveError
         from basinvcs.hive.update import Update
 
-        update = Update.decode(data)
-        answer = self.inner.submit(data)
-        with self._lock:
-            self.sent.append((_name_of(update.author), update))
+        try:
+            update = Update.decode(data)
+        except Exception:  # noqa: BLE001 - a forgery: the coordinator says why
+            update = None
+        try:
+            answer = self.inner.submit(data)
+        except HiveError as exc:
+            found = re.search(r"HTTP (\d+)", str(exc))
+            status = int(found.group(1)) if found else 0
+            with self._cond:
+                self.refused[status] = self.refused.get(status, 0) + 1
+            raise
+        with self._cond:
+            self.sent.append((self._names.get(update.author, "?"), update, data))
+            self._cond.notify_all()
         return answer
+
+    def updates(self, round_: int, names: list[str], timeout: float = 3600) -> list:
+        """The updates the instances `names` had taken in for `round_`, once all of them are."""
+
+        def ready():
+            got = {n: u for n, u, _ in self.sent if u.round == round_ and n in names}
+            return got if len(got) == len(names) else None
+
+        with self._cond:
+            got = self._cond.wait_for(ready, timeout)
+        if got is None:
+            raise TimeoutError(f"round {round_}: the honest updates did not all arrive")
+        return [got[n] for n in names]
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
 
-def _name_of(author: bytes) -> str:
-    for name in TASKS:
-        if identity_for(name).public_key == author:
-            return name
-    raise ValueError("unknown signer")
+def add_frozen_layers(ap: argparse.ArgumentParser, default: int) -> None:
+    ap.add_argument(
+        "--frozen-layers",
+        type=int,
+        default=default,
+        choices=range(LAYERS),
+        help="leave MiniLM's first K layers out of the chart",
+    )
+
+
+def joint_batch(batch: int, tasks: list[str]) -> list[int]:
+    """Joint training's batch split over TASKS in the instances' proportions (32 over three
+    tasks: 11, 11, 10; over 4 + 3 + 3 instances: 13, 10, 9)."""
+    shares = [batch * tasks.count(t) / len(tasks) for t in TASKS]
+    sizes = [int(s) for s in shares]
+    for k in sorted(range(len(TASKS)), key=lambda k: sizes[k] - shares[k])[: batch - sum(sizes)]:
+        sizes[k] += 1
+    return sizes
 
 
 def run_threads(jobs: dict) -> None:
@@ -428,7 +521,7 @@ def replay(runs: list[dict], c: float) -> dict:
     attacks = {a: {"rounds": 0, "accepted": 0, "honest flagged": 0} for a in ATTACKS}
     for run in runs:
         for deltas in run["deltas"].values():
-            rows = [deltas[n] for n in TASKS]
+            rows = list(deltas.values())
             report = outliers.check(rows, c=c)
             honest["rounds"] += 1
             honest["updates"] += len(rows)
@@ -462,8 +555,10 @@ def report(data: dict) -> str:
     joint_mean = mean(normalised(res["joint"], spec).values())
     a = data["args"]
     lines = [
-        f"seed {a['seed']}; {a['steps']} local steps per instance (batch {a['batch']}, Adam lr "
-        f"{a['lr']}); updates {a['encoding']}",
+        f"seed {a['seed']}; {a['instances']} instances; MiniLM's first "
+        f"{a.get('frozen_layers', 0)} layers out of the chart; "
+        f"{a['steps']} local steps per instance (batch {a['batch']}, Adam lr {a['lr']}); "
+        f"updates {a['encoding']}",
         "",
         "| model | " + " | ".join(TASKS) + " |",
         "|---|" + "---|" * len(TASKS),
@@ -473,7 +568,7 @@ def report(data: dict) -> str:
     lines += [
         "",
         "Normalised accuracy (task k ÷ specialist k on task k); ratio = mean ÷ joint's mean; "
-        "bytes: sent per instance (max of the three), largest update:",
+        "bytes: sent per instance (the most of any), largest update:",
         "",
         "| model | H | k | c | rounds | " + " | ".join(TASKS) + " | mean | ratio | bytes |"
         " update | refused | ‖z‖ |",
@@ -497,7 +592,7 @@ def report(data: dict) -> str:
             + f" | {run['every']} | {run['coordinates']} | {run['c']:g} | {run['rounds']} | "
             + " | ".join(f"{norm[t]:.3f}" for t in TASKS)
             + f" | {m:.3f} | {m / joint_mean:.3f} | {max(run['bytes'].values())} |"
-            f" {run['max_update_bytes']} | {refused} of {3 * run['rounds']} |"
+            f" {run['max_update_bytes']} | {refused} of {run['instances'] * run['rounds']} |"
             f" {run['z_norm']:.1f} |"
         )
     d = data["default"]
@@ -511,7 +606,7 @@ def report(data: dict) -> str:
     lines += [
         "",
         f"The outlier check replayed on the {first['rounds']} honest rounds of the runs above "
-        "(each round's three updates as the coordinator decoded them), at each c; then with one "
+        "(each round's updates as the coordinator decoded them), at each c; then with one "
         "update of each round replaced by a poisoned one (each instance in turn):",
         "",
         "| c | honest updates flagged | " + " | ".join(f"{a} accepted" for a in ATTACKS) + " |",
@@ -540,6 +635,7 @@ def plot(data: dict, path: Path) -> None:
     def m(acc):
         return mean(normalised(acc, spec).values())
 
+    a = data["args"]
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
     colours = {"average": "tab:blue", "nesterov": "tab:orange", "fedadam": "tab:green"}
     styles = {1: "-", 10: "--", 50: ":"}
@@ -567,13 +663,13 @@ def plot(data: dict, path: Path) -> None:
         "-",
         color="black",
         linewidth=2,
-        label="joint training (3 steps per instance step)",
+        label=f"joint training ({a['instances']} steps per instance step)",
     )
     for key, style in (("one-shot average", "gray"), ("one-shot fisher", "brown")):
         ax.axhline(m(res[key]), color=style, linestyle="-.", linewidth=1, label=key)
     ax.set_xlabel("local steps per instance (rounds × H)")
     ax.set_ylabel("mean normalised accuracy (÷ specialist)")
-    ax.set_title("Hive on MiniLM: three instances, three tasks, d = 1024")
+    ax.set_title(f"Hive on MiniLM: {a['instances']} instances, three tasks, d = 1024")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -583,6 +679,8 @@ def plot(data: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description="the hive on MiniLM")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--instances", type=int, default=3, help="N: the tasks in turn (10: 4 + 3 + 3)")
+    add_frozen_layers(ap, 0)
     ap.add_argument("--steps", type=int, default=120, help="local steps per instance")
     ap.add_argument("--every", default="1,10,50", help="H values, comma-separated")
     ap.add_argument(
@@ -626,8 +724,9 @@ def main() -> None:
     data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     if args.references:
         earlier = json.loads(args.references.read_text())
-        same = ("seed", "steps", "lr", "batch", "curve")
-        if any(earlier["args"][key] != data["args"][key] for key in same):
+        same = ("seed", "steps", "lr", "batch", "curve", "instances", "frozen_layers")
+        defaults = {"instances": 3, "frozen_layers": 0}  # runs from before these options
+        if any(earlier["args"].get(key, defaults.get(key)) != data["args"][key] for key in same):
             sys.exit(f"error: {args.references} was measured with other {', '.join(same)}")
         data["references"] = earlier["references"]
         exp.log(f"references from {args.references}")
@@ -661,7 +760,8 @@ def main() -> None:
     }
     if not args.no_poison:
         d = data["default"]
-        data["hives"].append(exp.hive(d["every"], d["rule"], d["outer"], d["k"], d["c"], TASKS[-1]))
+        last = list(exp.instances)[-1]
+        data["hives"].append(exp.hive(d["every"], d["rule"], d["outer"], d["k"], d["c"], last))
     data["elapsed"] = time.perf_counter() - exp.t0
     text = report(data)
     print(text)

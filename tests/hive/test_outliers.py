@@ -1,14 +1,18 @@
 """The intake outlier check (basinvcs.hive.outliers): Fisher distance to the round's median,
 flagged beyond median + c · 1.4826 · MAD of the round's own scores."""
 
+import functools
 import math
 
 import numpy as np
 import pytest
 
-from basinvcs.hive.outliers import check
+from basinvcs.hive import outliers
 from basinvcs.hive.rules import AggregationError
 from basinvcs.metrics import distance, mean_fisher
+
+# the statistics below are at Iglewicz & Hoaglin's c = 3.5, stricter than the default
+check = functools.partial(outliers.check, c=3.5)
 
 
 def honest_round(seed: int, n: int = 10, d: int = 256) -> np.ndarray:
@@ -156,3 +160,13 @@ def test_non_finite_input_is_refused(bad):
 def test_distances_beyond_the_float_range_are_refused():
     with pytest.raises(AggregationError, match="overflowed"):
         check([[1e308], [-1e308], [1e308]])
+
+
+def test_the_default_factor_flags_fewer_honest_updates_and_every_scaled_one():
+    at_default = sum(len(outliers.check(honest_round(seed)).outliers) for seed in range(100))
+    assert at_default <= sum(len(check(honest_round(seed)).outliers) for seed in range(100))
+    assert outliers.DEFAULT_C == 10.0
+    for seed in range(10):
+        x = honest_round(seed)
+        x[4] *= 100
+        assert outliers.check(x).outliers == [4]

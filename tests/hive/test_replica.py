@@ -198,3 +198,89 @@ def test_three_replicas_through_two_ipfs_nodes_converge(replicas, ipfs_pair):
     inboxes[2].clear()
     assert c.head == before != a.head
     assert c.catch_up(a.head) and c.head == a.head
+
+
+def test_cli_replicas_on_two_ipfs_nodes_agree_on_updates_gossiped_by_the_cli(
+    repo_dir, tmp_path, monkeypatch, ipfs_pair
+):
+    """Three `basin hive replica` processes, each in its own repository (copies of one), one on
+    the first js-ipfs daemon and two on the second; two of their users gossip a change with
+    `basin hive submit --node` from a work branch. Every replica closes the round with both
+    updates: the same head CID, the mean of the changes, on each repository's `general`."""
+    import subprocess
+    import sys
+    import time
+
+    from basinvcs.identity import load_or_create_identity
+    from tests.conftest import Cli, commit_z
+
+    node1, node2 = ipfs_pair
+    people = [("alice", node1, vec(c0=1.0)), ("bob", node2, vec(c1=3.0))]
+    with Repository.open(repo_dir) as repo:
+        for name, _, _ in people:
+            ident, _ = load_or_create_identity(name, tmp_path / f"home-{name}")
+            porcelain.trust(repo, format_key(ident.public_key), name)
+    paths = [tmp_path / f"replica{k}" for k in range(3)]
+    for path in paths:
+        shutil.copytree(repo_dir, path)
+    procs: list[subprocess.Popen] = []
+    try:
+        for path, daemon in zip(paths, (node1, node2, node2), strict=True):
+            args = ["-C", str(path), "hive", "replica", "--node", daemon.api, "--rule", "mean"]
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "basinvcs.cli", *args, "--window", "4", "--rounds", "1"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in procs:
+            assert "listening" in proc.stdout.readline(), proc.stderr.read()
+        time.sleep(3)  # the subscriptions reach the other node
+        cli = Cli()
+        for (name, daemon, z_work), path in zip(people, paths[:2], strict=True):
+            monkeypatch.setenv("BASIN_HOME", str(tmp_path / f"home-{name}"))
+            monkeypatch.chdir(path)
+            cli("switch", "-c", "work")
+            commit_z(path, z_work, f"{name}'s work")
+            assert cli("hive", "submit", "--node", daemon.api).output.startswith("gossiped update")
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()  # by its own process id
+                proc.wait()
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    rounds = [ln for out, _ in outputs for ln in out.splitlines() if ln.startswith("round 1:")]
+    assert len(rounds) == 3 and len(set(rounds)) == 1 and "(2 updates taken)" in rounds[0]
+    head = rounds[0].split()[2]
+    for path in paths:
+        with Repository.open(path) as repo:
+            assert str(repo.branch_commit("general")) == head
+            z_head = list(repo.read_basin(repo.read_commit(repo.branch_commit("general")).basin).z)
+            assert z_head[:2] == pytest.approx([0.5, 1.5], abs=0.02)  # mean of (1, 0), (0, 3)
+
+
+def test_gossip_and_replica_refuse_bad_input_in_one_line(repo_dir, cli):
+    """Before any node is asked: an unknown rule, a branch that is not there, a HEAD that does
+    not contain the hive's head (its change would undo the rounds since)."""
+    from tests.conftest import commit_z, state
+
+    node = "/ip4/127.0.0.1/tcp/9"  # nothing listens: none of these gets that far
+    commit_z(repo_dir, vec(c0=1.0), "ahead of the hive")
+    cli("branch", "hive", "general")
+    cli("switch", "-c", "side", "general~1")
+    before = state(repo_dir)
+    assert (
+        "unknown aggregation rule"
+        in cli.fails("hive", "replica", "--node", node, "--rule", "x").stderr
+    )
+    assert (
+        "no branch named 'nope'"
+        in cli.fails("hive", "replica", "--node", node, "--branch", "nope").stderr
+    )
+    err = cli.fails("hive", "submit", "--node", node, "--branch", "hive").stderr
+    assert "HEAD does not contain hive's head" in err
+    assert "--branch goes with --node" in cli("hive", "submit", "--branch", "hive", ok=False).output
+    assert state(repo_dir) == before

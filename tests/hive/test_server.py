@@ -186,3 +186,108 @@ def test_a_coordinator_killed_mid_round_loses_nothing_and_counts_nothing_twice(h
     assert edges[2].z()[0] == pytest.approx(2.0, abs=0.02)
     status = json.loads(urllib.request.urlopen(f"{server.url}/status").read())
     assert status["taken"] == 3 and status["round"] == 1
+
+
+def status_of(server: Server) -> dict:
+    return json.loads(urllib.request.urlopen(f"{server.url}/status", timeout=10).read())
+
+
+def wait_for(check, what: str, seconds: float = 60.0):
+    """check()'s first true answer, polled until `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = check()
+        if answer:
+            return answer
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {seconds:.0f} s")
+
+
+def test_rule_optimizer_and_outlier_options_shape_the_round(hive):
+    """trimmed_mean with trim 0.4, the average's lr 0.5 and c 0.5: of 1, 2 and 6 on c0, the 6
+    is refused as an outlier, and (1 + 2) / 2 × 0.5 = 0.75 is what the round adds."""
+    hub, edges, start = hive
+    server = start(
+        *("--round-updates", "3", "--rule", "trimmed_mean", "--rule-option", "trim=0.4"),
+        *("--optimizer", "average", "--optimizer-option", "lr=0.5", "--outlier-c", "0.5"),
+    )
+    for e, value in zip(edges, (1.0, 2.0, 6.0), strict=True):
+        e("hive", "join", server.url)
+        commit_z(e.path, vec(c0=value), "work")
+        e("hive", "submit")
+    status = wait_for(lambda: (s := status_of(server))["round"] == 1 and s, "round closed")
+    assert status["taken"] == 2 and status["refused"] == 1
+    assert status["published"] is None  # nothing to publish to
+    edges[0]("hive", "sync")
+    assert edges[0].z()[0] == pytest.approx(0.75, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rule", "trimmed_mean", "--rule-option", "trim=0.7"], "trim fraction 0.7"),
+        (["--rule", "trimmed_mean", "--rule-option", "trim"], "is not KEY=NUMBER"),
+        (["--rule-option", "iterations=2.5"], "iterations 2.5"),
+        (["--rule", "median", "--rule-option", "trim=0.1"], "takes no option 'trim'"),
+        (["--optimizer-option", "lr=fast"], "is not KEY=NUMBER"),
+        (["--optimizer", "nesterov", "--optimizer-option", "momentum=1.5"], "momentum 1.5"),
+        (["--optimizer-option", "beta1=0.9"], "no hyperparameter 'beta1'"),
+        (["--outlier-c", "-1"], "outlier factor c -1"),
+        (["--outlier-c", "nan"], "outlier factor c nan"),
+        (["--rule", "vote"], "unknown aggregation rule 'vote'"),
+        (["--publish", "nowhere"], "no remote named 'nowhere'"),
+    ],
+)
+def test_bad_serve_options_are_one_line_and_start_nothing(repo_dir, cli, args, message):
+    from tests.conftest import state
+
+    before = state(repo_dir)
+    result = cli.fails("hive", "serve", "--listen", f"127.0.0.1:{free_port()}", *args)
+    assert result.exit_code == 1 and message in result.stderr
+    assert state(repo_dir) == before  # no journal, no ref, no config change
+
+
+def test_a_failing_publication_is_logged_and_never_stops_the_rounds(hive):
+    """A remote whose node is down: the push fails (one line on stderr and in /status), the
+    coordinator goes on closing rounds, and tries again after the next one."""
+    hub, edges, start = hive
+    hub("remote", "add", "down", f"/ip4/127.0.0.1/tcp/{free_port()}")
+    server = start("--round-updates", "1", "--publish", "down")
+    first = wait_for(lambda: status_of(server)["published"]["error"], "failed publication")
+    assert "cannot reach the IPFS node" in first
+    for k, e in enumerate(edges[:2]):
+        e("hive", "join", server.url)
+        commit_z(e.path, vec(c0=2.0 + k), "work")
+        e("hive", "submit")
+        wait_for(lambda k=k: status_of(server)["round"] == k + 1, f"round {k}")
+    status = status_of(server)
+    assert status["published"]["head"] is None and status["published"]["remote"] == "down"
+    server.kill()
+    failures = [ln for ln in server.proc.stderr.read().splitlines() if "publishing" in ln]
+    assert len(failures) >= 2 and all("failed: cannot reach" in ln for ln in failures)
+
+
+def test_the_coordinator_publishes_each_new_head_to_ipfs(hive, tmp_path, ipfs_node):
+    """--publish origin: after the round closes, a clone of the IPNS name (a new repository,
+    through the node) has the round's head on its branch."""
+    hub, edges, start = hive
+    hub("remote", "add", "origin", ipfs_node.api)
+    server = start("--round-updates", "2", "--rule", "mean", "--publish", "origin")
+    genesis = status_of(server)["head"]
+    wait_for(lambda: status_of(server)["published"]["head"] == genesis, "the first head pushed")
+    for k, e in enumerate(edges[:2]):
+        e("hive", "join", server.url)
+        commit_z(e.path, vec(**{f"c{k}": 1.0}), "work")
+        e("hive", "submit")
+    status = wait_for(
+        lambda: (
+            (s := status_of(server))["round"] == 1 and s["published"]["head"] == s["head"] and s
+        ),
+        "the round's head published",
+    )
+    assert status["head"] != genesis and status["published"]["error"] is None
+    reader = Edge(tmp_path, "reader", edges[0].monkeypatch)
+    copy = tmp_path / "copy"
+    reader("clone", status["published"]["name"], str(copy), "--node", ipfs_node.api)
+    with Repository.open(copy) as repo:
+        assert str(repo.branch_commit("general")) == status["head"]

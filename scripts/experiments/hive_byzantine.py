@@ -1,0 +1,310 @@
+"""Byzantine instances in the hive: 3 of 10 instances attack, for every attack and every rule.
+
+See scripts/experiments/hive_byzantine and docs/experiments/hive.md. The hive of
+scripts/experiments/hive.py (its substrate, chart, tasks, coordinator and training loops; 10
+instances: 4 negation, 3 topic, 3 agent) at H = 1 with the outer step `average`, once per
+(attack, rule). The attackers are the last three instances (topic7, agent8, negation9: one per
+task, so every task keeps honest instances); they train like the others and send instead:
+
+- sign flip: −1 × their own change (error feedback kept, as an honest instance's);
+- x100: 100 × their own change;
+- noise: a fresh N(0, σ²) vector every round (σ = --noise, 1.0: ten Adam steps of lr 0.1);
+- a little is enough (Baruch et al. 2019): μ − z σ, μ and σ the coordinate-wise mean and standard
+  deviation of the round's honest updates (omniscient attackers: they see the 7 honest updates
+  before sending), z = Φ⁻¹((n − s)/n) with s = ⌊n/2 + 1⌋ − m (n = 10, m = 3: z = 0.524);
+- inner product (Xie et al. 2020): −ε μ, ε = --ipm-eps (4: the smallest whole ε for which the
+  mean of 7 honest and 3 such updates points against μ, 7 − 3ε < 0);
+- replay: an honest instance's update of the same round, resent byte for byte;
+- forged signature: an update in an honest instance's name (its key as author, the round's
+  parent, a fresh sequence number, −100 × the attacker's change), signed with the attacker's key;
+- inflated counts: −1 × their own change claiming 10⁹ samples per step.
+
+Replays and forgeries are refused at intake (409 and 400), so their rounds close with the seven
+updates the coordinator can take (M = 7, what the round timer would close with); every other
+round closes at M = 10. The crafted attacks (noise, a little, inner product) are sent as top-k of
+the crafted vector, without error feedback. The rules: mean, trimmed_mean (trim --trim, 0.3:
+⌊0.3 · 10⌋ = 3 values cut on each side), median, centered_clip (default options); the outlier
+check at c = --outlier-c in every run. Accuracy is normalised by the specialists of the
+references (--references, a JSON of scripts/experiments/hive.py with the same seed, instances,
+layers, batch, learning rate; or trained here), and each run's mean is compared with the same
+rule's run without attack (ratio; target ≥ 0.9 for the coordinator's default rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hive import TASKS, Experiment, add_frozen_layers, mean, normalised  # noqa: E402
+
+ATTACKS = (
+    "none",
+    "sign flip",
+    "x100",
+    "noise",
+    "a little is enough",
+    "inner product",
+    "replay",
+    "forged signature",
+    "inflated counts",
+)
+REFUSED_AT_INTAKE = ("replay", "forged signature")
+RULES = ("mean", "trimmed_mean", "median", "centered_clip")
+ATTACKERS = 3
+TARGET = 0.9
+
+
+def alie_z(n: int, m: int) -> float:
+    """Baruch et al.'s z_max: the largest shift still inside the spread of the majority."""
+    s = math.floor(n / 2 + 1) - m
+    return statistics.NormalDist().inv_cdf((n - s) / n)
+
+
+def roles(attack: str, names: list[str], args: argparse.Namespace):
+    """roles(tap) for Experiment.hive: the last ATTACKERS instances play `attack`."""
+    from basinvcs.hive.trainer import HiveError, HiveTrainer
+    from basinvcs.hive.update import Update
+
+    attackers, honest = names[-ATTACKERS:], names[:-ATTACKERS]
+    n = len(names)
+
+    def make(tap) -> dict:
+        def honest_updates() -> np.ndarray:
+            round_ = tap.inner.head().round  # open until the attackers send: M counts them
+            return np.array([u.delta() for u in tap.updates(round_, honest)])
+
+        class Crafted(HiveTrainer):
+            """Sends `craft()` instead of its change, without error feedback."""
+
+            def outgoing(self, change):
+                self.compressor.reset()
+                return self.craft(np.array(change)).tolist()
+
+            def craft(self, change: np.ndarray) -> np.ndarray:
+                raise NotImplementedError
+
+        class SignFlip(HiveTrainer):
+            def outgoing(self, change):
+                return [-v for v in change]
+
+        class Scaled(HiveTrainer):
+            def outgoing(self, change):
+                return [100.0 * v for v in change]
+
+        class Inflated(SignFlip):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **{**kw, "samples_per_step": 10**9})
+
+        class Noise(Crafted):
+            def craft(self, change):
+                rng = np.random.default_rng([args.seed, self.seq, *self.identity.public_key[:4]])
+                return rng.normal(0.0, args.noise, change.shape)
+
+        class ALittle(Crafted):
+            def craft(self, change):
+                x = honest_updates()
+                return x.mean(0) - alie_z(n, ATTACKERS) * x.std(0)
+
+        class InnerProduct(Crafted):
+            def craft(self, change):
+                return -args.ipm_eps * honest_updates().mean(0)
+
+        class Refused(HiveTrainer):
+            """Sends a record the coordinator must refuse, then waits for the round."""
+
+            def round(self):
+                # H = 1: the round the honest instances are in at this step (the rounds close
+                # without this instance, so it may be behind or ahead of them)
+                target = self.steps - 1
+                head = self.transport.wait(target - 1, self.timeout) if target else tap.head()
+                if head.round == target:  # else that round closed before this one could send
+                    try:
+                        self.transport.submit(self.record(head))
+                    except HiveError:
+                        pass
+                    else:
+                        raise AssertionError(f"{attack}: the coordinator took it in")
+                self._move_to(self.transport.wait(target, self.timeout), carry=None)
+                self._since = self.steps
+                return None
+
+        class Replay(Refused):
+            def record(self, head):
+                victim = honest[names.index(self.identity.name) % len(honest)]
+                (update,) = tap.updates(head.round, [victim])
+                return update.encode()
+
+        class Forged(Refused):
+            def record(self, head):
+                victim = honest[names.index(self.identity.name) % len(honest)]
+                self.seq += 1
+                change = self.compressor.compress([-100.0 * v for v in self.change()])
+                return (
+                    Update(
+                        chart=self.model.chart,
+                        parent=head.cid,
+                        round=head.round,
+                        seq=10**6 + self.seq,
+                        change=change,
+                        samples=self.samples_per_step,
+                        author=tap.identities[victim].public_key,
+                    )
+                    .signed(self.identity.sign)  # the attacker's key, not the victim's
+                    .encode()
+                )
+
+        cls = {
+            "sign flip": SignFlip,
+            "x100": Scaled,
+            "noise": Noise,
+            "a little is enough": ALittle,
+            "inner product": InnerProduct,
+            "replay": Replay,
+            "forged signature": Forged,
+            "inflated counts": Inflated,
+        }[attack]
+        return {name: cls for name in attackers}
+
+    return make
+
+
+def report(data: dict) -> str:
+    spec = {n: data["references"]["results"][n] for n in TASKS}
+    runs = data["runs"]
+    a = data["args"]
+
+    def m(run) -> float:
+        return mean(normalised(run["final"], spec).values())
+
+    honest = {r["rule"]: m(r) for r in runs if r["attack"] == "none"}
+    lines = [
+        f"seed {a['seed']}; {a['instances']} instances ({ATTACKERS} attack); MiniLM's first "
+        f"{a['frozen_layers']} layers out of the chart; {a['steps']} local steps per instance, "
+        f"H = 1, batch {a['batch']},"
+        f" Adam lr {a['lr']}; outer step average; outlier factor c = {a['outlier_c']:g}; "
+        f"trimmed_mean trim {a['trim']:g}",
+        "",
+        "Mean normalised accuracy after the run (÷ specialists), and in brackets its ratio to the "
+        "same rule's run without attack:",
+        "",
+        "| attack | " + " | ".join(RULES) + " |",
+        "|---|" + "---|" * len(RULES),
+    ]
+    for attack in data["attacks"]:
+        cells = []
+        for rule in RULES:
+            run = next((r for r in runs if r["attack"] == attack and r["rule"] == rule), None)
+            if run is None:
+                cells.append("")
+                continue
+            v = m(run)
+            ratio = f" ({v / honest[rule]:.2f})" if rule in honest and attack != "none" else ""
+            cells.append(f"{v:.3f}{ratio}")
+        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Refusals per run: intake (HTTP status: count) and outlier check (attackers' / honest "
+        "updates):",
+        "",
+        "| attack | rule | intake | outliers: attackers | outliers: honest | per task |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        attackers = set(run["attackers"])
+        bad = sum(v for k, v in run["refused"].items() if k in attackers)
+        good = sum(v for k, v in run["refused"].items() if k not in attackers)
+        norm = normalised(run["final"], spec)
+        honest_updates = (run["instances"] - ATTACKERS) * run["rounds"]
+        intake = ", ".join(f"{k}: {v}" for k, v in sorted(run["intake_refused"].items())) or "-"
+        lines.append(
+            f"| {run['attack']} | {run['rule']} | {intake} | {bad} of "
+            f"{ATTACKERS * run['rounds']} | {good} of {honest_updates} | "
+            + ", ".join(f"{t} {norm[t]:.3f}" for t in TASKS)
+            + " |"
+        )
+    lines += ["", f"wall clock: {data['elapsed']:.0f} s"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Byzantine instances in the hive")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--instances", type=int, default=10)
+    add_frozen_layers(ap, 4)
+    ap.add_argument("--steps", type=int, default=60, help="local steps per instance")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated")
+    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated")
+    ap.add_argument("--trim", type=float, default=0.3, help="trimmed_mean's trim fraction")
+    ap.add_argument("--outlier-c", type=float, default=10.0)
+    ap.add_argument("--noise", type=float, default=1.0, help="σ of the noise attack")
+    ap.add_argument("--ipm-eps", type=float, default=4.0, help="ε of the inner-product attack")
+    ap.add_argument("--references", type=Path, default=None, help="a JSON of hive.py (--json)")
+    ap.add_argument("--json", type=Path, default=None, help="write every measurement here")
+    ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch repositories")
+    args = ap.parse_args()
+    # what Experiment.hive reads besides
+    args.encoding, args.poison, args.curve = "topk-q8", 1.0, args.steps  # evaluated at the end
+    if args.instances <= 2 * ATTACKERS:
+        sys.exit(f"error: need more than {2 * ATTACKERS} instances")
+    attacks, rules = args.attacks.split(","), args.rules.split(",")
+    for name in attacks:
+        if name not in ATTACKS:
+            sys.exit(f"error: unknown attack {name!r} (known: {', '.join(ATTACKS)})")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    exp = Experiment(args)
+    data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if args.references:
+        earlier = json.loads(args.references.read_text())
+        same = ("seed", "lr", "batch", "instances", "frozen_layers")
+        if any(earlier["args"].get(key) != data["args"][key] for key in same):
+            sys.exit(f"error: {args.references} was measured with other {', '.join(same)}")
+        data["references"] = earlier["references"]
+    else:
+        data["references"] = exp.references()
+    names = list(exp.instances)
+    data["attacks"], data["runs"] = attacks, []
+    for attack in attacks:
+        for rule in rules:
+            run = exp.hive(
+                1,
+                rule,
+                "average",
+                None,
+                args.outlier_c,
+                rule_options={"trim": args.trim} if rule == "trimmed_mean" else None,
+                roles=roles(attack, names, args) if attack != "none" else None,
+                label=f"{attack} {rule}",
+                round_updates=len(names) - ATTACKERS if attack in REFUSED_AT_INTAKE else None,
+            )
+            run.pop("deltas")
+            run["attack"] = attack
+            run["attackers"] = names[-ATTACKERS:] if attack != "none" else []
+            data["runs"].append(run)
+            if args.json:  # after every run: a long measurement keeps what it has
+                data["elapsed"] = time.perf_counter() - exp.t0
+                args.json.write_text(json.dumps(data, indent=1))
+    data["elapsed"] = time.perf_counter() - exp.t0
+    print(report(data))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1))
+    if not args.keep:
+        shutil.rmtree(exp.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
