@@ -70,9 +70,7 @@ class Settings:
     round_seconds: float = 30.0  # T: or after this long, with at least one
     freshness: int = 2  # an update's parent must be the head of one of the last K rounds
     rule: str = rules.DEFAULT_RULE
-    # measured on MiniLM (docs/experiments/hive.md): plain averaging kept 0.87-0.91 of joint
-    # training, Nesterov (DiLoCo's lr 0.7, momentum 0.9) 0.52 at H = 1
-    optimizer: str = "average"
+    optimizer: str = outer.DEFAULT_OPTIMIZER
     outlier_c: float = outliers.DEFAULT_C
     open: bool = False  # take updates from any valid signer, each at weight 1
     rule_options: dict = field(default_factory=dict)  # e.g. {"trim": 0.3}: rules.Rule.options

@@ -17,7 +17,7 @@ def test_every_optimiser_is_registered_with_its_defaults():
     assert create("average").hyper == {"lr": 1.0}
     assert create("nesterov").hyper == {"lr": 0.7, "momentum": 0.9}  # DiLoCo's
     assert create("fedadam").hyper == {"lr": 0.1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-3}
-    assert create().name == outer.DEFAULT_OPTIMIZER == "nesterov"
+    assert create().name == outer.DEFAULT_OPTIMIZER == "average"
     with pytest.raises(OuterError, match="unknown outer optimiser 'sgd'"):
         create("sgd")
 
