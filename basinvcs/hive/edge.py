@@ -96,7 +96,9 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
         raise RemoteError(f"cannot reach the hive coordinator at {url}: {reason}") from None
 
 
-def _json(url: str, data: bytes | None = None) -> dict:
+def request_json(url: str, data: bytes | None = None) -> dict:
+    """The coordinator's JSON answer to a GET (or a POST of `data`); a refusal or an answer that
+    is not a hive's is a RemoteError (shared with the training API's HttpTransport)."""
     status, body = _request(url, data)
     try:
         doc = parse_json(body[:MAX_ANSWER], f"the answer of {url}")
@@ -109,7 +111,9 @@ def _json(url: str, data: bytes | None = None) -> dict:
     return doc
 
 
-def _block_source(url: str):
+def block_source(url: str):
+    """Blocks by CID from the coordinator at `url`, for plan_fetch (which re-hashes each)."""
+
     def get(cid: CID) -> bytes:
         status, body = _request(f"{url}/block/{cid}")
         if status != 200 or len(body) > MAX_ANSWER:
@@ -126,7 +130,7 @@ def _block_source(url: str):
 def join(repo: Repository, url: str) -> EdgeState:
     """Record the coordinator at `url`, trust its key, and start from its head."""
     url = url.rstrip("/")
-    head = _json(f"{url}/head")
+    head = request_json(f"{url}/head")
     try:
         key = parse_key(str(head["key"]))
         branch = str(head["branch"])
@@ -160,7 +164,7 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         compressor.residual = list(state.residual)
     change = compressor.compress(delta)
     ident = repo.identity()
-    head = _json(f"{state.url}/head")
+    head = request_json(f"{state.url}/head")
     update = Update(
         chart=repo.config.chart,
         parent=synced,
@@ -170,7 +174,7 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         samples=samples,
         author=ident.public_key,
     ).signed(ident.sign)
-    answer = _json(f"{state.url}/update", update.encode())
+    answer = request_json(f"{state.url}/update", update.encode())
     state.seq += 1
     state.residual = [float(v) for v in compressor.residual]
     state.submitted = str(repo.head_commit())
@@ -184,7 +188,7 @@ def sync(repo: Repository) -> tuple[str, CID]:
     from .. import porcelain
 
     state = load_state(repo)
-    head = CID.parse(str(_json(f"{state.url}/head")["head"]))
+    head = CID.parse(str(request_json(f"{state.url}/head")["head"]))
     _fetch(repo, state, head)
     local = repo.branch_commit(state.branch)
     if local == head:
@@ -202,7 +206,7 @@ def sync(repo: Repository) -> tuple[str, CID]:
 
 
 def _fetch(repo: Repository, state: EdgeState, head: CID) -> None:
-    plan = plan_fetch(repo, [head], _block_source(state.url))
+    plan = plan_fetch(repo, [head], block_source(state.url))
     ref = remote_ref(REMOTE, state.branch)
     old = repo.ref(ref)
     apply_plan(

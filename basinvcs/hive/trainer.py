@@ -183,11 +183,11 @@ class HttpTransport:
         self.url = url.rstrip("/")
         self.key = parse_key(key) if key is not None else None
         self.poll = poll
-        self._blocks = edge._block_source(self.url)
+        self._blocks = edge.block_source(self.url)
 
     def head(self) -> Head:
         try:
-            doc = edge._json(f"{self.url}/head")
+            doc = edge.request_json(f"{self.url}/head")
         except RemoteError as exc:
             raise HiveError(str(exc)) from None
         try:
@@ -219,7 +219,7 @@ class HttpTransport:
 
     def submit(self, data: bytes) -> dict:
         try:
-            return edge._json(f"{self.url}/update", data)
+            return edge.request_json(f"{self.url}/update", data)
         except RemoteError as exc:
             raise HiveError(str(exc)) from None
 
