@@ -23,11 +23,12 @@ Replays and forgeries are refused at intake (409 and 400), so their rounds close
 updates the coordinator can take (M = 7, what the round timer would close with); every other
 round closes at M = 10. The crafted attacks (noise, a little, inner product) are sent as top-k of
 the crafted vector, without error feedback. The rules: mean, trimmed_mean (trim --trim, 0.3:
-⌊0.3 · 10⌋ = 3 values cut on each side), median, centered_clip (default options); the outlier
-check at c = --outlier-c in every run. Accuracy is normalised by the specialists of the
-references (--references, a JSON of scripts/experiments/hive.py with the same seed, instances,
-layers, batch, learning rate; or trained here), and each run's mean is compared with the same
-rule's run without attack (ratio; target ≥ 0.9 for the coordinator's default rule).
+⌊0.3 · 10⌋ = 3 values cut on each side), median, centered_clip (default options) and sign_elect;
+the outlier check at c = --outlier-c in every run. Accuracy is normalised by the specialists of
+the references (--references, a JSON of scripts/experiments/hive.py or of this script with the
+same seed, instances, frozen layers, batch, learning rate; or trained here), and each run's mean
+is compared with the same rule's run without attack (ratio; target ≥ 0.9 for the coordinator's
+default rule).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ ATTACKS = (
     "inflated counts",
 )
 REFUSED_AT_INTAKE = ("replay", "forged signature")
-RULES = ("mean", "trimmed_mean", "median", "centered_clip")
+RULES = ("mean", "trimmed_mean", "median", "centered_clip", "sign_elect")
 ATTACKERS = 3
 TARGET = 0.9
 
@@ -187,6 +188,8 @@ def report(data: dict) -> str:
     def m(run) -> float:
         return mean(normalised(run["final"], spec).values())
 
+    rules = list(dict.fromkeys(r["rule"] for r in runs))  # in the order they ran
+
     honest = {r["rule"]: m(r) for r in runs if r["attack"] == "none"}
     lines = [
         f"seed {a['seed']}; {a['instances']} instances ({ATTACKERS} attack); MiniLM's first "
@@ -198,12 +201,12 @@ def report(data: dict) -> str:
         "Mean normalised accuracy after the run (÷ specialists), and in brackets its ratio to the "
         "same rule's run without attack:",
         "",
-        "| attack | " + " | ".join(RULES) + " |",
-        "|---|" + "---|" * len(RULES),
+        "| attack | " + " | ".join(rules) + " |",
+        "|---|" + "---|" * len(rules),
     ]
     for attack in data["attacks"]:
         cells = []
-        for rule in RULES:
+        for rule in rules:
             run = next((r for r in runs if r["attack"] == attack and r["rule"] == rule), None)
             if run is None:
                 cells.append("")
