@@ -13,10 +13,6 @@ A rule turns the round's changes into one aggregated change Δ, which the outer 
 - ``centered_clip``: centered clipping (Karimireddy, He & Jaggi 2021): v ← v + Σ p (δ − v)·
   min(1, τ/‖δ − v‖), a few iterations from the previous aggregate or the coordinate-wise median;
   each update moves v by at most p τ per iteration, whatever its size;
-- ``sign_elect``: each update clipped to the round's median norm, then per coordinate the sign
-  that more updates send (by count: weights are claims) is elected and the agreeing values are
-  summed with their weights (as TIES merging elects signs); values of the other sign count 0, so
-  a minority sending the opposite of its change cannot pull a coordinate back;
 - ``fisher_mean``: Σ F w δ / Σ F w per coordinate, each F on the common scale
   (basinvcs.metrics.common_scale), the weighted mean where no update claims any information.
 
@@ -326,27 +322,6 @@ def default_tau(x: np.ndarray, center: np.ndarray) -> float:
     updates' own size, and a minority far away cannot widen it)."""
     diff = x - center
     return float(np.median(np.sqrt((diff * diff).sum(axis=1))))
-
-
-@register
-class SignElect(Rule):
-    name = "sign_elect"
-    summary = (
-        "clip to the round's median norm, elect each coordinate's sign by the count of updates "
-        "sending it, sum the agreeing values / n"
-    )
-
-    def combine(self, x, p, fisher, **options):
-        # bounded influence first: no update counts for more than a typical one's norm
-        norms = np.sqrt((x * x).sum(axis=1))
-        tau = float(np.median(norms))
-        scale = np.minimum(1.0, tau / np.maximum(norms, np.finfo(np.float64).tiny))
-        clipped = x * scale[:, None]
-        # a vote per update, whatever its claimed weight: as many against as for drops both
-        signs = np.sign(clipped)
-        elected = np.sign(signs.sum(axis=0))
-        agree = (signs == elected[None, :]) & (elected[None, :] != 0)
-        return (p[:, None] * clipped * agree).sum(axis=0)
 
 
 @register

@@ -41,7 +41,6 @@ RULES = [
     ("trimmed_mean", {"trim": 0.3}),  # trims 3 per side: as many as the attackers
     ("median", {}),
     ("centered_clip", {}),
-    ("sign_elect", {}),
 ]
 
 

@@ -23,7 +23,7 @@ Replays and forgeries are refused at intake (409 and 400), so their rounds close
 updates the coordinator can take (M = 7, what the round timer would close with); every other
 round closes at M = 10. The crafted attacks (noise, a little, inner product) are sent as top-k of
 the crafted vector, without error feedback. The rules: mean, trimmed_mean (trim --trim, 0.3:
-⌊0.3 · 10⌋ = 3 values cut on each side), median, centered_clip (default options) and sign_elect;
+⌊0.3 · 10⌋ = 3 values cut on each side), median, centered_clip (default options);
 the outlier check at c = --outlier-c in every run. Accuracy is normalised by the specialists of
 the references (--references, a JSON of scripts/experiments/hive.py or of this script with the
 same seed, instances, frozen layers, batch, learning rate; or trained here), and each run's mean
@@ -61,7 +61,7 @@ ATTACKS = (
     "inflated counts",
 )
 REFUSED_AT_INTAKE = ("replay", "forged signature")
-RULES = ("mean", "trimmed_mean", "median", "centered_clip", "sign_elect")
+RULES = ("mean", "trimmed_mean", "median", "centered_clip")
 ATTACKERS = 3
 TARGET = 0.9
 
@@ -189,6 +189,7 @@ def report(data: dict) -> str:
         return mean(normalised(run["final"], spec).values())
 
     rules = list(dict.fromkeys(r["rule"] for r in runs))  # in the order they ran
+    base = mean(normalised(data["references"]["results"]["base"], spec).values())
 
     honest = {r["rule"]: m(r) for r in runs if r["attack"] == "none"}
     lines = [
@@ -198,8 +199,9 @@ def report(data: dict) -> str:
         f" Adam lr {a['lr']}; outer step average; outlier factor c = {a['outlier_c']:g}; "
         f"trimmed_mean trim {a['trim']:g}",
         "",
-        "Mean normalised accuracy after the run (÷ specialists), and in brackets its ratio to the "
-        "same rule's run without attack:",
+        f"Mean normalised accuracy after the run (÷ specialists; the base, nothing learned, is "
+        f"{base:.3f}); in brackets its ratio to the same rule's run without attack, and the part "
+        "of that run's gain over the base it kept:",
         "",
         "| attack | " + " | ".join(rules) + " |",
         "|---|" + "---|" * len(rules),
@@ -212,7 +214,10 @@ def report(data: dict) -> str:
                 cells.append("")
                 continue
             v = m(run)
-            ratio = f" ({v / honest[rule]:.2f})" if rule in honest and attack != "none" else ""
+            ratio = ""
+            if rule in honest and attack != "none":
+                kept = (v - base) / (honest[rule] - base)
+                ratio = f" ({v / honest[rule]:.2f}; {kept:.2f})"
             cells.append(f"{v:.3f}{ratio}")
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     lines += [
