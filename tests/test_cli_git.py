@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -457,6 +458,22 @@ def test_ctrl_c_exits_130_without_a_traceback(repo_dir, cli, monkeypatch):
     assert result.exit_code == 130 and result.output == ""
 
 
+def wait_blocked(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the process sleeps without using CPU (blocked on its read), however loaded the
+    machine: a fixed pause sent the signal before the command started when CI shared the cores."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline, last, still = time.monotonic() + timeout, None, 0
+    while time.monotonic() < deadline:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        state, cpu = fields[0], int(fields[11]) + int(fields[12])  # utime + stime
+        still = still + 1 if state == "S" and cpu == last else 0
+        if still >= 3:
+            return
+        last = cpu
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} never blocked")
+
+
 @pytest.mark.parametrize("waits_in", ["the command", "parsing"])
 def test_sigint_to_a_waiting_basin_exits_130(repo_dir, tmp_path, waits_in):
     fifo = tmp_path / "fifo"
@@ -479,7 +496,7 @@ def test_sigint_to_a_waiting_basin_exits_130(repo_dir, tmp_path, waits_in):
     )
     try:
         assert proc.stdout.readline() == "ready\n"
-        time.sleep(0.5)
+        wait_blocked(proc.pid)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:

@@ -22,8 +22,8 @@ finite floats or refuses. Results are deterministic: the updates are first put i
 bit-identical Δ whatever order they arrived in.
 
 `mean` is the default, chosen by measurement on MiniLM (docs/experiments/hive.md): with three
-instances each on its own task it kept 0.912 and 0.937 of joint training over two seeds, where
-`centered_clip` kept 0.877 and 0.883; with ten instances, three of them attacking, it kept as much
+instances each on its own task it kept 0.912 and 0.913 of joint training over two seeds, where
+`centered_clip` kept 0.877 and 0.860; with ten instances, three of them attacking, it kept as much
 as `centered_clip` or more under every attack the intake does not stop but noise, and no rule here
 survives sign flips of non-IID sparse updates. Scale is bounded before any rule: the outlier check
 (c = 10) refused every ×100 update. On arithmetic alone (scripts/bench/hive_rules.py, IID

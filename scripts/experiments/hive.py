@@ -210,26 +210,27 @@ class Experiment:
             model = self.model()
             opt = torch.optim.Adam([model.z], lr=args.lr)
             gen = torch.Generator().manual_seed(args.seed)
-            n = len(self.instances)
+            # one joint step per instance step: the hive's compute
+            per = len(self.instances)
             sizes = joint_batch(args.batch, [t for t, _ in self.instances.values()])
             start = time.perf_counter()
             model.train()
-            for step in range(1, n * args.steps + 1):
+            for step in range(1, per * args.steps + 1):
                 parts = [self.tasks[n].batch(s, gen) for n, s in zip(TASKS, sizes, strict=True)]
                 sentences = [s for part in parts for s in part[0]]
                 logits = logits_of(model(**encode(self.tokenizer, sentences)))
                 loss, row = 0.0, 0
                 for name, (_, labels) in zip(TASKS, parts, strict=True):
-                    lo, n = OFFSETS[name], len(self.tasks[name].labels)
-                    rows = logits[row : row + len(labels), lo : lo + n]
+                    lo, width = OFFSETS[name], len(self.tasks[name].labels)
+                    rows = logits[row : row + len(labels), lo : lo + width]
                     loss = loss + F.cross_entropy(rows, labels, reduction="sum")
                     row += len(labels)
                 loss = loss / row
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if step % (n * args.curve) == 0 or step == n * args.steps:
-                    joint_z[step // n] = model.z.detach().clone()
+                if step % (per * args.curve) == 0 or step == per * args.steps:
+                    joint_z[step // per] = model.z.detach().clone()
             model.eval()
             seconds["joint"] = time.perf_counter() - start
 
@@ -270,6 +271,7 @@ class Experiment:
         poisoned: str | None = None,
         *,
         rule_options: dict | None = None,
+        optimizer_options: dict | None = None,
         roles=None,
         label: str = "",
         round_updates: int | None = None,
@@ -285,7 +287,8 @@ class Experiment:
 
         args = self.args
         n = len(self.instances)
-        label = label or f"H={every} {rule}+{outer} k={k or 'default'} c={c:g}"
+        extra = "".join(f" {key}={v:g}" for key, v in (optimizer_options or {}).items())
+        label = label or f"H={every} {rule}+{outer}{extra} k={k or 'default'} c={c:g}"
         label += f" {poisoned} poisoned x{args.poison:g}" if poisoned else ""
         path = self.work / "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label)
         repo = porcelain.init(path, dim=1024, seed=args.seed, exclude=self.exclude, name="hub")
@@ -298,6 +301,7 @@ class Experiment:
             optimizer=outer,
             outlier_c=c,
             rule_options=rule_options or {},
+            optimizer_options=optimizer_options or {},
         )
         coordinator = Coordinator(repo, settings)
         genesis = coordinator.head()
@@ -381,6 +385,7 @@ class Experiment:
             "every": every,
             "rule": rule,
             "rule_options": rule_options or {},
+            "optimizer_options": optimizer_options or {},
             "outer": outer,
             "k": k,
             "c": c,
@@ -588,6 +593,7 @@ def report(data: dict) -> str:
         refused = sum(run["refused"].values())
         lines.append(
             f"| {run['rule']}+{run['outer']}"
+            + "".join(f" {key} {v:g}" for key, v in run.get("optimizer_options", {}).items())
             + (f", {run['poisoned']} poisoned ×{run['poison']:g}" if run["poisoned"] else "")
             + f" | {run['every']} | {run['coordinates']} | {run['c']:g} | {run['rounds']} | "
             + " | ".join(f"{norm[t]:.3f}" for t in TASKS)
@@ -686,7 +692,8 @@ def main() -> None:
     ap.add_argument(
         "--settings",
         default="mean:average,mean:nesterov,mean:fedadam",
-        help="rule:outer-optimiser pairs, comma-separated",
+        help="rule:outer-optimiser[:hyper=value...] settings, comma-separated (e.g. "
+        "mean:average:lr=3)",
     )
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=32)
@@ -738,10 +745,13 @@ def main() -> None:
     data["hives"] = []
     for every in [int(h) for h in args.every.split(",")]:
         for pair in args.settings.split(","):
-            rule, outer = pair.split(":")
+            rule, outer, *options = pair.split(":")
+            hyper = {key: float(v) for key, v in (o.split("=") for o in options)}
             for k in ks:
                 for c in cs:
-                    data["hives"].append(exp.hive(every, rule, outer, k, c))
+                    data["hives"].append(
+                        exp.hive(every, rule, outer, k, c, optimizer_options=hyper)
+                    )
     for spec_text in filter(None, args.extra.split(",")):
         every, rule, outer, k, c = spec_text.split(":")
         k = None if k == "default" else int(k)
@@ -761,7 +771,17 @@ def main() -> None:
     if not args.no_poison:
         d = data["default"]
         last = list(exp.instances)[-1]
-        data["hives"].append(exp.hive(d["every"], d["rule"], d["outer"], d["k"], d["c"], last))
+        data["hives"].append(
+            exp.hive(
+                d["every"],
+                d["rule"],
+                d["outer"],
+                d["k"],
+                d["c"],
+                last,
+                optimizer_options=best["optimizer_options"],
+            )
+        )
     data["elapsed"] = time.perf_counter() - exp.t0
     text = report(data)
     print(text)
