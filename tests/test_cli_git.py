@@ -493,6 +493,8 @@ def test_sigint_to_a_waiting_basin_exits_130(repo_dir, tmp_path, waits_in):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # as at a terminal: a run started in the background (`cmd &`) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout.readline() == "ready\n"
