@@ -35,6 +35,7 @@ import itertools
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from .journal import Journal, Journaled
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
+MAX_MESSAGES = 1000  # log lines kept in memory
 
 
 class Refused(BasinError):
@@ -109,7 +111,10 @@ class Coordinator:
         self.journal = journal or Journal(Path(repo.basin_dir) / JOURNAL_FILE)
         self.max_update_bytes = update_limit(repo.config.chart)
         self._lock = threading.RLock()
-        self.messages: list[str] = []
+        # the latest lines of `log` (bounded: a coordinator runs for months), and where else
+        # each goes as it is logged (the server prints them)
+        self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
+        self.echo: Callable[[str], None] | None = None
         self.close_seconds: float | None = None
         # called (in the coordinator's thread, under its lock: it must not wait) with each new
         # head a round makes; the server publishes heads through it
@@ -136,7 +141,10 @@ class Coordinator:
         self._authors = {j.author for j, _ in self._pending}
 
     def log(self, line: str) -> None:
+        """A line about the coordinator's own work (a round not closed, a round recovered)."""
         self.messages.append(line)
+        if self.echo is not None:
+            self.echo(line)
 
     # -- state
 

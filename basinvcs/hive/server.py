@@ -400,15 +400,18 @@ def serve(
     coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8765, publish: str | None = None
 ) -> None:
     """Run the coordinator's server until interrupted; with `publish` (a remote's name), push
-    the branch there after every round."""
+    the branch there after every round. The coordinator's log lines go to stderr."""
     import uvicorn
 
+    def echo(line: str) -> None:
+        print(f"hive: {line}", file=sys.stderr, flush=True)
+
+    for line in coordinator.messages:  # what it logged while starting (a recovered round)
+        echo(line)
+    coordinator.echo = echo
     publisher = None
     if publish is not None:
-
-        def log(line: str) -> None:
-            coordinator.log(line)
-            print(f"hive: {line}", file=sys.stderr, flush=True)
-
-        publisher = Publisher(coordinator.repo, publish, coordinator.settings.branch, log)
+        publisher = Publisher(
+            coordinator.repo, publish, coordinator.settings.branch, coordinator.log
+        )
     uvicorn.run(make_app(coordinator, publisher), host=host, port=port, log_level="warning")

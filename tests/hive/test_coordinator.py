@@ -197,3 +197,14 @@ def test_fisher_mean_weighs_each_coordinate_by_the_fisher_values_sent(hub):
     # c0: (1·2 + 3·3) / (2 + 3) = 2.2; c1: (1·2 + 3·1) / (2 + 1) = 5/3; the plain mean is 2
     assert head_z(c)[:2] == pytest.approx([2.2, 5 / 3], rel=2e-2)
     c.repo.close()
+
+
+def test_log_lines_are_echoed_and_only_the_latest_kept(hub):
+    c = coordinator(hub)
+    seen: list[str] = []
+    c.echo = seen.append
+    for k in range(hc.MAX_MESSAGES + 5):
+        c.log(f"line {k}")
+    assert len(seen) == hc.MAX_MESSAGES + 5
+    assert len(c.messages) == hc.MAX_MESSAGES and c.messages[-1] == seen[-1]
+    c.repo.close()
