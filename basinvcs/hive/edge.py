@@ -33,7 +33,7 @@ from ..ingest import apply_plan, plan_fetch
 from ..inputs import parse_json, read_file
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
-from .update import DEFAULT_ENCODING, Compressor, Update
+from .update import DEFAULT_ENCODING, Change, Compressor, Update
 
 STATE_FILE = "hive.json"
 REMOTE = "hive"
@@ -152,34 +152,49 @@ def join(repo: Repository, url: str) -> EdgeState:
     return state
 
 
-def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING) -> dict:
-    """Send the change since the synced head as the next signed update."""
-    state = load_state(repo)
-    synced = CID.parse(state.synced)
-    base = repo.read_basin(repo.read_commit(synced).basin)
+def change_since(repo: Repository, parent: CID) -> list[float]:
+    """z(HEAD) − z(parent): the local change an edge sends as an update."""
+    base = repo.read_basin(repo.read_commit(parent).basin)
     here = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
-    delta = [a - b for a, b in zip(here.z, base.z, strict=True)]
-    compressor = Compressor(len(delta), encoding)
-    if state.residual:
-        compressor.residual = list(state.residual)
-    change = compressor.compress(delta)
+    return [a - b for a, b in zip(here.z, base.z, strict=True)]
+
+
+def signed_update(
+    repo: Repository, parent: CID, change: Change, *, round_: int, seq: int, samples: int
+) -> Update:
+    """An update of this repository's chart from `parent`, signed with the user's key."""
     ident = repo.identity()
-    head = request_json(f"{state.url}/head")
-    update = Update(
+    return Update(
         chart=repo.config.chart,
-        parent=synced,
-        round=int(head.get("round", 0)),
-        seq=state.seq + 1,
+        parent=parent,
+        round=round_,
+        seq=seq,
         change=change,
         samples=samples,
         author=ident.public_key,
     ).signed(ident.sign)
-    answer = request_json(f"{state.url}/update", update.encode())
+
+
+def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING) -> dict:
+    """Send the change since the synced head as the next signed update."""
+    state = load_state(repo)
+    synced = CID.parse(state.synced)
+    delta = change_since(repo, synced)
+    compressor = Compressor(len(delta), encoding)
+    if state.residual:
+        compressor.residual = list(state.residual)
+    change = compressor.compress(delta)
+    head = request_json(f"{state.url}/head")
+    round_ = int(head.get("round", 0))
+    data = signed_update(
+        repo, synced, change, round_=round_, seq=state.seq + 1, samples=samples
+    ).encode()
+    answer = request_json(f"{state.url}/update", data)
     state.seq += 1
     state.residual = [float(v) for v in compressor.residual]
     state.submitted = str(repo.head_commit())
     save_state(repo, state)
-    return {**answer, "bytes": len(update.encode()), "coordinates": change.k}
+    return {**answer, "bytes": len(data), "coordinates": change.k}
 
 
 def sync(repo: Repository) -> tuple[str, CID]:

@@ -48,6 +48,7 @@ from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import outliers, rules
+from .edge import change_since, signed_update
 from .update import DEFAULT_ENCODING, Compressor, Update
 
 ANNOUNCE_TYPE = "basin/hive-head"
@@ -397,25 +398,16 @@ def gossip(
         raise RefError(
             f"HEAD does not contain {branch}'s head {parent}: merge it first (basin merge {branch})"
         )
-    base = repo.read_basin(repo.read_commit(parent).basin)
-    local = repo.read_basin(repo.read_commit(here).basin)
-    delta = [a - b for a, b in zip(local.z, base.z, strict=True)]
-    ident = repo.identity()
-    update = Update(
-        chart=repo.config.chart,
-        parent=parent,
-        round=0,  # replicas key rounds by their parent
-        seq=now_ms(),
-        change=Compressor(len(delta), encoding).compress(delta),
-        samples=samples,
-        author=ident.public_key,
-    ).signed(ident.sign)
-    publish, store, _ = ipfs_transport(node, hive_genesis(repo, parent))
+    delta = change_since(repo, parent)
+    change = Compressor(len(delta), encoding).compress(delta)
+    # replicas key rounds by their parent, not by a round number
+    update = signed_update(repo, parent, change, round_=0, seq=now_ms(), samples=samples)
+    genesis = hive_genesis(repo, parent)
+    publish, store, _ = ipfs_transport(node, genesis)
     data = update.encode()
     store(data)
     if not publish(data):
         raise RemoteError(
-            f"no replica listens on {topic(hive_genesis(repo, parent))} through {node.addr}: "
-            "the update was not heard"
+            f"no replica listens on {topic(genesis)} through {node.addr}: the update was not heard"
         )
     return CID.for_block(data), update

@@ -16,12 +16,17 @@ from tests.conftest import CHART, vec
 EDGES = [Identity(bytes([k]) * 32, f"edge{k}") for k in range(1, 6)]
 
 
-@pytest.fixture
-def hub(repo_dir):
+def trusting(repo_dir, identities):
+    """The repository at `repo_dir`, trusting `identities`: a hive's hub."""
     with Repository.open(repo_dir) as repo:
-        for ident in EDGES[:4]:
+        for ident in identities:
             porcelain.trust(repo, format_key(ident.public_key), ident.name)
     return repo_dir
+
+
+@pytest.fixture
+def hub(repo_dir):
+    return trusting(repo_dir, EDGES[:4])
 
 
 def coordinator(repo_dir, **settings) -> hc.Coordinator:

@@ -3,28 +3,19 @@ message cannot list them all, and recovery from the journaled decision."""
 
 import pytest
 
-from basinvcs import porcelain
 from basinvcs.errors import RepositoryError
-from basinvcs.hive import coordinator as hc
-from basinvcs.identity import Identity, format_key
+from basinvcs.identity import Identity
 from basinvcs.objects import MAX_MESSAGE_BYTES
-from basinvcs.repository import Repository
 from tests.conftest import vec
-from tests.hive.test_coordinator import update
+from tests.hive.test_coordinator import coordinator as make
+from tests.hive.test_coordinator import trusting, update
 
 MANY = [Identity(k.to_bytes(4, "big") + bytes(28), f"e{k}") for k in range(1, 301)]
 
 
 @pytest.fixture
 def hub(repo_dir):
-    with Repository.open(repo_dir) as repo:
-        for ident in MANY:
-            porcelain.trust(repo, format_key(ident.public_key), ident.name)
-    return repo_dir
-
-
-def make(repo_dir, **kw):
-    return hc.Coordinator(Repository.open(repo_dir), hc.Settings(**{"round_updates": 3, **kw}))
+    return trusting(repo_dir, MANY)
 
 
 def test_a_batch_is_checked_in_order(hub):

@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 
-from basinvcs import porcelain
 from basinvcs.hive import coordinator as hc
 from basinvcs.hive import trainer as ht
 from basinvcs.hive.update import Update
@@ -21,8 +20,9 @@ from basinvcs.model.projection import Projection
 from basinvcs.model.registry import load_substrate
 from basinvcs.model.tasks import make_task
 from basinvcs.model.train import BasinModel, batch_loss
-from basinvcs.repository import Repository
 from tests.conftest import CHART
+from tests.hive import test_coordinator as tc
+from tests.hive.test_coordinator import trusting
 
 EDGES = [Identity(bytes([k]) * 32, f"edge{k}") for k in range(1, 4)]
 TASKS = ("cipher", "reverse", "sort")
@@ -51,15 +51,11 @@ def proj(sub):
 
 @pytest.fixture
 def hub(repo_dir):
-    with Repository.open(repo_dir) as repo:
-        for ident in EDGES:
-            porcelain.trust(repo, format_key(ident.public_key), ident.name)
-    return repo_dir
+    return trusting(repo_dir, EDGES)
 
 
 def coordinator(repo_dir, **settings) -> hc.Coordinator:
-    options = {"round_updates": 3, "rule": "mean", "optimizer": "average", **settings}
-    return hc.Coordinator(Repository.open(repo_dir), hc.Settings(**options))
+    return tc.coordinator(repo_dir, **{"rule": "mean", "optimizer": "average", **settings})
 
 
 def head_z(c: hc.Coordinator) -> torch.Tensor:
