@@ -6,6 +6,9 @@ A rule turns the round's changes into one aggregated change Δ, which the outer 
 (basinvcs.hive.outer) then applies. One interface, a registry, as basinvcs.merge.strategy:
 
 - ``mean``: the weighted mean Σ w δ / Σ w (trusted hives; one update can move it anywhere);
+- ``sender_mean``: per coordinate, the weighted mean of the updates that change it (nonzero), 0
+  where none does: sparse (top-k) updates of instances on different tasks add up, as the steps of
+  one training run would, while instances that change the same coordinates are averaged;
 - ``trimmed_mean``: per coordinate, drop the ⌊β n⌋ smallest and largest values, weighted mean of
   the rest (Yin et al. 2018); within the honest range whenever ⌊β n⌋ ≥ the attackers;
 - ``median``: the coordinate-wise median, by count: a weighted median would hand a coordinate to
@@ -109,7 +112,7 @@ def aggregate(
         raise AggregationError(f"rule {rule} takes no option {unknown[0]!r}")
     x = as_updates(updates)
     n, d = x.shape
-    w = _weights(weights, n)
+    w = as_weights(weights, n)
     f = as_fishers(fishers, n, d)
     order = canonical_order(x, w, f, keys)
     x, w = x[order], w[order]
@@ -201,7 +204,8 @@ def canonical_order(
         raise AggregationError(f"update keys cannot be ordered: {exc}") from None
 
 
-def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+def as_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """The `n` weights as floats, each finite and > 0 (equal if None)."""
     if weights is None:
         return np.ones(n)
     if len(weights) != n:
@@ -259,6 +263,20 @@ class Mean(Rule):
 
     def combine(self, x, p, fisher, **options):
         return weighted_mean(x, p)
+
+
+@register
+class SenderMean(Rule):
+    name = "sender_mean"
+    summary = (
+        "per coordinate, the weighted mean of the updates that change it: the mean where they"
+        " share coordinates, the sum where they do not"
+    )
+
+    def combine(self, x, p, fisher, **options):
+        sends = (x != 0) * p[:, None]
+        mass = sends.sum(axis=0)
+        return np.where(mass > 0, (sends * x).sum(axis=0) / np.where(mass > 0, mass, 1.0), 0.0)
 
 
 @register

@@ -57,9 +57,25 @@ def measure(attack, rule, **options) -> tuple[float, float]:
 
 
 def test_every_rule_is_registered():
-    assert set(rules.RULES) == {"mean", "trimmed_mean", "median", "centered_clip", "fisher_mean"}
+    assert set(rules.RULES) == {
+        "mean",
+        "sender_mean",
+        "trimmed_mean",
+        "median",
+        "centered_clip",
+        "fisher_mean",
+    }
     with pytest.raises(AggregationError, match="unknown aggregation rule 'krum'"):
         aggregate("krum", [[1.0]])
+
+
+def test_sender_mean_averages_each_coordinate_over_the_updates_that_change_it():
+    x = np.array([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 4.0, 0.0], [0.0, 0.0, 6.0, 0.0]])
+    # disjoint coordinates add up, shared ones are averaged, untouched ones stay 0
+    assert aggregate("sender_mean", x) == pytest.approx([1.0, 3.0, 4.0, 0.0], abs=1e-15)
+    assert aggregate("sender_mean", x, weights=[1, 1, 2]) == pytest.approx([1, 3, 4.5, 0])
+    dense = np.random.default_rng(3).standard_normal((5, 9))  # no zeros: the plain mean
+    np.testing.assert_allclose(aggregate("sender_mean", dense), dense.mean(axis=0), rtol=1e-13)
 
 
 def test_mean_is_the_numpy_mean_and_weights_count():
