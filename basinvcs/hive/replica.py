@@ -7,8 +7,9 @@ updates taken (`round_head`):
 
 - an update counts if it is a valid signed record of the hive's chart, by a trusted signer, whose
   parent is the round's head; of several by one signer, the lowest CID counts (deterministic);
-- the outlier check, the aggregation rule (centered clipping by default) and a stateless outer
-  step (z + lr·Δ: no momentum buffers a late replica could not know) give the new z;
+- the round-close checks (`screen`: outliers, then opposition), the aggregation rule (the
+  coordinator's default) and a stateless outer step (z + lr·Δ: no momentum buffers a late
+  replica could not know) give the new z;
 - the head commit is signed by the *hive key*, derived from the hive's genesis commit
   (`hive_identity`), with a time derived from its parent's: Ed25519 signatures are deterministic,
   so the commit's bytes, and its CID, are the same on every replica.
@@ -40,6 +41,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..cid import CID
 from ..codec import dagcbor
 from ..errors import BasinError, RefError, RemoteError, SchemaError
@@ -47,8 +50,9 @@ from ..identity import Identity, format_key
 from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import outliers, rules
+from . import rules
 from .edge import change_since, signed_update
+from .screen import screen
 from .update import DEFAULT_ENCODING, Compressor, Update
 
 ANNOUNCE_TYPE = "basin/hive-head"
@@ -111,12 +115,16 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
     if not taken:
         return parent
     records = [u for _, u in taken]
-    report = outliers.check([u.delta() for u in records])
-    kept = [i for i in range(len(taken)) if i not in set(report.outliers)]
+    x = np.array([u.delta() for u in records])
+    kept, refused = screen(
+        x,
+        [cid.buffer for cid, _ in taken],
+        lambda rows: rules.capped_samples([records[i].samples for i in rows]),
+    )
     chosen = [records[i] for i in kept]
     delta = rules.aggregate(
         rule,
-        [u.delta() for u in chosen],
+        x[kept],
         weights=rules.capped_samples([u.samples for u in chosen]),
         keys=[taken[i][0].buffer for i in kept],
     )
@@ -127,9 +135,9 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
         "",
     ]
     lines += [f"taken {taken[i][0]} {format_key(records[i].author)}" for i in kept]
-    lines += [f"refused {taken[i][0]} outlier" for i in report.outliers]
+    lines += [f"refused {taken[i][0]} {why}" for i, why in refused.items()]
     key = hive_identity(hive_genesis(repo, parent))
-    metrics = {"taken": float(len(kept)), "refused": float(len(report.outliers))}
+    metrics = {"taken": float(len(kept)), "refused": float(len(refused))}
     commit = Commit(
         repo.write_basin(new_basin),
         (parent,),
