@@ -1428,7 +1428,6 @@ def _hive_choices() -> dict[str, str]:
         "optimizers": ", ".join(outer.REGISTRY),
         "optimizer": Settings.optimizer,
         "c": f"{Settings.outlier_c:g}",
-        "tau": f"{Settings.opposition_tau:g}",
         "rule_options": listed({k: r.options for k, r in rules.REGISTRY.items()}),
         "optimizer_options": listed({k: o.defaults for k, o in outer.REGISTRY.items()}),
     }
@@ -1507,13 +1506,6 @@ def _int_or_float(text: str) -> int | float:
     default=None,
     help="Outlier factor c: an update is refused beyond median + c·MAD (default {c}).",
 )
-@_hive_option(
-    "--opposition-tau",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Opposition threshold τ: an update whose cosine with the rest of its round is below −τ"
-    " is refused; 1 refuses none (default {tau}).",
-)
 @click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
 @click.option(
     "--publish",
@@ -1532,7 +1524,6 @@ def hive_serve(
     optimizer,
     optimizer_options,
     outlier_c,
-    opposition_tau,
     open_,
     publish,
 ):
@@ -1543,12 +1534,7 @@ def hive_serve(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    given = (
-        ("rule", rule),
-        ("optimizer", optimizer),
-        ("outlier_c", outlier_c),
-        ("opposition_tau", opposition_tau),
-    )
+    given = (("rule", rule), ("optimizer", optimizer), ("outlier_c", outlier_c))
     settings = hc.Settings(
         branch,
         round_updates,

@@ -10,9 +10,8 @@ canonical head. Intake refuses, each with an HTTP status and one line:
 - 429 a second update from one signer in one round.
 
 A round closes after `round_updates` updates or `round_seconds` seconds (with at least one). Its
-updates are screened (`screen`: the outlier check, Fisher distance to the coordinate-wise median
-beyond median + c·MAD of the round; then the opposition check, cosine with the rest of the round
-below −τ), combined by the aggregation rule (`rules`, weighted by samples) and
+updates are screened by the outlier check (Fisher distance to the coordinate-wise median beyond
+median + c·MAD of the round), combined by the aggregation rule (`rules`, weighted by samples) and
 applied by the outer optimiser (`outer`); the new head is a commit signed by the coordinator whose
 message lists the updates taken and refused and their signers (as many as fit in a commit message;
 the journal has every one), and whose metrics record the round.
@@ -50,9 +49,8 @@ from ..identity import format_key
 from ..objects import MAX_MESSAGE_BYTES, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import opposition, outer, outliers, rules
+from . import outer, outliers, rules
 from .journal import Journal, Journaled
-from .screen import screen
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
@@ -76,7 +74,6 @@ class Settings:
     rule: str = rules.DEFAULT_RULE
     optimizer: str = outer.DEFAULT_OPTIMIZER
     outlier_c: float = outliers.DEFAULT_C
-    opposition_tau: float = opposition.DEFAULT_TAU  # 1 refuses nothing: a cosine is >= -1
     open: bool = False  # take updates from any valid signer, each at weight 1
     rule_options: dict = field(default_factory=dict)  # e.g. {"trim": 0.3}: rules.Rule.options
     optimizer_options: dict = field(default_factory=dict)  # e.g. {"lr": 0.5}: outer's defaults
@@ -86,8 +83,6 @@ class Settings:
         outer.create(self.optimizer, **self.optimizer_options)  # refuses unknown or bad values
         if not (math.isfinite(self.outlier_c) and self.outlier_c > 0):
             raise BasinError(f"outlier factor c {self.outlier_c} must be finite and > 0")
-        if not 0 <= self.opposition_tau <= 1:
-            raise BasinError(f"opposition threshold {self.opposition_tau} must be from 0 to 1")
         if self.round_updates < 1 or not 0 < self.round_seconds < 1e6 or self.freshness < 1:
             raise BasinError("round_updates, round_seconds and freshness must be positive")
         return self
@@ -347,13 +342,7 @@ class Coordinator:
             pending = [j for j, _ in self._pending]
             updates = [u for _, u in self._pending]
             x = _dense(updates)
-            taken, refused = screen(
-                x,
-                [j.cid.encode() for j in pending],
-                lambda rows: self._weights([updates[i] for i in rows]),
-                self.settings.outlier_c,
-                self.settings.opposition_tau,
-            )
+            taken, refused = self._screen(x)
             head = self.head()
             # every update refused: the head stays, and the round still closes
             cid = (
@@ -362,6 +351,16 @@ class Coordinator:
             self._finish(current, cid, pending, taken, refused, head)
             self.close_seconds = time.perf_counter() - start
             return cid
+
+    def _screen(self, x: np.ndarray) -> tuple[list[int], dict[int, str]]:
+        """Indices of the updates (the rows of x) to combine, and the refused ones with why
+        (outliers)."""
+        report = outliers.check(x, c=self.settings.outlier_c)
+        refused = {
+            i: f"outlier: Fisher distance {report.scores[i]:.4g} > {report.threshold:.4g}"
+            for i in report.outliers
+        }
+        return [i for i in range(len(x)) if i not in refused], refused
 
     def _commit(self, current, head, pending, updates, x, taken, refused) -> CID:
         head_commit = self.repo.read_commit(head)

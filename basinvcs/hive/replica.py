@@ -7,9 +7,8 @@ updates taken (`round_head`):
 
 - an update counts if it is a valid signed record of the hive's chart, by a trusted signer, whose
   parent is the round's head; of several by one signer, the lowest CID counts (deterministic);
-- the round-close checks (`screen`: outliers, then opposition), the aggregation rule (the
-  coordinator's default) and a stateless outer step (z + lr·Δ: no momentum buffers a late
-  replica could not know) give the new z;
+- the outlier check, the aggregation rule (the coordinator's default) and a stateless outer
+  step (z + lr·Δ: no momentum buffers a late replica could not know) give the new z;
 - the head commit is signed by the *hive key*, derived from the hive's genesis commit
   (`hive_identity`), with a time derived from its parent's: Ed25519 signatures are deterministic,
   so the commit's bytes, and its CID, are the same on every replica.
@@ -41,8 +40,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..cid import CID
 from ..codec import dagcbor
 from ..errors import BasinError, RefError, RemoteError, SchemaError
@@ -50,9 +47,8 @@ from ..identity import Identity, format_key
 from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import rules
+from . import outliers, rules
 from .edge import change_since, signed_update
-from .screen import screen
 from .update import DEFAULT_ENCODING, Compressor, Update
 
 ANNOUNCE_TYPE = "basin/hive-head"
@@ -115,16 +111,12 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
     if not taken:
         return parent
     records = [u for _, u in taken]
-    x = np.array([u.delta() for u in records])
-    kept, refused = screen(
-        x,
-        [cid.buffer for cid, _ in taken],
-        lambda rows: rules.capped_samples([records[i].samples for i in rows]),
-    )
+    report = outliers.check([u.delta() for u in records])
+    kept = [i for i in range(len(taken)) if i not in set(report.outliers)]
     chosen = [records[i] for i in kept]
     delta = rules.aggregate(
         rule,
-        x[kept],
+        [u.delta() for u in chosen],
         weights=rules.capped_samples([u.samples for u in chosen]),
         keys=[taken[i][0].buffer for i in kept],
     )
@@ -135,9 +127,9 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
         "",
     ]
     lines += [f"taken {taken[i][0]} {format_key(records[i].author)}" for i in kept]
-    lines += [f"refused {taken[i][0]} {why}" for i, why in refused.items()]
+    lines += [f"refused {taken[i][0]} outlier" for i in report.outliers]
     key = hive_identity(hive_genesis(repo, parent))
-    metrics = {"taken": float(len(kept)), "refused": float(len(refused))}
+    metrics = {"taken": float(len(kept)), "refused": float(len(report.outliers))}
     commit = Commit(
         repo.write_basin(new_basin),
         (parent,),

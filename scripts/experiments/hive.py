@@ -275,13 +275,11 @@ class Experiment:
         roles=None,
         label: str = "",
         round_updates: int | None = None,
-        opposition_tau: float | None = None,
     ) -> dict:
         """One hive run: a fresh coordinator, a thread per instance. `poisoned`: the instance
         sending --poison × its change. `roles(tap)`: instance name -> a HiveTrainer subclass to
         use for it (attackers; the tap sees every update taken in), evaluated like the others.
-        `round_updates`: M (default: one update per instance). `opposition_tau`: the
-        opposition check's τ (default: the coordinator's)."""
+        `round_updates`: M (default: one update per instance)."""
         from basinvcs import porcelain
         from basinvcs.hive.coordinator import Coordinator, Settings
         from basinvcs.hive.trainer import HiveTrainer, LocalTransport
@@ -291,7 +289,6 @@ class Experiment:
         n = len(self.instances)
         extra = "".join(f" {key}={v:g}" for key, v in (optimizer_options or {}).items())
         label = label or f"H={every} {rule}+{outer}{extra} k={k or 'default'} c={c:g}"
-        label += f" tau={opposition_tau:g}" if opposition_tau is not None else ""
         label += f" {poisoned} poisoned x{args.poison:g}" if poisoned else ""
         path = self.work / "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label)
         repo = porcelain.init(path, dim=1024, seed=args.seed, exclude=self.exclude, name="hub")
@@ -305,7 +302,6 @@ class Experiment:
             outlier_c=c,
             rule_options=rule_options or {},
             optimizer_options=optimizer_options or {},
-            **({} if opposition_tau is None else {"opposition_tau": opposition_tau}),
         )
         coordinator = Coordinator(repo, settings)
         genesis = coordinator.head()
@@ -393,7 +389,6 @@ class Experiment:
             "outer": outer,
             "k": k,
             "c": c,
-            "opposition_tau": settings.opposition_tau,
             "poisoned": poisoned,
             "poison": args.poison if poisoned else None,
             "rounds": rounds,
@@ -711,12 +706,6 @@ def main() -> None:
         "--replay-c", default="3.5,5,10,20,50", help="c values to replay the outlier check at"
     )
     ap.add_argument(
-        "--opposition-tau",
-        type=float,
-        default=None,
-        help="the opposition check's τ (default: the coordinator's)",
-    )
-    ap.add_argument(
         "--extra",
         default="",
         help="more settings after the grid, comma-separated, each H:rule:outer:k:c",
@@ -761,22 +750,12 @@ def main() -> None:
             for k in ks:
                 for c in cs:
                     data["hives"].append(
-                        exp.hive(
-                            every,
-                            rule,
-                            outer,
-                            k,
-                            c,
-                            optimizer_options=hyper,
-                            opposition_tau=args.opposition_tau,
-                        )
+                        exp.hive(every, rule, outer, k, c, optimizer_options=hyper)
                     )
     for spec_text in filter(None, args.extra.split(",")):
         every, rule, outer, k, c = spec_text.split(":")
         k = None if k == "default" else int(k)
-        data["hives"].append(
-            exp.hive(int(every), rule, outer, k, float(c), opposition_tau=args.opposition_tau)
-        )
+        data["hives"].append(exp.hive(int(every), rule, outer, k, float(c)))
     honest = [r for r in data["hives"] if not r["poisoned"]]
     fitting = [r for r in honest if r["max_update_bytes"] <= BYTES_TARGET] or honest
     best = max(fitting, key=lambda r: mean(normalised(r["final"], spec).values()))
@@ -801,7 +780,6 @@ def main() -> None:
                 d["c"],
                 last,
                 optimizer_options=best["optimizer_options"],
-                opposition_tau=args.opposition_tau,
             )
         )
     data["elapsed"] = time.perf_counter() - exp.t0

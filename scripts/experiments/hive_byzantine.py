@@ -180,36 +180,6 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
     return make
 
 
-def replay_checks(deltas: dict, attackers: list[str], args: argparse.Namespace) -> dict:
-    """The round-close checks replayed on every round of a run as it was taken in: the outlier
-    check at c, then the opposition check at each τ of --replay-tau; per τ, how many honest and
-    how many attackers' updates each refuses (what the checks would do to these rounds)."""
-    from basinvcs.hive import opposition, outliers, rules
-
-    out = {str(tau): {"honest": 0, "attackers": 0, "honest scores": []} for tau in args.replay_tau}
-    for by_name in deltas.values():
-        names = sorted(by_name)
-        rows = [by_name[name] for name in names]
-        flagged = set(outliers.check(rows, c=args.outlier_c).outliers) if len(rows) else set()
-        left = [k for k in range(len(rows)) if k not in flagged]
-        if not left:
-            continue
-        for tau in args.replay_tau:
-            report = opposition.check(
-                [rows[k] for k in left],
-                rules.capped_samples([args.batch] * len(left)),
-                keys=[names[k] for k in left],
-                tau=tau,
-            )
-            counts = out[str(tau)]
-            for j, k in enumerate(left):
-                bad = names[k] in attackers
-                counts["attackers" if bad else "honest"] += j in report.refused
-                if not bad:
-                    counts["honest scores"].append(report.scores[j])
-    return out
-
-
 def report(data: dict) -> str:
     spec = {n: data["references"]["results"][n] for n in TASKS}
     runs = data["runs"]
@@ -287,23 +257,13 @@ def main() -> None:
     ap.add_argument("--rules", default=",".join(RULES), help="comma-separated")
     ap.add_argument("--trim", type=float, default=0.3, help="trimmed_mean's trim fraction")
     ap.add_argument("--outlier-c", type=float, default=10.0)
-    ap.add_argument(
-        "--opposition-tau",
-        type=float,
-        default=None,
-        help="the opposition check's τ (default: the coordinator's; 1 switches it off)",
-    )
     ap.add_argument("--noise", type=float, default=1.0, help="σ of the noise attack")
     ap.add_argument("--ipm-eps", type=float, default=4.0, help="ε of the inner-product attack")
-    ap.add_argument(
-        "--replay-tau",
-        type=lambda v: [float(t) for t in v.split(",")],
-        default=[0.0, 0.05, 0.1, 0.2, 0.3],
-        help="opposition thresholds τ to replay the checks at, comma-separated",
-    )
     ap.add_argument("--references", type=Path, default=None, help="a JSON of hive.py (--json)")
     ap.add_argument("--json", type=Path, default=None, help="write every measurement here")
-    ap.add_argument("--deltas", type=Path, default=None, help="save every run's updates here (npz)")
+    ap.add_argument(
+        "--deltas", type=Path, default=None, help="save every run's updates here (npz per run)"
+    )
     ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
     ap.add_argument("--keep", action="store_true", help="keep the scratch repositories")
     args = ap.parse_args()
@@ -341,11 +301,9 @@ def main() -> None:
                 roles=roles(attack, names, args) if attack != "none" else None,
                 label=f"{attack} {rule}",
                 round_updates=len(names) - ATTACKERS if attack in REFUSED_AT_INTAKE else None,
-                opposition_tau=args.opposition_tau,
             )
             deltas = run.pop("deltas")
-            run["replay"] = replay_checks(deltas, names[-ATTACKERS:], args)
-            if args.deltas:  # every update sent, by round and signer, for analysis afterwards
+            if args.deltas:  # every update taken in, by round and signer, for analysis afterwards
                 args.deltas.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(
                     args.deltas / f"{attack}-{rule}.npz".replace(" ", "_"),
