@@ -37,6 +37,7 @@ N, F, D = 10, 3, 1024
 NONE = "none (10 honest)"  # the cost of each rule's robustness when nobody attacks
 RULES = [
     ("mean", {}),
+    ("sender_mean", {}),  # dense updates here: the mean of updates clipped to 2 × the median norm
     ("trimmed_mean", {}),  # β = 0.2: trims 2 per side of 10
     ("trimmed_mean", {"trim": 0.3}),  # trims 3 per side: as many as the attackers
     ("median", {}),

@@ -75,7 +75,22 @@ def test_sender_mean_averages_each_coordinate_over_the_updates_that_change_it():
     assert aggregate("sender_mean", x) == pytest.approx([1.0, 3.0, 4.0, 0.0], abs=1e-15)
     assert aggregate("sender_mean", x, weights=[1, 1, 2]) == pytest.approx([1, 3, 4.5, 0])
     dense = np.random.default_rng(3).standard_normal((5, 9))  # no zeros: the plain mean
-    np.testing.assert_allclose(aggregate("sender_mean", dense), dense.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(
+        aggregate("sender_mean", dense, clip=100), dense.mean(axis=0), rtol=1e-13
+    )
+
+
+def test_sender_mean_clips_each_update_to_the_rounds_median_norm():
+    x = np.array([[3.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0]])
+    x = np.vstack([x, [[0.0, 0.0, 0.0, 1000.0]]])  # a lone sender far larger than the rest
+    # median norm 4.5: the large one is cut to 2 × 4.5, the others are left alone
+    assert aggregate("sender_mean", x) == pytest.approx([3.0, 4.0, 5.0, 9.0])
+    assert aggregate("sender_mean", x, clip=1) == pytest.approx([3.0, 4.0, 4.5, 4.5])
+    huge = aggregate("sender_mean", x * 1e300)  # no square overflows
+    assert huge == pytest.approx([3e300, 4e300, 5e300, 9e300])
+    for bad in (0, -1, math.inf, math.nan, "2", True):
+        with pytest.raises(AggregationError, match="clip factor"):
+            aggregate("sender_mean", x, clip=bad)
 
 
 def test_mean_is_the_numpy_mean_and_weights_count():

@@ -228,7 +228,7 @@ def test_rule_optimizer_and_outlier_options_shape_the_round(hive):
         (["--rule", "trimmed_mean", "--rule-option", "trim=0.7"], "trim fraction 0.7"),
         (["--rule", "trimmed_mean", "--rule-option", "trim"], "is not KEY=NUMBER"),
         (["--rule", "centered_clip", "--rule-option", "iterations=2.5"], "iterations 2.5"),
-        (["--rule-option", "iterations=2"], "rule mean takes no option 'iterations'"),
+        (["--rule-option", "iterations=2"], "rule sender_mean takes no option 'iterations'"),
         (["--rule", "median", "--rule-option", "trim=0.1"], "takes no option 'trim'"),
         (["--optimizer-option", "lr=fast"], "is not KEY=NUMBER"),
         (["--optimizer", "nesterov", "--optimizer-option", "momentum=1.5"], "momentum 1.5"),
