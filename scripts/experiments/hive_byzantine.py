@@ -8,6 +8,7 @@ task, so every task keeps honest instances); they train like the others and send
 
 - sign flip: −1 × their own change (error feedback kept, as an honest instance's);
 - x100: 100 × their own change;
+- x3: 3 × their own change (a scale the outlier check may let through);
 - noise: a fresh N(0, σ²) vector every round (σ = --noise, 1.0: ten Adam steps of lr 0.1);
 - a little is enough (Baruch et al. 2019): μ − z σ, μ and σ the coordinate-wise mean and standard
   deviation of the round's honest updates (omniscient attackers: they see the 7 honest updates
@@ -22,8 +23,9 @@ task, so every task keeps honest instances); they train like the others and send
 Replays and forgeries are refused at intake (409 and 400), so their rounds close with the seven
 updates the coordinator can take (M = 7, what the round timer would close with); every other
 round closes at M = 10. The crafted attacks (noise, a little, inner product) are sent as top-k of
-the crafted vector, without error feedback. The rules: mean, trimmed_mean (trim --trim, 0.3:
-⌊0.3 · 10⌋ = 3 values cut on each side), median, centered_clip (default options);
+the crafted vector, without error feedback. The rules: sender_mean (the coordinator's default),
+mean, trimmed_mean (trim --trim, 0.3: ⌊0.3 · 10⌋ = 3 values cut on each side), median,
+centered_clip (default options);
 the outlier check at c = --outlier-c in every run. Accuracy is normalised by the specialists of
 the references (--references, a JSON of scripts/experiments/hive.py or of this script with the
 same seed, instances, frozen layers, batch, learning rate; or trained here), and each run's mean
@@ -53,6 +55,7 @@ ATTACKS = (
     "none",
     "sign flip",
     "x100",
+    "x3",
     "noise",
     "a little is enough",
     "inner product",
@@ -61,7 +64,7 @@ ATTACKS = (
     "inflated counts",
 )
 REFUSED_AT_INTAKE = ("replay", "forged signature")
-RULES = ("mean", "trimmed_mean", "median", "centered_clip")
+RULES = ("sender_mean", "mean", "trimmed_mean", "median", "centered_clip")
 ATTACKERS = 3
 TARGET = 0.9
 
@@ -100,8 +103,13 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
                 return [-v for v in change]
 
         class Scaled(HiveTrainer):
+            factor = 100.0
+
             def outgoing(self, change):
-                return [100.0 * v for v in change]
+                return [self.factor * v for v in change]
+
+        class ScaledUnder(Scaled):
+            factor = 3.0  # within the outlier check's reach of an honest round's spread
 
         class Inflated(SignFlip):
             def __init__(self, *a, **kw):
@@ -168,6 +176,7 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
         cls = {
             "sign flip": SignFlip,
             "x100": Scaled,
+            "x3": ScaledUnder,
             "noise": Noise,
             "a little is enough": ALittle,
             "inner product": InnerProduct,
