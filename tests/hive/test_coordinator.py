@@ -72,6 +72,21 @@ def test_a_round_closes_after_m_updates_into_a_signed_head(hub):
     c.repo.close()
 
 
+def test_the_default_rule_adds_what_updates_do_not_share_and_averages_what_they_do(hub):
+    """The coordinator's defaults (sender_mean, average): three instances on different
+    coordinates move the head by the sum of their changes, and two on one coordinate by their
+    mean, as one training run taking their steps would and would not."""
+    c = coordinator(hub)
+    assert c.settings.rule == "sender_mean"
+    c.submit(update(c, EDGES[0], vec(c0=1.0)))
+    c.submit(update(c, EDGES[1], vec(c1=1.0, c2=1.0)))
+    c.submit(update(c, EDGES[2], vec(c2=2.0)))
+    z = head_z(c)
+    assert z[0] == pytest.approx(1.0, rel=1e-2) and z[1] == pytest.approx(1.0, rel=1e-2)
+    assert z[2] == pytest.approx(1.5, rel=1e-2)
+    c.repo.close()
+
+
 @pytest.mark.parametrize(
     "make, status, words",
     [
