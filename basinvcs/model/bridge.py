@@ -1,8 +1,10 @@
 """The model bridge: models into basins (`commit --model`), basins into models (`checkout`).
 
 Both directions stream tensor by tensor: θ0 of one tensor is generated, compared or offset, and
-dropped before the next, so memory stays at a few tensors whatever the substrate's size. The CLI
-and the Python API call the same functions with different tensor sources and sinks.
+dropped before the next, so memory stays at a few tensors whatever the substrate's size. A checkout
+goes further where θ0 is a file (`hf`): it is read, offset, checked and written a piece (`PIECE`)
+at a time through one buffer, which stays in cache meanwhile. The CLI and the Python API call the
+same functions with different tensor sources and sinks.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import torch
 from .. import numeric, porcelain
 from ..cid import CID
 from ..errors import BasinError, InputError, SchemaError
+from ..identity import basin_home
 from ..objects import Basin, Chart, SubstrateRef
 from ..repository import Repository
-from .projection import Projection, beta_at
+from .modelio import Pieces
+from .projection import BLOCK, Projection, beta_at
 from .registry import find_substrate, load_substrate
 from .substrate import Header, Substrate, TensorSpec
 
 LOW_CAPTURE = 0.5  # below this, tell the user plainly the basin lost most of the change
+PIECE = 16 * BLOCK  # values a checkout reads, offsets, checks and writes at a time: 4 MB, cached
 
 TensorSource = Callable[[str], torch.Tensor]
 
@@ -51,14 +56,19 @@ class ModelCommit:
 
 
 def projection_for(repo: Repository, substrate: Substrate) -> Projection:
-    """The repository's chart on this substrate, shared while the process lives: building one
-    computes the chart's Gram correction (0.1-0.2 s at d = 1024)."""
-    return _projection(repo.config.chart, tuple(substrate.specs))
+    """The repository's chart on this substrate, shared while the process lives; its Gram
+    correction (0.1-0.2 s to compute at d = 1024) is kept in `gram_cache()` for later processes."""
+    return _projection(repo.config.chart, tuple(substrate.specs), gram_cache())
+
+
+def gram_cache() -> Path:
+    """Where Gram factors are kept, one file per (chart, projected tensors): see projection.py."""
+    return basin_home() / "cache" / "gram"
 
 
 @functools.lru_cache(maxsize=4)
-def _projection(chart: Chart, specs: tuple[TensorSpec, ...]) -> Projection:
-    return Projection(chart, specs)
+def _projection(chart: Chart, specs: tuple[TensorSpec, ...], cache: Path) -> Projection:
+    return Projection(chart, specs, cache=cache)
 
 
 def _offset_norm_sq(proj: Projection, z: torch.Tensor, beta: Sequence[float]) -> float:
@@ -241,6 +251,29 @@ class Decoded:
                 self.projection.add_offset(theta, spec, u, beta_at(self.basin.beta, spec.depth))
             yield spec, theta
 
+    def pieces(
+        self, theta0: Callable[[TensorSpec], Iterator[torch.Tensor]]
+    ) -> Iterator[tuple[str, Pieces]]:
+        """What `tensors` gives, for `write_model`, as pieces of θ0 from `theta0(spec)` offset in
+        place (so a piece stays valid only until the next is asked for): the same values, bit
+        for bit (see Projection.add_offset)."""
+        u = self.projection.bases(torch.tensor(self.basin.z, dtype=torch.float64))
+        projected = {s.name for s in self.projection.specs}
+        for spec in self.substrate.specs:
+            pieces = theta0(spec)
+            if spec.name in projected:
+                pieces = self._offset(spec, pieces, u, beta_at(self.basin.beta, spec.depth))
+            yield spec.name, Pieces(spec.shape, pieces)
+
+    def _offset(
+        self, spec: TensorSpec, pieces: Iterator[torch.Tensor], u: torch.Tensor, scale: float
+    ) -> Iterator[torch.Tensor]:
+        start = 0
+        for piece in pieces:
+            self.projection.add_offset(piece, spec, u, scale, start)
+            start += piece.numel()
+            yield piece
+
 
 def decode(repo: Repository, rev: str, substrate: str) -> Decoded:
     cid = repo.resolve(rev)
@@ -283,15 +316,16 @@ def write_decoded(
         (s.name, s.shape) if s.dtype.is_floating_point else (s.name, s.shape, s.dtype)
         for s in dec.substrate.specs
     ]
-    written = write_model(
-        out,
-        specs,
-        ((spec.name, t) for spec, t in dec.tensors()),
-        dtype=dtype,
-        max_shard_bytes=max_shard_bytes,
-        metadata=metadata,
-        progress=progress,
-    )
+    with dec.substrate.theta0_pieces(PIECE) as theta0:
+        written = write_model(
+            out,
+            specs,
+            dec.pieces(theta0),
+            dtype=dtype,
+            max_shard_bytes=max_shard_bytes,
+            metadata=metadata,
+            progress=progress,
+        )
     for name, source in files.items():
         copy_file(source, out / name)
         written.append(out / name)

@@ -4,7 +4,7 @@ Models go up to 10B parameters, so nothing here holds a whole model in memory. R
 only the safetensors header and hand out one tensor at a time through `safe_open`, which mmaps.
 `write_model` knows every name, shape and the output dtype up front, so it writes the header
 first and then each tensor's bytes as the tensor arrives, in chunks: peak memory is about the one
-tensor the producer is holding.
+tensor the producer is holding, or one piece of it (`Pieces`).
 
 Torch files (`.pt`, `.pth`, `.bin`) are read only through
 `torch.load(weights_only=True, mmap=True)`: a pickle that would call anything outside torch's
@@ -30,6 +30,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -198,8 +199,68 @@ class TorchReader(ModelReader):
         self._tensors = {}
 
 
+class TensorFile:
+    """A safetensors file read by ranges into the caller's buffers (seek and readinto), for a
+    reader that streams it once: unlike `safe_open`'s mapping, nothing is page-faulted in and
+    unmapped again, and a small buffer reused range after range stays in cache while it is worked
+    on (a checkout offsets, checks and writes each piece of θ0 there). A context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries, _, self._data = _read_header(path)
+        self._fh = open_regular(path, "model file")  # reads past its buffer go straight through
+
+    def header(self) -> Header:
+        return {name: (dtype, shape) for name, (_, dtype, shape) in self._entries.items()}
+
+    def read_into(self, name: str, start: int, out: torch.Tensor) -> None:
+        """Values start .. start + out.numel() of tensor `name` (flattened) into `out`, a
+        contiguous tensor of the stored dtype."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise SchemaError(f"model {self.path} has no tensor {name!r}")
+        begin, dtype, shape = entry
+        if DTYPES.get(out.dtype) != dtype or not out.is_contiguous():
+            raise SchemaError(f"tensor {name!r} of {self.path} is {dtype}, read as {out.dtype}")
+        stop = start + out.numel()
+        if start < 0 or stop > math.prod(shape):
+            raise SchemaError(f"tensor {name!r} of {self.path} has no values {start}..{stop}")
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        try:
+            self._fh.seek(self._data + begin + start * out.element_size())
+            done = 0
+            while done < len(view):
+                got = self._fh.readinto(view[done:])
+                if not got:
+                    raise SchemaError(f"{self.path} is truncated: tensor {name!r} ends early")
+                done += got
+        except OSError as exc:
+            raise SchemaError(f"cannot read tensor {name!r} from {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 def read_safetensors_header(path: Path) -> tuple[Header, dict[str, str]]:
     """Parse and check a safetensors header (tensors sorted by offset) without reading data."""
+    entries, metadata, _ = _read_header(path)
+    return {name: (dtype, shape) for name, (_, dtype, shape) in entries.items()}, metadata
+
+
+_Entry = tuple[int, str, tuple[int, ...]]  # a tensor's data offset, dtype, shape
+
+
+def _read_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str], int]:
+    """Name -> (data offset, dtype, shape) sorted by offset, `__metadata__`, and where the data
+    starts in the file."""
     try:
         with open_regular(path, "model file") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -228,7 +289,7 @@ def read_safetensors_header(path: Path) -> tuple[Header, dict[str, str]]:
     entries = sorted(
         (_header_entry(path, name, info, data_bytes), name) for name, info in doc.items()
     )
-    return {name: (dtype, shape) for (_, dtype, shape), name in entries}, metadata
+    return {name: entry for entry, name in entries}, metadata, 8 + length
 
 
 def _header_entry(
@@ -309,6 +370,17 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 TensorDecl = tuple[str, tuple[int, ...]] | tuple[str, tuple[int, ...], torch.dtype]
 
 
+@dataclass(frozen=True)
+class Pieces:
+    """A tensor handed to `write_model` a piece at a time: its shape, and its values flattened,
+    in order, as consecutive tensors of any shape. Each piece is checked and written before the
+    next is asked for, so a producer may compute every piece in one reused buffer and never hold
+    the whole tensor (bridge.write_decoded does)."""
+
+    shape: tuple[int, ...]
+    pieces: Iterable[torch.Tensor]
+
+
 def model_nbytes(specs: Iterable[TensorDecl], dtype: torch.dtype) -> int:
     """Bytes of tensor data `write_model` writes (the index's total_size; a progress total)."""
     return sum(math.prod(shape) * d.itemsize for _, shape, d in _declared(specs, dtype))
@@ -327,9 +399,10 @@ def write_model(
     """Stream `tensors` (in `specs` order, finite) to safetensors; return the files written.
 
     Each spec is (name, shape), written as `dtype`, or (name, shape, own dtype) for a tensor that
-    keeps its own (integer position ids, masks). Everything goes to temporary files beside the
-    targets and is renamed into place only when all tensors arrived and checked out, so on any
-    error the previous output is untouched. `progress(n)` is called with the bytes just written.
+    keeps its own (integer position ids, masks); a tensor may come whole or as `Pieces`.
+    Everything goes to temporary files beside the targets and is renamed into place only when all
+    tensors arrived and checked out, so on any error the previous output is untouched.
+    `progress(n)` is called with the bytes just written.
     """
     if dtype not in WRITE_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in WRITE_DTYPES)
@@ -508,33 +581,39 @@ def _write_tensor(
     dtype: torch.dtype,
     progress: Progress | None,
 ) -> None:
-    """Check one arriving (name, tensor) against its spec and write it a chunk at a time."""
+    """Check one arriving (name, tensor or Pieces) against its spec and write it a chunk at a
+    time."""
     if item is None:
         raise SchemaError(f"tensors ended before {name!r}")
     got, tensor = item
     if got != name:
         raise SchemaError(f"expected tensor {name!r}, got {got!r}: tensors must come in order")
-    if not isinstance(tensor, torch.Tensor):
+    if not isinstance(tensor, (torch.Tensor, Pieces)):
         raise SchemaError(f"tensor {name!r} is a {type(tensor).__name__}, not a tensor")
     if tuple(tensor.shape) != shape:
         raise SchemaError(f"tensor {name!r} has shape {tuple(tensor.shape)}, declared {shape}")
-    flat = tensor.detach().reshape(-1)
+    pieces = tensor.pieces if isinstance(tensor, Pieces) else (tensor,)
+    left = math.prod(shape)
     step = CHUNK_BYTES // dtype.itemsize
-    for start in range(0, flat.numel(), step):
-        chunk = flat[start : start + step].to(device="cpu", dtype=dtype)
-        if not dtype.is_floating_point:  # integer and bool tensors are finite by construction
-            fh.write(chunk.view(torch.uint8).numpy())
+    for piece in pieces:
+        flat = piece.detach().reshape(-1)
+        if flat.numel() > left:
+            raise SchemaError(f"tensor {name!r} has more values than its shape {shape} holds")
+        left -= flat.numel()
+        for start in range(0, flat.numel(), step):
+            chunk = flat[start : start + step].to(device="cpu", dtype=dtype)
+            # aminmax propagates NaN, so both ends are finite exactly when every value is; unlike
+            # isfinite() it allocates nothing and is ten times faster. Integer and bool tensors
+            # are finite by construction.
+            if dtype.is_floating_point:
+                low, high = torch.aminmax(chunk)
+                if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+                    raise SchemaError(f"tensor {name!r} has values that are not finite as {dtype}")
+            fh.write(chunk.view(torch.uint8).numpy())  # bytes of any dtype, bfloat16 included
             if progress is not None:
                 progress(chunk.numel() * dtype.itemsize)
-            continue
-        # aminmax propagates NaN, so both ends are finite exactly when every value is; unlike
-        # isfinite() it allocates nothing and is ten times faster
-        low, high = torch.aminmax(chunk)
-        if not (math.isfinite(low.item()) and math.isfinite(high.item())):
-            raise SchemaError(f"tensor {name!r} has values that are not finite as {dtype}")
-        fh.write(chunk.view(torch.uint8).numpy())  # bytes of any dtype, bfloat16 included
-        if progress is not None:
-            progress(chunk.numel() * dtype.itemsize)
+    if left:
+        raise SchemaError(f"tensor {name!r} ended {left} values short of its shape {shape}")
 
 
 def _name_of(item: object) -> object:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +83,13 @@ class Substrate:
     def theta0_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor of θ0 at once: for small substrates, the 10B one needs 40 GB."""
         return {s.name: self.theta0(s) for s in self.specs}
+
+    @contextmanager
+    def theta0_pieces(self, size: int) -> Iterator[Callable[[TensorSpec], Iterator[torch.Tensor]]]:
+        """`pieces(spec)`: θ0 of one tensor flattened, `size` values at a time, as `theta0` has
+        it, for streaming all of θ0 once (a checkout). Here pieces of `theta0(spec)`; a family
+        whose θ0 is a file reads it piece by piece instead (`hf`)."""
+        yield lambda spec: iter(self.theta0(spec).reshape(-1).split(size))
 
     def build(self) -> nn.Module:
         """A runnable model holding θ0 (float32), in eval mode."""

@@ -266,3 +266,25 @@ def test_bad_fisher_files_are_one_line(repo1024, cli, tiny, tmp_path, content, m
         "x",
         match=match,
     )
+
+
+def test_checkout_keeps_the_gram_factor_for_the_next_process(repo1024, tiny, monkeypatch):
+    """The first checkout computes the chart's Gram correction for the substrate and keeps it
+    under BASIN_HOME; a later process (the in-process cache cleared) reads it: same bytes out."""
+    from basinvcs.model.projection import Projection
+
+    commit_random_basin(repo1024)
+    bridge._projection.cache_clear()
+    with Repository.open(repo1024) as repo:
+        bridge.checkout_model(repo, "HEAD", "tiny", repo1024 / "first.safetensors")
+    assert len(list(bridge.gram_cache().glob("*.gram"))) == 1
+
+    def not_again(self):
+        raise AssertionError("the kept Gram factor should have been read")
+
+    bridge._projection.cache_clear()
+    monkeypatch.setattr(Projection, "_gram_factor", not_again)
+    with Repository.open(repo1024) as repo:
+        bridge.checkout_model(repo, "HEAD", "tiny", repo1024 / "again.safetensors")
+    first = (repo1024 / "first.safetensors").read_bytes()
+    assert (repo1024 / "again.safetensors").read_bytes() == first

@@ -370,3 +370,97 @@ def test_hf_checkout_into_a_file_is_refused(cli, repo_dir, tmp_path):
     cli("substrate", "add", "g", "--from", str(src))
     result = cli.fails("checkout", "HEAD", "--model", "g", "-o", str(tmp_path / "x.safetensors"))
     assert "give -o a directory" in result.stderr
+
+
+def commit_random(repo_dir: Path, scale: float = 0.5) -> None:
+    from basinvcs import porcelain
+    from basinvcs.objects import Basin
+
+    with Repository.open(repo_dir) as repo:
+        gen = torch.Generator().manual_seed(3)
+        z = (torch.randn(repo.config.chart.dim, generator=gen) * scale).tolist()
+        porcelain.commit(repo, Basin.create(repo.config.chart, z), "a random basin")
+
+
+def big_llama(path: Path, dtype: torch.dtype) -> Path:
+    """A Llama whose embeddings and head (96,000 values each) span a full block and a short one."""
+    make_config, arch, _, _ = MODELS["llama"]
+    config = make_config()
+    config.vocab_size = 3000
+    torch.manual_seed(0)
+    getattr(transformers, arch)(config).to(dtype).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("written", [torch.float32, torch.bfloat16])
+def test_checkout_streamed_in_pieces_has_the_bits_of_whole_tensors(
+    repo_dir, tmp_path, monkeypatch, stored, written
+):
+    """write_decoded reads θ0 a piece at a time from the file into one buffer and offsets it
+    there; Decoded.tensors() offsets whole tensors read through safetensors. Same bits."""
+    from safetensors.torch import load_file
+
+    from basinvcs.model.projection import BLOCK
+    from basinvcs.model.registry import add_hf_substrate
+
+    monkeypatch.setattr(bridge, "PIECE", BLOCK)  # several pieces per large tensor
+    sub = add_hf_substrate("l", big_llama(tmp_path / "src", stored))
+    assert max(s.numel for s in sub.specs) > BLOCK
+    assert {s.dtype for s in sub.specs if s.projected} == {stored}
+    commit_random(repo_dir)
+    with Repository.open(repo_dir) as repo:
+        dec = bridge.decode(repo, "HEAD", "l")
+        bridge.write_decoded(dec, tmp_path / "out", dtype=written)
+        expected = {s.name: t.to(written) for s, t in dec.tensors()}
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert list(got) == list(expected)
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    theta0 = {s.name: sub.theta0(s).to(written) for s in sub.specs}
+    assert not any(torch.equal(got[k], theta0[k]) for k in got)  # every tensor moved
+
+
+def test_checkout_carries_integer_buffers_through_the_pieces(repo_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from basinvcs.model.registry import add_hf_substrate
+
+    src = make_folder(tmp_path / "b", "bert")
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors["embeddings.position_ids"] = torch.arange(512)[None]
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    add_hf_substrate("b", src)
+    commit_random(repo_dir)
+    with Repository.open(repo_dir) as repo:
+        dec = bridge.decode(repo, "HEAD", "b")
+        bridge.write_decoded(dec, tmp_path / "out")
+        expected = dict((s.name, t) for s, t in dec.tensors())
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert torch.equal(got["embeddings.position_ids"], torch.arange(512)[None])
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize(
+    "value, dtype, message",
+    [
+        (float("nan"), "float32", "values that are not finite as torch.float32"),
+        (float("inf"), "float32", "values that are not finite as torch.float32"),
+        (1e6, "float16", "values that are not finite as torch.float16"),  # overflows float16
+    ],
+)
+def test_a_non_finite_weight_is_refused_and_nothing_written(
+    cli, repo_dir, tmp_path, value, dtype, message
+):
+    from safetensors.torch import load_file, save_file
+
+    src = make_folder(tmp_path / "src", "llama")
+    cli("substrate", "add", "l", "--from", str(src))
+    commit_random(repo_dir)
+    weights = load_substrate("l").path / "model.safetensors"  # θ0 damaged after it was added
+    tensors = load_file(str(weights))
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = value
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    result = cli.fails("checkout", "HEAD", "--model", "l", "-o", str(out), "--dtype", dtype)
+    assert f"tensor 'model.layers.1.mlp.up_proj.weight' has {message}" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []

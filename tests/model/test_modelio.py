@@ -461,3 +461,71 @@ def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path)
     mine.write_bytes(b"")  # a live writer's file (ours) is never swept
     write_model(out, SPECS, make_tensors().items(), dtype=torch.float32)
     assert sorted(p.name for p in out.iterdir()) == sorted(["model.safetensors", mine.name])
+
+
+def in_pieces(tensor: torch.Tensor, size: int) -> modelio.Pieces:
+    """A tensor as `Pieces` of `size` values, each handed out in one reused buffer."""
+    buffer = torch.empty(size, dtype=tensor.dtype)
+
+    def pieces():
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.numel(), size):
+            piece = flat[start : start + size]
+            yield buffer[: piece.numel()].copy_(piece)
+
+    return modelio.Pieces(tuple(tensor.shape), pieces())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_tensor_in_pieces_writes_the_same_file_as_whole(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(modelio, "CHUNK_BYTES", 40 * dtype.itemsize)  # chunks within pieces too
+    tensors = make_tensors()
+    whole = write_model(tmp_path / "whole", SPECS, tensors.items(), dtype=dtype)
+    pieced = ((name, in_pieces(t, 48)) for name, t in tensors.items())
+    got = write_model(tmp_path / "pieces", SPECS, pieced, dtype=dtype)
+    assert got[0].read_bytes() == whole[0].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "pieces, message",
+    [
+        ([torch.zeros(100), torch.zeros(29)], "more values than its shape"),
+        ([torch.zeros(100)], "ended 28 values short"),
+        ([torch.zeros(64), torch.full((64,), math.inf)], "not finite"),
+        ([], "ended 128 values short"),
+    ],
+)
+def test_bad_pieces_leave_no_output(tmp_path, pieces, message):
+    tensors = [("embed.weight", modelio.Pieces((16, 8), iter(pieces)))]
+    with pytest.raises(SchemaError, match=message):
+        write_model(tmp_path / "out", SPECS[:1], tensors, dtype=torch.float32)
+    assert files_in(tmp_path / "out") == []
+
+
+def test_pieces_of_the_wrong_shape_are_refused(tmp_path):
+    tensors = [("embed.weight", modelio.Pieces((8, 16), iter([torch.zeros(128)])))]
+    with pytest.raises(SchemaError, match=r"shape \(8, 16\), declared \(16, 8\)"):
+        write_model(tmp_path / "out", SPECS[:1], tensors, dtype=torch.float32)
+
+
+def test_a_tensor_file_reads_any_range_into_the_callers_buffer(tmp_path):
+    tensors = {
+        "a": torch.randn(7, 5),
+        "b": torch.arange(30, dtype=torch.int64).reshape(3, 10),
+        "c": torch.randn(9).to(torch.bfloat16),
+    }
+    save_file(tensors, tmp_path / "m.safetensors")
+    with modelio.TensorFile(tmp_path / "m.safetensors") as fh:
+        assert fh.header() == {"a": ("F32", (7, 5)), "b": ("I64", (3, 10)), "c": ("BF16", (9,))}
+        for name, t in tensors.items():
+            flat = t.reshape(-1)
+            for start, n in ((0, flat.numel()), (3, 4), (flat.numel() - 1, 1), (2, 0)):
+                out = torch.empty(n, dtype=t.dtype)
+                fh.read_into(name, start, out)
+                assert torch.equal(out, flat[start : start + n])
+        with pytest.raises(SchemaError, match="no values 30..31"):
+            fh.read_into("b", 30, torch.empty(1, dtype=torch.int64))
+        with pytest.raises(SchemaError, match="'a' .* is F32, read as torch.float64"):
+            fh.read_into("a", 0, torch.empty(3, dtype=torch.float64))
+        with pytest.raises(SchemaError, match="no tensor 'z'"):
+            fh.read_into("z", 0, torch.empty(1))

@@ -146,3 +146,181 @@ def test_blocks_cover_each_tensor_exactly():
             repr(Projection(Chart(dim=64), SPECS).blocks(SPECS[4])).encode()
         ).hexdigest()
     )
+
+
+def _stacked_fwht(x: torch.Tensor) -> torch.Tensor:
+    """The radix-2 butterfly written plainly, a new tensor per stage: what `fwht` must equal."""
+    n = x.shape[-1]
+    y = x.reshape(-1, n)
+    h = 1
+    while h < n:
+        y = y.view(y.shape[0], n // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    return y.reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (3, 16), (8, BLOCK)])
+def test_fwht_in_two_buffers_gives_the_same_bits_and_leaves_its_input(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    kept = x.clone()
+    assert torch.equal(fwht(x), _stacked_fwht(x))
+    assert torch.equal(x, kept)
+
+
+def test_a_tensor_offset_piece_by_piece_gets_the_same_bits_as_at_once():
+    p = Projection(Chart(seed=4, dim=64), SPECS)
+    spec = SPECS[4]  # 300,000 values: four full blocks and a short one
+    u = p.bases(torch.randn(64, dtype=torch.float64))
+    base = torch.randn(spec.shape)
+    whole = base.clone()
+    p.add_offset(whole, spec, u, 0.3)
+    for size in (BLOCK, 3 * BLOCK):
+        pieced = base.clone().view(-1)
+        for start in range(0, pieced.numel(), size):
+            p.add_offset(pieced[start : start + size], spec, u, 0.3, start)
+        assert torch.equal(pieced.view(spec.shape), whole)
+    with pytest.raises(ValueError, match="not whole blocks"):
+        p.add_offset(base.view(-1)[1 : BLOCK + 1], spec, u, 0.3, 1)
+    with pytest.raises(ValueError, match="not whole blocks"):
+        p.add_offset(base.view(-1)[: BLOCK + 5], spec, u, 0.3)
+
+
+# -- the Gram factor kept between processes -------------------------------------------------------
+
+
+def gram_files(folder) -> list:
+    return sorted(folder.glob("*.gram")) if folder.exists() else []
+
+
+def factor(chart: Chart, specs=SPECS, cache=None) -> torch.Tensor:
+    """The Gram factor a new Projection uses: computed, or read from `cache`."""
+    return Projection(chart, specs, cache=cache)._cholesky
+
+
+def test_the_gram_factor_is_kept_and_reused_bit_for_bit(tmp_path, monkeypatch):
+    chart = Chart(seed=5, dim=64)
+    fresh = factor(chart, SPECS)
+    first = factor(chart, SPECS, cache=tmp_path)
+    (kept,) = gram_files(tmp_path)
+    assert torch.equal(first, fresh)
+    assert kept.name == f"{Projection(chart, SPECS).gram_key().hex()}.gram"
+
+    def not_again(self):
+        raise AssertionError("the kept factor should have been read")
+
+    monkeypatch.setattr(Projection, "_gram_factor", not_again)
+    again = Projection(chart, SPECS, cache=tmp_path)
+    assert torch.equal(again._cholesky, fresh)
+    z = torch.randn(64, dtype=torch.float64)
+    assert torch.equal(
+        flat(again.decode(z)), flat(Projection(chart, SPECS, cache=tmp_path).decode(z))
+    )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda: (Chart(seed=6, dim=64), SPECS),  # another seed
+        lambda: (Chart(seed=5, dim=32), SPECS),  # another dimension
+        lambda: (Chart(seed=5, dim=64, exclude=("ln_f.*",)), SPECS),  # another mask
+        lambda: (Chart(seed=5, dim=64), [*SPECS[:-1], Spec("ln_f.bias", (128,))]),  # renamed
+        lambda: (Chart(seed=5, dim=64), [*SPECS[:-1], Spec("ln_f.weight", (64, 2))]),  # reshaped
+    ],
+)
+def test_another_chart_or_substrate_never_reuses_a_kept_factor(tmp_path, other):
+    factor(Chart(seed=5, dim=64), SPECS, cache=tmp_path)
+    chart, specs = other()
+    got = Projection(chart, specs, cache=tmp_path)
+    assert torch.equal(got._cholesky, factor(chart, specs))
+    assert len(gram_files(tmp_path)) == 2  # a file of its own, keyed by what the factor depends on
+
+
+def corrupt_flip(path):
+    raw = bytearray(path.read_bytes())
+    raw[-9] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        corrupt_flip,
+        lambda path: path.write_bytes(path.read_bytes()[:-8]),  # truncated
+        lambda path: path.write_bytes(path.read_bytes() + b"\0"),  # longer
+        lambda path: path.write_bytes(b"x" + path.read_bytes()[1:]),  # not our format
+        lambda path: path.write_bytes(b""),
+    ],
+)
+def test_a_corrupt_kept_factor_is_recomputed_and_replaced(tmp_path, corrupt):
+    chart = Chart(seed=5, dim=64)
+    fresh = factor(chart, SPECS)
+    factor(chart, SPECS, cache=tmp_path)
+    (kept,) = gram_files(tmp_path)
+    good = kept.read_bytes()
+    corrupt(kept)
+    assert torch.equal(factor(chart, SPECS, cache=tmp_path), fresh)
+    assert kept.read_bytes() == good
+
+
+def test_a_factor_under_another_keys_name_is_not_taken(tmp_path):
+    """The digest covers the key: a file renamed (or copied) to another key's name is refused."""
+    a, b = Chart(seed=5, dim=64), Chart(seed=6, dim=64)
+    factor(a, SPECS, cache=tmp_path)
+    (kept,) = gram_files(tmp_path)
+    kept.rename(tmp_path / f"{Projection(b, SPECS).gram_key().hex()}.gram")
+    assert torch.equal(factor(b, SPECS, cache=tmp_path), factor(b, SPECS))
+
+
+def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    chart = Chart(seed=5, dim=64)
+    got = factor(chart, SPECS, cache=blocked / "gram")
+    assert torch.equal(got, factor(chart, SPECS))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_short_block_windows_match_their_definition():
+    """Row j of a short block (length n, shift s) is kept iff (j + s) mod M < n."""
+    specs = [*SPECS, Spec("odd", (3, 7)), Spec("tail", (BLOCK + 11,))]
+    p = Projection(Chart(seed=8, dim=64), specs)
+    full, windows = p._windows()
+    expected = torch.zeros_like(windows)
+    j = torch.arange(BLOCK)
+    blocks = [b for s in specs for b in p.blocks(s)]
+    short = [b for b in blocks if b.length < BLOCK]
+    for b in short:
+        expected[b.base] += ((j + b.shift) % BLOCK < b.length).to(torch.float64)
+    assert {b.length > b.shift for b in short} == {True, False}  # runs that wrap round, and not
+    assert full == len(blocks) - len(short)
+    assert torch.equal(windows, expected)
+
+
+def test_each_block_is_its_rolled_base_times_its_signs_exactly():
+    """The definition, computed plainly (torch.roll, a whole block at a time): the same bits as
+    add_offset, which groups positions into calls differently (the signs are ±1, so only
+    scale · u rounds before the add)."""
+    p = Projection(Chart(seed=4, dim=64), SPECS)
+    doubled = p.bases(torch.randn(64, dtype=torch.float64))
+    u = doubled[:, :BLOCK]
+    assert torch.equal(doubled[:, BLOCK:], u)
+    for spec in SPECS:
+        theta = torch.randn(spec.shape)
+        got = theta.clone()
+        p.add_offset(got, spec, doubled, 0.7)
+        want = theta.clone().view(-1)
+        for b in p.blocks(spec):
+            rolled = torch.roll(u[b.base], b.shift)[: b.length]
+            want[b.start : b.start + b.length] += 0.7 * rolled * p._out_signs[b.signs, : b.length]
+        assert torch.equal(got.view(-1), want)
+
+
+def test_a_fifo_where_the_factor_should_be_is_not_waited_on(tmp_path, no_hang):
+    import os
+
+    chart = Chart(seed=5, dim=64)
+    os.mkfifo(tmp_path / f"{Projection(chart, SPECS).gram_key().hex()}.gram")
+    assert torch.equal(factor(chart, SPECS, cache=tmp_path), factor(chart, SPECS))
+    (kept,) = gram_files(tmp_path)
+    assert kept.is_file()  # replaced by the factor, for the next process

@@ -31,7 +31,8 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -43,7 +44,14 @@ from ...errors import SchemaError
 from ...inputs import parse_json, read_file
 from ...progress import progress_bar
 from ..modelio import DTYPES as ST_NAMES
-from ..modelio import INDEX_FILE, SINGLE_FILE, TORCH_SUFFIXES, open_model, write_model
+from ..modelio import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    TORCH_SUFFIXES,
+    TensorFile,
+    open_model,
+    write_model,
+)
 from ..substrate import (
     DTYPES,
     Header,
@@ -91,6 +99,33 @@ class HFSubstrate(Substrate):
             t = fh.get_tensor(spec.name)
         # callers write into θ0 in place: never hand out a view of the mapped file
         return t.to(torch.float32, copy=True) if t.dtype.is_floating_point else t.clone()
+
+    @contextmanager
+    def theta0_pieces(self, size: int) -> Iterator[Callable[[TensorSpec], Iterator[torch.Tensor]]]:
+        """`pieces(spec)`: θ0 of one tensor flattened, `size` values at a time, as `theta0` has it
+        (float32, or the stored dtype), read from the file into one buffer that every piece
+        reuses: a piece is valid until the next is asked for. For streaming all of θ0 once (a
+        checkout): no mapping to fault in and unmap, no tensor-sized allocation, and the piece
+        stays in cache while the caller works on it."""
+        buffer = torch.empty(size, dtype=torch.float32)
+        scratch = torch.empty(size * 8, dtype=torch.uint8)  # stored dtypes other than float32
+        known = set(self.specs)
+
+        def pieces(spec: TensorSpec) -> Iterator[torch.Tensor]:
+            if spec not in known:
+                raise SchemaError(f"tensor {spec.name} is not part of substrate {self.name}")
+            for start in range(0, spec.numel, size):
+                n = min(size, spec.numel - start)
+                if spec.dtype == torch.float32:
+                    fh.read_into(spec.name, start, buffer[:n])
+                    yield buffer[:n]
+                else:
+                    raw = scratch[: n * spec.dtype.itemsize].view(spec.dtype)
+                    fh.read_into(spec.name, start, raw)
+                    yield buffer[:n].copy_(raw) if spec.dtype.is_floating_point else raw
+
+        with TensorFile(self.path / WEIGHTS) as fh:
+            yield pieces
 
     def build(self) -> nn.Module:
         """The architecture with θ0 loaded by transformers itself (ties and buffers its way)."""
