@@ -29,14 +29,14 @@ bit-identical Δ whatever order they arrived in.
 `sender_mean` is the default, chosen by measurement on MiniLM (docs/experiments/hive.md), where
 each instance trains its own task and sends the top 52 of 1,024 coordinates of its change: with
 three instances it kept 0.922 and 0.941 of joint training over two seeds (`mean`: 0.912, 0.913;
-`centered_clip`: 0.877, 0.860), with ten 0.877 (`mean`: 0.674, since averaging ten instances'
-single steps moves the basin about one step per round). Summing instead (`mean` with the outer lr
-at N) kept 0.906 with ten, but would take N steps at once from N instances of one task; the
-sender mean sums only what no two updates share. No rule here survives sign flips of non-IID
-sparse updates (the Byzantine table); scale is bounded before any rule by the outlier check
-(c = 10 refused every ×100 update) and, in `sender_mean`, by its clip. On arithmetic alone
-(scripts/bench/hive_rules.py, IID dense updates) `centered_clip` stays closest to the honest mean
-under every attack.
+`centered_clip`: 0.877, 0.860), with ten 0.877 and 0.880 (`mean`: 0.674, 0.688, since averaging
+ten instances' single steps moves the basin about one step per round). Summing instead (`mean`
+with the outer lr at N) kept 0.906 with ten, but would take N steps at once from N instances of
+one task; the sender mean sums only what no two updates share. No rule here survives sign
+flips of non-IID sparse updates (the Byzantine table); scale is bounded before any rule by the
+outlier check (c = 10 refused every ×100 update) and, in `sender_mean`, by its clip. On
+arithmetic alone (scripts/bench/hive_rules.py, IID dense updates) `centered_clip` stays closest
+to the honest mean under every attack.
 
 A new rule is a `Rule` subclass decorated with `@register` in this module (or one imported by the
 package), with its options and their defaults in `options`.
