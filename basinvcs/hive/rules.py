@@ -237,13 +237,18 @@ def _refuse_nonfinite(a: np.ndarray, what: str, first: int = 0) -> None:
         raise AggregationError(f"{what} {first + row} has {a[row, col]} at coordinate {col}")
 
 
-def _options_number(value: Any, what: str, low: float, high: float, *, open_high=False) -> float:
+def _options_number(
+    value: Any, what: str, low: float, high: float, *, open_low=False, open_high=False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AggregationError(f"{what} {value!r} is not a number")
     v = float(value)
-    if not (math.isfinite(v) and low <= v and (v < high if open_high else v <= high)):
-        bound = f"< {high:g}" if open_high else f"<= {high:g}"
-        raise AggregationError(f"{what} {value} must be >= {low:g} and {bound}")
+    above = v > low if open_low else v >= low
+    below = v < high if open_high else v <= high
+    if not (math.isfinite(v) and above and below):
+        lower = f"> {low:g}" if open_low else f">= {low:g}"
+        upper = "finite" if high == math.inf else f"< {high:g}" if open_high else f"<= {high:g}"
+        raise AggregationError(f"{what} {value} must be {lower} and {upper}")
     return v
 
 
@@ -282,9 +287,7 @@ class SenderMean(Rule):
     options = {"clip": DEFAULT_SENDER_CLIP}
 
     def combine(self, x, p, fisher, **options):
-        clip = _options_number(options["clip"], "clip factor", 0.0, math.inf)
-        if clip <= 0:
-            raise AggregationError(f"clip factor {options['clip']} must be > 0")
+        clip = _options_number(options["clip"], "clip factor", 0.0, math.inf, open_low=True)
         # a coordinate only one update sends is that update's alone: bound how far it can go
         top = float(np.abs(x).max()) or 1.0
         norms = np.sqrt(((x / top) ** 2).sum(axis=1))  # in units of top: squares cannot overflow
