@@ -287,7 +287,8 @@ class Experiment:
 
         args = self.args
         n = len(self.instances)
-        extra = "".join(f" {key}={v:g}" for key, v in (optimizer_options or {}).items())
+        options = {**(rule_options or {}), **(optimizer_options or {})}
+        extra = "".join(f" {key}={v:g}" for key, v in options.items())
         label = label or f"H={every} {rule}+{outer}{extra} k={k or 'default'} c={c:g}"
         label += f" {poisoned} poisoned x{args.poison:g}" if poisoned else ""
         path = self.work / "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label)
@@ -593,7 +594,13 @@ def report(data: dict) -> str:
         refused = sum(run["refused"].values())
         lines.append(
             f"| {run['rule']}+{run['outer']}"
-            + "".join(f" {key} {v:g}" for key, v in run.get("optimizer_options", {}).items())
+            + "".join(
+                f" {key} {v:g}"
+                for key, v in {
+                    **run.get("rule_options", {}),
+                    **run.get("optimizer_options", {}),
+                }.items()
+            )
             + (f", {run['poisoned']} poisoned ×{run['poison']:g}" if run["poisoned"] else "")
             + f" | {run['every']} | {run['coordinates']} | {run['c']:g} | {run['rounds']} | "
             + " | ".join(f"{norm[t]:.3f}" for t in TASKS)
@@ -683,6 +690,8 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main() -> None:
+    from basinvcs.hive import rules
+
     ap = argparse.ArgumentParser(description="the hive on MiniLM")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--instances", type=int, default=3, help="N: the tasks in turn (10: 4 + 3 + 3)")
@@ -693,7 +702,8 @@ def main() -> None:
         "--settings",
         default="mean:average,mean:nesterov,mean:fedadam",
         help="rule:outer-optimiser[:hyper=value...] settings, comma-separated (e.g. "
-        "mean:average:lr=3)",
+        "mean:average:lr=3; an option the rule has goes to the rule, e.g. "
+        "sender_mean:average:power=0.5)",
     )
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=32)
@@ -747,10 +757,15 @@ def main() -> None:
         for pair in args.settings.split(","):
             rule, outer, *options = pair.split(":")
             hyper = {key: float(v) for key, v in (o.split("=") for o in options)}
+            # an option the rule has is the rule's; the rest are the outer optimiser's
+            ours = {key: v for key, v in hyper.items() if key in rules.get(rule).options}
+            theirs = {key: v for key, v in hyper.items() if key not in ours}
             for k in ks:
                 for c in cs:
                     data["hives"].append(
-                        exp.hive(every, rule, outer, k, c, optimizer_options=hyper)
+                        exp.hive(
+                            every, rule, outer, k, c, rule_options=ours, optimizer_options=theirs
+                        )
                     )
     for spec_text in filter(None, args.extra.split(",")):
         every, rule, outer, k, c = spec_text.split(":")
@@ -779,6 +794,7 @@ def main() -> None:
                 d["k"],
                 d["c"],
                 last,
+                rule_options=best["rule_options"],
                 optimizer_options=best["optimizer_options"],
             )
         )

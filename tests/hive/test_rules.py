@@ -93,6 +93,21 @@ def test_sender_mean_clips_each_update_to_the_rounds_median_norm():
             aggregate("sender_mean", x, clip=bad)
 
 
+def test_sender_mean_power_goes_from_the_mean_to_the_sum_of_the_senders():
+    x = np.array([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 4.0, 0.0], [0.0, 0.0, 6.0, 0.0]])
+    assert aggregate("sender_mean", x, power=1) == aggregate("sender_mean", x)
+    assert aggregate("sender_mean", x, power=0) == pytest.approx([1.0, 3.0, 12.0, 0.0])
+    # the third coordinate has three senders: their sum over √3
+    assert aggregate("sender_mean", x, power=0.5) == pytest.approx([1, 3, 12 / math.sqrt(3), 0])
+    # weights in units of their mean (0.75, 0.75, 1.5): Σ w x over (Σ w)^power
+    heavy = aggregate("sender_mean", x, weights=[1, 1, 2], power=0.5)
+    assert heavy == pytest.approx([0.75**0.5, 2.25 / 0.75**0.5, 13.5 / 3**0.5, 0])
+    assert aggregate("sender_mean", x, weights=[10, 10, 20], power=0.5) == pytest.approx(heavy)
+    for bad in (-0.1, 1.5, math.nan, "1", None):
+        with pytest.raises(AggregationError, match="power"):
+            aggregate("sender_mean", x, power=bad)
+
+
 def test_mean_is_the_numpy_mean_and_weights_count():
     x = np.random.default_rng(1).standard_normal((7, 33))
     np.testing.assert_allclose(aggregate("mean", x.tolist()), x.mean(axis=0), rtol=1e-13, atol=0)
