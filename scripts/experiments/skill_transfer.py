@@ -105,6 +105,8 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     }
     if args.heads == "probe":
         folder = probe_heads(folder, work / "probe-base", tokenizer, overrides, seed)
+    # --mask-heads: the chart leaves the heads out, so z moves only the body and θ0's probes stay
+    exclude = (*EXCLUDE, "classifier.*") if args.mask_heads else EXCLUDE
     add_hf_substrate(
         SUBSTRATE,
         folder,
@@ -115,7 +117,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     for name in TASKS:
         shutil.copytree(homes["hub"] / "substrates", homes[name] / "substrates")
     sub = load_substrate(SUBSTRATE)
-    chart = Chart.masked("srht", seed, 1024, EXCLUDE)
+    chart = Chart.masked("srht", seed, 1024, exclude)
     tasks = {name: make_text_task(name, seed=seed) for name in TASKS}
 
     model = BasinModel(sub, chart)  # one model: z is swapped in for every evaluation
@@ -145,7 +147,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     # 2. the hub, which never trains
     use_home(homes["hub"])
     hub_path = work / "hub"
-    porcelain.init(hub_path, dim=1024, seed=seed, exclude=EXCLUDE, name="hub").close()
+    porcelain.init(hub_path, dim=1024, seed=seed, exclude=exclude, name="hub").close()
     results: dict[str, dict[str, float]] = {"base": evaluate(torch.zeros(1024))}
     log(f"base: {results['base']}")
 
@@ -153,7 +155,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     keys, zs, seconds = {}, {}, {}
     for name in TASKS:
         use_home(homes[name])
-        with porcelain.init(work / name, dim=1024, seed=seed, exclude=EXCLUDE, name=name) as repo:
+        with porcelain.init(work / name, dim=1024, seed=seed, exclude=exclude, name=name) as repo:
             fetch(repo, hub_path, "general", "upstream")
             porcelain.fork(repo, "upstream", name)
             spec = BasinModel(sub, chart, projection=proj)
@@ -245,7 +247,8 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
         json.dumps(
             {
                 "seed": seed,
-                "setting": f"heads {args.heads}, {args.steps} steps, lr {args.lr}",
+                "setting": f"heads {args.heads}{' masked' if args.mask_heads else ''}, "
+                f"{args.steps} steps, lr {args.lr}",
                 "results": results,
                 "checks": checks,
                 "cases": cases,
@@ -382,6 +385,11 @@ def main() -> None:
         help="the classifier in θ0: zero (default), or a linear probe per task on the frozen base",
     )
     ap.add_argument("--lr", type=float, default=None, help="default 0.1 (zero), 0.05 (probe)")
+    ap.add_argument(
+        "--mask-heads",
+        action="store_true",
+        help="leave the classifier out of the chart (with --heads probe: z moves the body only)",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--jobs", type=int, default=2, help="seeds run at once")
     ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
@@ -391,6 +399,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.lr is None:
         args.lr = 0.1 if args.heads == "zero" else 0.05
+    if args.mask_heads and args.heads == "zero":
+        ap.error("--mask-heads needs --heads probe: heads at zero outside the chart never learn")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.one_seed is not None:
         run_seed(args.one_seed, args, args.out)
