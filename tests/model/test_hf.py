@@ -464,3 +464,24 @@ def test_a_non_finite_weight_is_refused_and_nothing_written(
     result = cli.fails("checkout", "HEAD", "--model", "l", "-o", str(out), "--dtype", dtype)
     assert f"tensor 'model.layers.1.mlp.up_proj.weight' has {message}" in result.stderr
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_a_non_finite_weight_the_chart_masks_is_refused(cli, tmp_path, monkeypatch, value):
+    """A tensor the chart leaves at θ0 is written as θ0 is: checked all the same."""
+    from safetensors.torch import load_file, save_file
+
+    src = make_folder(tmp_path / "src", "llama")
+    cli("substrate", "add", "l", "--from", str(src))
+    monkeypatch.chdir(tmp_path)
+    cli("init", "masked", "--dim", "64", "--exclude", "model.embed_tokens.*")
+    monkeypatch.chdir(tmp_path / "masked")
+    commit_random(tmp_path / "masked")
+    weights = load_substrate("l").path / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["model.embed_tokens.weight"][7, 2] = value
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    result = cli.fails("checkout", "HEAD", "--model", "l", "-o", str(out))
+    assert "tensor 'model.embed_tokens.weight' has values that are not finite" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []

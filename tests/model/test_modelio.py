@@ -182,6 +182,84 @@ def test_any_non_finite_value_is_refused(tmp_path, monkeypatch, dtype, bad, wher
     assert files_in(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [(torch.float32, 3e38), (torch.float64, 1.7e308), (torch.float16, 6e4), (torch.bfloat16, 3e38)],
+)
+def test_finite_values_whose_sum_overflows_are_written(tmp_path, dtype, value):
+    """The finite check sums each chunk first; a sum that overflows is settled value by value."""
+    tensor = torch.tensor([value, value, -1.0, value], dtype=torch.float64)
+    assert not math.isfinite(tensor.to(dtype).sum().item())
+    write_model(tmp_path, [("w", (4,))], [("w", tensor)], dtype=dtype)
+    assert torch.equal(load_file(tmp_path / "model.safetensors")["w"], tensor.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_agrees_with_isfinite(dtype):
+    """Every length up to past a vector loop's tail, one special value at every position."""
+    gen = torch.Generator().manual_seed(3)
+    for n in range(1, 70):
+        values = torch.randn(n, generator=gen).to(dtype)
+        assert modelio.all_finite(values)
+        for where in range(n):
+            for bad in (math.nan, math.inf, -math.inf):
+                spoiled = values.clone()
+                spoiled[where] = bad
+                assert not modelio.all_finite(spoiled)
+    both = torch.tensor([math.inf, -math.inf, 1.0], dtype=dtype)  # inf - inf: a NaN sum
+    assert not modelio.all_finite(both)
+
+
+def test_output_files_are_the_same_with_and_without_reserving_blocks(tmp_path, monkeypatch):
+    """Blocks are reserved (fallocate) before a shard is written; without, or where the call
+    fails, the files are byte for byte the same."""
+    tensors = make_tensors()
+    reserved = []
+    real = modelio._reserve
+    monkeypatch.setattr(
+        modelio, "_reserve", lambda fh, size: (reserved.append(size), real(fh, size))
+    )
+    files = write_model(
+        tmp_path / "a", SPECS, tensors.items(), dtype=torch.float32, max_shard_bytes=100
+    )
+    assert reserved == [p.stat().st_size for p in files if p.suffix == ".safetensors"]
+    monkeypatch.setattr(modelio, "_reserve", real)
+    monkeypatch.setattr(modelio, "_fallocate", lambda: None)
+    plain = write_model(
+        tmp_path / "b", SPECS, tensors.items(), dtype=torch.float32, max_shard_bytes=100
+    )
+    monkeypatch.setattr(modelio, "_fallocate", lambda: lambda *args: -1)  # as a refusing system
+    refused = write_model(
+        tmp_path / "c", SPECS, tensors.items(), dtype=torch.float32, max_shard_bytes=100
+    )
+    for a, b, c in zip(files, plain, refused, strict=True):
+        assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+
+
+@pytest.mark.skipif(modelio._fallocate() is None, reason="no fallocate(2) here")
+def test_reserving_takes_the_blocks_and_leaves_the_size(tmp_path):
+    with open(tmp_path / "f", "wb") as fh:
+        modelio._reserve(fh, 1 << 20)
+        st = os.fstat(fh.fileno())
+    if st.st_blocks == 0:
+        pytest.skip("this filesystem does not reserve blocks")
+    assert st.st_size == 0 and st.st_blocks * 512 >= 1 << 20
+
+
+def test_copy_file_replaces_the_target_whole_and_leaves_no_temporary(tmp_path):
+    source = tmp_path / "tokenizer.json"
+    source.write_bytes(bytes(range(256)) * 3000)  # past one buffer of copyfileobj
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("old")
+    modelio.copy_file(source, out / "tokenizer.json")
+    assert (out / "tokenizer.json").read_bytes() == source.read_bytes()
+    with pytest.raises(SchemaError, match="cannot write"):
+        modelio.copy_file(tmp_path / "missing", out / "tokenizer.json")
+    assert files_in(out) == ["tokenizer.json"]
+    assert (out / "tokenizer.json").read_bytes() == source.read_bytes()
+
+
 def test_overflow_to_infinity_in_the_output_dtype_is_refused(tmp_path):
     with pytest.raises(SchemaError, match="not finite as torch.float16"):
         write_model(tmp_path, [("w", (1,))], [("w", torch.tensor([1e6]))], dtype=torch.float16)
