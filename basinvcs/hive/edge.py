@@ -33,7 +33,7 @@ from ..ingest import apply_plan, plan_fetch
 from ..inputs import parse_json, read_file
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
-from .update import DEFAULT_ENCODING, Change, Compressor, Update
+from .update import DEFAULT_ENCODING, Compressor, Update, next_update
 
 STATE_FILE = "hive.json"
 REMOTE = "hive"
@@ -160,16 +160,25 @@ def change_since(repo: Repository, parent: CID) -> list[float]:
 
 
 def signed_update(
-    repo: Repository, parent: CID, change: Change, *, round_: int, seq: int, samples: int
+    repo: Repository,
+    parent: CID,
+    compressor: Compressor,
+    delta: list[float],
+    *,
+    round_: int,
+    seq: int,
+    samples: int,
 ) -> Update:
-    """An update of this repository's chart from `parent`, signed with the user's key."""
+    """An update of this repository's chart from `parent` sending the compressor's next change
+    of `delta` (as many coordinates as fit: update.fitting_k), signed with the user's key."""
     ident = repo.identity()
-    return Update(
+    return next_update(
+        compressor,
+        delta,
         chart=repo.config.chart,
         parent=parent,
         round=round_,
         seq=seq,
-        change=change,
         samples=samples,
         author=ident.public_key,
     ).signed(ident.sign)
@@ -183,18 +192,18 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     compressor = Compressor(len(delta), encoding)
     if state.residual:
         compressor.residual = list(state.residual)
-    change = compressor.compress(delta)
     head = request_json(f"{state.url}/head")
     round_ = int(head.get("round", 0))
-    data = signed_update(
-        repo, synced, change, round_=round_, seq=state.seq + 1, samples=samples
-    ).encode()
+    update = signed_update(
+        repo, synced, compressor, delta, round_=round_, seq=state.seq + 1, samples=samples
+    )
+    data = update.encode()
     answer = request_json(f"{state.url}/update", data)
     state.seq += 1
     state.residual = [float(v) for v in compressor.residual]
     state.submitted = str(repo.head_commit())
     save_state(repo, state)
-    return {**answer, "bytes": len(data), "coordinates": change.k}
+    return {**answer, "bytes": len(data), "coordinates": update.change.k}
 
 
 def sync(repo: Repository) -> tuple[str, CID]:

@@ -399,9 +399,9 @@ def gossip(
             f"HEAD does not contain {branch}'s head {parent}: merge it first (basin merge {branch})"
         )
     delta = change_since(repo, parent)
-    change = Compressor(len(delta), encoding).compress(delta)
     # replicas key rounds by their parent, not by a round number
-    update = signed_update(repo, parent, change, round_=0, seq=now_ms(), samples=samples)
+    compressor = Compressor(len(delta), encoding)
+    update = signed_update(repo, parent, compressor, delta, round_=0, seq=now_ms(), samples=samples)
     genesis = hive_genesis(repo, parent)
     publish, store, _ = ipfs_transport(node, genesis)
     data = update.encode()

@@ -33,9 +33,10 @@ three instances it kept 0.922 and 0.941 of joint training over two seeds (`mean`
 `centered_clip`: 0.877, 0.860), with ten 0.877 and 0.880 (`mean`: 0.674, 0.688, since averaging
 ten instances' single steps moves the basin about one step per round). Summing instead (`mean`
 with the outer lr at N, or power 0) kept 0.906 and 0.844 with ten over two seeds, and would take N
-steps at once from N instances of one task; the sender mean sums only what no two updates share. No rule here survives sign
-flips of non-IID sparse updates (the Byzantine table); scale is bounded before any rule by the
-outlier check (c = 10 refused every ×100 update) and, in `sender_mean`, by its clip. On
+steps at once from N instances of one task; the sender mean sums only what no two updates share.
+No rule here survives sign flips of non-IID sparse updates (the Byzantine table); scale is
+bounded before any rule by the outlier check (c = 10 refused every ×100 update) and, in
+`sender_mean`, by its clip. On
 arithmetic alone (scripts/bench/hive_rules.py, IID dense updates) `centered_clip` stays closest
 to the honest mean under every attack.
 

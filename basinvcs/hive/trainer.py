@@ -59,7 +59,7 @@ from ..errors import BasinError, RemoteError, SchemaError
 from ..identity import Identity, format_key, parse_key
 from ..objects import Basin, Commit
 from . import edge
-from .update import DEFAULT_ENCODING, Compressor, Update
+from .update import DEFAULT_ENCODING, Compressor, next_update
 
 # H, local steps between syncs: 1 kept the most of joint training on MiniLM with three non-IID
 # instances (0.87 of it, against 0.74 at H = 10 and 0.65 at H = 50, with plain averaging;
@@ -238,9 +238,10 @@ class HiveTrainer:
     docstring). Starts by setting z to the coordinator's head.
 
     `every`: H, local steps per round. `encoding`, `k`: the update's encoding (update.ENCODINGS)
-    and coordinates per update (the encoding's default if None). `samples_per_step`: what one
-    step is worth in the update's `samples` (e.g. the batch size). `seq`: the last sequence number
-    this identity used with this coordinator. `timeout`: seconds to wait for a round to close.
+    and coordinates per update (if None, as many as fit in 600 bytes: update.fitting_k).
+    `samples_per_step`: what one step is worth in the update's `samples` (e.g. the batch size).
+    `seq`: the last sequence number this identity used with this coordinator. `timeout`: seconds
+    to wait for a round to close.
     """
 
     def __init__(
@@ -270,6 +271,7 @@ class HiveTrainer:
         self.seq = seq
         self.timeout = timeout
         self.compressor = Compressor(model.chart.dim, encoding, k)
+        self.k = k  # None: as many coordinates as fit (update.fitting_k)
         self.steps = 0  # local steps taken
         self.history: list[Synced] = []
         self.bytes_sent = 0
@@ -349,20 +351,18 @@ class HiveTrainer:
         saved = list(self.compressor.residual)
         self.seq += 1
         try:
-            change = self.compressor.compress(self.outgoing(self.change()))
-            data = (
-                Update(
-                    chart=self.model.chart,
-                    parent=self.head.cid,
-                    round=head.round,
-                    seq=self.seq,
-                    change=change,
-                    samples=max(1, steps * self.samples_per_step),
-                    author=self.identity.public_key,
-                )
-                .signed(self.identity.sign)
-                .encode()
+            update = next_update(
+                self.compressor,
+                self.outgoing(self.change()),
+                k=self.k,
+                chart=self.model.chart,
+                parent=self.head.cid,
+                round=head.round,
+                seq=self.seq,
+                samples=max(1, steps * self.samples_per_step),
+                author=self.identity.public_key,
             )
+            data = update.signed(self.identity.sign).encode()
             answer = self.transport.submit(data)
         except BaseException as exc:
             self.compressor.residual = saved  # nothing sent: the change is still all in z
@@ -374,7 +374,7 @@ class HiveTrainer:
             int(answer.get("round", head.round)),
             self.seq,
             len(data),
-            change.k,
+            update.change.k,
             steps,
         )
         self.bytes_sent += sent.bytes

@@ -23,7 +23,7 @@ import heapq
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..cid import CID, DAG_CBOR, SHA2_256
@@ -290,14 +290,16 @@ class Compressor:
             raise SchemaError(f"k {self.k} is outside 0..{dim}")
         self.residual = [0.0] * dim
 
-    def compress(self, delta: Sequence[float]) -> Change:
+    def compress(self, delta: Sequence[float], k: int | None = None) -> Change:
+        """The next change: `k` coordinates (default: the compressor's k) of delta + residual."""
+        k = self.k if k is None else k
         if len(delta) != self.dim:
             raise SchemaError(f"change has {len(delta)} coordinates; the chart has {self.dim}")
         target = [float(d) + r for d, r in zip(delta, self.residual, strict=True)]
         for i, v in enumerate(target):
             if not math.isfinite(v):
                 raise SchemaError(f"change of coordinate {i} plus its residual is {v}")
-        change = self.encoding.encode(target, self.k)
+        change = self.encoding.encode(target, k)
         sent = change.decode()
         self.residual = [t - s for t, s in zip(target, sent, strict=True)]
         return change
@@ -501,3 +503,49 @@ class Update(_Signed):
             raise SchemaError(f"{UPDATE_TYPE} record is not in canonical form")
         record.verify_signature()
         return record
+
+
+def fitting_k(update: Update, encoding: str = DEFAULT_ENCODING) -> int:
+    """The most coordinates a change in `encoding` can send in `update`'s place, its other fields
+    as they are, within 600 bytes at d = 1024 (⌈600·d/1024⌉ above; the chart's mask counted in
+    them), or within the record's limit (update_limit) where the mask leaves no room for that.
+
+    What a hive sender sends when no k is given: every update uses the bytes it may, since more
+    coordinates per round carry more of each instance's change (docs/experiments/hive.md). A
+    record grows with k (packed indices, codes, Fisher codes), so bisection finds the largest k.
+    """
+    enc = get_encoding(encoding)
+    dim = update.chart.dim
+    node = update.unsigned_node()
+    node["encoding"] = enc.name
+
+    def size(k: int) -> int:
+        widest = Change(enc.name, dim, tuple(range(k)), (enc.top,) * k, 1.0 if k else 0.0)
+        node["delta"] = enc.to_node(widest)
+        if update.fisher is not None:
+            node["fisher"] = {"max": 1.0, "codes": bytes(-(-k * FISHER_BITS // 8))}
+        return len(dagcbor.encode(node)) + _SIGNATURE_ENTRY
+
+    budget = max(MAX_UPDATE_BYTES, -(-MAX_UPDATE_BYTES * dim // 1024))
+    if size(1) > budget:
+        budget = update_limit(update.chart)
+    low, high = 0, dim  # size(low) fits (or nothing does); find the largest k that fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        if size(mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def next_update(
+    compressor: Compressor, delta: Sequence[float], *, k: int | None = None, **fields: Any
+) -> Update:
+    """The unsigned update with `fields` (chart, parent, round, seq, samples, author) sending the
+    compressor's next change of `delta`: k coordinates, or as many as fit (fitting_k)."""
+    nothing = Change(compressor.encoding.name, compressor.dim, (), (), 0.0)
+    template = Update(change=nothing, **fields)
+    if k is None:
+        k = fitting_k(template, compressor.encoding.name)
+    return replace(template, change=compressor.compress(delta, k))

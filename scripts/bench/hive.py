@@ -3,8 +3,9 @@
 Setup, untimed: a repository at d = 1024 whose config trusts 1,000 Ed25519 identities, and a real
 coordinator (`basin hive serve`, its own process, listening on 127.0.0.1 only) that closes a round
 once every instance has submitted (--round-updates = the number of instances). Each instance's
-changes are real top-k updates (topk-q8, k = 52 of 1024) compressed with error feedback before
-anything is timed.
+changes are real top-k updates (topk-q8, as many coordinates as fit in 600 bytes: what a hive
+sender sends by default, update.fitting_k) compressed with error feedback before anything is
+timed.
 
 Every round: GET /head, then build and sign each instance's update (parent the new head, the new
 round, the next sequence number), untimed; then send the round, in a random order, from one
@@ -52,7 +53,7 @@ from nacl.signing import SigningKey
 from basinvcs import porcelain
 from basinvcs.cid import CID
 from basinvcs.config import TrustedKey
-from basinvcs.hive.update import Compressor, Update
+from basinvcs.hive.update import Compressor, Update, fitting_k
 from basinvcs.identity import Identity, verify_signature
 from basinvcs.objects import Chart
 
@@ -101,12 +102,12 @@ def cpu_model() -> str:
 class Instance:
     """One simulated instance: its identity, its signer and its pre-compressed changes."""
 
-    def __init__(self, k: int, rng: np.random.Generator, common: list[np.ndarray]):
+    def __init__(self, k: int, rng: np.random.Generator, common: list[np.ndarray], coords: int):
         self.identity = Identity(k.to_bytes(4, "big") + bytes(28), f"instance{k}")
         self.key = SigningKey(self.identity.seed)
         self.public = bytes(self.key.verify_key)
         self.samples = int(rng.integers(64, 512))
-        compressor = Compressor(DIM)
+        compressor = Compressor(DIM, k=coords)
         scale = float(rng.uniform(0.5, 2.0))  # some instances move more than others
         self.changes = [
             compressor.compress((common[s] + scale * rng.normal(0, 0.01, DIM)).tolist())
@@ -115,6 +116,21 @@ class Instance:
 
     def sign(self, message: bytes) -> bytes:
         return self.key.sign(message).signature
+
+
+def default_coordinates(rounds: int) -> int:
+    """The k a hive sender would send by default, for the largest round, sequence number and
+    sample count of this run and the widest chart seed: every update then fits 600 bytes."""
+    template = Update(
+        chart=Chart(dim=DIM, seed=2**64 - 1),
+        parent=CID.for_block(b"\xa0"),
+        round=rounds,
+        seq=rounds + 1,
+        change=Compressor(DIM, k=0).compress([0.0] * DIM),
+        samples=511,
+        author=bytes(32),
+    )
+    return fitting_k(template)
 
 
 def make_hub(root: Path, instances: list[Instance]) -> tuple[Path, Chart]:
@@ -327,7 +343,8 @@ def main() -> None:
         t0 = time.perf_counter()
         rng = np.random.default_rng(13)
         common = [rng.normal(0, 0.01, DIM) for _ in range(STEPS)]
-        instances = [Instance(k, rng, common) for k in range(args.instances)]
+        coords = default_coordinates(args.rounds)
+        instances = [Instance(k, rng, common, coords) for k in range(args.instances)]
         hub, chart = make_hub(root, instances)
         setup_s = time.perf_counter() - t0
         server = Server(hub, root / "home", root / "server.log", args.instances)
@@ -436,7 +453,8 @@ def report(args, connections: int, cores: set, setup_s: float, res: dict) -> Non
 
     print(
         f"hive intake: {args.instances} instances, {args.rounds} rounds of {args.instances} "
-        f"(--round-updates {args.instances}), d = {DIM}, topk-q8 k = 52, {connections} "
+        f"(--round-updates {args.instances}), d = {DIM}, topk-q8 k = "
+        f"{default_coordinates(args.rounds)}, {connections} "
         f"keep-alive connections from one asyncio client"
     )
     print(

@@ -78,7 +78,7 @@ def alie_z(n: int, m: int) -> float:
 def roles(attack: str, names: list[str], args: argparse.Namespace):
     """roles(tap) for Experiment.hive: the last ATTACKERS instances play `attack`."""
     from basinvcs.hive.trainer import HiveError, HiveTrainer
-    from basinvcs.hive.update import Update
+    from basinvcs.hive.update import next_update
 
     attackers, honest = names[-ATTACKERS:], names[:-ATTACKERS]
     n = len(names)
@@ -158,14 +158,14 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             def record(self, head):
                 victim = honest[names.index(self.identity.name) % len(honest)]
                 self.seq += 1
-                change = self.compressor.compress([-100.0 * v for v in self.change()])
                 return (
-                    Update(
+                    next_update(
+                        self.compressor,
+                        [-100.0 * v for v in self.change()],
                         chart=self.model.chart,
                         parent=head.cid,
                         round=head.round,
                         seq=10**6 + self.seq,
-                        change=change,
                         samples=self.samples_per_step,
                         author=tap.identities[victim].public_key,
                     )

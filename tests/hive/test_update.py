@@ -24,7 +24,9 @@ from basinvcs.hive.update import (
     SentFisher,
     Update,
     encode_change,
+    fitting_k,
     index_bits,
+    next_update,
     update_limit,
 )
 from basinvcs.identity import Identity
@@ -203,6 +205,63 @@ def test_default_updates_fit_the_limit_at_every_dimension(dim):
     for encoding in ENCODINGS:
         update = make(chart, encoding, round=BIG, seq=BIG, samples=BIG, beta=(0.1,) * 8)
         assert len(update.encode()) <= update_limit(chart)
+
+
+def _widest(update: Update, encoding: str, k: int) -> Update:
+    """`update` sending k coordinates at full scale (no code rounds to 0), Fisher if it had."""
+    change = encode_change([1.0] * update.chart.dim, encoding, k)
+    fisher = SentFisher.encode([1.0] * change.k) if update.fisher and change.k else None
+    return dataclasses.replace(update, change=change, fisher=fisher, signature=b"")
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize(
+    "chart, fields",
+    [
+        (CHART, dict(fisher=False, beta=None)),  # what hive senders send
+        (CHART, {}),  # Fisher values and a change of β
+        (Chart(dim=D, seed=2**64 - 1), dict(round=BIG, seq=BIG, samples=BIG, beta=(0.1,) * 8)),
+        (Chart(dim=2048), dict(fisher=False, beta=None)),  # 1,200 bytes at d = 2048
+        (Chart(dim=D, exclude=("*pooler*", "*word_embeddings*")), dict(fisher=False, beta=None)),
+    ],
+)
+def test_fitting_k_fills_600_bytes_and_no_more(encoding, chart, fields):
+    update = make(chart, encoding, **fields)
+    k = fitting_k(update, encoding)
+    budget = max(600, -(-600 * chart.dim // 1024))
+    assert k > ENCODINGS[encoding].default_k(chart.dim)  # the fixed default leaves bytes unused
+    assert len(_widest(update, encoding, k).signed(SIGNER.sign).encode()) <= budget
+    try:  # one more does not fit: over the budget, or over the limit itself
+        assert len(_widest(update, encoding, k + 1).signing_bytes()) + 76 > budget
+    except SchemaError as exc:
+        assert f"the limit at d={chart.dim} is {budget}" in str(exc)
+
+
+def test_fitting_k_falls_back_to_the_limit_when_the_mask_leaves_no_room():
+    chart = Chart(dim=D, exclude=tuple(f"{i:02d}" + "x" * 126 for i in range(16)))
+    update = make(chart, fisher=False, beta=None)
+    k = fitting_k(update)
+    assert k > 0
+    assert len(_widest(update, DEFAULT_ENCODING, k).signed(SIGNER.sign).encode()) <= (
+        update_limit(chart)
+    )
+    assert fitting_k(make(Chart(dim=7), fisher=False, beta=None)) == 7  # every coordinate fits
+
+
+def test_next_update_sends_as_many_coordinates_as_fit_and_keeps_the_rest():
+    compressor = Compressor(D)
+    delta = gaussian(5)
+    fields = dict(chart=CHART, parent=PARENT, round=1, seq=2, samples=3, author=SIGNER.public_key)
+    update = next_update(compressor, delta, **fields)
+    template = Update(change=encode_change([0.0] * D), **fields)
+    assert update.change.k == fitting_k(template) > compressor.k
+    assert len(update.signed(SIGNER.sign).encode()) <= 600
+    sent = update.delta()
+    assert all(
+        s + r == pytest.approx(d, abs=1e-12)
+        for s, r, d in zip(sent, compressor.residual, delta, strict=True)
+    )
+    assert next_update(Compressor(D), delta, k=10, **fields).change.k == 10
 
 
 def test_limits_scale_with_d_and_count_the_mask():
