@@ -265,6 +265,9 @@ def main() -> None:
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated")
     ap.add_argument("--rules", default=",".join(RULES), help="comma-separated")
     ap.add_argument("--trim", type=float, default=0.3, help="trimmed_mean's trim fraction")
+    ap.add_argument(
+        "--k", type=int, default=None, help="coordinates per update (default: as many as fit)"
+    )
     ap.add_argument("--outlier-c", type=float, default=10.0)
     ap.add_argument("--noise", type=float, default=1.0, help="σ of the noise attack")
     ap.add_argument("--ipm-eps", type=float, default=4.0, help="ε of the inner-product attack")
@@ -304,7 +307,7 @@ def main() -> None:
                 1,
                 rule,
                 "average",
-                None,
+                args.k,
                 args.outlier_c,
                 rule_options={"trim": args.trim} if rule == "trimmed_mean" else None,
                 roles=roles(attack, names, args) if attack != "none" else None,
