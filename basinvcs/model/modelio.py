@@ -205,20 +205,28 @@ class TensorFile:
     """A safetensors file read by ranges into the caller's buffers (seek and readinto), for a
     reader that streams it once: unlike `safe_open`'s mapping, nothing is page-faulted in and
     unmapped again, and a small buffer reused range after range stays in cache while it is worked
-    on (a checkout offsets, checks and writes each piece of θ0 there). A context manager."""
+    on (a checkout offsets, checks and writes each piece of θ0 there). A context manager.
 
-    def __init__(self, path: Path) -> None:
+    `known`: the file's header as parsed before (`parse_header`), taken again if the file still
+    holds those very bytes and is as long: parsing MiniLM's (11 KB, 106 tensors) again took
+    0.35 ms of each checkout."""
+
+    def __init__(self, path: Path, known: ParsedHeader | None = None) -> None:
         self.path = path
-        self._entries, _, self._data = _read_header(path)
         self._fh = open_regular(path, "model file")  # reads past its buffer go straight through
+        try:
+            self._header = _parse_header(self._fh, path, known)
+        except BaseException:
+            self._fh.close()
+            raise
 
     def header(self) -> Header:
-        return {name: (dtype, shape) for name, (_, dtype, shape) in self._entries.items()}
+        return self._header.header()
 
     def read_into(self, name: str, start: int, out: torch.Tensor) -> None:
         """Values start .. start + out.numel() of tensor `name` (flattened) into `out`, a
         contiguous tensor of the stored dtype."""
-        entry = self._entries.get(name)
+        entry = self._header.entries.get(name)
         if entry is None:
             raise SchemaError(f"model {self.path} has no tensor {name!r}")
         begin, dtype, shape = entry
@@ -229,7 +237,7 @@ class TensorFile:
             raise SchemaError(f"tensor {name!r} of {self.path} has no values {start}..{stop}")
         view = memoryview(out.view(-1).view(torch.uint8).numpy())
         try:
-            self._fh.seek(self._data + begin + start * out.element_size())
+            self._fh.seek(self._header.data + begin + start * out.element_size())
             done = 0
             while done < len(view):
                 got = self._fh.readinto(view[done:])
@@ -253,30 +261,56 @@ class TensorFile:
 
 def read_safetensors_header(path: Path) -> tuple[Header, dict[str, str]]:
     """Parse and check a safetensors header (tensors sorted by offset) without reading data."""
-    entries, metadata, _ = _read_header(path)
-    return {name: (dtype, shape) for name, (_, dtype, shape) in entries.items()}, metadata
+    parsed = parse_header(path)
+    return parsed.header(), parsed.metadata
 
 
 _Entry = tuple[int, str, tuple[int, ...]]  # a tensor's data offset, dtype, shape
 
 
-def _read_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str], int]:
-    """Name -> (data offset, dtype, shape) sorted by offset, `__metadata__`, and where the data
-    starts in the file."""
+@dataclass(frozen=True)
+class ParsedHeader:
+    """A safetensors header parsed and checked: its bytes and the file's size (all the parse
+    depends on), name -> (data offset, dtype, shape) sorted by offset, and `__metadata__`."""
+
+    raw: bytes
+    size: int
+    entries: dict[str, _Entry]
+    metadata: dict[str, str]
+
+    @property
+    def data(self) -> int:
+        """Where the tensors' data starts in the file."""
+        return 8 + len(self.raw)
+
+    def header(self) -> Header:
+        return {name: (dtype, shape) for name, (_, dtype, shape) in self.entries.items()}
+
+
+def parse_header(path: Path) -> ParsedHeader:
+    """The header of the safetensors file at `path`, parsed and checked; data is not read."""
+    with open_regular(path, "model file") as fh:
+        return _parse_header(fh, path, None)
+
+
+def _parse_header(fh: BinaryIO, path: Path, known: ParsedHeader | None) -> ParsedHeader:
+    """The header of the file `fh` just opened: `known` where the file holds its very bytes and
+    size, else parsed."""
     try:
-        with open_regular(path, "model file") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            prefix = fh.read(8)
-            length = int.from_bytes(prefix, "little")
-            if len(prefix) < 8 or length > MAX_HEADER_BYTES:
-                raise SchemaError(f"{path} is not a safetensors file")
-            if length > size - 8:
-                raise SchemaError(
-                    f"{path} has a truncated header: {length} bytes declared, {size - 8} present"
-                )
-            raw = fh.read(length)
+        size = os.fstat(fh.fileno()).st_size
+        prefix = fh.read(8)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) < 8 or length > MAX_HEADER_BYTES:
+            raise SchemaError(f"{path} is not a safetensors file")
+        if length > size - 8:
+            raise SchemaError(
+                f"{path} has a truncated header: {length} bytes declared, {size - 8} present"
+            )
+        raw = fh.read(length)
     except OSError as exc:
         raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if known is not None and known.raw == raw and known.size == size:
+        return known
     if not raw.startswith(b"{"):
         raise SchemaError(f"{path} is not a safetensors file")
     doc = parse_json(raw, f"the JSON header of {path}")
@@ -291,7 +325,7 @@ def _read_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str], int]:
     entries = sorted(
         (_header_entry(path, name, info, data_bytes), name) for name, info in doc.items()
     )
-    return {name: entry for entry, name in entries}, metadata, 8 + length
+    return ParsedHeader(raw, size, {name: entry for entry, name in entries}, metadata)
 
 
 def _header_entry(

@@ -9,14 +9,14 @@
    --model NAME -o DIR` does) against `save_pretrained(DIR)` of a model holding the same weights.
    Cold: a fresh decode (the substrate loaded again, the projection shared within the process);
    warm: the same decode written again; new process: the process's projections dropped, so the
-   chart's Gram factor is read from the file kept under BASIN_HOME, as every `basin checkout`
-   after the first does; first: that file removed too, so the factor is computed, as the first
-   checkout of a chart into a substrate does; masked: warm, in a chart that leaves the word
-   embeddings at θ0 (written as θ0 is, still read and checked); and the whole `basin checkout`
-   process. Parts timed alone: the decode's bookkeeping, the Gram correction computed or read,
-   reading θ0 whole (`theta0`) or in a checkout's pieces. Target: 1.5x. Checkouts are reported as
-   medians and as their fastest runs: save_pretrained's own time is bimodal on the machine this
-   was written on.
+   chart's Gram factor (with its draws and block hashes) is read from the file kept under
+   BASIN_HOME, as every `basin checkout` after the first does; first: that file removed too, so
+   the factor is computed, as the first checkout of a chart into a substrate does; masked: warm,
+   in a chart that leaves the word embeddings at θ0 (written as θ0 is, still read and checked);
+   and the whole `basin checkout` process. Parts timed alone: the decode's bookkeeping, the Gram
+   correction computed or read, reading θ0 whole (`theta0`) or in a checkout's pieces. Target:
+   1.5x. Checkouts are reported as medians and as their fastest runs: save_pretrained's own time
+   is bimodal on the machine this was written on.
 
 Models: all-MiniLM-L6-v2 as BertForSequenceClassification with a zero-initialised head (batch 32
 of 16-token sentences, classification loss) and SmolLM2-135M as LlamaForCausalLM (batch 8 of 64
@@ -407,13 +407,13 @@ def report(results: list[Results], args: argparse.Namespace, loads: tuple[float,
         "save": "save_pretrained (baseline)",
         "cold": "checkout cold: decode + write_decoded",
         "warm": "checkout warm: write_decoded of the same decode",
-        "process": "checkout in a new process: Gram factor read from its file",
+        "process": "checkout in a new process: Gram factor and draws read from their file",
         "first": "first checkout: Gram factor computed",
         "masked": "checkout warm, chart masking the word embeddings",
         "cli": "`basin checkout HEAD --model` (whole process)",
         "decode": "of cold: bridge.decode() (basin, substrate)",
         "gram": "of first: fresh Projection, bases(z) (Gram computed)",
-        "kept": "of new process: fresh Projection, bases(z) (Gram read)",
+        "kept": "of new process: fresh Projection, bases(z) (Gram and draws read)",
         "bases": "of warm: bases(z), Gram cached",
         "theta0": "θ0 of every tensor whole (substrate.theta0)",
         "pieces": "of warm: θ0 of every tensor in pieces (theta0_pieces)",

@@ -160,3 +160,25 @@ def test_an_unhashable_dtype_is_refused(tmp_path: Path, dtype: str) -> None:
     path.write_bytes(file_bytes(header))
     with pytest.raises(BasinError, match="unsupported dtype"):
         read_header(path)
+
+
+@given(st.text(st.sampled_from('[{]}"\\x'), max_size=60).map(lambda text: text + "[{" * 60))
+def test_brackets_quotes_and_backslashes_in_names_are_no_nesting(scratch: Path, name: str) -> None:
+    """The nesting check skips whole strings, escapes and all: names ending in 120 open
+    brackets read."""
+    doc = {name: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    scratch.write_bytes(file_bytes(json.dumps(doc).encode(), 4))
+    assert read_header(scratch) == {name: ("F32", (1,))}
+
+
+@pytest.mark.parametrize("depth, refusal", [(100, "bad shape"), (101, "nests deeper than 100")])
+def test_nesting_is_counted_to_the_limit_outside_strings(tmp_path: Path, depth, refusal) -> None:
+    """The header object and its entry are two levels, the shape's lists the rest; brackets
+    and escaped quotes in the name do not count."""
+    name = json.dumps('a\\"[{' * 80 + "[" * 200).encode()
+    shape = b"[" * (depth - 2) + b"]" * (depth - 2)
+    header = b"{" + name + b':{"dtype":"F32","shape":' + shape + b',"data_offsets":[0,4]}}'
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(file_bytes(header, 4))
+    with pytest.raises(BasinError, match=refusal):
+        read_header(path)

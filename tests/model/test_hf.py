@@ -440,6 +440,25 @@ def test_checkout_carries_integer_buffers_through_the_pieces(repo_dir, tmp_path)
     assert all(torch.equal(got[k], v) for k, v in expected.items())
 
 
+def test_a_checkout_takes_the_theta0_header_its_substrate_parsed(repo_dir, tmp_path, monkeypatch):
+    """Loading the substrate parses θ0's header; the checkout's reader takes it, not parsing it
+    again (while the file holds those bytes: see test_modelio)."""
+    from basinvcs.model import modelio
+    from basinvcs.model.registry import add_hf_substrate
+
+    add_hf_substrate("b", make_folder(tmp_path / "b", "bert"))
+    commit_random(repo_dir)
+
+    def not_again(*args):
+        raise AssertionError("θ0's header was parsed when the substrate was loaded")
+
+    with Repository.open(repo_dir) as repo:
+        dec = bridge.decode(repo, "HEAD", "b")
+        monkeypatch.setattr(modelio, "parse_json", not_again)
+        bridge.write_decoded(dec, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     "value, dtype, message",
     [

@@ -607,3 +607,31 @@ def test_a_tensor_file_reads_any_range_into_the_callers_buffer(tmp_path):
             fh.read_into("a", 0, torch.empty(3, dtype=torch.float64))
         with pytest.raises(SchemaError, match="no tensor 'z'"):
             fh.read_into("z", 0, torch.empty(1))
+
+
+def test_a_tensor_file_takes_a_header_parsed_before_only_while_the_file_holds_it(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.arange(6.0), "b": torch.ones(3)}, path)
+    known = modelio.parse_header(path)
+
+    def not_again(*args):
+        raise AssertionError("the header was parsed before")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(modelio, "parse_json", not_again)
+        with modelio.TensorFile(path, known) as fh:
+            out = torch.empty(2)
+            fh.read_into("a", 3, out)
+            assert out.tolist() == [3.0, 4.0]
+    save_file({"a": torch.arange(7.0), "b": torch.ones(3)}, path)  # another header
+    with modelio.TensorFile(path, known) as fh:
+        assert fh.header() == {"a": ("F32", (7,)), "b": ("F32", (3,))}
+        out = torch.empty(1)
+        fh.read_into("b", 2, out)
+        assert out.tolist() == [1.0]
+    whole = modelio.parse_header(path)
+    path.write_bytes(path.read_bytes()[:-4])  # the same header bytes, the data cut short
+    with pytest.raises(SchemaError, match="truncated"):
+        modelio.TensorFile(path, whole)

@@ -9,7 +9,20 @@ import pytest
 import torch
 
 from basinvcs.errors import SchemaError
-from basinvcs.model.projection import BLOCK, Projection, beta_at, fwht, offset_fn
+from basinvcs.model import projection
+from basinvcs.model.projection import (
+    _KEPT_HEAD,
+    BASES,
+    BLOCK,
+    GRAM_FORMAT,
+    Projection,
+    _kept_sizes,
+    _seed_int,
+    _seed_ints,
+    beta_at,
+    fwht,
+    offset_fn,
+)
 from basinvcs.objects import Chart
 
 
@@ -242,6 +255,24 @@ def corrupt_flip(path):
     path.write_bytes(bytes(raw))
 
 
+def flip_at(where):
+    """A corruption flipping one bit of the byte at `where(file size)`."""
+
+    def corrupt(path):
+        raw = bytearray(path.read_bytes())
+        raw[where(len(raw))] ^= 0x01
+        path.write_bytes(bytes(raw))
+
+    return corrupt
+
+
+def part_start(part: int) -> int:
+    """Where data part `part` of the kept file of Chart(dim=64) and SPECS starts: positions,
+    signs D, signs S, block hashes, factor."""
+    blocks = sum(-(-torch.Size(s.shape).numel() // BLOCK) for s in SPECS)
+    return _KEPT_HEAD + sum(_kept_sizes(64, blocks)[:part])
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [
@@ -250,6 +281,10 @@ def corrupt_flip(path):
         lambda path: path.write_bytes(path.read_bytes() + b"\0"),  # longer
         lambda path: path.write_bytes(b"x" + path.read_bytes()[1:]),  # not our format
         lambda path: path.write_bytes(b""),
+        flip_at(lambda size: len(GRAM_FORMAT)),  # the key it holds
+        flip_at(lambda size: len(GRAM_FORMAT) + 32),  # its CRC-32
+        *(flip_at(lambda size, part=part: part_start(part) + 5) for part in range(5)),
+        flip_at(lambda size: size - 1),  # the factor's last byte
     ],
 )
 def test_a_corrupt_kept_factor_is_recomputed_and_replaced(tmp_path, corrupt):
@@ -264,12 +299,96 @@ def test_a_corrupt_kept_factor_is_recomputed_and_replaced(tmp_path, corrupt):
 
 
 def test_a_factor_under_another_keys_name_is_not_taken(tmp_path):
-    """The digest covers the key: a file renamed (or copied) to another key's name is refused."""
+    """The file holds its key: a file renamed (or copied) to another key's name is refused."""
     a, b = Chart(seed=5, dim=64), Chart(seed=6, dim=64)
     factor(a, SPECS, cache=tmp_path)
     (kept,) = gram_files(tmp_path)
     kept.rename(tmp_path / f"{Projection(b, SPECS).gram_key().hex()}.gram")
     assert torch.equal(factor(b, SPECS, cache=tmp_path), factor(b, SPECS))
+
+
+def test_a_kept_file_of_the_first_format_is_recomputed_never_misread(tmp_path):
+    """basinvcs-gram/1 kept the factor alone under its sha2-256. Its files sit under other names
+    (the format is in the key); one under this key's name is refused all the same, and replaced."""
+    chart = Chart(seed=5, dim=64)
+    fresh = Projection(chart, SPECS)
+    key = fresh.gram_key()
+    data = fresh._cholesky.contiguous().view(torch.uint8).numpy().tobytes()
+    old = b"basinvcs-gram/1\n" + hashlib.sha256(key + data).digest() + data
+    path = tmp_path / f"{key.hex()}.gram"
+    path.write_bytes(old)
+    assert torch.equal(factor(chart, SPECS, cache=tmp_path), fresh._cholesky)
+    assert path.read_bytes().startswith(GRAM_FORMAT)
+
+
+def test_the_draws_and_block_hashes_are_kept_with_the_factor(tmp_path, monkeypatch):
+    """A Projection that finds the kept file draws nothing and hashes no block: the same bits."""
+    chart = Chart(seed=5, dim=64)
+    fresh = Projection(chart, SPECS)
+    names = ("_positions", "_in_signs", "_out_signs", "_cholesky")
+    want = {name: getattr(fresh, name) for name in names}
+    blocks = [fresh.blocks(s) for s in SPECS]
+    factor(chart, SPECS, cache=tmp_path)
+
+    def never(*args):
+        raise AssertionError("the kept draws and hashes should have been read")
+
+    monkeypatch.setattr(projection, "_generator", never)
+    monkeypatch.setattr(projection, "_seed_ints", never)
+    again = Projection(chart, SPECS, cache=tmp_path)
+    assert [again.blocks(s) for s in SPECS] == blocks
+    for name in names:
+        assert torch.equal(getattr(again, name), want[name])
+
+
+def test_a_kept_file_replaced_under_a_projection_leaves_what_it_uses(tmp_path):
+    """The file is mapped, not read; another process replaces it by rename, never in place, so
+    what a running Projection checked stays what it uses."""
+    chart = Chart(seed=5, dim=64)
+    factor(chart, SPECS, cache=tmp_path)
+    (kept,) = gram_files(tmp_path)
+    using = Projection(chart, SPECS, cache=tmp_path)
+    want = using._cholesky.clone()
+    other = tmp_path / "other"
+    other.write_bytes(bytes(kept.stat().st_size))
+    other.replace(kept)
+    assert torch.equal(using._cholesky, want)
+
+
+def test_a_kept_file_that_cannot_be_mapped_is_read(tmp_path, monkeypatch):
+    chart = Chart(seed=5, dim=64)
+    fresh = factor(chart, SPECS, cache=tmp_path)
+
+    def cannot(*args, **kwargs):
+        raise OSError("no mappings on this filesystem")
+
+    def not_again(self):
+        raise AssertionError("the kept factor should have been read")
+
+    monkeypatch.setattr(projection.mmap, "mmap", cannot)
+    monkeypatch.setattr(Projection, "_gram_factor", not_again)
+    assert torch.equal(factor(chart, SPECS, cache=tmp_path), fresh)
+
+
+def test_block_hashes_from_a_hashed_prefix_are_those_hashed_whole():
+    prefix = ("srht/1", 5, "blocks.0.mlp.fc.weight", (512, 128))
+    assert _seed_ints(prefix, 40) == [_seed_int(*prefix, k) for k in range(40)]
+
+
+def test_the_gram_factor_has_the_bits_of_the_whole_matrix_factorised(monkeypatch):
+    """G filled by blocks of rows, lower triangle only, factorises to the bits of the plain
+    definition: the whole symmetric G, each base's term added in turn."""
+    monkeypatch.setattr(projection, "GRAM_ROWS", 24)  # three blocks of rows, the last short
+    specs = [*SPECS, Spec("odd", (3, 7)), Spec("tail", (BLOCK + 11,))]
+    p = Projection(Chart(seed=8, dim=64), specs)
+    full, windows = p._windows()
+    spectra = fwht(windows) / BLOCK
+    gram = torch.eye(64, dtype=torch.float64) * full
+    for a in range(BASES):
+        e = p._positions[a]
+        de = p._in_signs[a, e].double()
+        gram += spectra[a][e[:, None] ^ e[None, :]] * torch.outer(de, de)
+    assert torch.equal(p._gram_factor(), torch.linalg.cholesky(gram))
 
 
 def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path):

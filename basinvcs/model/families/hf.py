@@ -50,6 +50,7 @@ from ..modelio import (
     TORCH_SUFFIXES,
     TensorFile,
     open_model,
+    parse_header,
     write_model,
 )
 from ..substrate import (
@@ -58,7 +59,6 @@ from ..substrate import (
     Substrate,
     TensorSpec,
     file_digest,
-    read_header,
 )
 
 WEIGHTS = SINGLE_FILE
@@ -91,6 +91,9 @@ class HFSubstrate(Substrate):
         self.tied: dict[str, str] = dict(meta.get("tied", {}))  # alias -> stored name
         config = read_config(path)
         self.fingerprint = fingerprint(self.architecture, config, self.specs, self.theta0_digest)
+        # θ0's header, parsed once: checked against the specs on loading, then taken again by
+        # every checkout's TensorFile while the file holds the same bytes
+        self.weights_header = parse_header(path / WEIGHTS)
 
     def theta0(self, spec: TensorSpec) -> torch.Tensor:
         if self.spec(spec.name) != spec:
@@ -124,7 +127,7 @@ class HFSubstrate(Substrate):
                     fh.read_into(spec.name, start, raw)
                     yield buffer[:n].copy_(raw) if spec.dtype.is_floating_point else raw
 
-        with TensorFile(self.path / WEIGHTS) as fh:
+        with TensorFile(self.path / WEIGHTS, self.weights_header) as fh:
             yield pieces
 
     def build(self) -> nn.Module:
@@ -307,7 +310,7 @@ def add_user(
 
 def load_user(name: str, path: Path, meta: dict) -> HFSubstrate:
     sub = HFSubstrate(name, path, meta)
-    header = read_header(path / WEIGHTS)
+    header = sub.weights_header.header()
     for s in sub.specs:
         if s.name not in header or tuple(header[s.name][1]) != s.shape:
             raise SchemaError(f"{path / WEIGHTS} does not hold tensor {s.name} as meta.json says")
