@@ -3,12 +3,11 @@ verified on the way in (ingest.plan_fetch) and written in one transaction."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import replacing
 from .cid import CID
 from .codec.car import read_car, write_car
 from .errors import BlockNotFound, CarError, RefError, RepositoryError, SchemaError
@@ -40,19 +39,11 @@ def export_car(repo: Repository, rev: str, out: Path | str) -> tuple[CID, int, i
     root = repo.resolve(rev)
     repo.read_commit(root)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with replacing(out, durable=True) as fh:
             blocks, size = write_car(fh, [root], history_blocks(repo, root))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise RepositoryError(f"cannot write {out}: {exc.strerror}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return root, blocks, size
 
 

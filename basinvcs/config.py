@@ -8,11 +8,10 @@ so a crash leaves either the old config or the new one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import replacing
 from .errors import BasinError, RepositoryError
 from .identity import format_key, parse_key
 from .inputs import parse_json, read_file
@@ -202,14 +201,5 @@ def save_config(basin_dir: Path, config: Config) -> None:
 def write_json(path: Path, doc: object) -> None:
     """Write `doc` as JSON through a temporary file and a rename: a crash leaves the old file
     or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path, durable=True) as fh:
+        fh.write(json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")

@@ -30,7 +30,6 @@ import json
 import math
 import mmap
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from ..atomic import replacing
 from ..errors import InputError, SchemaError
 from ..inputs import open_regular
 from ..objects import Chart
@@ -511,24 +511,17 @@ def _write_kept(path: Path, key: bytes, kept: Kept) -> None:
         np.array([h for hashes in kept.hashes for h in hashes], dtype="<u8"),
         kept.factor.T.contiguous().numpy(),  # no copy: the factorisation's L is column-major
     ]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=GRAM_SUFFIX)
-    except OSError:
-        return
-    try:
-        crc = 0
-        for part in parts:
-            crc = zlib.crc32(part, crc)
-        with os.fdopen(fd, "wb") as fh:
+        with replacing(path) as fh:
             fh.write(GRAM_FORMAT + key + crc.to_bytes(8, "little"))
             for part in parts:
                 fh.write(part)
-        os.replace(tmp, path)
     except OSError:
         pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 class Encoder:

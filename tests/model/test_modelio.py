@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from basinvcs.atomic import TEMP_PREFIX
 from basinvcs.errors import BasinError, SchemaError
 from basinvcs.model import modelio
 from basinvcs.model.modelio import open_model, write_model
@@ -531,11 +532,11 @@ def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path)
     try:
         assert writer.stdout.readline().strip() == "writing"
         left = [p.name for p in out.iterdir()]
-        assert len(left) == 1 and left[0].startswith(modelio.TEMP_PREFIX)
+        assert len(left) == 1 and left[0].startswith(TEMP_PREFIX)
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-    mine = out / f"{modelio.TEMP_PREFIX}{os.getpid()}.model.safetensors.x.tmp"
+    mine = out / f"{TEMP_PREFIX}{os.getpid()}.model.safetensors.x.tmp"
     mine.write_bytes(b"")  # a live writer's file (ours) is never swept
     write_model(out, SPECS, make_tensors().items(), dtype=torch.float32)
     assert sorted(p.name for p in out.iterdir()) == sorted(["model.safetensors", mine.name])
