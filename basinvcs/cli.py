@@ -930,6 +930,22 @@ def substrate_add(
         click.echo(f"family hf: {s.architecture}; {len(s.specs)} tensors, {len(fixed)} fixed")
 
 
+@substrate.command("verify")
+@click.argument("names", nargs=-1)
+def substrate_verify(names: tuple[str, ...]) -> None:
+    """Hash every user substrate's θ0 (or those NAMES) against the digest it was registered
+    with; exits 1 if any differs. Loading one hashes θ0 only when its file has changed."""
+    from .model.registry import verify_substrates
+
+    results = verify_substrates(names)
+    for name, problem in results:
+        click.echo(f"ok       {name}" if problem is None else f"corrupt  {name}: {problem}")
+    if not results:
+        click.echo("no user substrates")
+    if any(problem for _, problem in results):
+        raise SystemExit(1)
+
+
 def _setting(text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE read as JSON (3, true, "x", [1]) or else taken as a string."""
     from .inputs import InputError, NotJSON, parse_json

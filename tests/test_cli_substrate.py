@@ -193,6 +193,18 @@ def test_add_refuses_an_existing_name(cli, weights, config, basin_home):
     assert (basin_home / "substrates" / "small" / "meta.json").read_bytes() == before
 
 
+def test_verify(cli, weights, config, basin_home):
+    assert cli("substrate", "verify").stdout == "no user substrates\n"
+    cli("substrate", "add", "small", "--weights", str(weights), "--config", str(config))
+    assert cli("substrate", "verify").stdout == "ok       small\n"
+    assert cli("substrate", "verify", "small").stdout == "ok       small\n"
+    assert "tiny is a preset" in cli.fails("substrate", "verify", "tiny").stderr
+    assert "unknown substrate 'big'" in cli.fails("substrate", "verify", "big").stderr
+    (basin_home / "substrates" / "small" / "weights.safetensors").write_bytes(b"")
+    result = cli("substrate", "verify", ok=False)
+    assert result.exit_code == 1 and result.stdout.startswith("corrupt  small: substrate small")
+
+
 def test_substrate_help_does_not_import_torch():
     probe = (
         "import sys\nfrom basinvcs.cli import main\n"

@@ -521,7 +521,21 @@ def _write_kept(path: Path, key: bytes, kept: Kept) -> None:
             for part in parts:
                 fh.write(part)
     except OSError:
-        pass
+        return
+    _remove_stale(path.parent)
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove kept files of other formats (older versions of basinvcs): their keys hold their
+    format, so no file of this one's is ever read again, and each is megabytes."""
+    for other in folder.glob(f"*{GRAM_SUFFIX}"):
+        try:
+            with open(other, "rb") as fh:
+                stale = fh.read(len(GRAM_FORMAT)) != GRAM_FORMAT
+            if stale:
+                other.unlink()
+        except OSError:
+            continue
 
 
 class Encoder:

@@ -4,6 +4,11 @@ Each user entry is a folder written to a temporary name and renamed into place (
 concurrent add of the same name loses cleanly), holding its family's files and ``meta.json``:
 family, fingerprint, parameter count and the family's own fields. Loading an entry recomputes
 its fingerprint and refuses one that differs from meta.json (a corrupted or edited entry).
+
+θ0's bytes are pinned by the sha2-256 in meta.json, and hashing them takes a while (0.3 s for
+MiniLM, 2 s for SmolLM2), so loading hashes them only when the file's size, mtime or ctime differ
+from those recorded (``theta0.checked``) when they last matched, as git's index does; any write
+to the file changes its ctime. ``verify_substrates`` hashes them always.
 """
 
 from __future__ import annotations
@@ -15,15 +20,20 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from safetensors import SafetensorError
+
+from ..atomic import replacing
 from ..errors import InputError, SchemaError
 from ..identity import basin_home
 from ..inputs import parse_json, read_file
 from ..objects import check_label
+from ..progress import progress_bar
 from .families import gpt
-from .substrate import Header, Substrate, SubstrateError, likeness, mismatch
+from .substrate import Header, Substrate, SubstrateError, file_digest, likeness, mismatch
 
 REGISTRY = "substrates"
 META = "meta.json"
+CHECKED = "theta0.checked"  # the θ0 file's size, mtime and ctime when its bytes last matched
 FAMILIES = ("gpt", "hf")
 
 
@@ -123,6 +133,7 @@ def _register(
             **fields,
         }
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        _keep_stamp(tmp, _stamp(sub))  # populate hashed θ0 as written; a rename keeps the stamp
         os.rename(tmp, root / name)  # atomic; fails if a concurrent add took the name
     except OSError as exc:
         if (root / name).exists():
@@ -173,4 +184,73 @@ def _load_user(name: str) -> Substrate:
         raise SubstrateError(
             f"substrate {name} is corrupt: its fingerprint differs from {path / META}"
         )
+    _check_theta0(sub, path)
     return sub
+
+
+def verify_substrates(names: Sequence[str] = ()) -> list[tuple[str, str | None]]:
+    """(name, problem or None) for each user substrate named (all where none are), θ0 hashed
+    whatever its file's stamp says: what `basin substrate verify` reports."""
+    known = _user_names()
+    for name in names:
+        if name not in known:
+            raise SubstrateError(
+                f"{name} is a preset: its θ0 is generated, not kept in a file"
+                if name in gpt.PRESETS
+                else f"unknown substrate {name!r} (user substrates: {', '.join(known) or 'none'})"
+            )
+    results: list[tuple[str, str | None]] = []
+    for name in names or known:
+        path = basin_home() / REGISTRY / name
+        (path / CHECKED).unlink(missing_ok=True)
+        try:
+            _load_user(name)
+        except SubstrateError as exc:
+            results.append((name, str(exc)))
+        else:
+            results.append((name, None))
+    return results
+
+
+def _check_theta0(sub: Substrate, path: Path) -> None:
+    """Refuse an entry whose θ0 file no longer holds the bytes meta.json pins; hashed only when
+    the file's stamp differs from the one recorded when they last matched (module docstring)."""
+    stamp = _stamp(sub)
+    try:
+        if (path / CHECKED).read_text() == stamp:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass  # no stamp, or an unreadable one: hash
+    assert sub.weights is not None
+    total = sum(s.numel * s.dtype.itemsize for s in sub.specs)
+    try:
+        with progress_bar(total, f"check {sub.name}") as update:
+            digest = file_digest(sub.weights, sub.specs, update)
+    except (OSError, SafetensorError) as exc:
+        raise SubstrateError(f"substrate {sub.name} is unreadable ({sub.weights}): {exc}") from None
+    if digest != sub.theta0_digest:
+        raise SubstrateError(
+            f"substrate {sub.name} is corrupt: θ0 in {sub.weights} is not the file it was "
+            f"registered with (sha2-256 {digest.hex()[:16]}…, registered "
+            f"{sub.theta0_digest.hex()[:16]}…); remove {path} and add it again"
+        )
+    _keep_stamp(path, stamp)
+
+
+def _stamp(sub: Substrate) -> str:
+    """What `theta0.checked` holds once θ0 matched: the file's size, mtime and ctime (any write
+    changes the ctime) and the digest it matched."""
+    assert sub.weights is not None
+    try:
+        st = sub.weights.stat()
+    except OSError as exc:
+        raise SubstrateError(f"substrate {sub.name} is unreadable: {exc}") from None
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {sub.theta0_digest.hex()}\n"
+
+
+def _keep_stamp(path: Path, stamp: str) -> None:
+    try:
+        with replacing(path / CHECKED) as fh:
+            fh.write(stamp.encode())
+    except OSError:
+        pass  # a registry we cannot write to is only hashed again next time

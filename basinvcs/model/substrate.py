@@ -60,6 +60,7 @@ class Substrate:
     theta0_digest: bytes
     fingerprint: bytes
     num_layers: int
+    weights: Path | None = None  # the file θ0 is read from; None where θ0 is generated (presets)
 
     @property
     def num_params(self) -> int:
@@ -152,11 +153,16 @@ def read_header(path: Path) -> Header:
     return read_safetensors_header(Path(path))[0]
 
 
-def file_digest(weights: Path, specs: list[TensorSpec]) -> bytes:
+def file_digest(
+    weights: Path, specs: list[TensorSpec], progress: Callable[[int], None] | None = None
+) -> bytes:
     """sha2-256 of the tensors' stored bytes in canonical order, one tensor in memory at a time:
-    the θ0 digest of a registered substrate."""
+    the θ0 digest of a registered substrate. `progress(n)` hears of every n bytes hashed."""
     h = hashlib.sha256()
     with safe_open(str(weights), framework="pt") as fh:
         for s in specs:
-            h.update(fh.get_tensor(s.name).reshape(-1).view(torch.uint8).numpy())
+            data = fh.get_tensor(s.name).reshape(-1).view(torch.uint8).numpy()
+            h.update(data)
+            if progress is not None:
+                progress(data.nbytes)
     return h.digest()

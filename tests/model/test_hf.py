@@ -18,6 +18,7 @@ from basinvcs.model.registry import load_substrate  # noqa: E402
 from basinvcs.model.train import BasinModel, commit_model_in_basin, logits_of  # noqa: E402
 from basinvcs.repository import Repository  # noqa: E402
 from tests.conftest import state  # noqa: E402
+from tests.model.test_substrate import flip_last_byte  # noqa: E402
 
 SMALL = dict(vocab_size=100)
 MODELS = {
@@ -242,6 +243,18 @@ def test_cross_family_checkout_is_allowed_with_a_note(cli, repo_dir, tmp_path):
 # -- bad input: one line, non-zero exit, nothing changed --------------------------------------
 
 
+def test_theta0_changed_in_place_is_refused(cli, basin_home, tmp_path):
+    """The registry's copy of θ0 edited under the same size and mtime: every command that loads
+    the substrate refuses it, and `basin substrate verify` names it."""
+    cli("substrate", "add", "llama", "--from", str(make_folder(tmp_path / "src", "llama")))
+    assert cli("substrate", "verify").stdout == "ok       llama\n"
+    flip_last_byte(basin_home / "substrates" / "llama" / "model.safetensors")
+    result = cli.fails("substrate", "list")
+    assert "substrate llama is corrupt: θ0 in" in result.stderr
+    result = cli("substrate", "verify", "llama", ok=False)
+    assert result.exit_code == 1 and result.stdout.startswith("corrupt  llama: substrate llama")
+
+
 def _bad_folder(tmp_path: Path, how: str) -> Path:
     src = make_folder(tmp_path / how, "gpt2")
     if how == "no-config":
@@ -459,48 +472,40 @@ def test_a_checkout_takes_the_theta0_header_its_substrate_parsed(repo_dir, tmp_p
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(
-    "value, dtype, message",
-    [
-        (float("nan"), "float32", "values that are not finite as torch.float32"),
-        (float("inf"), "float32", "values that are not finite as torch.float32"),
-        (1e6, "float16", "values that are not finite as torch.float16"),  # overflows float16
-    ],
-)
-def test_a_non_finite_weight_is_refused_and_nothing_written(
-    cli, repo_dir, tmp_path, value, dtype, message
+def llama_with(tmp_path: Path, tensor: str, value: float) -> Path:
+    """The tiny llama folder with one value of `tensor` set to `value`."""
+    from safetensors.torch import load_file, save_file
+
+    src = make_folder(tmp_path / "src", "llama")
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors[tensor][3, 5] = value
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    return src
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_weight_is_never_registered(cli, basin_home, tmp_path, value):
+    src = llama_with(tmp_path, "model.layers.1.mlp.up_proj.weight", value)
+    result = cli.fails("substrate", "add", "l", "--from", str(src))
+    assert "tensor 'model.layers.1.mlp.up_proj.weight' has values that are not finite" in (
+        result.stderr
+    )
+    assert not (basin_home / "substrates" / "l").exists()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_weight_the_dtype_cannot_hold_is_refused_and_nothing_written(
+    cli, tmp_path, monkeypatch, masked
 ):
-    from safetensors.torch import load_file, save_file
-
-    src = make_folder(tmp_path / "src", "llama")
-    cli("substrate", "add", "l", "--from", str(src))
-    commit_random(repo_dir)
-    weights = load_substrate("l").path / "model.safetensors"  # θ0 damaged after it was added
-    tensors = load_file(str(weights))
-    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = value
-    save_file(tensors, str(weights), metadata={"format": "pt"})
-    out = tmp_path / "out"
-    result = cli.fails("checkout", "HEAD", "--model", "l", "-o", str(out), "--dtype", dtype)
-    assert f"tensor 'model.layers.1.mlp.up_proj.weight' has {message}" in result.stderr
-    assert not out.exists() or list(out.iterdir()) == []
-
-
-@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
-def test_a_non_finite_weight_the_chart_masks_is_refused(cli, tmp_path, monkeypatch, value):
-    """A tensor the chart leaves at θ0 is written as θ0 is: checked all the same."""
-    from safetensors.torch import load_file, save_file
-
-    src = make_folder(tmp_path / "src", "llama")
-    cli("substrate", "add", "l", "--from", str(src))
+    """θ0 finite as registered, beyond float16 once written as float16: refused, whether the
+    chart projects the tensor or leaves it at θ0 (written as θ0 is, checked all the same)."""
+    tensor = "model.embed_tokens.weight" if masked else "model.layers.1.mlp.up_proj.weight"
+    cli("substrate", "add", "l", "--from", str(llama_with(tmp_path, tensor, 1e6)))
     monkeypatch.chdir(tmp_path)
-    cli("init", "masked", "--dim", "64", "--exclude", "model.embed_tokens.*")
-    monkeypatch.chdir(tmp_path / "masked")
-    commit_random(tmp_path / "masked")
-    weights = load_substrate("l").path / "model.safetensors"
-    tensors = load_file(str(weights))
-    tensors["model.embed_tokens.weight"][7, 2] = value
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    cli("init", "r", "--dim", "64", *(["--exclude", "model.embed_tokens.*"] if masked else []))
+    monkeypatch.chdir(tmp_path / "r")
+    commit_random(tmp_path / "r")
     out = tmp_path / "out"
-    result = cli.fails("checkout", "HEAD", "--model", "l", "-o", str(out))
-    assert "tensor 'model.embed_tokens.weight' has values that are not finite" in result.stderr
+    result = cli.fails("checkout", "HEAD", "--model", "l", "-o", str(out), "--dtype", "float16")
+    assert f"tensor '{tensor}' has values that are not finite as torch.float16" in result.stderr
     assert not out.exists() or list(out.iterdir()) == []

@@ -321,6 +321,21 @@ def test_a_kept_file_of_the_first_format_is_recomputed_never_misread(tmp_path):
     assert path.read_bytes().startswith(GRAM_FORMAT)
 
 
+def test_writing_a_kept_file_removes_those_of_other_formats(tmp_path):
+    """Files of the first format are never read again (other names): the next write removes
+    them, and leaves the current format's files and everything else in the folder."""
+    a, b = Chart(seed=5, dim=64), Chart(seed=6, dim=64)
+    factor(a, SPECS, cache=tmp_path)
+    (current,) = gram_files(tmp_path)
+    old = tmp_path / f"{'ab' * 32}.gram"
+    old.write_bytes(b"basinvcs-gram/1\n" + bytes(64))
+    other = tmp_path / "notes.txt"
+    other.write_text("not ours")
+    factor(b, SPECS, cache=tmp_path)
+    assert not old.exists() and other.exists() and current.exists()
+    assert len(gram_files(tmp_path)) == 2
+
+
 def test_the_draws_and_block_hashes_are_kept_with_the_factor(tmp_path, monkeypatch):
     """A Projection that finds the kept file draws nothing and hashes no block: the same bits."""
     chart = Chart(seed=5, dim=64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -22,6 +23,7 @@ from basinvcs.model.registry import (
     list_substrates,
     load_substrate,
     preset_names,
+    verify_substrates,
 )
 from basinvcs.model.substrate import Substrate, SubstrateError, read_header
 
@@ -281,6 +283,7 @@ def test_add_user_substrate(tmp_path, basin_home):
     assert sorted(p.name for p in entry.iterdir()) == [
         "config.json",
         "meta.json",
+        "theta0.checked",
         "weights.safetensors",
     ]
     assert json.loads((entry / "config.json").read_text()) == asdict(SMALL)
@@ -325,6 +328,77 @@ def test_corrupt_registry_entry(tmp_path, basin_home):
     meta.write_text(json.dumps(doc | {"theta0_sha256": "00" * 32}))
     with pytest.raises(SubstrateError, match="substrate mine is corrupt"):
         load_substrate("mine")
+
+
+def flip_last_byte(path):
+    """Change θ0 in place, keeping the file's size and mtime: only its ctime tells."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 0x40]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """Counts the registry's full hashes of θ0 (the real hash still runs)."""
+    import basinvcs.model.registry as registry
+
+    calls = []
+    real = registry.file_digest
+
+    def counting(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(registry, "file_digest", counting)
+    return calls
+
+
+def test_theta0_hashed_only_when_its_file_changed(tmp_path, basin_home, hashes):
+    add_substrate(
+        "mine", small_weights(tmp_path / "w.safetensors"), config_file(tmp_path, {"n_head": 4})
+    )
+    entry = basin_home / "substrates" / "mine"
+    assert (entry / "theta0.checked").is_file() and hashes == []  # add hashed it already
+    for _ in range(3):
+        load_substrate("mine")
+    list_substrates()
+    assert hashes == []
+    os.utime(entry / "weights.safetensors")  # touched, same bytes: hashed once, stamp renewed
+    load_substrate("mine")
+    load_substrate("mine")
+    assert len(hashes) == 1
+    (entry / "theta0.checked").unlink()  # an entry from before stamps: hashed once
+    load_substrate("mine")
+    load_substrate("mine")
+    assert len(hashes) == 2
+
+
+def test_theta0_changed_in_place_is_refused(tmp_path, basin_home):
+    add_substrate(
+        "mine", small_weights(tmp_path / "w.safetensors"), config_file(tmp_path, {"n_head": 4})
+    )
+    flip_last_byte(basin_home / "substrates" / "mine" / "weights.safetensors")
+    for _ in range(2):  # a failed check leaves no stamp behind: refused every time
+        with pytest.raises(SubstrateError, match=r"substrate mine is corrupt: θ0 in .* is not"):
+            load_substrate("mine")
+    results = verify_substrates()
+    assert [name for name, _ in results] == ["mine"] and "is corrupt" in results[0][1]
+
+
+def test_verify_hashes_whatever_the_stamp_says(tmp_path, basin_home, hashes):
+    add_substrate(
+        "mine", small_weights(tmp_path / "w.safetensors"), config_file(tmp_path, {"n_head": 4})
+    )
+    assert verify_substrates() == [("mine", None)] and len(hashes) == 1
+    assert verify_substrates(["mine"]) == [("mine", None)] and len(hashes) == 2
+    with pytest.raises(SubstrateError, match="tiny is a preset"):
+        verify_substrates(["tiny"])
+    with pytest.raises(SubstrateError, match="unknown substrate 'nope'"):
+        verify_substrates(["nope"])
 
 
 def test_read_header(tmp_path):

@@ -105,16 +105,16 @@ class GPTSubstrate(Substrate):
         self.theta0_digest = theta0_digest
         self.num_layers = config.n_layer
         self.fingerprint = _fingerprint(config, specs, theta0_digest)
-        self._weights = weights
+        self.weights = weights
         self._by_name = {s.name: s for s in specs}
 
     def theta0(self, spec: TensorSpec) -> torch.Tensor:
         """The base value of one tensor: float32, contiguous, freshly allocated."""
         if self._by_name.get(spec.name) != spec:
             raise SchemaError(f"tensor {spec.name} is not part of substrate {self.name}")
-        if self._weights is None:
+        if self.weights is None:
             return _generate(self.name, spec, self.config.n_layer)
-        with safe_open(str(self._weights), framework="pt") as fh:
+        with safe_open(str(self.weights), framework="pt") as fh:
             return fh.get_tensor(spec.name).to(torch.float32, copy=True)
 
     def build(self) -> GPT:

@@ -80,6 +80,7 @@ class HFSubstrate(Substrate):
     def __init__(self, name: str, path: Path, meta: dict) -> None:
         self.name = name
         self.path = path
+        self.weights = path / WEIGHTS
         self.architecture: str = meta["architecture"]
         self.specs = [
             TensorSpec(n, tuple(shape), _dtype(d), float(depth), bool(projected))
