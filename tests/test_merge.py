@@ -22,7 +22,7 @@ def side(z, fisher=None, weight=1.0) -> mm.Side:
 def test_disjoint_changes_are_both_kept_by_every_blending_strategy():
     base = vec()
     ours, theirs = side(vec(c0=1.0, c1=2.0)), side(vec(c2=3.0), weight=5.0)
-    for strategy in ("fisher", "linear"):
+    for strategy in ("fisher", "linear", "add"):
         assert mm.combine(base, [ours, theirs], strategy) == vec(c0=1.0, c1=2.0, c2=3.0)
     assert mm.assess(base, ours, theirs).shared == 0
 
@@ -49,6 +49,61 @@ def test_fisher_scale_alone_carries_no_weight():
     assert mm.assess(base, loud, quiet).relative == pytest.approx(
         mm.assess(base, side(loud.z, shape), quiet).relative
     )
+
+
+def random_deltas(n: int, seed: int) -> list[list[float]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, DIM, generator=g, dtype=torch.float64).tolist()
+
+
+def test_add_keeps_each_side_s_change_along_its_own_direction():
+    """⟨m, δ_s⟩ = ‖δ_s‖² for every side: three random (nearly orthogonal) sides, any weights."""
+    base = vec(c0=0.5)
+    deltas = random_deltas(3, 0)
+    sides = [
+        side((torch.tensor(base) + torch.tensor(ds)).tolist(), weight=w)
+        for ds, w in zip(deltas, (1, 3, 7), strict=True)
+    ]
+    m = torch.tensor(mm.combine(base, sides, "add")) - torch.tensor(base)
+    for ds in torch.tensor(deltas):
+        assert float(m @ ds) == pytest.approx(float(ds @ ds))
+    plain_sum = torch.tensor(deltas).sum(0)  # nearly orthogonal: close to the sum
+    assert torch.nn.functional.cosine_similarity(m, plain_sum, dim=0) > 0.99
+
+
+def test_add_sums_orthogonal_changes_and_counts_equal_ones_once():
+    base = vec()
+    a, b = vec(c0=1.0, c1=1.0), vec(c0=1.0, c1=-1.0)  # orthogonal, on shared coordinates
+    assert mm.combine(base, [side(a), side(b)], "add") == pytest.approx(vec(c0=2.0))
+    for n in (2, 3, 5):  # the same change from n sides, whatever their weights: once
+        sides = [side(a, weight=float(k + 1)) for k in range(n)]
+        assert mm.combine(base, sides, "add") == pytest.approx(a)
+    c = vec(c0=1.0, c1=0.5)  # equal sizes at cosine 0.8: each scaled by 1 / (1 + 0.8)
+    d = vec(c0=0.5, c1=1.0)
+    assert mm.combine(base, [side(c), side(d)], "add") == pytest.approx(vec(c0=5 / 6, c1=5 / 6))
+
+
+def test_add_weighs_sides_that_cannot_all_be_met():
+    """One side undoing the other: nothing of either; the same direction at two sizes: between
+    them, nearer the heavier side."""
+    base = vec()
+    a = vec(c0=1.0, c1=2.0)
+    assert mm.combine(base, [side(a), side(vec(c0=-1.0, c1=-2.0))], "add") == pytest.approx(
+        vec(), abs=1e-9
+    )
+    double = vec(c0=2.0, c1=4.0)
+    light = mm.combine(base, [side(a, weight=1.0), side(double, weight=0.001)], "add")[0]
+    heavy = mm.combine(base, [side(a, weight=0.001), side(double, weight=1.0)], "add")[0]
+    assert 1.0 < light < heavy < 2.0 and light == pytest.approx(1.0, abs=0.01)
+
+
+def test_add_is_exact_at_the_edge_of_the_float_range():
+    """The coefficients are scale-free: changes near the largest floats merge as small ones do."""
+    base = vec()
+    a, b = vec(c0=1e300, c1=1e300), vec(c0=1e300, c1=-1e300)
+    assert mm.combine(base, [side(a), side(b)], "add") == pytest.approx(vec(c0=2e300))
+    tiny = [v * 1e-300 for v in mm.combine(base, [side(a), side(a)], "add")]
+    assert tiny == pytest.approx(vec(c0=1.0, c1=1.0))
 
 
 def test_ties_trims_elects_a_sign_and_averages_the_agreeing():
@@ -429,6 +484,21 @@ def test_an_octopus_merge_of_three_branches(repo_dir, cli):
         assert {"interference_1", "weight_theirs_3"} <= set(c.metrics)
     assert cli("verify").output.rstrip().endswith("ok")
     assert cli("merge", "a", "b").output.startswith("Already up to date.")
+
+
+def test_basin_merge_with_add_keeps_both_changes_on_shared_coordinates(repo_dir, cli):
+    """Two branches that changed the same coordinates in orthogonal directions: `add` keeps
+    both whole where the mean (fisher, linear) halves each."""
+    cli("fork", "general", "--specialize", "a")
+    commit_z(repo_dir, vec(c0=0.5, c1=0.5), "a")
+    cli("fork", "general", "--specialize", "b")
+    commit_z(repo_dir, vec(c0=0.5, c1=-0.5), "b")
+    cli("checkout", "a")
+    out = cli("merge", "b", "--strategy", "add", "--force").output
+    assert "Merge made by the 'add' strategy" in out
+    assert head_z(repo_dir)[:3] == pytest.approx([1.0, 0.0, 0.0], abs=1e-3)  # float24 packets
+    with Repository.open(repo_dir) as repo:
+        assert repo.read_commit(repo.head_commit()).strategy == "add"
 
 
 def test_a_refused_side_refuses_the_whole_octopus(repo_dir, cli):

@@ -8,6 +8,7 @@ are combined by the strategy (one module each, registered in `strategy.REGISTRY`
   Σ w F δ / Σ w F (Matena & Raffel 2022, restricted to the shared coordinates);
 - ``linear``: weighted task arithmetic, Σ w δ / Σ w;
 - ``ties``: TIES-merging (Yadav et al. 2023);
+- ``add``: the changes added, what they share counted once (orthogonal ones whole, equal ones once);
 - ``ours`` / ``theirs``: take one side's basin, deliberately.
 
 Before anything is combined, `assess` measures how much each incoming side disagrees with ours
@@ -15,7 +16,7 @@ Before anything is combined, `assess` measures how much each incoming side disag
 bounded (sides.py), and a non-finite intermediate result refuses the merge. See docs/merge.md.
 """
 
-from . import fisher, linear, ties, pick  # noqa: F401, I001  (registers them in this order)
+from . import fisher, linear, ties, add, pick  # noqa: F401, I001  (registers them in this order)
 from .conflict import DEFAULT_MAX_DISTANCE, DEFAULT_MAX_INTERFERENCE, Assessment, assess
 from .sides import (
     MAX_WEIGHT,

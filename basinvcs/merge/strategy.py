@@ -30,8 +30,9 @@ class Strategy:
     summary: str
     picks: bool = False
 
-    def prepare(self, deltas: list[list[float]]) -> list[list[float]]:
-        """The changes as this strategy counts them (TIES trims them); as they are by default."""
+    def prepare(self, deltas: list[list[float]], weights: Sequence[float]) -> list[list[float]]:
+        """The changes as this strategy counts them, from all sides' changes and weights at once
+        (TIES trims them, `add` scales the shared coordinates); as they are by default."""
         return deltas
 
     def coordinate(self, shares: Sequence[Share]) -> float:
@@ -69,10 +70,10 @@ def combine(base: Sequence[float], sides: Sequence[Side], strategy: str) -> list
     rule = get(strategy)
     if rule.picks:
         return list(rule.pick(sides))
-    deltas = rule.prepare([delta(s.z, base) for s in sides])
     fishers = [common_scale(s.fisher, len(base)) for s in sides]
-    out = []
+    out: list[float] = []
     try:
+        deltas = rule.prepare([delta(s.z, base) for s in sides], [s.weight for s in sides])
         for i, z0 in enumerate(base):
             changed = [k for k, d in enumerate(deltas) if d[i]]
             if len(changed) <= 1:

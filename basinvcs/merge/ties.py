@@ -16,7 +16,7 @@ class Ties(Strategy):
     name = "ties"
     summary = "trim to the largest 20% of each side's changes, elect signs, average the agreeing"
 
-    def prepare(self, deltas: list[list[float]]) -> list[list[float]]:
+    def prepare(self, deltas: list[list[float]], weights: Sequence[float]) -> list[list[float]]:
         return [_trim(d) for d in deltas]
 
     def coordinate(self, shares: Sequence[Share]) -> float:

@@ -330,6 +330,30 @@ def encode(tokenizer: Any, sentences: list[str]) -> dict[str, torch.Tensor]:
     return {key: batch[key] for key in keys if key in batch}
 
 
+def generic_sentences(tokenizer: Any, n: int, seed: int = 0) -> list[str]:
+    """n strings of 6 to 14 words drawn at random from the tokenizer's vocabulary (whole
+    alphabetic words of three letters or more, among its common ids 2,000-12,000): inputs that
+    belong to no task, on which a specialist can be kept to compute what the base computed
+    (`train.Anchor`). A pure function of (vocabulary, n, seed)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    words = [w for w, i in vocab if 2000 <= i < 12000 and w.isalpha() and len(w) > 2]
+    if not words:
+        raise ValueError("the tokenizer's vocabulary has no whole words at ids 2,000-12,000")
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) for _ in range(n)]
+
+
+def sentence_features(tokenizer: Any) -> Callable[[Any, Sequence[str]], torch.Tensor]:
+    """features(model, sentences): the last hidden state at the first token ([CLS] for BERT),
+    what a sequence-classification head of an encoder reads; for `train.Anchor`."""
+
+    def features(model: Any, sentences: Sequence[str]) -> torch.Tensor:
+        out = model(**encode(tokenizer, list(sentences)), output_hidden_states=True)
+        return out.hidden_states[-1][:, 0]
+
+    return features
+
+
 @torch.no_grad()
 def accuracy(
     logits_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],

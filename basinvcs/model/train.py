@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +212,53 @@ class Batches(Protocol[B]):
     def batch(self, size: int, generator: torch.Generator) -> B: ...
 
 
+class Anchor(Generic[B]):
+    """Keeps what a model computes on unrelated inputs near what it computed when training
+    began: `loss(model)` is weight × mean ‖f(x) − f₀(x)‖² / mean ‖f₀(x)‖² over a batch of
+    `inputs`, f the `features` function and f₀ its values at the model as given here.
+
+    Why: a specialist trained on its task alone moves the base wherever that task's loss goes,
+    and two such moves undo each other when added. Anchored on generic inputs (for text, random
+    words: `texttasks.generic_sentences`), each specialist changes little besides its skill, and
+    merges that add the changes (`add`) keep the skills (docs/results.md, "Skill transfer on a
+    pretrained base"). Each step costs one more forward and backward pass on `batch` inputs.
+    """
+
+    def __init__(
+        self,
+        model: BasinModel,
+        inputs: Sequence[B],
+        features: Callable[[BasinModel, Sequence[B]], torch.Tensor],
+        weight: float,
+        *,
+        batch: int = 32,
+        seed: int = 0,
+        chunk: int = 64,
+    ) -> None:
+        if not (math.isfinite(weight) and weight >= 0):
+            raise SchemaError(f"anchor weight {weight!r} must be a finite number >= 0")
+        if not inputs or batch < 1:
+            raise SchemaError("an anchor needs inputs and a batch of at least 1")
+        self.inputs, self.features, self.weight, self.batch = list(inputs), features, weight, batch
+        self.generator = torch.Generator().manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            self.reference = torch.cat(
+                [features(model, self.inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)]
+            )
+        model.train(was_training)
+        self.scale = float(self.reference.pow(2).sum(1).mean())
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise SchemaError("the anchor's reference features are zero or not finite")
+
+    def loss(self, model: BasinModel) -> torch.Tensor:
+        picks = torch.randint(len(self.inputs), (self.batch,), generator=self.generator).tolist()
+        now = self.features(model, [self.inputs[i] for i in picks])
+        drift = (now - self.reference[picks]).pow(2).sum(1).mean() / self.scale
+        return self.weight * drift
+
+
 def train(
     model: BasinModel,
     task: Batches[B],
@@ -221,19 +268,30 @@ def train(
     seed: int,
     *,
     loss_fn: Callable[[BasinModel, B], torch.Tensor] | None = None,
+    weight_decay: float = 0.0,
+    anchor: Anchor | None = None,
 ) -> list[float]:
-    """Adam (one learning rate) on the model's trainable parameters: z, and β when trained.
+    """Adam (one learning rate) on the model's trainable parameters: z, and β when trained;
+    AdamW, with decoupled `weight_decay` pulling them towards 0, where that is given.
 
     Batches come from `task.batch(batch_size, generator)` with a generator seeded with `seed`, so
     the same model, task and arguments give the same losses. `loss_fn(model, batch)` defaults to
     `batch_loss` (answer-token cross-entropy of the byte tasks, batch tensors moved to the model's
-    device). The model is in train mode while it runs and in eval mode after. A progress bar
-    shows on a terminal. Returns the loss of every step.
+    device); an `anchor` adds its loss to every step's. The model is in train mode while it runs
+    and in eval mode after. A progress bar shows on a terminal. Returns the task loss of every
+    step (the anchor's not included).
     """
     from ..progress import progress_bar
 
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise SchemaError(f"weight decay {weight_decay!r} must be a finite number >= 0")
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        if weight_decay
+        else torch.optim.Adam(params, lr=lr)
+    )
     device = model.theta0.device
     if loss_fn is None:
 
@@ -247,7 +305,7 @@ def train(
             for _ in range(steps):
                 loss = loss_fn(model, task.batch(batch_size, gen))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if anchor is None else loss + anchor.loss(model)).backward()
                 opt.step()
                 losses.append(loss.item())
                 update(1)

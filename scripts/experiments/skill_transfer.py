@@ -9,12 +9,14 @@ seed = S), in its own process (one thread each; seeds run side by side):
    task reads its own slice of the logits (negation 0-1, topic 2-5, agent 6-7) and the basin
    carries every head; registered once and copied into each participant's BASIN_HOME (each has
    its own home, hence its own Ed25519 identity);
-   With `--heads probe` the classifier in θ0 is instead a linear probe per task fitted on the
-   frozen base's features (the specialists then fine-tune from a working head);
+   with `--heads probe` (the default) the classifier in θ0 is instead a linear probe per task
+   fitted on the frozen base's features (the specialists then fine-tune from a working head);
 2. the hub repository (d = 1024, chart seed S, the word-embedding table masked out) never trains;
 3. each specialist repository fetches the hub's `general` (basinvcs.ingest: every block verified),
-   forks it for its task, trains inside the basin (z only; Adam), computes its Fisher diagonal and
-   commits z with it;
+   forks it for its task, trains inside the basin (z only; AdamW with weight decay 0.3, and an
+   anchor of weight 1 keeping the [CLS] features of 512 random-word sentences where the base had
+   them: `train.Anchor`; `--anchor 0 --weight-decay 0` for plain Adam), computes its Fisher
+   diagonal and commits z with it;
 4. the hub trusts the three keys and fetches the three branches; then, in a fresh copy of the hub
    per (subset, strategy), merges the subset's branches into `general` one by one (the k-th with
    side weight 1/(k-1), so every specialist counts equally), forced only where the conflict check
@@ -43,12 +45,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from basinvcs.merge import REGISTRY as MERGE_STRATEGIES
+
 SUBSTRATE = "st-minilm"
 TASKS = ("negation", "topic", "agent")
 OFFSETS = {"negation": 0, "topic": 2, "agent": 6}  # each task's slice of the 8 logits
 NUM_LABELS = 8
 EXCLUDE = ("*word_embeddings*",)
-STRATEGIES = ("fisher", "linear", "ties")
+STRATEGIES = tuple(n for n, s in MERGE_STRATEGIES.items() if not s.picks)  # every blending one
+GENERIC_SENTENCES = 512  # the anchor's inputs: random words (texttasks.generic_sentences)
 FISHER_BATCHES, FISHER_BATCH = 16, 8
 PROBE_STEPS, PROBE_DECAY = 300, 1e-3  # --heads probe: full-batch Adam on the frozen features
 
@@ -75,8 +80,15 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
     from basinvcs.identity import format_key, load_identity
     from basinvcs.ingest import fetch
     from basinvcs.model.registry import add_hf_substrate, load_substrate
-    from basinvcs.model.texttasks import accuracy, encode, make_text_task
+    from basinvcs.model.texttasks import (
+        accuracy,
+        encode,
+        generic_sentences,
+        make_text_task,
+        sentence_features,
+    )
     from basinvcs.model.train import (
+        Anchor,
         BasinModel,
         commit_model_in_basin,
         fisher_diagonal,
@@ -160,8 +172,21 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
             porcelain.fork(repo, "upstream", name)
             spec = BasinModel(sub, chart, projection=proj)
             start = time.perf_counter()
+            anchor = None
+            if args.anchor:
+                generic = generic_sentences(tokenizer, GENERIC_SENTENCES, seed)
+                features = sentence_features(tokenizer)
+                anchor = Anchor(spec, generic, features, args.anchor, batch=args.batch, seed=seed)
             losses = train(
-                spec, tasks[name], args.steps, args.lr, args.batch, seed, loss_fn=loss_for(name)
+                spec,
+                tasks[name],
+                args.steps,
+                args.lr,
+                args.batch,
+                seed,
+                loss_fn=loss_for(name),
+                weight_decay=args.weight_decay,
+                anchor=anchor,
             )
             seconds[name] = time.perf_counter() - start
             gen = torch.Generator().manual_seed(seed + 1)
@@ -248,7 +273,8 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
             {
                 "seed": seed,
                 "setting": f"heads {args.heads}{' masked' if args.mask_heads else ''}, "
-                f"{args.steps} steps, lr {args.lr}",
+                f"{args.steps} steps, lr {args.lr}, weight decay {args.weight_decay}, "
+                f"anchor {args.anchor}",
                 "results": results,
                 "checks": checks,
                 "cases": cases,
@@ -348,6 +374,21 @@ def report(runs: list[dict]) -> str:
         key = f"{method}:{'+'.join(TASKS)}"
         row = [_spread([r["results"][key][t] / r["results"][t][t] for r in runs]) for t in TASKS]
         lines.append(f"| {method} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Share of each specialist's gain over the base kept, three-way merges: (merged − base) ÷ "
+        "(specialist − base) on task k:",
+        "",
+    ]
+    lines += ["| method | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS)]
+    for method in methods:
+        key = f"{method}:{'+'.join(TASKS)}"
+        row = [
+            _spread([(r["results"][key][t] - r["results"]["base"][t])
+                     / (r["results"][t][t] - r["results"]["base"][t]) for r in runs])
+            for t in TASKS
+        ]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += ["", "Conflict check (hub holds one specialist; incoming side as named), over ordered "
               "pairs and seeds: min / max", ""]  # fmt: skip
     lines += ["| incoming | relative distance | interference |", "|---|---|---|"]
@@ -381,9 +422,16 @@ def main() -> None:
     ap.add_argument(
         "--heads",
         choices=("zero", "probe"),
-        default="zero",
-        help="the classifier in θ0: zero (default), or a linear probe per task on the frozen base",
+        default="probe",
+        help="the classifier in θ0: a linear probe per task on the frozen base (default), or zero",
     )
+    ap.add_argument(
+        "--anchor",
+        type=float,
+        default=1.0,
+        help="weight of the anchor on random-word sentences' features (0: none)",
+    )
+    ap.add_argument("--weight-decay", type=float, default=0.3, help="AdamW's on z (0: Adam)")
     ap.add_argument("--lr", type=float, default=None, help="default 0.1 (zero), 0.05 (probe)")
     ap.add_argument(
         "--mask-heads",

@@ -17,7 +17,9 @@ from basinvcs.model.texttasks import (
     TextTask,
     accuracy,
     encode,
+    generic_sentences,
     make_text_task,
+    sentence_features,
 )
 
 NAMES = sorted(TEXT_TASKS)
@@ -183,6 +185,46 @@ def test_encode(tokenizer):
     assert ids.shape[1] == max(lengths)
     assert ids[0, 0] == tokenizer.cls_token_id and ids[0, lengths[0] - 1] == tokenizer.sep_token_id
     assert (ids[0, lengths[0] :] == tokenizer.pad_token_id).all()
+
+
+def test_generic_sentences(tokenizer):
+    """Whole words of the vocabulary, 6-14 of them, a pure function of n and seed; no task's
+    content word is guaranteed absent, but no sentence is a task's template."""
+    a = generic_sentences(tokenizer, 50, seed=3)
+    assert a == generic_sentences(tokenizer, 50, seed=3) != generic_sentences(tokenizer, 50, 4)
+    assert generic_sentences(tokenizer, 20, seed=3) == a[:20]
+    vocab = tokenizer.get_vocab()
+    for s in a:
+        ws = s.split()
+        assert 6 <= len(ws) <= 14 and all(2000 <= vocab[w] < 12000 and w.isalpha() for w in ws)
+
+
+class NoWords:
+    def get_vocab(self) -> dict[str, int]:
+        return {"[PAD]": 0, "##s": 2500, "12": 3000}
+
+
+def test_generic_sentences_need_whole_words():
+    with pytest.raises(ValueError, match="no whole words"):
+        generic_sentences(NoWords(), 3)
+
+
+def test_sentence_features_are_the_first_token_s_last_hidden_state(tokenizer):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config).eval()
+    sentences = ["the film was good", "we talked about the rain today"]
+    with torch.no_grad():
+        got = sentence_features(tokenizer)(bert, sentences)
+        want = bert(**encode(tokenizer, sentences)).last_hidden_state[:, 0]
+    assert got.shape == (2, 16) and torch.equal(got, want)
 
 
 def always(label: int, n_labels: int):

@@ -11,6 +11,7 @@ from basinvcs.model.registry import load_substrate
 from basinvcs.model.substrate import Substrate
 from basinvcs.model.tasks import Task, make_task
 from basinvcs.model.train import (
+    Anchor,
     BasinModel,
     batch_loss,
     commit_model_in_basin,
@@ -175,6 +176,65 @@ def test_training_improves_held_out_accuracy(sub, proj, task):
     assert sum(losses[-20:]) / 20 < 0.5 * losses[0]
     assert after >= before + 0.15
     assert task.accuracy(m, per_token=True) >= before_tokens + 0.5
+
+
+def last_logits(m, prompts) -> torch.Tensor:
+    """Features for the anchor tests: the logits at every prompt's last byte."""
+    return m(torch.stack(list(prompts)))[:, -1]
+
+
+@pytest.fixture(scope="module")
+def generic(task) -> list[torch.Tensor]:
+    """Inputs of no task: random bytes, one per row."""
+    g = torch.Generator().manual_seed(5)
+    return list(torch.randint(0, 256, (48, 12), generator=g))
+
+
+def test_the_anchor_is_zero_where_training_began_and_grows_as_it_moves(sub, proj, generic):
+    z = torch.randn(1024, generator=torch.Generator().manual_seed(1))
+    m = model(sub, proj, z)
+    anchor = Anchor(m, generic, last_logits, 2.0, batch=8, seed=0)
+    assert float(anchor.loss(m).detach()) == 0.0  # the reference is the model as given, not θ0
+    with torch.no_grad():
+        m.z.mul_(1.5)
+    first, second = float(anchor.loss(m).detach()), float(anchor.loss(m).detach())
+    assert first > 0 and second > 0 and first != second  # a new batch of inputs each call
+    four, two = (Anchor(m, generic, last_logits, w, batch=48, seed=0) for w in (4.0, 2.0))
+    assert float(four.loss(m).detach()) == pytest.approx(2 * float(two.loss(m).detach()))
+
+
+def test_an_anchored_specialist_changes_less_where_it_is_anchored(sub, proj, task, generic):
+    """Same steps, seed and data: the anchored run moves the generic inputs' logits less (and
+    still learns its task); its losses are the task's alone."""
+    drift = {}
+    for weight in (0.0, 10.0):
+        m = model(sub, proj)
+        reference = Anchor(m, generic, last_logits, 1.0, batch=48)
+        anchor = Anchor(m, generic, last_logits, weight, batch=16) if weight else None
+        losses = train(m, task, 40, 0.05, 16, seed=0, anchor=anchor)
+        drift[weight] = float(reference.loss(m).detach())
+        assert sum(losses[-5:]) / 5 < losses[0]
+    assert drift[10.0] < 0.5 * drift[0.0]
+
+
+def test_weight_decay_pulls_z_towards_zero(sub, proj, task):
+    norms = {}
+    for wd in (0.0, 5.0):
+        m = model(sub, proj)
+        train(m, task, 30, 0.05, 16, seed=0, weight_decay=wd)
+        norms[wd] = float(m.z.detach().norm())
+    assert norms[5.0] < 0.9 * norms[0.0]
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_bad_anchor_and_decay_are_refused(sub, proj, task, generic, weight):
+    m = model(sub, proj)
+    with pytest.raises(SchemaError, match="anchor weight"):
+        Anchor(m, generic, last_logits, weight)
+    with pytest.raises(SchemaError, match="weight decay"):
+        train(m, task, 1, 0.05, 4, seed=0, weight_decay=weight)
+    with pytest.raises(SchemaError, match="needs inputs"):
+        Anchor(m, [], last_logits, 1.0)
 
 
 def test_commit_round_trip_reproduces_the_trained_model(sub, proj, task, tmp_path):
