@@ -497,11 +497,13 @@ def _strategies() -> list[str]:
 
 def _merge_options(fn):
     """The options `merge` and `pull` share: strategy, weight, thresholds, force, trust, message."""
+    from .merge import DEFAULT_STRATEGY
+
     options = [
         click.option(
             "--strategy",
             type=click.Choice(_strategies()),
-            default="fisher",
+            default=DEFAULT_STRATEGY,
             show_default=True,
             help="How coordinates several sides changed combine.",
         ),

@@ -772,7 +772,7 @@ def merge(
     revs: str | Sequence[str],
     *,
     into: str | None = None,
-    strategy: str = "fisher",
+    strategy: str | None = None,
     weight: float = 1.0,
     max_distance: float | None = None,
     max_interference: float | None = None,
@@ -792,6 +792,7 @@ def merge(
     from . import merge as mm
     from .concepts import refresh_links
 
+    strategy = strategy or mm.DEFAULT_STRATEGY
     rule = mm.get(strategy)
     weight = mm.check_weight(weight, "--weight")
     limit_d, limit_i = _thresholds(repo, max_distance, max_interference)

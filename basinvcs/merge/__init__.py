@@ -4,11 +4,12 @@ Given a base and any number of sides (ours first), each side's change is δ = z_
 coordinate only one side changed takes that side's change whole; coordinates several sides changed
 are combined by the strategy (one module each, registered in `strategy.REGISTRY`):
 
-- ``fisher`` (default): each side weighted by its Fisher information there and its side weight,
+- ``add`` (default): the changes added, what they share counted once (orthogonal ones whole,
+  equal ones once);
+- ``fisher``: each side weighted by its Fisher information there and its side weight,
   Σ w F δ / Σ w F (Matena & Raffel 2022, restricted to the shared coordinates);
 - ``linear``: weighted task arithmetic, Σ w δ / Σ w;
 - ``ties``: TIES-merging (Yadav et al. 2023);
-- ``add``: the changes added, what they share counted once (orthogonal ones whole, equal ones once);
 - ``ours`` / ``theirs``: take one side's basin, deliberately.
 
 Before anything is combined, `assess` measures how much each incoming side disagrees with ours
@@ -16,7 +17,7 @@ Before anything is combined, `assess` measures how much each incoming side disag
 bounded (sides.py), and a non-finite intermediate result refuses the merge. See docs/merge.md.
 """
 
-from . import fisher, linear, ties, add, pick  # noqa: F401, I001  (registers them in this order)
+from . import add, fisher, linear, ties, pick  # noqa: F401, I001  (registers them in this order)
 from .conflict import DEFAULT_MAX_DISTANCE, DEFAULT_MAX_INTERFERENCE, Assessment, assess
 from .sides import (
     MAX_WEIGHT,
@@ -28,12 +29,13 @@ from .sides import (
     check_weight,
     merge_beta,
 )
-from .strategy import REGISTRY, Strategy, combine, get
+from .strategy import DEFAULT_STRATEGY, REGISTRY, Strategy, combine, get
 
-STRATEGIES = tuple(REGISTRY)  # in registration order: fisher (the default) first
+STRATEGIES = tuple(REGISTRY)  # in registration order: add (the default) first
 
 __all__ = [
     "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_STRATEGY",
     "DEFAULT_MAX_INTERFERENCE",
     "MAX_WEIGHT",
     "MIN_WEIGHT",

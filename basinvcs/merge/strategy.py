@@ -21,6 +21,10 @@ from .sides import MergeArithmeticError, Side, delta, finite
 # (weight, Fisher value on the common scale, change) of each side that changed one coordinate
 Share = tuple[float, float, float]
 
+# `add` keeps each skill whole where specialists changed little besides it, which the averaging
+# strategies halve (docs/results.md, "Skill transfer on a pretrained base"; docs/merge.md)
+DEFAULT_STRATEGY = "add"
+
 
 class Strategy:
     """How the coordinates several sides changed combine. Subclasses set `name` and `summary`

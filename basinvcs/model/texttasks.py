@@ -330,6 +330,50 @@ def encode(tokenizer: Any, sentences: list[str]) -> dict[str, torch.Tensor]:
     return {key: batch[key] for key in keys if key in batch}
 
 
+PROBE_STEPS, PROBE_DECAY, PROBE_LR = 300, 1e-3, 1e-2  # full-batch Adam on frozen features
+
+
+@torch.no_grad()
+def _pooled(model: Any, tokenizer: Any, sentences: list[str], chunk: int = 256) -> torch.Tensor:
+    """What the classifier of a sequence-classification model reads: the base model's pooled
+    output (BERT's pooler), else its last hidden state at the first token."""
+    parts = []
+    for i in range(0, len(sentences), chunk):
+        out = model.base_model(**encode(tokenizer, sentences[i : i + chunk]))
+        pooled = getattr(out, "pooler_output", None)
+        parts.append(pooled if pooled is not None else out.last_hidden_state[:, 0])
+    return torch.cat(parts)
+
+
+def fit_probe_heads(
+    model: Any, tokenizer: Any, names: Sequence[str] = tuple(LABELS), seed: int = 0
+) -> None:
+    """Set `model.classifier` (a transformers sequence classifier with one head of all tasks'
+    labels, `head_slices(names)`) to a linear probe per task, fitted on the frozen model's
+    features of that task's training sentences: specialists then start from a working head and
+    fine-tune the body, the setting in which merges keep skills (docs/results.md)."""
+    model.eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    for name, head in head_slices(names).items():
+        task = make_text_task(name, seed=seed)
+        features = _pooled(model, tokenizer, [s for s, _ in task.train])
+        labels = torch.tensor([y for _, y in task.train])
+        w = torch.zeros(head.stop - head.start, features.shape[1], requires_grad=True)
+        b = torch.zeros(head.stop - head.start, requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=PROBE_LR)
+        for _ in range(PROBE_STEPS):
+            fit = torch.nn.functional.cross_entropy(features @ w.T + b, labels)
+            loss = fit + PROBE_DECAY * w.square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model.classifier.weight[head] = w
+            model.classifier.bias[head] = b
+
+
 def generic_sentences(tokenizer: Any, n: int, seed: int = 0) -> list[str]:
     """n strings of 6 to 14 words drawn at random from the tokenizer's vocabulary (whole
     alphabetic words of three letters or more, among its common ids 2,000-12,000): inputs that

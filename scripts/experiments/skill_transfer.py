@@ -55,7 +55,6 @@ EXCLUDE = ("*word_embeddings*",)
 STRATEGIES = tuple(n for n, s in MERGE_STRATEGIES.items() if not s.picks)  # every blending one
 GENERIC_SENTENCES = 512  # the anchor's inputs: random words (texttasks.generic_sentences)
 FISHER_BATCHES, FISHER_BATCH = 16, 8
-PROBE_STEPS, PROBE_DECAY = 300, 1e-3  # --heads probe: full-batch Adam on the frozen features
 
 
 def minilm_folder() -> Path:
@@ -176,7 +175,9 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
             if args.anchor:
                 generic = generic_sentences(tokenizer, GENERIC_SENTENCES, seed)
                 features = sentence_features(tokenizer)
-                anchor = Anchor(spec, generic, features, args.anchor, batch=args.batch, seed=seed)
+                anchor = Anchor(
+                    spec, generic, features, args.anchor, batch=args.anchor_batch, seed=seed
+                )
             losses = train(
                 spec,
                 tasks[name],
@@ -274,7 +275,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
                 "seed": seed,
                 "setting": f"heads {args.heads}{' masked' if args.mask_heads else ''}, "
                 f"{args.steps} steps, lr {args.lr}, weight decay {args.weight_decay}, "
-                f"anchor {args.anchor}",
+                f"anchor {args.anchor} (batch {args.anchor_batch})",
                 "results": results,
                 "checks": checks,
                 "cases": cases,
@@ -292,40 +293,14 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> None:
 
 def probe_heads(folder: Path, out: Path, tokenizer, overrides: dict, seed: int) -> Path:
     """A copy of the base whose classifier holds, for each task, a linear probe fitted on the
-    frozen base's pooled features of that task's training sentences (the `--heads probe` base):
-    the specialists then start from a working head and fine-tune the body, the setting of the
-    merging literature."""
+    frozen base's pooled features of that task's training sentences (the `--heads probe` base,
+    `texttasks.fit_probe_heads`)."""
     import transformers
 
-    from basinvcs.model.texttasks import encode, head_slices, make_text_task
+    from basinvcs.model.texttasks import fit_probe_heads
 
     model = transformers.BertForSequenceClassification.from_pretrained(str(folder), **overrides)
-    model.eval()
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.zero_()
-    for name, head in head_slices(TASKS).items():
-        task = make_text_task(name, seed=seed)
-        sentences = [s for s, _ in task.train]
-        labels = torch.tensor([y for _, y in task.train])
-        with torch.no_grad():
-            feats = torch.cat(
-                [
-                    model.bert(**encode(tokenizer, sentences[i : i + 256])).pooler_output
-                    for i in range(0, len(sentences), 256)
-                ]
-            )
-        w = torch.zeros(head.stop - head.start, feats.shape[1], requires_grad=True)
-        b = torch.zeros(head.stop - head.start, requires_grad=True)
-        opt = torch.optim.Adam([w, b], lr=1e-2)
-        for _ in range(PROBE_STEPS):
-            loss = F.cross_entropy(feats @ w.T + b, labels) + PROBE_DECAY * w.square().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            model.classifier.weight[head] = w
-            model.classifier.bias[head] = b
+    fit_probe_heads(model, tokenizer, TASKS, seed)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
@@ -431,6 +406,7 @@ def main() -> None:
         default=1.0,
         help="weight of the anchor on random-word sentences' features (0: none)",
     )
+    ap.add_argument("--anchor-batch", type=int, default=8, help="generic sentences per step")
     ap.add_argument("--weight-decay", type=float, default=0.3, help="AdamW's on z (0: Adam)")
     ap.add_argument("--lr", type=float, default=None, help="default 0.1 (zero), 0.05 (probe)")
     ap.add_argument(

@@ -4,6 +4,7 @@ sentences built only from held-out content words; and encode/accuracy with the r
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,9 @@ from basinvcs.model.texttasks import (
     TextTask,
     accuracy,
     encode,
+    fit_probe_heads,
     generic_sentences,
+    head_slices,
     make_text_task,
     sentence_features,
 )
@@ -209,7 +212,7 @@ def test_generic_sentences_need_whole_words():
         generic_sentences(NoWords(), 3)
 
 
-def test_sentence_features_are_the_first_token_s_last_hidden_state(tokenizer):
+def tiny_bert(tokenizer, cls: str = "BertModel", **kw):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -217,9 +220,33 @@ def test_sentence_features_are_the_first_token_s_last_hidden_state(tokenizer):
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
+        **kw,
     )
     torch.manual_seed(0)
-    bert = transformers.BertModel(config).eval()
+    return getattr(transformers, cls)(config).eval()
+
+
+def test_fit_probe_heads_fits_each_task_s_slice_on_frozen_features(tokenizer):
+    """Each slice of the shared head becomes a probe that fits its task's training sentences
+    better than the zero head (cross-entropy below the log of its label count); the body stays."""
+    # initialised wide: a tiny BERT at the usual scale gives every sentence the same features
+    model = tiny_bert(
+        tokenizer, "BertForSequenceClassification", num_labels=8, initializer_range=1.0
+    )
+    body = {k: v.clone() for k, v in model.bert.state_dict().items()}
+    fit_probe_heads(model, tokenizer, seed=1)
+    assert all(torch.equal(v, model.bert.state_dict()[k]) for k, v in body.items())
+    for name, head in head_slices().items():
+        task = make_text_task(name, seed=1)
+        sentences, labels = zip(*task.train[:256], strict=True)
+        with torch.no_grad():
+            logits = model(**encode(tokenizer, list(sentences))).logits[:, head]
+        fitted = float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels)))
+        assert fitted < math.log(head.stop - head.start) - 0.005, name  # the zero head's loss
+
+
+def test_sentence_features_are_the_first_token_s_last_hidden_state(tokenizer):
+    bert = tiny_bert(tokenizer)
     sentences = ["the film was good", "we talked about the rain today"]
     with torch.no_grad():
         got = sentence_features(tokenizer)(bert, sentences)
