@@ -83,6 +83,19 @@ def test_add_sums_orthogonal_changes_and_counts_equal_ones_once():
     assert mm.combine(base, [side(c), side(d)], "add") == pytest.approx(vec(c0=5 / 6, c1=5 / 6))
 
 
+def test_add_measures_overlap_in_the_fisher_metric():
+    """(1, 1) and (1, −1) are orthogonal, but not where the model is three times as sensitive to
+    the first coordinate: cosine 1/2 there, so each counts 2/3; a side whose change carries no
+    Fisher information at all is kept whole."""
+    base = vec()
+    fisher = [3.0, 1.0] + [1.0] * (DIM - 2)
+    a, b = side(vec(c0=1.0, c1=1.0), fisher), side(vec(c0=1.0, c1=-1.0), fisher)
+    assert mm.combine(base, [a, b], "add")[:2] == pytest.approx([4 / 3, 0.0])
+    blind = [0.0, 0.0] + [1.0] * (DIM - 2)  # neither side claims information at c0, c1
+    a, b = side(vec(c0=1.0, c1=1.0), blind), side(vec(c0=1.0, c1=0.5), blind)
+    assert mm.combine(base, [a, b], "add")[:2] == pytest.approx([2.0, 1.5])
+
+
 def test_add_weighs_sides_that_cannot_all_be_met():
     """One side undoing the other: nothing of either; the same direction at two sizes: between
     them, nearer the heavier side."""

@@ -20,6 +20,8 @@ from .sides import MergeArithmeticError, Side, delta, finite
 
 # (weight, Fisher value on the common scale, change) of each side that changed one coordinate
 Share = tuple[float, float, float]
+Deltas = list[list[float]]  # every side's change, a list of d floats each
+Vectors = Sequence[Sequence[float]]
 
 # `add` keeps each skill whole where specialists changed little besides it, which the averaging
 # strategies halve (docs/results.md, "Skill transfer on a pretrained base"; docs/merge.md)
@@ -34,9 +36,10 @@ class Strategy:
     summary: str
     picks: bool = False
 
-    def prepare(self, deltas: list[list[float]], weights: Sequence[float]) -> list[list[float]]:
-        """The changes as this strategy counts them, from all sides' changes and weights at once
-        (TIES trims them, `add` scales the shared coordinates); as they are by default."""
+    def prepare(self, deltas: Deltas, weights: Sequence[float], fishers: Vectors) -> Deltas:
+        """The changes as this strategy counts them, from all sides' changes, weights and Fisher
+        diagonals (on the common scale) at once (TIES trims them, `add` scales the shared
+        coordinates); as they are by default."""
         return deltas
 
     def coordinate(self, shares: Sequence[Share]) -> float:
@@ -77,7 +80,7 @@ def combine(base: Sequence[float], sides: Sequence[Side], strategy: str) -> list
     fishers = [common_scale(s.fisher, len(base)) for s in sides]
     out: list[float] = []
     try:
-        deltas = rule.prepare([delta(s.z, base) for s in sides], [s.weight for s in sides])
+        deltas = rule.prepare([delta(s.z, base) for s in sides], [s.weight for s in sides], fishers)
         for i, z0 in enumerate(base):
             changed = [k for k, d in enumerate(deltas) if d[i]]
             if len(changed) <= 1:

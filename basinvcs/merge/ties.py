@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .strategy import Share, Strategy, register, weighted_mean
+from .strategy import Deltas, Share, Strategy, Vectors, register, weighted_mean
 
 KEEP = 0.2  # fraction of each side's changed coordinates TIES keeps (its paper's default k)
 
@@ -16,7 +16,7 @@ class Ties(Strategy):
     name = "ties"
     summary = "trim to the largest 20% of each side's changes, elect signs, average the agreeing"
 
-    def prepare(self, deltas: list[list[float]], weights: Sequence[float]) -> list[list[float]]:
+    def prepare(self, deltas: Deltas, weights: Sequence[float], fishers: Vectors) -> Deltas:
         return [_trim(d) for d in deltas]
 
     def coordinate(self, shares: Sequence[Share]) -> float:
