@@ -152,6 +152,17 @@ def vec(**coords: float) -> list[float]:
     return z
 
 
+def flip_last_byte(path):
+    """Change θ0 in place, keeping the file's size and mtime: only its ctime tells."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 0x40]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def commit_z(repo_dir: Path, z: list[float], message: str, **packet_fields):
     """Commit the basin z (plus packet fields such as fisher=) on the current branch."""
     with Repository.open(repo_dir) as repo:

@@ -163,7 +163,9 @@ def _check_new_name(name: str) -> None:
         raise SubstrateError(f"substrate {taken[name.lower()]} exists already")
 
 
-def _load_user(name: str) -> Substrate:
+def _load_user(name: str, *, rehash: bool = False) -> Substrate:
+    """The registered entry `name`, checked (module docstring); `rehash`: hash θ0 whatever
+    its stamp says."""
     path = basin_home() / REGISTRY / name
     try:
         meta = parse_json(read_file(path / META, 64 << 20, "meta.json"), str(path / META))
@@ -184,7 +186,7 @@ def _load_user(name: str) -> Substrate:
         raise SubstrateError(
             f"substrate {name} is corrupt: its fingerprint differs from {path / META}"
         )
-    _check_theta0(sub, path)
+    _check_theta0(sub, path, rehash)
     return sub
 
 
@@ -201,10 +203,8 @@ def verify_substrates(names: Sequence[str] = ()) -> list[tuple[str, str | None]]
             )
     results: list[tuple[str, str | None]] = []
     for name in names or known:
-        path = basin_home() / REGISTRY / name
-        (path / CHECKED).unlink(missing_ok=True)
         try:
-            _load_user(name)
+            _load_user(name, rehash=True)
         except SubstrateError as exc:
             results.append((name, str(exc)))
         else:
@@ -212,12 +212,13 @@ def verify_substrates(names: Sequence[str] = ()) -> list[tuple[str, str | None]]
     return results
 
 
-def _check_theta0(sub: Substrate, path: Path) -> None:
-    """Refuse an entry whose θ0 file no longer holds the bytes meta.json pins; hashed only when
-    the file's stamp differs from the one recorded when they last matched (module docstring)."""
+def _check_theta0(sub: Substrate, path: Path, rehash: bool) -> None:
+    """Refuse an entry whose θ0 file no longer holds the bytes meta.json pins; hashed when asked
+    or when the file's stamp differs from the one recorded when they last matched (module
+    docstring)."""
     stamp = _stamp(sub)
     try:
-        if (path / CHECKED).read_text() == stamp:
+        if not rehash and (path / CHECKED).read_text() == stamp:
             return
     except (OSError, UnicodeDecodeError):
         pass  # no stamp, or an unreadable one: hash

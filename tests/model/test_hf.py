@@ -17,8 +17,7 @@ from basinvcs.model.families.hf import _depths  # noqa: E402
 from basinvcs.model.registry import load_substrate  # noqa: E402
 from basinvcs.model.train import BasinModel, commit_model_in_basin, logits_of  # noqa: E402
 from basinvcs.repository import Repository  # noqa: E402
-from tests.conftest import state  # noqa: E402
-from tests.model.test_substrate import flip_last_byte  # noqa: E402
+from tests.conftest import flip_last_byte, state  # noqa: E402
 
 SMALL = dict(vocab_size=100)
 MODELS = {

@@ -26,6 +26,7 @@ from basinvcs.model.registry import (
     verify_substrates,
 )
 from basinvcs.model.substrate import Substrate, SubstrateError, read_header
+from tests.conftest import flip_last_byte
 
 # sha2-256 of every tiny θ0 tensor's float32 bytes in canonical order: θ0 must never drift.
 TINY_THETA0_SHA256 = "bcce289ecabc928ba2ce1861fa8f1ccfdf41d26e48e7ce7547d7bed73433c1d8"
@@ -328,17 +329,6 @@ def test_corrupt_registry_entry(tmp_path, basin_home):
     meta.write_text(json.dumps(doc | {"theta0_sha256": "00" * 32}))
     with pytest.raises(SubstrateError, match="substrate mine is corrupt"):
         load_substrate("mine")
-
-
-def flip_last_byte(path):
-    """Change θ0 in place, keeping the file's size and mtime: only its ctime tells."""
-    st = path.stat()
-    with open(path, "r+b") as fh:
-        fh.seek(-1, os.SEEK_END)
-        last = fh.read(1)
-        fh.seek(-1, os.SEEK_END)
-        fh.write(bytes([last[0] ^ 0x40]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.fixture

@@ -94,12 +94,12 @@ class HFSubstrate(Substrate):
         self.fingerprint = fingerprint(self.architecture, config, self.specs, self.theta0_digest)
         # θ0's header, parsed once: checked against the specs on loading, then taken again by
         # every checkout's TensorFile while the file holds the same bytes
-        self.weights_header = parse_header(path / WEIGHTS)
+        self.weights_header = parse_header(self.weights)
 
     def theta0(self, spec: TensorSpec) -> torch.Tensor:
         if self.spec(spec.name) != spec:
             raise SchemaError(f"tensor {spec.name} is not part of substrate {self.name}")
-        with safe_open(str(self.path / WEIGHTS), framework="pt") as fh:
+        with safe_open(str(self.weights), framework="pt") as fh:
             t = fh.get_tensor(spec.name)
         # callers write into θ0 in place: never hand out a view of the mapped file
         return t.to(torch.float32, copy=True) if t.dtype.is_floating_point else t.clone()
@@ -128,7 +128,7 @@ class HFSubstrate(Substrate):
                     fh.read_into(spec.name, start, raw)
                     yield buffer[:n].copy_(raw) if spec.dtype.is_floating_point else raw
 
-        with TensorFile(self.path / WEIGHTS, self.weights_header) as fh:
+        with TensorFile(self.weights, self.weights_header) as fh:
             yield pieces
 
     def build(self) -> nn.Module:
@@ -314,7 +314,7 @@ def load_user(name: str, path: Path, meta: dict) -> HFSubstrate:
     header = sub.weights_header.header()
     for s in sub.specs:
         if s.name not in header or tuple(header[s.name][1]) != s.shape:
-            raise SchemaError(f"{path / WEIGHTS} does not hold tensor {s.name} as meta.json says")
+            raise SchemaError(f"{sub.weights} does not hold tensor {s.name} as meta.json says")
     return sub
 
 
