@@ -32,6 +32,14 @@ def test_distance_and_cosine_stay_finite_at_the_largest_fisher_and_coordinates()
     assert cosine([big] * 1024, [-big] * 1024, fbar) == -1.0
 
 
+def test_distance_squares_by_multiplying_so_every_machine_agrees():
+    """libm's pow(d, 2) is off by an ulp on some values; d·d is rounded correctly by IEEE."""
+    values = [1.2345678901234567 * 10.0**e + k * 1e-3 for e in range(-30, 30) for k in range(9)]
+    for v in values:
+        assert distance([v, 0.0], [0.0, 0.0], [2.0, 5.0]) == math.sqrt(math.fsum([2.0 * (v * v)]))
+        assert distance([0.0, v], [v, 0.0], None) == math.sqrt(math.fsum([v * v, v * v]))
+
+
 def test_cosine_is_the_weighted_cosine():
     u, v = [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]
     assert cosine(u, v, None) == pytest.approx(1 / math.sqrt(2))

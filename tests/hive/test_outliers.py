@@ -34,6 +34,19 @@ def test_scores_are_fisher_distances_to_the_coordinatewise_median():
     assert plain.scores == [distance(row, median, None) for row in x.tolist()]
 
 
+@pytest.mark.parametrize("exponent", [-150, -40, 0, 40, 150])
+def test_scores_are_the_same_bits_as_metrics_distance_at_any_magnitude(exponent):
+    """The check scores a round with numpy; replicas compare heads by CID, so its scores must be
+    metrics.distance's to the last bit, sparse rows and Fisher weights included."""
+    rng = np.random.default_rng(exponent + 1000)
+    x = rng.standard_normal((40, 300)) * 10.0**exponent * (rng.random((40, 300)) < 0.2)
+    fishers = [np.abs(rng.standard_normal(300)).tolist() for _ in range(40)]
+    median = np.median(x, axis=0).tolist()
+    for f in (None, fishers):
+        fbar = mean_fisher(f, 300) if f else None
+        assert check(x, f).scores == [distance(row, median, fbar) for row in x.tolist()]
+
+
 def test_honest_rounds_rarely_flag_anything():
     """Honest scores concentrate (d = 256: about ±3%), and a MAD from a few scores is noisy, so an
     honest update is flagged now and then: measured 0.8% of them at n = 10 (6–8% of rounds),

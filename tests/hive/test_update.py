@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import random
 from typing import Any
 
@@ -116,6 +117,20 @@ def test_round_trip_is_exact(encoding, fisher, beta):
     assert ("fisher" in node) == fisher and ("beta" in node) == (beta is not None)
     assert back.delta() == update.change.decode()
     assert back.scope == update.scope
+
+
+def test_a_record_encodes_once_and_pickles_without_its_encodings():
+    """The coordinator's decoding process pickles records to it: fields only, re-encoded alike."""
+    update = make()
+    data = update.encode()
+    assert update.signing_bytes() is update.signing_bytes()  # computed once
+    back = pickle.loads(pickle.dumps(update))
+    assert not {"_node", "_signing_bytes"} & back.__dict__.keys()
+    assert back == update and back.encode() == data
+    back.verify_signature()
+    # a copy with another field is encoded afresh, not from the original's cache
+    other = dataclasses.replace(update, round=4)
+    assert dagcbor.decode(other.signing_bytes())["round"] == 4
 
 
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))
