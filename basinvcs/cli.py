@@ -1526,6 +1526,13 @@ def _int_or_float(text: str) -> int | float:
 )
 @click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
 @click.option(
+    "--body-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds an update's body may take to arrive (else 408 and the connection closes).",
+)
+@click.option(
     "--publish",
     metavar="REMOTE",
     shell_complete=complete_remotes,
@@ -1543,6 +1550,7 @@ def hive_serve(
     optimizer_options,
     outlier_c,
     open_,
+    body_timeout,
     publish,
 ):
     """Coordinate a hive over HTTP in front of this repository (Ctrl-C stops it)."""
@@ -1576,7 +1584,7 @@ def hive_serve(
         )
         if publish is not None:
             click.echo(f"publishing {branch} to {publish} after every round")
-        serve(coordinator, host, int(port), publish)
+        serve(coordinator, host, int(port), publish, body_seconds=body_timeout)
 
 
 @hive.command("join")

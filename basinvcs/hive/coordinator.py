@@ -177,6 +177,9 @@ class Coordinator:
     def block(self, text: str) -> bytes:
         try:
             cid = CID.parse(text)
+        except BasinError as exc:
+            raise Refused(400, str(exc)) from None
+        try:
             return self.repo.get_block(cid)
         except BasinError as exc:
             raise Refused(404, str(exc)) from None

@@ -207,6 +207,7 @@ class Journal:
                 raise
 
     def counts(self) -> dict[str, int]:
+        """Updates journaled, by status: every status present, 0 where there are none."""
         with self._lock:
             rows = self._run("SELECT status, count(*) FROM updates GROUP BY status")
-        return {status: n for status, n in rows}
+        return {PENDING: 0, TAKEN: 0, REFUSED: 0, **dict(rows)}

@@ -54,6 +54,7 @@ TICK = 0.2  # seconds between checks of the round timer
 BATCH = 256  # the most updates taken in (and journaled) together
 DECODE_TIMEOUT = 60.0  # seconds the decoding process may take for a batch before it is dropped
 PUBLISH_GRACE = 10.0  # seconds a stopping server waits for a push under way
+BODY_SECONDS = 30.0  # an update's body must arrive within this, once its headers have
 
 
 class Decoder:
@@ -296,9 +297,12 @@ class Publisher:
 
 
 def make_app(
-    coordinator: Coordinator, publisher: Publisher | None = None
+    coordinator: Coordinator,
+    publisher: Publisher | None = None,
+    body_seconds: float = BODY_SECONDS,
 ) -> Callable[..., Awaitable[None]]:
-    """The server's ASGI application; with `publisher`, each new head is published through it."""
+    """The server's ASGI application; with `publisher`, each new head is published through it.
+    `body_seconds`: how long an update's body may take to arrive (`_bounded_body`)."""
     worker = Worker(coordinator)
 
     async def head(_: Request) -> Response:
@@ -348,7 +352,7 @@ def make_app(
             status, answer = 405, {"error": "POST an update record to /update"}
         else:
             try:
-                body = await _bounded_body(scope, receive, limit)
+                body = await _bounded_body(scope, receive, limit, body_seconds)
                 status, answer = 202, await worker.submit(body)
             except Refused as exc:
                 status, answer = exc.status, {"error": str(exc)}
@@ -372,24 +376,30 @@ async def _rounds(worker: Worker) -> None:
             worker.coordinator.log(f"round not closed: {exc}")
 
 
-async def _bounded_body(scope, receive, limit: int) -> bytes:
-    """The request body, refused (413) past `limit` bytes without reading the rest."""
+async def _bounded_body(scope, receive, limit: int, seconds: float = BODY_SECONDS) -> bytes:
+    """The request body, refused (413) past `limit` bytes without reading the rest, and (408)
+    unless it has all arrived within `seconds`: a client that trickles its body, or stops
+    sending it, holds its connection no longer than that."""
     for name, value in scope["headers"]:
         if name == b"content-length" and (not value.isdigit() or int(value) > limit):
             declared = value.decode("latin-1")
             raise Refused(413, f"update of {declared} bytes is over the {limit}-byte limit")
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Refused(400, "the client went away before its update arrived")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"update is over the {limit}-byte limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Refused(400, "the client went away before its update arrived")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise Refused(413, f"update is over the {limit}-byte limit")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise Refused(408, f"the update did not arrive within {seconds:g} s") from None
 
 
 def _refusal(exc: Refused) -> Response:
@@ -397,7 +407,12 @@ def _refusal(exc: Refused) -> Response:
 
 
 def serve(
-    coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8765, publish: str | None = None
+    coordinator: Coordinator,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    publish: str | None = None,
+    *,
+    body_seconds: float = BODY_SECONDS,
 ) -> None:
     """Run the coordinator's server until interrupted; with `publish` (a remote's name), push
     the branch there after every round. The coordinator's log lines go to stderr."""
@@ -414,4 +429,5 @@ def serve(
         publisher = Publisher(
             coordinator.repo, publish, coordinator.settings.branch, coordinator.log
         )
-    uvicorn.run(make_app(coordinator, publisher), host=host, port=port, log_level="warning")
+    app = make_app(coordinator, publisher, body_seconds)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

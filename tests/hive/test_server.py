@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from basinvcs import porcelain
+from basinvcs.cid import CID
 from basinvcs.repository import Repository
 from tests.conftest import DIM, Cli, commit_z, vec
 
@@ -162,6 +163,52 @@ def test_refusals_over_http_and_a_down_coordinator(hive, tmp_path):
     server.kill()
     result = e("hive", "sync", ok=False)
     assert result.exit_code == 1 and "cannot reach the hive coordinator" in result.stderr
+
+
+def raw_exchange(port: int, data: bytes, wait: float = 10.0) -> tuple[bytes, bool]:
+    """Send raw bytes on a fresh connection; what came back, and whether the server closed it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            return out, False
+    return out, True
+
+
+def test_abusive_requests_get_a_status_and_let_go_of_their_connection(hive):
+    hub, edges, start = hive
+    server = start("--body-timeout", "1")
+    status = json.loads(urllib.request.urlopen(f"{server.url}/status").read())
+    assert (status["taken"], status["refused"], status["pending"]) == (0, 0, 0)  # fresh: zeros
+    # a body that stops halfway: 408 after the body timeout, and the connection is closed
+    started = time.monotonic()
+    head = b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n"
+    out, closed = raw_exchange(server.port, head + b"\xa1" * 10)
+    assert out.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in out and closed
+    assert time.monotonic() - started < 8
+    # a chunked body with no length: refused once past the limit, not read to its end
+    chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
+    chunked = b"POST /update HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    out, _ = raw_exchange(server.port, chunked + chunk * 4 + b"0\r\n\r\n", wait=3)
+    assert out.startswith(b"HTTP/1.1 413") and b"over the" in out
+    # a client gone mid-body, a huge declared length, another method: the server goes on
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(head + b"\xa1")
+    huge = b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n"
+    assert raw_exchange(server.port, huge, wait=3)[0].startswith(b"HTTP/1.1 413")
+    put = b"PUT /update HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert raw_exchange(server.port, put)[0].startswith(b"HTTP/1.1 405")
+    # a malformed CID is the client's error (400); a well-formed one not held is 404
+    for cid, code in (("xyz", 400), (str(CID.for_block(b"\xa0")), 404)):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{server.url}/block/{cid}")
+        assert caught.value.code == code and "error" in json.loads(caught.value.read())
+    status = json.loads(urllib.request.urlopen(f"{server.url}/status").read())
+    assert (status["taken"], status["refused"], status["pending"]) == (0, 0, 0)
+    assert server.proc.poll() is None
 
 
 def test_a_coordinator_killed_mid_round_loses_nothing_and_counts_nothing_twice(hive):
