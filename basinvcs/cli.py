@@ -1526,6 +1526,12 @@ def _int_or_float(text: str) -> int | float:
 )
 @click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
 @click.option(
+    "--keep-rounds",
+    type=click.IntRange(1, None),
+    default=None,
+    help="Keep the updates of only this many last rounds in the journal (default: all).",
+)
+@click.option(
     "--body-timeout",
     type=click.FloatRange(0.1, 3600),
     default=30.0,
@@ -1550,6 +1556,7 @@ def hive_serve(
     optimizer_options,
     outlier_c,
     open_,
+    keep_rounds,
     body_timeout,
     publish,
 ):
@@ -1567,6 +1574,7 @@ def hive_serve(
         round_seconds,
         freshness,
         open=open_,
+        keep_rounds=keep_rounds,
         rule_options=_key_values(rule_options, "--rule-option", _int_or_float),
         optimizer_options=_key_values(optimizer_options, "--optimizer-option", float),
         **{k: v for k, v in given if v is not None},

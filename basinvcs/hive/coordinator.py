@@ -75,6 +75,9 @@ class Settings:
     optimizer: str = outer.DEFAULT_OPTIMIZER
     outlier_c: float = outliers.DEFAULT_C
     open: bool = False  # take updates from any valid signer, each at weight 1
+    # the journal keeps the updates of this many last closed rounds (None: all, about 1 kB an
+    # update); older ones are deleted, their counts kept, their signers' sequence numbers too
+    keep_rounds: int | None = None
     rule_options: dict = field(default_factory=dict)  # e.g. {"trim": 0.3}: rules.Rule.options
     optimizer_options: dict = field(default_factory=dict)  # e.g. {"lr": 0.5}: outer's defaults
 
@@ -85,6 +88,8 @@ class Settings:
             raise BasinError(f"outlier factor c {self.outlier_c} must be finite and > 0")
         if self.round_updates < 1 or not 0 < self.round_seconds < 1e6 or self.freshness < 1:
             raise BasinError("round_updates, round_seconds and freshness must be positive")
+        if self.keep_rounds is not None and self.keep_rounds < 1:
+            raise BasinError(f"keep_rounds {self.keep_rounds} must be at least 1 (or None: all)")
         return self
 
 
@@ -436,11 +441,13 @@ class Coordinator:
         if getattr(self, "_pending_state", None) is not None:
             state["outer"] = self._pending_state
             self._pending_state = None
+        keep = self.settings.keep_rounds
         self.journal.close_round(
             current,
             [pending[i].cid for i in taken],
             {pending[i].cid: why for i, why in refused.items()},
             state,
+            forget_before=None if keep is None else current + 1 - keep,
         )
         self._round, self._heads, self._opened = current + 1, heads, None
         self._pending, self._authors = [], set()

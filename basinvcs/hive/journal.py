@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 PENDING, TAKEN, REFUSED = "pending", "taken", "refused"
+FORGOTTEN = "forgotten"  # state: the counts of updates deleted by close_round's forget_before
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,7 @@ class Journal:
 
     def get(self, key: str, default: object = None) -> object:
         with self._lock:
-            rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+            return self._state(key, default)
 
     def put(self, key: str, value: object) -> None:
         with self._lock:
@@ -182,9 +182,17 @@ class Journal:
             )[0][0]
 
     def close_round(
-        self, round_: int, taken: list[str], refused: dict[str, str], state: dict[str, object]
+        self,
+        round_: int,
+        taken: list[str],
+        refused: dict[str, str],
+        state: dict[str, object],
+        forget_before: int | None = None,
     ) -> None:
-        """Mark the round's updates taken or refused and store the next state, atomically."""
+        """Mark the round's updates taken or refused and store the next state, atomically.
+        `forget_before`: also delete the updates of rounds before this one (all closed), adding
+        them to the counts they leave (`counts` goes on including them); the signers' sequence
+        numbers, which refuse replays, are never deleted."""
         with self._lock:
             self._run("BEGIN IMMEDIATE")
             try:
@@ -195,6 +203,8 @@ class Journal:
                     "UPDATE updates SET status = ?, reason = ? WHERE cid = ?",
                     [(REFUSED, reason, cid) for cid, reason in refused.items()],
                 )
+                if forget_before is not None:
+                    state = {**state, FORGOTTEN: self._forget(forget_before)}
                 for key, value in state.items():
                     self._run(
                         "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
@@ -206,8 +216,29 @@ class Journal:
                     self._run("ROLLBACK")
                 raise
 
+    def _forget(self, before: int) -> dict[str, int]:
+        """Delete the updates of rounds before `before`; the counts forgotten so far, these
+        included (inside close_round's transaction)."""
+        forgotten = {TAKEN: 0, REFUSED: 0, **self._state(FORGOTTEN, {})}
+        rows = self._run(
+            "SELECT status, count(*) FROM updates WHERE round < ? AND status != ? GROUP BY status",
+            (before, PENDING),
+        )
+        for status, n in rows:
+            forgotten[status] = forgotten.get(status, 0) + n
+        self._run("DELETE FROM updates WHERE round < ? AND status != ?", (before, PENDING))
+        return forgotten
+
+    def _state(self, key: str, default: object) -> object:
+        rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
     def counts(self) -> dict[str, int]:
-        """Updates journaled, by status: every status present, 0 where there are none."""
+        """Updates journaled, by status, those forgotten (close_round's `forget_before`)
+        included: every status present, 0 where there are none."""
         with self._lock:
             rows = self._run("SELECT status, count(*) FROM updates GROUP BY status")
-        return {PENDING: 0, TAKEN: 0, REFUSED: 0, **dict(rows)}
+            out = {PENDING: 0, TAKEN: 0, REFUSED: 0}
+            for status, n in [*rows, *self._state(FORGOTTEN, {}).items()]:
+                out[status] = out.get(status, 0) + n
+        return out

@@ -3,7 +3,7 @@ message cannot list them all, and recovery from the journaled decision."""
 
 import pytest
 
-from basinvcs.errors import RepositoryError
+from basinvcs.errors import BasinError, RepositoryError
 from basinvcs.identity import Identity
 from basinvcs.objects import MAX_MESSAGE_BYTES
 from tests.conftest import vec
@@ -38,7 +38,6 @@ def test_a_round_that_fills_mid_batch_closes_then_the_rest_goes_on(hub):
     ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(3)]
     late = update(c, MANY[3], vec(c0=1.0))  # built on the old head: still fresh (K = 2)
     answers = c.submit_many(ups + [late])
-    print(answers)
     assert [a["round"] for a in answers] == [0, 0, 0, 1]
     assert c.round == 1 and c.status()["pending"] == 1
     c.repo.close()
@@ -116,3 +115,32 @@ def test_a_full_round_closes_when_the_coordinator_starts(hub):
     again = make(hub)
     assert again.round == 1 and again.status()["taken"] == 3
     again.repo.close()
+
+
+def test_keep_rounds_forgets_old_updates_but_not_their_counts_or_sequence_numbers(hub):
+    c = make(hub, keep_rounds=2, round_updates=5, rule="mean", optimizer="average")
+    sent = []
+    for r in range(5):
+        # the first signer sends a far update each round: refused as an outlier at the close
+        far = [1000.0, 1.0, 1.1, 1.2, 1.3]
+        ups = [update(c, MANY[k], vec(c0=far[k]), seq=r + 1) for k in range(5)]
+        sent.append(ups)
+        answers = c.submit_many(ups, close=False)
+        assert all(isinstance(a, dict) for a in answers)
+        c.close_round()
+    rounds = {r for (r,) in c.journal._run("SELECT DISTINCT round FROM updates")}
+    assert rounds == {3, 4}  # the two last closed rounds
+    status = c.status()
+    assert (status["taken"], status["refused"], status["pending"]) == (20, 5, 0)
+    # a forgotten update sent again is still a replay: sequence numbers are kept
+    answer = c.submit_many([sent[0][1]])[0]
+    assert answer.status == 409 and "replayed" in str(answer)
+    c.repo.close()
+    again = make(hub, keep_rounds=2, round_updates=5)  # restarted: counts from the journal
+    assert again.round == 5 and again.status()["taken"] == 20 and again.status()["refused"] == 5
+    again.repo.close()
+
+
+def test_keep_rounds_below_one_is_refused(hub):
+    with pytest.raises(BasinError, match="keep_rounds 0 must be at least 1"):
+        make(hub, keep_rounds=0)

@@ -131,7 +131,9 @@ def hive(tmp_path, monkeypatch):
 
 def test_three_edges_join_submit_and_sync(hive):
     hub, edges, start = hive
-    server = start("--round-updates", "3", "--rule", "mean", "--optimizer", "average")
+    server = start(
+        "--round-updates", "3", "--rule", "mean", "--optimizer", "average", "--keep-rounds", "1"
+    )
     for k, e in enumerate(edges):
         assert "joined" in e("hive", "join", server.url).output
         commit_z(e.path, vec(**{f"c{k}": 1.0 + k}), f"{e.path.name}'s work")
