@@ -49,7 +49,7 @@ from ..identity import format_key
 from ..objects import MAX_MESSAGE_BYTES, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import outer, outliers, rules
+from . import adjust, outer, outliers, rules
 from .journal import Journal, Journaled
 from .update import Update, update_limit
 
@@ -298,6 +298,11 @@ class Coordinator:
         trusted = self._trusted_key(update.author)
         if trusted is None and not self.settings.open:
             return Refused(403, f"signer {format_key(update.author)} is not trusted by this hive")
+        if update.beta is not None:  # rare: read the head's packet only then
+            head = self.repo.read_basin(self.repo.read_commit(self.head()).basin)
+            why = adjust.refusal(update, head)
+            if why is not None:
+                return Refused(422, why)
         return update
 
     def _take(self, data: bytes, update: Update, staged: _Staged, k: int) -> dict | Refused:
@@ -389,7 +394,7 @@ class Coordinator:
             else outer.create(self.settings.optimizer, **self.settings.optimizer_options)
         )
         z = optimizer.step(list(basin.z), delta)
-        new_basin = basin.with_z(z)
+        new_basin = adjust.apply(basin, z, chosen)
         ident = self.repo.identity()
         metrics = {
             "round": float(current),

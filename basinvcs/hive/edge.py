@@ -31,9 +31,10 @@ from ..errors import BasinError, RemoteError, RepositoryError
 from ..identity import format_key, parse_key
 from ..ingest import apply_plan, plan_fetch
 from ..inputs import parse_json, read_file
+from ..objects import Basin, Entanglement
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
-from .update import DEFAULT_ENCODING, Compressor, Update, next_update
+from .update import DEFAULT_ENCODING, MAX_LINKS, Compressor, Update, next_update
 
 STATE_FILE = "hive.json"
 REMOTE = "hive"
@@ -152,11 +153,38 @@ def join(repo: Repository, url: str) -> EdgeState:
     return state
 
 
+def _packets(repo: Repository, parent: CID) -> tuple[Basin, Basin]:
+    """The basins of `parent` and of HEAD."""
+    base = repo.read_basin(repo.read_commit(parent).basin)
+    return base, repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+
+
 def change_since(repo: Repository, parent: CID) -> list[float]:
     """z(HEAD) − z(parent): the local change an edge sends as an update."""
-    base = repo.read_basin(repo.read_commit(parent).basin)
-    here = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+    base, here = _packets(repo, parent)
     return [a - b for a, b in zip(here.z, base.z, strict=True)]
+
+
+def adjustments_since(
+    repo: Repository, parent: CID
+) -> tuple[tuple[float, ...] | None, tuple[Entanglement, ...] | None]:
+    """What an update carries besides z (hive/adjust.py): HEAD's change of β since `parent`, and
+    HEAD's concept links that `parent` lacks or holds at another strength (the MAX_LINKS
+    strongest); None for either when nothing changed."""
+    base, here = _packets(repo, parent)
+    beta = None
+    if here.beta != base.beta:
+        if len(here.beta) != len(base.beta):
+            raise BasinError(
+                f"β has {len(here.beta)} coefficients here and {len(base.beta)} in the hive's "
+                "head: an update changes their values, not their number"
+            )
+        beta = tuple(h - b for h, b in zip(here.beta, base.beta, strict=True))
+    theirs = {(e.a, e.b): e.strength for e in base.entanglements}
+    changed = [e for e in here.entanglements if theirs.get((e.a, e.b)) != e.strength]
+    changed = sorted(changed, key=lambda e: (-abs(e.strength), e.a, e.b))[:MAX_LINKS]
+    links = tuple(sorted(changed, key=lambda e: (e.a, e.b)))
+    return (beta if beta and any(beta) else None), (links or None)
 
 
 def signed_update(
@@ -170,8 +198,10 @@ def signed_update(
     samples: int,
 ) -> Update:
     """An update of this repository's chart from `parent` sending the compressor's next change
-    of `delta` (as many coordinates as fit: update.fitting_k), signed with the user's key."""
+    of `delta` (as many coordinates as fit: update.fitting_k) and HEAD's β and link adjustments
+    since `parent` (adjustments_since), signed with the user's key."""
     ident = repo.identity()
+    beta, links = adjustments_since(repo, parent)
     return next_update(
         compressor,
         delta,
@@ -181,6 +211,8 @@ def signed_update(
         seq=seq,
         samples=samples,
         author=ident.public_key,
+        beta=beta,
+        links=links,
     ).signed(ident.sign)
 
 

@@ -47,7 +47,7 @@ from ..identity import Identity, format_key
 from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import outliers, rules
+from . import adjust, outliers, rules
 from .edge import change_since, signed_update
 from .update import DEFAULT_ENCODING, Compressor, Update
 
@@ -121,7 +121,7 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
         keys=[taken[i][0].buffer for i in kept],
     )
     z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
-    new_basin = basin.with_z(z)
+    new_basin = adjust.apply(basin, z, chosen)
     lines = [
         f"hive round after {parent}: {len(kept)} updates taken, {len(taken) - len(kept)} refused",
         "",
@@ -142,8 +142,10 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
 
 
 def _eligible(repo: Repository, parent: CID, blocks: Iterable[bytes]) -> list[tuple[CID, Update]]:
-    """The updates that count, by CID: valid, trusted, of this round, one per signer."""
+    """The updates that count, by CID: valid, trusted, of this round, one per signer, their
+    adjustments applicable (adjust.refusal)."""
     by_author: dict[bytes, tuple[CID, Update]] = {}
+    basin = None  # the parent's packet, read if an update changes β
     for data in blocks:
         try:
             update = Update.decode(data, chart=repo.config.chart)
@@ -151,6 +153,11 @@ def _eligible(repo: Repository, parent: CID, blocks: Iterable[bytes]) -> list[tu
             continue
         if update.parent != parent or repo.config.trusted_key(update.author) is None:
             continue
+        if update.beta is not None:
+            if basin is None:
+                basin = repo.read_basin(repo.read_commit(parent).basin)
+            if adjust.refusal(update, basin) is not None:
+                continue
         cid = CID.for_block(data)
         known = by_author.get(update.author)
         if known is None or cid.buffer < known[0].buffer:

@@ -37,6 +37,7 @@ from ..objects import (
     MAX_DIM,
     MAX_EXCLUDE,
     Chart,
+    Entanglement,
     _check_type,
     _fields,
     _finite,
@@ -50,6 +51,7 @@ MAX_UPDATE_BYTES = 600  # the limit up to d = 1024; see update_limit
 DEFAULT_ENCODING = "topk-q8"
 FISHER_BITS = 4
 _FISHER_TOP = (1 << FISHER_BITS) - 1  # code 15 is the maximum, code 0 "no information"
+MAX_LINKS = 8  # concept links an update may report
 _INT63 = 1 << 63
 _SIGNATURE_ENTRY = len(dagcbor.encode({"signature": bytes(64)})) - 1  # 76 bytes
 # What the largest chart's mask may add (16 patterns of 128 characters): the most bytes any update
@@ -397,6 +399,7 @@ class Update(_Signed):
     author: bytes
     fisher: SentFisher | None = None
     beta: tuple[float, ...] | None = None  # the change of β's coefficients
+    links: tuple[Entanglement, ...] | None = None  # concept links as the signer measures them
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -431,6 +434,13 @@ class Update(_Signed):
                 )
             if not any(beta):
                 raise SchemaError("update beta change is all zero: leave it out")
+        if self.links is not None:
+            links = _typed(self.links, tuple, "update links")
+            if not 1 <= len(links) <= MAX_LINKS:
+                raise SchemaError(f"update has {len(links)} links; 1..{MAX_LINKS} allowed")
+            pairs = [(_typed(e, Entanglement, "update link").a, e.b) for e in links]
+            if any(p >= q for p, q in zip(pairs, pairs[1:], strict=False)):
+                raise SchemaError("update links must be distinct pairs in increasing (a, b) order")
         _typed(self.signature, bytes, "update signature")
         size = len(self.signing_bytes()) + _SIGNATURE_ENTRY
         limit = update_limit(self.chart)
@@ -491,6 +501,8 @@ class Update(_Signed):
             node["fisher"] = self.fisher.to_node()
         if self.beta is not None:
             node["beta"] = list(self.beta)
+        if self.links is not None:
+            node["links"] = [e.to_node() for e in self.links]
         return node
 
     @classmethod
@@ -498,7 +510,7 @@ class Update(_Signed):
         _check_type(node, UPDATE_TYPE)
         required = {"type", "version", "chart", "parent", "round", "seq", "encoding", "delta"}
         required |= {"samples", "author", "signature"}
-        node = _fields(node, "update record", required, {"fisher", "beta"})
+        node = _fields(node, "update record", required, {"fisher", "beta", "links"})
         chart = Chart.from_node(node["chart"])
         change = get_encoding(node["encoding"]).from_node(node["delta"], chart.dim)
         return cls(
@@ -511,6 +523,7 @@ class Update(_Signed):
             author=_typed(node["author"], bytes, "update author"),
             fisher=SentFisher.from_node(node["fisher"]) if "fisher" in node else None,
             beta=tuple(_typed(node["beta"], list, "update beta")) if "beta" in node else None,
+            links=_links(node["links"]) if "links" in node else None,
             signature=_signature(node["signature"], "update record"),
         )
 
@@ -531,6 +544,10 @@ class Update(_Signed):
             raise SchemaError(f"{UPDATE_TYPE} record is not in canonical form")
         record.verify_signature()
         return record
+
+
+def _links(node: Any) -> tuple[Entanglement, ...]:
+    return tuple(Entanglement.from_node(e) for e in _typed(node, list, "update links"))
 
 
 def fitting_k(update: Update, encoding: str = DEFAULT_ENCODING) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from basinvcs import porcelain
@@ -9,7 +11,7 @@ from basinvcs.errors import BasinError
 from basinvcs.hive import coordinator as hc
 from basinvcs.hive.update import Update, encode_change
 from basinvcs.identity import Identity, format_key
-from basinvcs.objects import Chart
+from basinvcs.objects import Chart, Entanglement
 from basinvcs.repository import Repository
 from tests.conftest import CHART, vec
 
@@ -69,6 +71,23 @@ def test_a_round_closes_after_m_updates_into_a_signed_head(hub):
     assert commit.signature_valid() and commit.message.startswith("hive round 0: 3 updates")
     assert head_z(c)[0] == pytest.approx(2.0, rel=1e-2)  # the mean of 1, 2, 3 (8-bit values)
     assert c.status()["taken"] == 3
+    c.repo.close()
+
+
+def test_beta_and_links_move_as_most_of_the_round_says(hub):
+    c = coordinator(hub, rule="mean", optimizer="average")
+    wrong = Update.decode(update(c, EDGES[0], vec(c0=1.0)))
+    wrong = dataclasses.replace(wrong, beta=(0.1, 0.2), signature=b"").signed(EDGES[0].sign)
+    with pytest.raises(hc.Refused) as refused:  # the genesis basin's β has one coefficient
+        c.submit(wrong.encode())
+    assert refused.value.status == 422 and "changes 2 β coefficients" in str(refused.value)
+    link = (Entanglement("cardiology", "medicine", 0.4),)
+    for k, ident in enumerate(EDGES[:3]):
+        record = Update.decode(update(c, ident, vec(c0=1.0), seq=2))
+        extras = {"beta": (0.25,), "links": link} if k < 2 else {}
+        c.submit(dataclasses.replace(record, **extras, signature=b"").signed(ident.sign).encode())
+    head = c.repo.read_basin(c.repo.read_commit(c.head()).basin)
+    assert head.beta == (1.25,) and head.entanglements == link  # two of three: the median
     c.repo.close()
 
 

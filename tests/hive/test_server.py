@@ -19,6 +19,7 @@ import pytest
 
 from basinvcs import porcelain
 from basinvcs.cid import CID
+from basinvcs.objects import Entanglement
 from basinvcs.repository import Repository
 from tests.conftest import DIM, Cli, commit_z, vec
 
@@ -134,9 +135,12 @@ def test_three_edges_join_submit_and_sync(hive):
     server = start(
         "--round-updates", "3", "--rule", "mean", "--optimizer", "average", "--keep-rounds", "1"
     )
+    link = Entanglement("cardiology", "medicine", 0.5)
     for k, e in enumerate(edges):
         assert "joined" in e("hive", "join", server.url).output
-        commit_z(e.path, vec(**{f"c{k}": 1.0 + k}), f"{e.path.name}'s work")
+        # two of the three also change β and measure a link: most of the round, so it moves
+        extras = {"beta": (1.5,), "entanglements": [link]} if k < 2 else {}
+        commit_z(e.path, vec(**{f"c{k}": 1.0 + k}), f"{e.path.name}'s work", **extras)
         out = e("hive", "submit", "--samples", "5").output
         assert "submitted update" in out and "round 0" in out
     time.sleep(0.5)
@@ -145,6 +149,9 @@ def test_three_edges_join_submit_and_sync(hive):
     expected = vec(c0=1 / 3, c1=2 / 3, c2=1.0)
     for e in edges:
         assert e.z() == pytest.approx(expected, abs=0.02)
+        with Repository.open(e.path) as repo:
+            packet = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
+        assert packet.beta == (1.5,) and packet.entanglements == (link,)
     status = json.loads(urllib.request.urlopen(f"{server.url}/status").read())
     assert status["round"] == 1 and status["taken"] == 3
     assert "ok" in edges[0]("verify").output
@@ -162,6 +169,9 @@ def test_refusals_over_http_and_a_down_coordinator(hive, tmp_path):
     e("hive", "submit")
     result = e("hive", "submit", ok=False)  # a second update in the same round
     assert result.exit_code == 1 and "HTTP 429" in result.stderr
+    commit_z(e.path, vec(c0=2.0), "two β coefficients", beta=(1.0, 0.5))
+    result = e("hive", "submit", ok=False)  # the hive's β has one: refused before sending
+    assert result.exit_code == 1 and "changes their values, not their number" in result.stderr
     server.kill()
     result = e("hive", "sync", ok=False)
     assert result.exit_code == 1 and "cannot reach the hive coordinator" in result.stderr

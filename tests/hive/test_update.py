@@ -31,7 +31,7 @@ from basinvcs.hive.update import (
     update_limit,
 )
 from basinvcs.identity import Identity
-from basinvcs.objects import Chart
+from basinvcs.objects import Chart, Entanglement
 from tests.fuzzing import CBOR_FRAGMENTS, assert_one_line, mutants, node_mutants
 
 SIGNER = Identity(bytes(range(32)), "worker")
@@ -403,7 +403,23 @@ BAD_FIELDS = [
     ("beta", [0.0, -0.0], "update beta change is all zero: leave it out"),
     ("beta", [1], "update beta change must be float, not int"),
     ("beta", 0.1, "update beta must be list, not float"),
+    ("links", [], "update has 0 links; 1..8 allowed"),
+    ("links", [{"a": f"a{k}", "b": "b", "w": 0.1} for k in range(9)], "update has 9 links"),
+    ("links", [{"a": "c", "b": "d", "w": 0.1}, {"a": "a", "b": "b", "w": 0.1}], "increasing"),
+    ("links", [{"a": "a", "b": "b", "w": 0.1}] * 2, "distinct pairs in increasing"),
+    ("links", [{"a": "b", "b": "a", "w": 0.1}], "names must be distinct, sorted"),
+    ("links", [{"a": "a", "b": "b", "w": 1.5}], "strength 1.5 is outside"),
+    ("links", [{"a": "a", "b": "b"}], "entanglement lacks field 'w'"),
+    ("links", {"a": "a"}, "update links must be list, not dict"),
 ]
+
+
+def test_links_round_trip_in_pair_order():
+    links = (Entanglement("a", "b", -0.25), Entanglement("a", "c", 0.5))
+    update = make(links=links)
+    back = Update.decode(update.encode())
+    assert back.links == links and back == update
+    assert dagcbor.decode(update.encode())["links"] == [e.to_node() for e in links]
 
 
 @pytest.mark.parametrize(("path", "value", "message"), BAD_FIELDS)

@@ -1,0 +1,87 @@
+"""What a round does to a basin besides z: its β and its concept links, as most of the round says.
+
+An update may carry a change of β's coefficients and the concept links (entanglements) its signer
+measured. They are few numbers that weigh a lot (β scales every coordinate's effect on the model),
+so they move only by what more than half of the round's taken updates agree on, a rule three
+attackers of ten cannot steer:
+
+- β: each coefficient moves by the median of the taken updates' changes of it, an update without
+  a β change counting as no change (so β stays put unless most of the round moves it, and then
+  moves by no more than the honest middle); a change that would leave β non-finite is dropped.
+- links: a pair's strength becomes the median of the strengths reported for it, when more than
+  half of the taken updates report it; other pairs keep theirs. The weakest links are dropped
+  until the packet fits its size limit, as `concepts.refresh_links` does.
+
+The coordinator and every replica apply this to the same updates and get the same basin (medians
+of the same floats: no arithmetic that depends on the machine but the mean of two middle values).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from ..codec import dagcbor
+from ..objects import MAX_ENTANGLEMENTS, Basin, Entanglement, packet_limit
+from .update import Update
+
+
+def refusal(update: Update, basin: Basin) -> str | None:
+    """Why `update`'s adjustments cannot apply to `basin` (the head it is checked against), or
+    None: a β change must have as many coefficients as the basin's β."""
+    if update.beta is not None and len(update.beta) != len(basin.beta):
+        return (
+            f"update changes {len(update.beta)} β coefficients; the basin's β has {len(basin.beta)}"
+        )
+    return None
+
+
+def apply(basin: Basin, z: Sequence[float], updates: Sequence[Update]) -> Basin:
+    """`basin` at `z`, with β and links moved as the round's taken `updates` agree (see above).
+    Every update must have passed `refusal` against `basin`."""
+    moved = basin.with_z(z)
+    if not updates:
+        return moved
+    beta = _beta(basin.beta, updates)
+    links = _links(basin.entanglements, updates)
+    if beta == basin.beta and links == basin.entanglements:
+        return moved
+    limit = packet_limit(basin.chart.dim)
+    by_strength = sorted(links, key=lambda e: (-abs(e.strength), e.a, e.b))[:MAX_ENTANGLEMENTS]
+    while True:
+        kept = tuple(sorted(by_strength, key=lambda e: (e.a, e.b)))
+        out = Basin._build(
+            moved.chart,
+            moved.z,
+            moved._fisher_raw,
+            beta,
+            kept,
+            moved.labels,
+            moved.substrate,
+        )
+        if not by_strength or len(dagcbor.encode(out.to_node())) <= limit:
+            return out
+        by_strength.pop()
+
+
+def _beta(beta: tuple[float, ...], updates: Sequence[Update]) -> tuple[float, ...]:
+    changes = [u.beta if u.beta is not None else (0.0,) * len(beta) for u in updates]
+    moved = tuple(b + statistics.median(c[j] for c in changes) for j, b in enumerate(beta))
+    return moved if all(math.isfinite(b) for b in moved) else beta
+
+
+def _links(
+    current: tuple[Entanglement, ...], updates: Sequence[Update]
+) -> tuple[Entanglement, ...]:
+    reports: dict[tuple[str, str], list[float]] = {}
+    for u in updates:
+        for e in u.links or ():
+            reports.setdefault((e.a, e.b), []).append(e.strength)
+    strengths = {(e.a, e.b): e.strength for e in current}
+    for pair, values in reports.items():
+        if 2 * len(values) > len(updates):
+            strengths[pair] = statistics.median(values)
+    if len(strengths) == len(current) and all(strengths[(e.a, e.b)] == e.strength for e in current):
+        return current
+    return tuple(Entanglement(a, b, w) for (a, b), w in sorted(strengths.items()))
