@@ -11,7 +11,9 @@ update and restart from the head the coordinator signed (DiLoCo over the hive's 
         hive.step()      # every H-th call (here every call): send, wait for the round, sync z
     hive.finish()        # the steps left since the last sync, as a last (shorter) round
 
-`model` is a `BasinModel` (basinvcs.model.train): only z moves. At every H-th `step()` the trainer
+`model` is a `BasinModel` (basinvcs.model.train): z moves, and β if the model trains it (its change
+goes out with z's; the round moves β only as most of its updates say: hive/adjust.py). At every
+H-th `step()` the trainer
 
 1. takes the change of z since the head it last synced to (`z − z_sync`), adds what error feedback
    kept from earlier updates and encodes it (`update.Compressor`: top-k, 8 or 4 bits; what is left
@@ -19,7 +21,8 @@ update and restart from the head the coordinator signed (DiLoCo over the hive's 
 2. signs an `Update` (parent = the head synced to, round = the round the coordinator has open,
    seq = the signer's next sequence number, samples = local steps × `samples_per_step`) and hands
    its bytes to a transport;
-3. waits until the coordinator closes that round, reads the new head's basin, and sets z to it.
+3. waits until the coordinator closes that round, reads the new head's basin, and sets z (and β)
+   to it.
    The optimiser is not touched: its state (Adam's moments) stays local, as DiLoCo's inner state.
 
 Before sending, the head is read: if it moved since the last sync without this instance (a round
@@ -261,8 +264,6 @@ class HiveTrainer:
             raise SchemaError(f"every (H) must be an integer >= 1, not {every!r}")
         if not isinstance(samples_per_step, int) or samples_per_step < 1:
             raise SchemaError(f"samples_per_step must be an integer >= 1, not {samples_per_step!r}")
-        if getattr(model.beta, "requires_grad", False):
-            raise SchemaError("β is trained: a hive update carries the change of z only")
         self.model = model
         self.transport = transport
         self.identity = identity
@@ -277,7 +278,7 @@ class HiveTrainer:
         self.bytes_sent = 0
         self.pending: Sent | None = None  # sent, its round not yet closed
         self._since = 0  # self.steps at the last sync (or sending)
-        self._sent_z: torch.Tensor | None = None  # z when `pending` was sent
+        self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, β) at sending `pending`
         head = transport.head()
         if head.chart != str(model.chart):
             raise HiveError(f"the hive's chart is {head.chart}, the model's is {model.chart}")
@@ -345,7 +346,7 @@ class HiveTrainer:
         try:
             head = self.transport.head()
             if head.cid != self.head.cid:
-                self._move_to(head, carry=self._z_sync)
+                self._move_to(head, carry=(self._z_sync, self._beta_sync))
         except HiveError as exc:
             raise HiveError(f"{exc}; {kept}") from None
         saved = list(self.compressor.residual)
@@ -361,6 +362,7 @@ class HiveTrainer:
                 seq=self.seq,
                 samples=max(1, steps * self.samples_per_step),
                 author=self.identity.public_key,
+                beta=self.beta_change(),
             )
             data = update.signed(self.identity.sign).encode()
             answer = self.transport.submit(data)
@@ -380,8 +382,7 @@ class HiveTrainer:
         self.bytes_sent += sent.bytes
         self.pending = sent
         self._since = self.steps
-        with torch.no_grad():
-            self._sent_z = self.model.z.detach().cpu().double().clone()
+        self._sent = self._point()
         return sent
 
     def outgoing(self, change: list[float]) -> list[float]:
@@ -404,28 +405,57 @@ class HiveTrainer:
                 f"{exc}; update {sent.cid} was taken in: training may go on, and a later "
                 "step() syncs when the round closes"
             ) from None
-        commit = self._move_to(head, carry=self._sent_z)
+        commit = self._move_to(head, carry=self._sent)
         taken = None
         for line in commit.message.splitlines():
             word, _, rest = line.partition(" ")
             if rest.split(" ", 1)[0] == sent.cid and word in ("taken", "refused"):
                 taken = word == "taken"
         self.pending = None
-        self._sent_z = None
+        self._sent = None
         record = Synced(sent, head, taken)
         self.history.append(record)
         return record
 
-    def _move_to(self, head: Head, carry: torch.Tensor | None) -> Commit:
-        """z ← the head's z (+ z − carry: the local steps made since `carry`)."""
+    def _move_to(self, head: Head, carry: tuple[torch.Tensor, torch.Tensor] | None) -> Commit:
+        """z, β ← the head's (+ z − carry's z, β − carry's β: the local steps made since `carry`;
+        β's only when the model trains it)."""
         commit, basin = self.transport.read(head.cid)
         if basin.chart != self.model.chart:
             raise HiveError(f"head {head.cid} is in chart {basin.chart}, not {self.model.chart}")
+        if len(basin.beta) != len(self.model.beta):
+            raise HiveError(
+                f"head {head.cid} has {len(basin.beta)} β coefficients; the model has "
+                f"{len(self.model.beta)}"
+            )
         target = torch.tensor(basin.z, dtype=torch.float64)
+        beta = torch.tensor(basin.beta, dtype=torch.float64)
         with torch.no_grad():
             if carry is not None:
-                target = target + (self.model.z.detach().cpu().double() - carry)
+                z, b = self._point()
+                target = target + (z - carry[0])
+                beta = beta + (b - carry[1]) if self._trains_beta else beta
             self.model.z.copy_(target.to(self.model.z.dtype))
+            self.model.beta.copy_(beta.to(self.model.beta.dtype))
         self.head = head
         self._z_sync = torch.tensor(basin.z, dtype=torch.float64)
+        self._beta_sync = torch.tensor(basin.beta, dtype=torch.float64)
         return commit
+
+    @property
+    def _trains_beta(self) -> bool:
+        return bool(getattr(self.model.beta, "requires_grad", False))
+
+    def _point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, β) now, as float64 copies."""
+        with torch.no_grad():
+            z = self.model.z.detach().cpu().double().clone()
+            return z, self.model.beta.detach().cpu().double().clone()
+
+    def beta_change(self) -> tuple[float, ...] | None:
+        """The change of β since the head last synced to, as an update carries it: None when β
+        is not trained or has not moved."""
+        if not self._trains_beta:
+            return None
+        change = tuple((self._point()[1] - self._beta_sync).tolist())
+        return change if any(change) else None

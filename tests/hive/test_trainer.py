@@ -6,6 +6,7 @@ that moved meanwhile, and the HTTP transport against a served coordinator."""
 from __future__ import annotations
 
 import socket
+import statistics
 import threading
 import time
 
@@ -282,9 +283,47 @@ def test_refusals_and_bad_settings(hub, sub, proj, monkeypatch):
         inst.hive.step()
     with pytest.raises(Exception, match="every"):
         ht.HiveTrainer(inst.model, ht.LocalTransport(c), EDGES[0], every=0)
-    trained = BasinModel(sub, CHART, projection=proj, train_beta=True)
-    with pytest.raises(Exception, match="β is trained"):
-        ht.HiveTrainer(trained, ht.LocalTransport(c), EDGES[0])
+    two = BasinModel(sub, CHART, projection=proj, beta=(1.0, 0.5))
+    with pytest.raises(ht.HiveError, match="has 1 β coefficients; the model has 2"):
+        ht.HiveTrainer(two, ht.LocalTransport(c), EDGES[0])
+    c.repo.close()
+
+
+class BetaInstance(Instance):
+    """An instance that trains β as well as z."""
+
+    def __init__(self, sub, proj, transport, ident, task, **options):
+        super().__init__(sub, proj, transport, ident, task, **options)
+        self.model = BasinModel(sub, CHART, projection=proj, train_beta=True)
+        self.opt = torch.optim.Adam([self.model.z, self.model.beta], lr=0.05)
+        self.hive = Recording(self.model, transport, ident, **options)
+
+
+def test_instances_that_train_beta_send_its_change_and_the_round_moves_it(hub, sub, proj):
+    c = coordinator(hub, outlier_c=1e6)
+    tap = Tap(ht.LocalTransport(c))
+    instances = [
+        BetaInstance(sub, proj, tap, ident, task, every=1, k=8, timeout=60)
+        for ident, task in zip(EDGES, TASKS, strict=True)
+    ]
+    run_threads(instances, steps=3)
+    assert c.round == 3
+    heads = [c.head()]
+    while len(heads) < 4:
+        heads.append(c.repo.read_commit(heads[-1]).parents[0])
+    moved = 0
+    for head, parent in zip(heads, heads[1:], strict=False):
+        # at z = 0 β has no gradient: the first round sends none and leaves it
+        sent = [u.beta[0] if u.beta else 0.0 for u in tap.sent if u.parent == parent]
+        assert len(sent) == 3
+        before = c.repo.read_basin(c.repo.read_commit(parent).basin).beta[0]
+        after = c.repo.read_basin(c.repo.read_commit(head).basin).beta[0]
+        assert after == pytest.approx(before + statistics.median(sent), rel=1e-12)
+        moved += after != before
+    assert moved >= 2 and sum(u.beta is not None for u in tap.sent) >= 6
+    beta = list(c.repo.read_basin(c.repo.read_commit(c.head()).basin).beta)
+    for inst in instances:  # every instance restarted from the head's β
+        assert inst.model.beta.tolist() == beta
     c.repo.close()
 
 
