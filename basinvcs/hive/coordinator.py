@@ -50,7 +50,7 @@ from ..objects import MAX_MESSAGE_BYTES, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import adjust, outer, outliers, rules
-from .journal import Journal, Journaled
+from .journal import PENDING, REFUSED, TAKEN, Journal, Journaled
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
@@ -135,8 +135,9 @@ class Coordinator:
 
     def _load(self) -> None:
         """The intake's working state, read from the journal once and then kept beside it (each
-        change journaled first): the round, its recent heads, when it opened, and its pending
-        updates, decoded once, with their signers."""
+        change journaled first): the round, its recent heads, when it opened, its pending
+        updates, decoded once, with their signers, and the counts /status reports (counted once
+        here: a count over the journal would grow with it and hold up intake)."""
         self._round = int(self.journal.get("round", 0))
         self._heads: dict[str, int] = dict(self.journal.get("heads", {}) or {})
         self._opened = self.journal.get("opened")
@@ -144,6 +145,7 @@ class Coordinator:
             (j, Update.decode(j.data)) for j in self.journal.pending(self._round)
         ]
         self._authors = {j.author for j, _ in self._pending}
+        self._counts = self.journal.counts()
 
     def log(self, line: str) -> None:
         """A line about the coordinator's own work (a round not closed, a round recovered)."""
@@ -175,7 +177,7 @@ class Coordinator:
         return {
             "round": self.round,
             "head": str(self.head()),
-            **self.journal.counts(),
+            **self._counts,
             "close_seconds": self.close_seconds,  # the last round closed, here (None: none yet)
         }
 
@@ -256,6 +258,7 @@ class Coordinator:
                 if staged.opened is not None:
                     self._opened = staged.opened
                 self._pending += [(j, u) for _, j, u in staged.rows]
+                self._counts[PENDING] += len(staged.rows)
                 self._authors |= staged.authors
                 if len(self._pending) >= self.settings.round_updates:
                     if not close:
@@ -456,6 +459,9 @@ class Coordinator:
         )
         self._round, self._heads, self._opened = current + 1, heads, None
         self._pending, self._authors = [], set()
+        self._counts[PENDING] -= len(taken) + len(refused)
+        self._counts[TAKEN] += len(taken)
+        self._counts[REFUSED] += len(refused)
         if self.on_head is not None and cid != previous:
             self.on_head(cid)
 

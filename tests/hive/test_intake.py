@@ -132,12 +132,18 @@ def test_keep_rounds_forgets_old_updates_but_not_their_counts_or_sequence_number
     assert rounds == {3, 4}  # the two last closed rounds
     status = c.status()
     assert (status["taken"], status["refused"], status["pending"]) == (20, 5, 0)
+    c.submit_many([update(c, MANY[k], vec(c0=1.0), seq=9) for k in range(2)], close=False)
+    counted = c.journal.counts()  # what /status keeps in memory is what the journal holds
+    assert (
+        {k: c.status()[k] for k in counted} == counted == {"taken": 20, "refused": 5, "pending": 2}
+    )
     # a forgotten update sent again is still a replay: sequence numbers are kept
     answer = c.submit_many([sent[0][1]])[0]
     assert answer.status == 409 and "replayed" in str(answer)
     c.repo.close()
     again = make(hub, keep_rounds=2, round_updates=5)  # restarted: counts from the journal
     assert again.round == 5 and again.status()["taken"] == 20 and again.status()["refused"] == 5
+    assert again.status()["pending"] == 2
     again.repo.close()
 
 
