@@ -233,7 +233,13 @@ def refresh_links(repo, basin: Basin) -> Basin:
     """
     found = {k: c for k, c in concepts(repo).items() if k in basin.labels}
     vectors = {name: c.vector for name, c in found.items()}
-    chosen = links(vectors, concept_fisher(found, basin.chart.dim))
+    return fit_links(basin, links(vectors, concept_fisher(found, basin.chart.dim)))
+
+
+def fit_links(basin: Basin, chosen: Sequence[Entanglement]) -> Basin:
+    """`basin` with the entanglements `chosen` (strongest first), the weakest dropped until the
+    packet fits its size limit."""
+    chosen = list(chosen)
     limit = packet_limit(basin.chart.dim)
     while True:
         out = Basin._build(
@@ -247,4 +253,4 @@ def refresh_links(repo, basin: Basin) -> Basin:
         )
         if not chosen or len(dagcbor.encode(out.to_node())) <= limit:
             return out
-        chosen = chosen[:-1]
+        chosen.pop()

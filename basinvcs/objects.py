@@ -272,6 +272,17 @@ class Basin:
             substrate=self.substrate,
         )
 
+    def with_beta(self, beta: Sequence[float]) -> Basin:
+        return self._build(
+            self.chart,
+            self.z,
+            self._fisher_raw,
+            beta,
+            self.entanglements,
+            self.labels,
+            self.substrate,
+        )
+
     def with_labels(self, labels: Sequence[str]) -> Basin:
         return self._build(
             self.chart,

@@ -10,7 +10,7 @@ attackers of ten cannot steer:
   moves by no more than the honest middle); a change that would leave β non-finite is dropped.
 - links: a pair's strength becomes the median of the strengths reported for it, when more than
   half of the taken updates report it; other pairs keep theirs. The weakest links are dropped
-  until the packet fits its size limit, as `concepts.refresh_links` does.
+  until the packet fits its size limit (`concepts.fit_links`, as a merge's links are).
 
 The coordinator and every replica apply this to the same updates and get the same basin (medians
 of the same floats: no arithmetic that depends on the machine but the mean of two middle values).
@@ -22,8 +22,8 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from ..codec import dagcbor
-from ..objects import MAX_ENTANGLEMENTS, Basin, Entanglement, packet_limit
+from ..concepts import fit_links
+from ..objects import MAX_ENTANGLEMENTS, Basin, Entanglement
 from .update import Update
 
 
@@ -44,25 +44,13 @@ def apply(basin: Basin, z: Sequence[float], updates: Sequence[Update]) -> Basin:
     if not updates:
         return moved
     beta = _beta(basin.beta, updates)
+    if beta != basin.beta:
+        moved = moved.with_beta(beta)
     links = _links(basin.entanglements, updates)
-    if beta == basin.beta and links == basin.entanglements:
+    if links is None:
         return moved
-    limit = packet_limit(basin.chart.dim)
-    by_strength = sorted(links, key=lambda e: (-abs(e.strength), e.a, e.b))[:MAX_ENTANGLEMENTS]
-    while True:
-        kept = tuple(sorted(by_strength, key=lambda e: (e.a, e.b)))
-        out = Basin._build(
-            moved.chart,
-            moved.z,
-            moved._fisher_raw,
-            beta,
-            kept,
-            moved.labels,
-            moved.substrate,
-        )
-        if not by_strength or len(dagcbor.encode(out.to_node())) <= limit:
-            return out
-        by_strength.pop()
+    strongest = sorted(links, key=lambda e: (-abs(e.strength), e.a, e.b))
+    return fit_links(moved, strongest[:MAX_ENTANGLEMENTS])
 
 
 def _beta(beta: tuple[float, ...], updates: Sequence[Update]) -> tuple[float, ...]:
@@ -71,17 +59,16 @@ def _beta(beta: tuple[float, ...], updates: Sequence[Update]) -> tuple[float, ..
     return moved if all(math.isfinite(b) for b in moved) else beta
 
 
-def _links(
-    current: tuple[Entanglement, ...], updates: Sequence[Update]
-) -> tuple[Entanglement, ...]:
+def _links(current: Sequence[Entanglement], updates: Sequence[Update]) -> list[Entanglement] | None:
+    """The links after the round, or None when it changes none: a pair more than half of the
+    updates report takes the median of their strengths."""
     reports: dict[tuple[str, str], list[float]] = {}
     for u in updates:
         for e in u.links or ():
             reports.setdefault((e.a, e.b), []).append(e.strength)
+    agreed = {p: statistics.median(v) for p, v in reports.items() if 2 * len(v) > len(updates)}
     strengths = {(e.a, e.b): e.strength for e in current}
-    for pair, values in reports.items():
-        if 2 * len(values) > len(updates):
-            strengths[pair] = statistics.median(values)
-    if len(strengths) == len(current) and all(strengths[(e.a, e.b)] == e.strength for e in current):
-        return current
-    return tuple(Entanglement(a, b, w) for (a, b), w in sorted(strengths.items()))
+    if all(strengths.get(pair) == w for pair, w in agreed.items()):
+        return None
+    strengths.update(agreed)
+    return [Entanglement(a, b, w) for (a, b), w in strengths.items()]

@@ -46,7 +46,7 @@ from ..cid import CID
 from ..config import TrustedKey
 from ..errors import BasinError
 from ..identity import format_key
-from ..objects import MAX_MESSAGE_BYTES, Commit
+from ..objects import MAX_MESSAGE_BYTES, Basin, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import adjust, outer, outliers, rules
@@ -125,6 +125,7 @@ class Coordinator:
         # head a round makes; the server publishes heads through it
         self.on_head: Callable[[CID], None] | None = None
         self._trusted: tuple[object, int, dict[bytes, TrustedKey]] = (None, 0, {})
+        self._head_packet: tuple[CID, Basin] | None = None  # _head_basin's
         self._load()
         self.recover()
         if len(self._pending) >= self.settings.round_updates:  # full when the last one stopped
@@ -190,6 +191,14 @@ class Coordinator:
             return self.repo.get_block(cid)
         except BasinError as exc:
             raise Refused(404, str(exc)) from None
+
+    def _head_basin(self) -> Basin:
+        """The head's packet, read once per head: every update that changes β is checked
+        against it."""
+        head = self.head()
+        if self._head_packet is None or self._head_packet[0] != head:
+            self._head_packet = (head, self.repo.read_basin(self.repo.read_commit(head).basin))
+        return self._head_packet[1]
 
     def _recent_heads(self) -> dict[str, int]:
         """Head CID -> the round it opened, for the last `freshness` rounds."""
@@ -301,9 +310,8 @@ class Coordinator:
         trusted = self._trusted_key(update.author)
         if trusted is None and not self.settings.open:
             return Refused(403, f"signer {format_key(update.author)} is not trusted by this hive")
-        if update.beta is not None:  # rare: read the head's packet only then
-            head = self.repo.read_basin(self.repo.read_commit(self.head()).basin)
-            why = adjust.refusal(update, head)
+        if update.beta is not None:
+            why = adjust.refusal(update, self._head_basin())
             if why is not None:
                 return Refused(422, why)
         return update
