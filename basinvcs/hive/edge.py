@@ -31,7 +31,7 @@ from ..errors import BasinError, RemoteError, RepositoryError
 from ..identity import format_key, parse_key
 from ..ingest import apply_plan, plan_fetch
 from ..inputs import parse_json, read_file
-from ..objects import Basin, Entanglement
+from ..objects import Entanglement
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
 from .update import DEFAULT_ENCODING, MAX_LINKS, Compressor, Update, next_update
@@ -153,25 +153,21 @@ def join(repo: Repository, url: str) -> EdgeState:
     return state
 
 
-def _packets(repo: Repository, parent: CID) -> tuple[Basin, Basin]:
-    """The basins of `parent` and of HEAD."""
+@dataclass(frozen=True)
+class LocalChange:
+    """What HEAD changed since a hive head: everything an update sends, read from the two
+    packets once."""
+
+    z: list[float]  # z(HEAD) − z(parent)
+    beta: tuple[float, ...] | None  # β(HEAD) − β(parent); None when unchanged
+    links: tuple[Entanglement, ...] | None  # links HEAD holds at another strength; None if none
+
+
+def local_change(repo: Repository, parent: CID) -> LocalChange:
+    """HEAD's change since `parent`: z, β (hive/adjust.py applies it), and HEAD's concept links
+    that `parent` lacks or holds at another strength (the MAX_LINKS strongest)."""
     base = repo.read_basin(repo.read_commit(parent).basin)
-    return base, repo.read_basin(repo.read_commit(repo.head_commit()).basin)
-
-
-def change_since(repo: Repository, parent: CID) -> list[float]:
-    """z(HEAD) − z(parent): the local change an edge sends as an update."""
-    base, here = _packets(repo, parent)
-    return [a - b for a, b in zip(here.z, base.z, strict=True)]
-
-
-def adjustments_since(
-    repo: Repository, parent: CID
-) -> tuple[tuple[float, ...] | None, tuple[Entanglement, ...] | None]:
-    """What an update carries besides z (hive/adjust.py): HEAD's change of β since `parent`, and
-    HEAD's concept links that `parent` lacks or holds at another strength (the MAX_LINKS
-    strongest); None for either when nothing changed."""
-    base, here = _packets(repo, parent)
+    here = repo.read_basin(repo.read_commit(repo.head_commit()).basin)
     beta = None
     if here.beta != base.beta:
         if len(here.beta) != len(base.beta):
@@ -184,35 +180,38 @@ def adjustments_since(
     changed = [e for e in here.entanglements if theirs.get((e.a, e.b)) != e.strength]
     changed = sorted(changed, key=lambda e: (-abs(e.strength), e.a, e.b))[:MAX_LINKS]
     links = tuple(sorted(changed, key=lambda e: (e.a, e.b)))
-    return (beta if beta and any(beta) else None), (links or None)
+    return LocalChange(
+        z=[a - b for a, b in zip(here.z, base.z, strict=True)],
+        beta=beta if beta and any(beta) else None,
+        links=links or None,
+    )
 
 
 def signed_update(
     repo: Repository,
     parent: CID,
     compressor: Compressor,
-    delta: list[float],
+    change: LocalChange,
     *,
     round_: int,
     seq: int,
     samples: int,
 ) -> Update:
-    """An update of this repository's chart from `parent` sending the compressor's next change
-    of `delta` (as many coordinates as fit: update.fitting_k) and HEAD's β and link adjustments
-    since `parent` (adjustments_since), signed with the user's key."""
+    """An update of this repository's chart from `parent` sending the compressor's next part of
+    `change.z` (as many coordinates as fit: update.fitting_k) with its β and link adjustments,
+    signed with the user's key."""
     ident = repo.identity()
-    beta, links = adjustments_since(repo, parent)
     return next_update(
         compressor,
-        delta,
+        change.z,
         chart=repo.config.chart,
         parent=parent,
         round=round_,
         seq=seq,
         samples=samples,
         author=ident.public_key,
-        beta=beta,
-        links=links,
+        beta=change.beta,
+        links=change.links,
     ).signed(ident.sign)
 
 
@@ -220,14 +219,14 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     """Send the change since the synced head as the next signed update."""
     state = load_state(repo)
     synced = CID.parse(state.synced)
-    delta = change_since(repo, synced)
-    compressor = Compressor(len(delta), encoding)
+    change = local_change(repo, synced)
+    compressor = Compressor(len(change.z), encoding)
     if state.residual:
         compressor.residual = list(state.residual)
     head = request_json(f"{state.url}/head")
     round_ = int(head.get("round", 0))
     update = signed_update(
-        repo, synced, compressor, delta, round_=round_, seq=state.seq + 1, samples=samples
+        repo, synced, compressor, change, round_=round_, seq=state.seq + 1, samples=samples
     )
     data = update.encode()
     answer = request_json(f"{state.url}/update", data)

@@ -48,7 +48,7 @@ from ..objects import Commit
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import adjust, outliers, rules
-from .edge import change_since, signed_update
+from .edge import local_change, signed_update
 from .update import DEFAULT_ENCODING, Compressor, Update
 
 ANNOUNCE_TYPE = "basin/hive-head"
@@ -405,10 +405,12 @@ def gossip(
         raise RefError(
             f"HEAD does not contain {branch}'s head {parent}: merge it first (basin merge {branch})"
         )
-    delta = change_since(repo, parent)
+    change = local_change(repo, parent)
     # replicas key rounds by their parent, not by a round number
-    compressor = Compressor(len(delta), encoding)
-    update = signed_update(repo, parent, compressor, delta, round_=0, seq=now_ms(), samples=samples)
+    compressor = Compressor(len(change.z), encoding)
+    update = signed_update(
+        repo, parent, compressor, change, round_=0, seq=now_ms(), samples=samples
+    )
     genesis = hive_genesis(repo, parent)
     publish, store, _ = ipfs_transport(node, genesis)
     data = update.encode()
