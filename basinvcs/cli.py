@@ -1637,7 +1637,7 @@ def hive_submit(samples: int, node: str | None, branch: str | None) -> None:
             answer = edge.submit(repo, samples)
         click.echo(
             f"submitted update {answer['cid']} for round {answer['round']} "
-            f"({answer['bytes']} bytes, {answer['coordinates']} coordinates)"
+            f"({answer['bytes']} bytes, {_plural(answer['coordinates'], 'coordinate')})"
         )
         return
     from .hive import replica
@@ -1647,7 +1647,7 @@ def hive_submit(samples: int, node: str | None, branch: str | None) -> None:
         cid, update = replica.gossip(repo, Node(node), branch or "general", samples)
     click.echo(
         f"gossiped update {cid} after {short(update.parent)} "
-        f"({len(update.encode())} bytes, {update.change.k} coordinates)"
+        f"({len(update.encode())} bytes, {_plural(update.change.k, 'coordinate')})"
     )
 
 
@@ -1698,6 +1698,28 @@ def hive_replica(
             click.echo(f"round {closed}: {event.head} ({event.taken} updates taken)")
             if rounds is not None and closed >= rounds:
                 break
+
+
+def _plural(n: int, noun: str) -> str:
+    """Counted: "1 update", "2 updates"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+@hive.command("status")
+def hive_status() -> None:
+    """Where this edge and its coordinator stand: the head synced, local work, the round."""
+    from .hive import edge
+
+    with _repo() as repo:
+        here = edge.local_status(repo)
+    click.echo(f"hive {here.url}, branch {here.branch}; {_plural(here.seq, 'update')} sent")
+    click.echo(f"synced to {short(here.synced)}; {here.branch}: {here.work}")
+    there = edge.coordinator_status(here.url)  # down: the local part is printed, then the error
+    newer = "" if there.head == here.synced else " (newer than synced: basin hive sync)"
+    click.echo(f"coordinator: round {there.round}, head {short(there.head)}{newer}")
+    click.echo(
+        f"updates: {there.pending} pending this round, {there.taken} taken, {there.refused} refused"
+    )
 
 
 @hive.command("sync")

@@ -10,6 +10,8 @@ left out of earlier updates goes into the next one).
   fetches the head's history and checks it out as the local branch's start.
 - `submit(repo)`: the change z(HEAD) − z(synced head), compressed with error feedback, signed as
   an update whose parent is the synced head; the sequence number grows with every submission.
+- `local_status(repo)`, `coordinator_status(url)`: where the edge and the coordinator stand
+  (`basin hive status`).
 - `sync(repo)`: fetches the coordinator's head (every block re-hashed and every commit verified,
   as any fetch: ingest.plan_fetch) into `refs/remotes/hive/<branch>`. If nothing was done locally
   since the last sync or submission, the branch moves to the head (the head already holds what
@@ -258,6 +260,63 @@ def sync(repo: Repository) -> tuple[str, CID]:
     state.submitted = None
     save_state(repo, state)
     return kind, head
+
+
+@dataclass(frozen=True)
+class LocalStatus:
+    """Where this edge stands, from its own state alone (no request)."""
+
+    url: str
+    branch: str
+    synced: CID  # the coordinator's head last synced
+    tip: CID | None  # the branch's tip now
+    submitted: bool  # the tip is what was last submitted
+    seq: int  # updates sent so far
+
+    @property
+    def work(self) -> str:
+        """What `sync` would do with the branch: the words `basin hive status` prints."""
+        if self.tip == self.synced:
+            return "nothing new since the last sync"
+        if self.submitted:
+            return "submitted, waiting for the round to close"
+        return "unsubmitted work (basin hive submit sends it; sync would merge it)"
+
+
+@dataclass(frozen=True)
+class CoordinatorStatus:
+    """The coordinator's GET /status, checked: what a server says about itself is only shown,
+    but a malformed answer is one RemoteError, not a crash."""
+
+    round: int
+    head: CID
+    pending: int
+    taken: int
+    refused: int
+
+
+def local_status(repo: Repository) -> LocalStatus:
+    state = load_state(repo)
+    tip = repo.branch_commit(state.branch)
+    return LocalStatus(
+        url=state.url,
+        branch=state.branch,
+        synced=CID.parse(state.synced),
+        tip=tip,
+        submitted=tip is not None and str(tip) == state.submitted,
+        seq=state.seq,
+    )
+
+
+def coordinator_status(url: str) -> CoordinatorStatus:
+    doc = request_json(f"{url}/status")
+    try:
+        counts = {k: doc[k] for k in ("round", "pending", "taken", "refused")}
+        if not all(type(v) is int and v >= 0 for v in counts.values()):
+            raise TypeError("counts that are not whole numbers")
+        return CoordinatorStatus(head=CID.parse(str(doc["head"])), **counts)
+    except (KeyError, TypeError, BasinError) as exc:
+        raise RemoteError(f"{url}/status is not a hive coordinator's status: {exc}") from None
 
 
 def _fetch(repo: Repository, state: EdgeState, head: CID) -> None:

@@ -177,6 +177,79 @@ def test_refusals_over_http_and_a_down_coordinator(hive, tmp_path):
     assert result.exit_code == 1 and "cannot reach the hive coordinator" in result.stderr
 
 
+def test_status_says_where_the_edge_and_its_coordinator_stand(hive, tmp_path, cli):
+    hub, edges, start = hive
+    server = start("--round-updates", "2")
+    a, b = edges[:2]
+    for e in (a, b):
+        e("hive", "join", server.url)
+    out = a("hive", "status").stdout
+    assert "0 updates sent" in out and "nothing new since the last sync" in out
+    assert "round 0" in out and "0 pending this round, 0 taken, 0 refused" in out
+    commit_z(a.path, vec(c0=1.0), "work")
+    assert "unsubmitted work" in a("hive", "status").stdout
+    assert "1 coordinate)" in a("hive", "submit").stdout  # counted in the singular
+    out = a("hive", "status").stdout
+    assert "1 update sent" in out and "submitted, waiting for the round to close" in out
+    assert "1 pending this round" in out and "newer" not in out
+    commit_z(b.path, vec(c1=1.0), "work")
+    b("hive", "submit")  # the second update closes the round
+    time.sleep(0.5)
+    out = a("hive", "status").stdout
+    assert "round 1" in out and "(newer than synced: basin hive sync)" in out
+    assert "0 pending this round, 2 taken, 0 refused" in out
+    a("hive", "sync")
+    out = a("hive", "status").stdout
+    assert "nothing new since the last sync" in out and "newer" not in out
+    server.kill()
+    result = a("hive", "status", ok=False)  # down: what is known locally, then one error line
+    assert result.exit_code == 1 and "nothing new since the last sync" in result.stdout
+    assert result.stderr.startswith("error: cannot reach the hive coordinator")
+    lone = tmp_path / "lone"
+    porcelain.init(lone, dim=DIM, seed=7).close()
+    with a:
+        a.monkeypatch.chdir(lone)
+        assert "joined no hive" in cli.fails("hive", "status").stderr
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"head": "not a cid", "round": 1, "pending": 0, "taken": 0, "refused": 0},
+        {"head": str(CID.for_block(b"x")), "round": -1, "pending": 0, "taken": 0, "refused": 0},
+        {"head": str(CID.for_block(b"x")), "round": 1, "pending": 0.5, "taken": 0, "refused": 0},
+        {"head": str(CID.for_block(b"x")), "round": True, "pending": 0, "taken": 0, "refused": 0},
+        {"round": 1},
+    ],
+)
+def test_a_status_that_is_not_a_coordinators_is_one_error(answer):
+    """What a server answers is shown, never trusted: a malformed status is a RemoteError."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from basinvcs.errors import RemoteError
+    from basinvcs.hive import edge
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(RemoteError, match="is not a hive coordinator's status"):
+                edge.coordinator_status(f"http://127.0.0.1:{httpd.server_address[1]}")
+        finally:
+            httpd.shutdown()
+
+
 def raw_exchange(port: int, data: bytes, wait: float = 10.0) -> tuple[bytes, bool]:
     """Send raw bytes on a fresh connection; what came back, and whether the server closed it."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
