@@ -374,6 +374,11 @@ class Coordinator:
             )
             self._finish(current, cid, pending, taken, refused, head)
             self.close_seconds = time.perf_counter() - start
+            moved = f"new head {cid}" if cid != head else "head unchanged"
+            self.log(
+                f"round {current} closed: {len(taken)} taken, {len(refused)} refused; {moved} "
+                f"({self.close_seconds:.3f} s)"
+            )
             return cid
 
     def _screen(self, x: np.ndarray) -> tuple[list[int], dict[int, str]]:

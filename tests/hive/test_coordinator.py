@@ -71,6 +71,7 @@ def test_a_round_closes_after_m_updates_into_a_signed_head(hub):
     assert commit.signature_valid() and commit.message.startswith("hive round 0: 3 updates")
     assert head_z(c)[0] == pytest.approx(2.0, rel=1e-2)  # the mean of 1, 2, 3 (8-bit values)
     assert c.status()["taken"] == 3
+    assert c.messages[-1].startswith(f"round 0 closed: 3 taken, 0 refused; new head {c.head()} (")
     c.repo.close()
 
 
@@ -155,6 +156,7 @@ def test_outliers_are_refused_and_recorded(hub):
     commit = c.repo.read_commit(c.head())
     assert commit.metrics["taken"] == 3.0 and commit.metrics["refused"] == 1.0
     assert "outlier: Fisher distance" in commit.message
+    assert c.messages[-1].startswith("round 0 closed: 3 taken, 1 refused; new head")
     assert head_z(c)[0] > 0
     c.repo.close()
 
