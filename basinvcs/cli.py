@@ -1597,12 +1597,18 @@ def hive_serve(
 
 @hive.command("join")
 @click.argument("url")
-def hive_join(url: str) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Join even where this repository has joined a hive already or the branch holds "
+    "commits the hive's head lacks (the branch is moved off them).",
+)
+def hive_join(url: str, force: bool) -> None:
     """Join the hive coordinated at URL: trust its key and start from its head."""
     from .hive import edge
 
     with _repo() as repo:
-        state = edge.join(repo, url)
+        state = edge.join(repo, url, force)
     click.echo(f"joined {state.url}: branch {state.branch} at {short(state.synced)}")
     click.echo(f"trusting the coordinator's key {state.key} as 'hive' (check it out of band)")
 

@@ -6,8 +6,9 @@ coordinator's URL and key, the branch, the head last synced, the commit last sub
 signer's sequence number, and the compressor's residual (error feedback: what top-k quantisation
 left out of earlier updates goes into the next one).
 
-- `join(repo, url)`: asks the coordinator for its head and key, trusts that key (as `hive`),
-  fetches the head's history and checks it out as the local branch's start.
+- `join(repo, url)`: asks the coordinator for its head and key, fetches the head's history,
+  trusts that key (as `hive`) and moves the local branch to the head; a repository that has
+  joined already, or whose branch holds work the head lacks, is refused unless forced.
 - `submit(repo)`: the change z(HEAD) − z(synced head), compressed with error feedback, signed as
   an update whose parent is the synced head; the sequence number grows with every submission.
 - `local_status(repo)`, `coordinator_status(url)`: where the edge and the coordinator stand
@@ -23,13 +24,14 @@ The coordinator being down or refusing is one line (RemoteError), and nothing lo
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cid import CID
 from ..config import write_json
-from ..errors import BasinError, RemoteError, RepositoryError
+from ..errors import BasinError, InputError, RemoteError, RepositoryError
 from ..identity import format_key, parse_key
 from ..ingest import apply_plan, plan_fetch
 from ..inputs import parse_json, read_file
@@ -94,7 +96,7 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
             return answer.status, answer.read(MAX_ANSWER + 1)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(MAX_ANSWER + 1)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed URL
         reason = getattr(exc, "reason", exc)
         raise RemoteError(f"cannot reach the hive coordinator at {url}: {reason}") from None
 
@@ -130,13 +132,39 @@ def block_source(url: str):
 # -- the edge's operations
 
 
-def join(repo: Repository, url: str) -> EdgeState:
-    """Record the coordinator at `url`, trust its key, and start from its head."""
-    url = url.rstrip("/")
+def coordinator_url(url: str) -> str:
+    """`url` checked as a coordinator's address (http or https, a host, nothing after the
+    path), without a trailing slash."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number below 65536
+    except ValueError as exc:
+        raise InputError(f"{url!r} is not a coordinator's URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise InputError(f"{url!r} is not a coordinator's URL (http://HOST:PORT)")
+    return url.rstrip("/")
+
+
+def join(repo: Repository, url: str, force: bool = False) -> EdgeState:
+    """Record the coordinator at `url`, trust its key, and start from its head.
+
+    Refused, with nothing changed but blocks fetched, where the repository has joined a hive
+    already, or where the branch holds commits the hive's head does not contain (anything but
+    a fresh repository's first commit) that joining would move it off; `force` joins anyway,
+    keeping the sequence number when the coordinator's key is the same, so that the updates
+    sent next are not refused as replays."""
+    url = coordinator_url(url)
+    previous = load_state(repo) if _state_path(repo).exists() else None
+    if previous is not None and not force:
+        raise RepositoryError(
+            f"this repository has joined the hive at {previous.url} already: basin hive sync "
+            "follows it (join --force joins again)"
+        )
     head = request_json(f"{url}/head")
     try:
         key = parse_key(str(head["key"]))
         branch = str(head["branch"])
+        branch_ref(branch)
         cid = CID.parse(str(head["head"]))
     except (KeyError, BasinError) as exc:
         raise RemoteError(f"{url} is not a hive coordinator: {exc}") from None
@@ -144,15 +172,35 @@ def join(repo: Repository, url: str) -> EdgeState:
         raise RemoteError(
             f"the hive's chart is {head.get('chart')}, this repository's is {repo.config.chart}"
         )
+    apply_plan(repo, plan_fetch(repo, [cid], block_source(url)), [])  # blocks only, verified
+    tip = repo.branch_commit(branch)
+    if tip is not None and not force and not _replaceable(repo, tip, cid):
+        raise RepositoryError(
+            f"branch {branch} holds commits the hive's head does not contain, and joining moves "
+            f"it to that head: keep them on another branch (basin branch NAME {branch}), then "
+            "join --force"
+        )
     if repo.config.trusted_key(key) is None:
         from ..porcelain import trust
 
         trust(repo, format_key(key), REMOTE)
     state = EdgeState(url, format_key(key), branch, str(cid))
+    if previous is not None and previous.key == state.key:
+        state.seq = previous.seq
     _fetch(repo, state, cid)
     _move_branch(repo, state.branch, cid, "hive join")
     save_state(repo, state)
     return state
+
+
+def _replaceable(repo: Repository, tip: CID, head: CID) -> bool:
+    """Whether moving a branch from `tip` to the hive's `head` loses nothing: `tip` is in
+    `head`'s history, or is a fresh repository's first commit."""
+    from .. import history
+
+    if not repo.read_commit(tip).parents:
+        return True
+    return history.is_ancestor(history.commit_graph(repo), tip, head)
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,39 @@ def test_status_says_where_the_edge_and_its_coordinator_stand(hive, tmp_path, cl
 
 
 @pytest.mark.parametrize(
+    "url",
+    ["not-a-url", "ftp://127.0.0.1:1", "http://", "http://127.0.0.1:99999", "http://h:1/?x=1"],
+)
+def test_join_refuses_what_is_not_a_coordinators_url(repo_dir, cli, url):
+    assert "is not a coordinator's URL" in cli.fails("hive", "join", url).stderr
+    assert not (repo_dir / ".basin" / "hive.json").exists()
+
+
+def test_join_refuses_local_work_and_a_second_join_unless_forced(hive):
+    hub, edges, start = hive
+    server = start("--round-updates", "1")
+    e = edges[0]
+    commit_z(e.path, vec(c0=1.0), "local work")  # the branch has more than its first commit
+    before = e("branch").stdout, e("key", "list").stdout
+    with e:
+        refused = e.cli.fails("hive", "join", server.url).stderr
+    assert "holds commits the hive's head does not contain" in refused
+    assert (e("branch").stdout, e("key", "list").stdout) == before  # nothing changed
+    assert "hive" not in before[1]
+    e("hive", "join", "--force", server.url)
+    assert "hive" in e("key", "list").stdout
+    commit_z(e.path, vec(c0=2.0), "hive work")
+    e("hive", "submit")  # sequence number 1; the round closes
+    with e:
+        refused = e.cli.fails("hive", "join", server.url).stderr
+    assert f"has joined the hive at {server.url} already" in refused
+    e("hive", "join", "--force", server.url)  # the same coordinator: its sequence number kept
+    assert "1 update sent" in e("hive", "status").stdout
+    commit_z(e.path, vec(c0=3.0), "more work")
+    assert "submitted update" in e("hive", "submit").stdout  # sequence 2, not a replay
+
+
+@pytest.mark.parametrize(
     "answer",
     [
         {"head": "not a cid", "round": 1, "pending": 0, "taken": 0, "refused": 0},
