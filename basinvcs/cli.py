@@ -1718,7 +1718,7 @@ def hive_status() -> None:
 
     with _repo() as repo:
         here = edge.local_status(repo)
-    click.echo(f"hive {here.url}, branch {here.branch}; {_plural(here.seq, 'update')} sent")
+    click.echo(f"hive {here.url}, branch {here.branch}; {_plural(here.sent, 'update')} sent")
     click.echo(f"synced to {short(here.synced)}; {here.branch}: {here.work}")
     there = edge.coordinator_status(here.url)  # down: the local part is printed, then the error
     newer = "" if there.head == here.synced else " (newer than synced: basin hive sync)"

@@ -3,14 +3,15 @@ and sync to the head the coordinator signed.
 
 State lives in `.basin/hive.json` (strict JSON, rewritten whole through a rename): the
 coordinator's URL and key, the branch, the head last synced, the commit last submitted, the
-signer's sequence number, and the compressor's residual (error feedback: what top-k quantisation
-left out of earlier updates goes into the next one).
+signer's last sequence number, the updates sent, and the compressor's residual (error feedback:
+what top-k quantisation left out of earlier updates goes into the next one).
 
 - `join(repo, url)`: asks the coordinator for its head and key, fetches the head's history,
   trusts that key (as `hive`) and moves the local branch to the head; a repository that has
   joined already, or whose branch holds work the head lacks, is refused unless forced.
 - `submit(repo)`: the change z(HEAD) − z(synced head), compressed with error feedback, signed as
-  an update whose parent is the synced head; the sequence number grows with every submission.
+  an update whose parent is the synced head; the sequence number grows with every submission
+  (the time in milliseconds, or one more than the last).
 - `local_status(repo)`, `coordinator_status(url)`: where the edge and the coordinator stand
   (`basin hive status`).
 - `sync(repo)`: fetches the coordinator's head (every block re-hashed and every commit verified,
@@ -53,8 +54,9 @@ class EdgeState:
     branch: str
     synced: str  # head commit last synced (CID text)
     submitted: str | None = None  # local HEAD when it was last submitted
-    seq: int = 0
+    seq: int = 0  # the last sequence number sent
     residual: list[float] = field(default_factory=list)
+    sent: int = 0  # updates sent
 
 
 def _state_path(repo: Repository) -> Path:
@@ -72,7 +74,10 @@ def load_state(repo: Repository) -> EdgeState:
         state = EdgeState(**doc)
         CID.parse(state.synced)
         parse_key(state.key)
-        if not isinstance(state.seq, int) or not all(isinstance(v, float) for v in state.residual):
+        numbers = (state.seq, state.sent)
+        if not all(type(n) is int and n >= 0 for n in numbers) or not all(
+            isinstance(v, float) for v in state.residual
+        ):
             raise TypeError("bad field types")
     except (TypeError, BasinError) as exc:
         raise RepositoryError(f"hive state {path} is unusable: {exc}") from None
@@ -186,7 +191,7 @@ def join(repo: Repository, url: str, force: bool = False) -> EdgeState:
         trust(repo, format_key(key), REMOTE)
     state = EdgeState(url, format_key(key), branch, str(cid))
     if previous is not None and previous.key == state.key:
-        state.seq = previous.seq
+        state.seq, state.sent = previous.seq, previous.sent
     _fetch(repo, state, cid)
     _move_branch(repo, state.branch, cid, "hive join")
     save_state(repo, state)
@@ -266,21 +271,35 @@ def signed_update(
 
 
 def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING) -> dict:
-    """Send the change since the synced head as the next signed update."""
+    """Send the change since the synced head as the next signed update.
+
+    Its sequence number is the time in milliseconds, or one more than the last sent where that
+    is higher: it grows across repositories that share one identity and across a lost hive
+    state, where a count kept here would start again below what the coordinator has seen and
+    every update would be refused as a replay."""
+    from ..porcelain import now_ms
+
     state = load_state(repo)
     synced = CID.parse(state.synced)
     change = local_change(repo, synced)
+    if not any(change.z) and not any(state.residual) and change.beta is change.links is None:
+        raise RepositoryError(
+            "nothing to submit: HEAD has the synced head's basin and no earlier change is left "
+            "to send (commit some work first)"
+        )
     compressor = Compressor(len(change.z), encoding)
     if state.residual:
         compressor.residual = list(state.residual)
-    head = request_json(f"{state.url}/head")
-    round_ = int(head.get("round", 0))
+    round_ = request_json(f"{state.url}/head").get("round")
+    if type(round_) is not int or round_ < 0:
+        raise RemoteError(f"{state.url}/head gives round {round_!r}: not a hive coordinator's")
+    seq = max(state.seq + 1, now_ms())
     update = signed_update(
-        repo, synced, compressor, change, round_=round_, seq=state.seq + 1, samples=samples
+        repo, synced, compressor, change, round_=round_, seq=seq, samples=samples
     )
     data = update.encode()
     answer = request_json(f"{state.url}/update", data)
-    state.seq += 1
+    state.seq, state.sent = seq, state.sent + 1
     state.residual = [float(v) for v in compressor.residual]
     state.submitted = str(repo.head_commit())
     save_state(repo, state)
@@ -319,7 +338,7 @@ class LocalStatus:
     synced: CID  # the coordinator's head last synced
     tip: CID | None  # the branch's tip now
     submitted: bool  # the tip is what was last submitted
-    seq: int  # updates sent so far
+    sent: int  # updates sent so far
 
     @property
     def work(self) -> str:
@@ -352,7 +371,7 @@ def local_status(repo: Repository) -> LocalStatus:
         synced=CID.parse(state.synced),
         tip=tip,
         submitted=tip is not None and str(tip) == state.submitted,
-        seq=state.seq,
+        sent=state.sent,
     )
 
 

@@ -4,6 +4,7 @@ coordinator killed with SIGKILL in the middle of a round."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,12 +14,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import pytest
 
 from basinvcs import porcelain
 from basinvcs.cid import CID
+from basinvcs.errors import RemoteError
+from basinvcs.hive import edge
+from basinvcs.identity import format_key
 from basinvcs.objects import Entanglement
 from basinvcs.repository import Repository
 from tests.conftest import DIM, Cli, commit_z, vec
@@ -245,6 +251,30 @@ def test_join_refuses_local_work_and_a_second_join_unless_forced(hive):
     assert "submitted update" in e("hive", "submit").stdout  # sequence 2, not a replay
 
 
+@contextlib.contextmanager
+def answering(doc: dict):
+    """A real HTTP server on 127.0.0.1 answering every GET with the JSON `doc`: a coordinator
+    that says what it likes. Yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(doc).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        finally:
+            httpd.shutdown()
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -257,30 +287,38 @@ def test_join_refuses_local_work_and_a_second_join_unless_forced(hive):
 )
 def test_a_status_that_is_not_a_coordinators_is_one_error(answer):
     """What a server answers is shown, never trusted: a malformed status is a RemoteError."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
+    with answering(answer) as url, pytest.raises(RemoteError, match="not a hive coordinator's"):
+        edge.coordinator_status(url)
 
-    from basinvcs.errors import RemoteError
-    from basinvcs.hive import edge
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+@pytest.mark.parametrize("round_", ["abc", -1, 1.5, None])
+def test_submit_refuses_a_round_that_is_not_a_coordinators(repo_dir, round_):
+    with Repository.open(repo_dir) as repo:
+        synced = repo.head_commit()
+    commit_z(repo_dir, vec(c0=1.0), "work")
+    with answering({"round": round_}) as url, Repository.open(repo_dir) as repo:
+        key = format_key(repo.identity().public_key)
+        edge.save_state(repo, edge.EdgeState(url, key, "general", str(synced)))
+        with pytest.raises(RemoteError, match="not a hive coordinator's"):
+            edge.submit(repo)
+        assert edge.load_state(repo).sent == 0
 
-        def log_message(self, *args):
-            pass
 
-    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
-        Thread(target=httpd.serve_forever, daemon=True).start()
-        try:
-            with pytest.raises(RemoteError, match="is not a hive coordinator's status"):
-                edge.coordinator_status(f"http://127.0.0.1:{httpd.server_address[1]}")
-        finally:
-            httpd.shutdown()
+def test_nothing_to_submit_is_refused_and_a_lost_state_is_no_replay(hive):
+    hub, edges, start = hive
+    server = start("--round-updates", "1")
+    e = edges[0]
+    e("hive", "join", server.url)
+    with e:
+        refused = e.cli.fails("hive", "submit").stderr
+    assert "nothing to submit" in refused and "0 updates sent" in e("hive", "status").stdout
+    commit_z(e.path, vec(c0=1.0), "work")
+    e("hive", "submit")  # the round closes
+    assert e("hive", "sync").stdout.startswith("reset")
+    (e.path / ".basin" / "hive.json").unlink()  # the hive state lost: join again from scratch
+    e("hive", "join", server.url)
+    commit_z(e.path, vec(c0=2.0), "more work")
+    assert "submitted update" in e("hive", "submit").stdout  # a later sequence number: taken
 
 
 def raw_exchange(port: int, data: bytes, wait: float = 10.0) -> tuple[bytes, bool]:
