@@ -24,7 +24,7 @@ from .completion import (
     complete_substrates,
     complete_tags,
 )
-from .errors import BasinError
+from .errors import BasinError, RefError
 from .refnames import short_name
 
 SHORT = 16  # characters of a CID shown in short form ("bafyrei" + 9)
@@ -1562,7 +1562,7 @@ def hive_serve(
 ):
     """Coordinate a hive over HTTP in front of this repository (Ctrl-C stops it)."""
     from .hive import coordinator as hc
-    from .hive.server import serve
+    from .hive.server import listening, serve, sole_coordinator
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -1578,21 +1578,24 @@ def hive_serve(
         rule_options=_key_values(rule_options, "--rule-option", _int_or_float),
         optimizer_options=_key_values(optimizer_options, "--optimizer-option", float),
         **{k: v for k, v in given if v is not None},
-    )
+    ).check()  # bad settings: refused before the repository is touched
     with _repo() as repo:
         if publish is not None:
             from .remote import get_remote
 
             get_remote(repo, publish)  # a remote that is not there: refused before anything
-        coordinator = hc.Coordinator(repo, settings)
-        info = coordinator.head_info()
-        click.echo(
-            f"hive on http://{host}:{port}: branch {branch} at {short(info['head'])}, "
-            f"round {info['round']}, key {info['key']}"
-        )
-        if publish is not None:
-            click.echo(f"publishing {branch} to {publish} after every round")
-        serve(coordinator, host, int(port), publish, body_seconds=body_timeout)
+        if repo.branch_commit(branch) is None:
+            raise RefError(f"no branch {branch!r} to coordinate")
+        with listening(host, int(port)) as sock, sole_coordinator(repo):
+            coordinator = hc.Coordinator(repo, settings)
+            info = coordinator.head_info()
+            click.echo(
+                f"hive on http://{host}:{port}: branch {branch} at {short(info['head'])}, "
+                f"round {info['round']}, key {info['key']}"
+            )
+            if publish is not None:
+                click.echo(f"publishing {branch} to {publish} after every round")
+            serve(coordinator, sock, publish, body_seconds=body_timeout)
 
 
 @hive.command("join")
@@ -1683,7 +1686,6 @@ def hive_replica(
     """Run a replica of the hive without a coordinator: hear updates on the IPFS node's pubsub,
     make each round's head by the deterministic rule and move BRANCH there (Ctrl-C stops it)."""
     from . import remote
-    from .errors import RefError
     from .hive import replica, rules
 
     rule = rules.get(rule or rules.DEFAULT_RULE).name

@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import pickle
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +57,7 @@ BATCH = 256  # the most updates taken in (and journaled) together
 DECODE_TIMEOUT = 60.0  # seconds the decoding process may take for a batch before it is dropped
 PUBLISH_GRACE = 10.0  # seconds a stopping server waits for a push under way
 BODY_SECONDS = 30.0  # an update's body must arrive within this, once its headers have
+LOCK_FILE = "hive.lock"  # in .basin/: held by the one coordinator serving the repository
 
 
 class Decoder:
@@ -406,16 +409,53 @@ def _refusal(exc: Refused) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
+class ServeError(BasinError):
+    """The coordinator cannot start: its address cannot be bound, or another coordinator serves
+    the repository."""
+
+
+@contextlib.contextmanager
+def sole_coordinator(repo: Repository) -> Iterator[None]:
+    """Hold `.basin/hive.lock` while serving: two coordinators on one repository would each
+    close rounds of the same journal. The lock goes with the process (kill -9 included)."""
+    path = Path(repo.basin_dir) / LOCK_FILE
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise ServeError(
+                f"another coordinator serves this repository (process {fh.read().strip()}): "
+                "one per repository"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port and listening: bound before the coordinator starts or
+    anything is printed, so an address in use is one line, not a start line and a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ServeError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def serve(
     coordinator: Coordinator,
-    host: str = "127.0.0.1",
-    port: int = 8765,
+    sock: socket.socket,
     publish: str | None = None,
     *,
     body_seconds: float = BODY_SECONDS,
 ) -> None:
-    """Run the coordinator's server until interrupted; with `publish` (a remote's name), push
-    the branch there after every round. The coordinator's log lines go to stderr."""
+    """Run the coordinator's server on `sock` (`listening`) until interrupted; with `publish` (a
+    remote's name), push the branch there after every round. The coordinator's log lines go to
+    stderr. Ctrl-C ends it with KeyboardInterrupt once the server has stopped."""
     import uvicorn
 
     def echo(line: str) -> None:
@@ -430,4 +470,4 @@ def serve(
             coordinator.repo, publish, coordinator.settings.branch, coordinator.log
         )
     app = make_app(coordinator, publisher, body_seconds)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -440,6 +440,7 @@ def test_rule_optimizer_and_outlier_options_shape_the_round(hive):
         (["--outlier-c", "nan"], "outlier factor c nan"),
         (["--rule", "vote"], "unknown aggregation rule 'vote'"),
         (["--publish", "nowhere"], "no remote named 'nowhere'"),
+        (["--branch", "nowhere"], "no branch 'nowhere' to coordinate"),
     ],
 )
 def test_bad_serve_options_are_one_line_and_start_nothing(repo_dir, cli, args, message):
@@ -449,6 +450,23 @@ def test_bad_serve_options_are_one_line_and_start_nothing(repo_dir, cli, args, m
     result = cli.fails("hive", "serve", "--listen", f"127.0.0.1:{free_port()}", *args)
     assert result.exit_code == 1 and message in result.stderr
     assert state(repo_dir) == before  # no journal, no ref, no config change
+
+
+def test_one_coordinator_per_repository_and_address_and_ctrl_c_is_130(hive):
+    hub, edges, start = hive
+    server = start()
+    with hub:
+        second = hub.cli.fails("hive", "serve", "--listen", f"127.0.0.1:{free_port()}").stderr
+    assert f"another coordinator serves this repository (process {server.proc.pid})" in second
+    other = edges[0]
+    with other:  # another repository, the first one's address
+        taken = other.cli.fails("hive", "serve", "--listen", f"127.0.0.1:{server.port}").stderr
+    assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in taken
+    assert not (other.path / ".basin" / "hive.db").exists()  # refused before it started
+    server.proc.send_signal(signal.SIGINT)  # the test's own process: stopped by its pid
+    assert server.proc.wait(timeout=30) == 130
+    assert "Traceback" not in server.proc.stderr.read()
+    start()  # the lock went with the process
 
 
 def test_a_failing_publication_is_logged_and_never_stops_the_rounds(hive):
