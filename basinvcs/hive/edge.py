@@ -217,6 +217,10 @@ class LocalChange:
     beta: tuple[float, ...] | None  # β(HEAD) − β(parent); None when unchanged
     links: tuple[Entanglement, ...] | None  # links HEAD holds at another strength; None if none
 
+    @property
+    def empty(self) -> bool:
+        return not any(self.z) and self.beta is None and self.links is None
+
 
 def local_change(repo: Repository, parent: CID) -> LocalChange:
     """HEAD's change since `parent`: z, β (hive/adjust.py applies it), and HEAD's concept links
@@ -282,7 +286,7 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     state = load_state(repo)
     synced = CID.parse(state.synced)
     change = local_change(repo, synced)
-    if not any(change.z) and not any(state.residual) and change.beta is change.links is None:
+    if change.empty and not any(state.residual):
         raise RepositoryError(
             "nothing to submit: HEAD has the synced head's basin and no earlier change is left "
             "to send (commit some work first)"

@@ -406,6 +406,8 @@ def gossip(
             f"HEAD does not contain {branch}'s head {parent}: merge it first (basin merge {branch})"
         )
     change = local_change(repo, parent)
+    if change.empty:
+        raise RefError(f"nothing to gossip: HEAD has {branch}'s basin (commit some work first)")
     # replicas key rounds by their parent, not by a round number
     compressor = Compressor(len(change.z), encoding)
     update = signed_update(

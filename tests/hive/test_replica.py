@@ -284,3 +284,8 @@ def test_gossip_and_replica_refuse_bad_input_in_one_line(repo_dir, cli):
     assert "HEAD does not contain hive's head" in err
     assert "--branch goes with --node" in cli("hive", "submit", "--branch", "hive", ok=False).output
     assert state(repo_dir) == before
+    cli("switch", "hive")  # HEAD is the hive's head: nothing changed to gossip
+    before = state(repo_dir)
+    err = cli.fails("hive", "submit", "--node", node, "--branch", "hive").stderr
+    assert "nothing to gossip: HEAD has hive's basin" in err
+    assert state(repo_dir) == before
