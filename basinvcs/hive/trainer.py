@@ -43,8 +43,11 @@ Failures are `HiveError` (a `RemoteError`), one line, and lose nothing local:
   `step()` checks the head (without waiting) and syncs when the round closes, carrying the steps
   made meanwhile onto the new head (z ← z_head + (z − z at sending)).
 
-The signer's sequence number must grow across restarts: pass the last one used (`trainer.seq`) as
-`seq` when starting again with the same identity, or the coordinator refuses it as a replay (409).
+The signer's sequence number must grow across restarts, or the coordinator refuses the update as
+a replay (409): by default each is the time in milliseconds (or one more than the last, if
+higher), which grows across restarts and processes sharing an identity; `seq=N` counts up from N
+instead (reproducible bytes, for experiments), and then a restart must pass the last one used
+(`trainer.seq`).
 An update refused at the round's close (an outlier) is not sent again; `Synced.taken` says which.
 """
 
@@ -61,6 +64,7 @@ from ..cid import CID
 from ..errors import BasinError, RemoteError, SchemaError
 from ..identity import Identity, format_key, parse_key
 from ..objects import Basin, Commit
+from ..porcelain import now_ms
 from . import edge
 from .update import DEFAULT_ENCODING, Compressor, next_update
 
@@ -243,8 +247,8 @@ class HiveTrainer:
     `every`: H, local steps per round. `encoding`, `k`: the update's encoding (update.ENCODINGS)
     and coordinates per update (if None, as many as fit in 600 bytes: update.fitting_k).
     `samples_per_step`: what one step is worth in the update's `samples` (e.g. the batch size).
-    `seq`: the last sequence number this identity used with this coordinator. `timeout`: seconds
-    to wait for a round to close.
+    `seq`: None (sequence numbers from the clock), or the last sequence number this identity used
+    with this coordinator (counting up from it). `timeout`: seconds to wait for a round to close.
     """
 
     def __init__(
@@ -257,7 +261,7 @@ class HiveTrainer:
         encoding: str = DEFAULT_ENCODING,
         k: int | None = None,
         samples_per_step: int = 1,
-        seq: int = 0,
+        seq: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ):
         if not isinstance(every, int) or every < 1:
@@ -269,7 +273,8 @@ class HiveTrainer:
         self.identity = identity
         self.every = every
         self.samples_per_step = samples_per_step
-        self.seq = seq
+        self.clock = seq is None  # sequence numbers from the clock (see the module's docstring)
+        self.seq = seq or 0  # the last one used
         self.timeout = timeout
         self.compressor = Compressor(model.chart.dim, encoding, k)
         self.k = k  # None: as many coordinates as fit (update.fitting_k)
@@ -350,7 +355,7 @@ class HiveTrainer:
         except HiveError as exc:
             raise HiveError(f"{exc}; {kept}") from None
         saved = list(self.compressor.residual)
-        self.seq += 1
+        self.seq = max(self.seq + 1, now_ms()) if self.clock else self.seq + 1
         try:
             update = next_update(
                 self.compressor,

@@ -329,6 +329,7 @@ class Experiment:
                 encoding=args.encoding,
                 k=k,
                 samples_per_step=args.batch,
+                seq=0,  # counted from 0, not the clock: the same update bytes on every run
                 timeout=3600,
             )
             trainers[name] = hive

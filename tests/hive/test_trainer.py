@@ -21,6 +21,7 @@ from basinvcs.model.projection import Projection
 from basinvcs.model.registry import load_substrate
 from basinvcs.model.tasks import make_task
 from basinvcs.model.train import BasinModel, batch_loss
+from basinvcs.porcelain import now_ms
 from tests.conftest import CHART
 from tests.hive import test_coordinator as tc
 from tests.hive.test_coordinator import trusting
@@ -131,7 +132,7 @@ def test_three_loops_advance_rounds_resync_and_carry_the_residual(hub, sub, proj
     genesis = c.head()
     tap = Tap(ht.LocalTransport(c))
     instances = [
-        Instance(sub, proj, tap, ident, task, every=2, k=8, timeout=60)
+        Instance(sub, proj, tap, ident, task, every=2, k=8, seq=0, timeout=60)
         for ident, task in zip(EDGES, TASKS, strict=True)
     ]
     run_threads(instances, steps=5)  # rounds of 2, 2 and (finish) 1 steps
@@ -183,10 +184,35 @@ class Flaky:
         return getattr(self.inner, name)
 
 
+def test_sequence_numbers_come_from_the_clock_and_survive_a_restart(hub, sub, proj):
+    c = coordinator(hub, round_updates=1)
+    start = now_ms()
+
+    def instance(**options) -> Instance:  # the same identity each time: a restarted script
+        transport = ht.LocalTransport(c)
+        return Instance(sub, proj, transport, EDGES[0], "cipher", every=1, k=8, **options)
+
+    first = instance()
+    for _ in range(2):
+        first.train_step()
+        first.hive.step()
+    seqs = [s.sent.seq for s in first.hive.history]
+    assert seqs[0] >= start and seqs[1] > seqs[0]
+    again = instance()
+    again.train_step()
+    again.hive.step()
+    assert again.hive.history[-1].taken and again.hive.history[-1].sent.seq > seqs[1]
+    counted = instance(seq=0)  # counting from 0 instead: the restart is a replay
+    counted.train_step()
+    with pytest.raises(ht.HiveError, match="replayed"):
+        counted.hive.step()
+    c.repo.close()
+
+
 def test_a_coordinator_that_is_down_is_one_error_and_no_local_work_is_lost(hub, sub, proj):
     c = coordinator(hub, round_updates=1)
     transport = Flaky(ht.LocalTransport(c))
-    inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, timeout=5)
+    inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, seq=0, timeout=5)
     for _ in range(2):
         inst.train_step()
         inst.hive.step()
@@ -350,7 +376,7 @@ def test_the_http_transport_against_a_served_coordinator(hub, sub, proj):
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         transport = ht.HttpTransport(url, poll=0.05)
-        inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, timeout=10)
+        inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, seq=0, timeout=10)
         for _ in range(4):
             inst.train_step()
             inst.hive.step()
