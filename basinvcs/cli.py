@@ -1562,7 +1562,8 @@ def hive_serve(
 ):
     """Coordinate a hive over HTTP in front of this repository (Ctrl-C stops it)."""
     from .hive import coordinator as hc
-    from .hive.server import listening, serve, sole_coordinator
+    from .hive.lock import sole
+    from .hive.server import listening, serve
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -1586,7 +1587,7 @@ def hive_serve(
             get_remote(repo, publish)  # a remote that is not there: refused before anything
         if repo.branch_commit(branch) is None:
             raise RefError(f"no branch {branch!r} to coordinate")
-        with listening(host, int(port)) as sock, sole_coordinator(repo):
+        with listening(host, int(port)) as sock, sole(repo, "coordinator"):
             coordinator = hc.Coordinator(repo, settings)
             info = coordinator.head_info()
             click.echo(
@@ -1687,25 +1688,28 @@ def hive_replica(
     make each round's head by the deterministic rule and move BRANCH there (Ctrl-C stops it)."""
     from . import remote
     from .hive import replica, rules
+    from .hive.lock import sole
 
     rule = rules.get(rule or rules.DEFAULT_RULE).name
     with _repo() as repo:
         head = repo.branch_commit(branch)
         if head is None:
             raise RefError(f"no branch named {branch!r}")
-        client = remote.connect(node)
-        events = replica.follow(repo, client, branch, rule, window)
-        genesis = replica.hive_genesis(repo, head)
-        click.echo(f"replica of {branch} at {head} on {replica.topic(genesis)}: listening")
-        closed = 0
-        for event in events:
-            if event.kind == "adopted":
-                click.echo(f"adopted {event.head} ({event.taken} updates taken), from the others")
-                continue
-            closed += 1
-            click.echo(f"round {closed}: {event.head} ({event.taken} updates taken)")
-            if rounds is not None and closed >= rounds:
-                break
+        with sole(repo, "replica"):
+            client = remote.connect(node)
+            events = replica.follow(repo, client, branch, rule, window)
+            genesis = replica.hive_genesis(repo, head)
+            click.echo(f"replica of {branch} at {head} on {replica.topic(genesis)}: listening")
+            closed = 0
+            for event in events:
+                if event.kind == "adopted":
+                    taken = f"{event.taken} updates taken"
+                    click.echo(f"adopted {event.head} ({taken}), from the others")
+                    continue
+                closed += 1
+                click.echo(f"round {closed}: {event.head} ({event.taken} updates taken)")
+                if rounds is not None and closed >= rounds:
+                    break
 
 
 def _plural(n: int, noun: str) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -38,7 +37,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,7 +56,6 @@ BATCH = 256  # the most updates taken in (and journaled) together
 DECODE_TIMEOUT = 60.0  # seconds the decoding process may take for a batch before it is dropped
 PUBLISH_GRACE = 10.0  # seconds a stopping server waits for a push under way
 BODY_SECONDS = 30.0  # an update's body must arrive within this, once its headers have
-LOCK_FILE = "hive.lock"  # in .basin/: held by the one coordinator serving the repository
 
 
 class Decoder:
@@ -410,29 +408,7 @@ def _refusal(exc: Refused) -> Response:
 
 
 class ServeError(BasinError):
-    """The coordinator cannot start: its address cannot be bound, or another coordinator serves
-    the repository."""
-
-
-@contextlib.contextmanager
-def sole_coordinator(repo: Repository) -> Iterator[None]:
-    """Hold `.basin/hive.lock` while serving: two coordinators on one repository would each
-    close rounds of the same journal. The lock goes with the process (kill -9 included)."""
-    path = Path(repo.basin_dir) / LOCK_FILE
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise ServeError(
-                f"another coordinator serves this repository (process {fh.read().strip()}): "
-                "one per repository"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        yield
+    """The coordinator cannot start: its address cannot be bound."""
 
 
 def listening(host: str, port: int) -> socket.socket:

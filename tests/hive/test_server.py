@@ -457,7 +457,10 @@ def test_one_coordinator_per_repository_and_address_and_ctrl_c_is_130(hive):
     server = start()
     with hub:
         second = hub.cli.fails("hive", "serve", "--listen", f"127.0.0.1:{free_port()}").stderr
-    assert f"another coordinator serves this repository (process {server.proc.pid})" in second
+    assert f"a hive coordinator (process {server.proc.pid}) runs on this repository" in second
+    with hub:  # a replica would move the same branch: refused before it asks any node
+        replica = hub.cli.fails("hive", "replica", "--node", "/ip4/127.0.0.1/tcp/9").stderr
+    assert "runs on this repository already: one coordinator or replica" in replica
     other = edges[0]
     with other:  # another repository, the first one's address
         taken = other.cli.fails("hive", "serve", "--listen", f"127.0.0.1:{server.port}").stderr
