@@ -9,8 +9,9 @@ what top-k quantisation left out of earlier updates goes into the next one).
 - `join(repo, url)`: asks the coordinator for its head and key, fetches the head's history,
   trusts that key (as `hive`) and moves the local branch to the head; a repository that has
   joined already, or whose branch holds work the head lacks, is refused unless forced.
-- `submit(repo)`: the change z(HEAD) − z(synced head), compressed with error feedback, signed as
-  an update whose parent is the synced head; the sequence number grows with every submission
+- `submit(repo)`: the change z(HEAD) − z(synced head), or − z(the commit last submitted) when
+  one was submitted since the sync, compressed with error feedback, signed as an update whose
+  parent is the synced head; the sequence number grows with every submission
   (the time in milliseconds, or one more than the last).
 - `local_status(repo)`, `coordinator_status(url)`: where the edge and the coordinator stand
   (`basin hive status`).
@@ -275,7 +276,8 @@ def signed_update(
 
 
 def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING) -> dict:
-    """Send the change since the synced head as the next signed update.
+    """Send the change since the synced head (or since the last submission, if one was made
+    after the sync) as the next signed update.
 
     Its sequence number is the time in milliseconds, or one more than the last sent where that
     is higher: it grows across repositories that share one identity and across a lost hive
@@ -285,11 +287,12 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
 
     state = load_state(repo)
     synced = CID.parse(state.synced)
-    change = local_change(repo, synced)
+    # since what the hive was last told: an update sent since the sync holds the change up to it
+    change = local_change(repo, CID.parse(state.submitted) if state.submitted else synced)
     if change.empty and not any(state.residual):
         raise RepositoryError(
-            "nothing to submit: HEAD has the synced head's basin and no earlier change is left "
-            "to send (commit some work first)"
+            "nothing to submit: HEAD's basin is as last synced or submitted and no earlier "
+            "change is left to send (commit some work first)"
         )
     compressor = Compressor(len(change.z), encoding)
     if state.residual:

@@ -173,6 +173,7 @@ def test_refusals_over_http_and_a_down_coordinator(hive, tmp_path):
     e("hive", "join", server.url)
     commit_z(e.path, vec(c0=1.0), "work")
     e("hive", "submit")
+    commit_z(e.path, vec(c0=1.5), "more work")
     result = e("hive", "submit", ok=False)  # a second update in the same round
     assert result.exit_code == 1 and "HTTP 429" in result.stderr
     commit_z(e.path, vec(c0=2.0), "two β coefficients", beta=(1.0, 0.5))
@@ -302,6 +303,20 @@ def test_submit_refuses_a_round_that_is_not_a_coordinators(repo_dir, round_):
         with pytest.raises(RemoteError, match="not a hive coordinator's"):
             edge.submit(repo)
         assert edge.load_state(repo).sent == 0
+
+
+def test_a_second_submission_before_a_sync_sends_only_what_is_new(hive):
+    hub, edges, start = hive
+    server = start("--round-updates", "1")
+    e = edges[0]
+    e("hive", "join", server.url)
+    commit_z(e.path, vec(c0=1.0), "work")
+    e("hive", "submit")  # the round closes: the hive's head has c0 = 1
+    commit_z(e.path, vec(c0=1.5), "more work")
+    assert "unsubmitted work" in e("hive", "status").stdout
+    e("hive", "submit")  # without a sync: 0.5 more, not 1.5 again
+    e("hive", "sync")
+    assert e.z()[0] == pytest.approx(1.5, abs=0.02)
 
 
 def test_nothing_to_submit_is_refused_and_a_lost_state_is_no_replay(hive):
