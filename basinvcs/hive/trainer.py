@@ -226,9 +226,12 @@ class HttpTransport:
 
     def submit(self, data: bytes) -> dict:
         try:
-            return edge.request_json(f"{self.url}/update", data)
+            answer = edge.request_json(f"{self.url}/update", data)
         except RemoteError as exc:
             raise HiveError(str(exc)) from None
+        if type(answer.get("round")) is not int or not isinstance(answer.get("cid"), str):
+            raise HiveError(f"{self.url} answered an update with {answer}: not a coordinator's")
+        return answer
 
     def wait(self, after: int, timeout: float) -> Head:
         deadline = time.monotonic() + timeout

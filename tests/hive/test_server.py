@@ -4,7 +4,6 @@ coordinator killed with SIGKILL in the middle of a round."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,9 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import pytest
 
@@ -27,7 +24,7 @@ from basinvcs.hive import edge
 from basinvcs.identity import format_key
 from basinvcs.objects import Entanglement
 from basinvcs.repository import Repository
-from tests.conftest import DIM, Cli, commit_z, vec
+from tests.conftest import DIM, Cli, answering, commit_z, vec
 
 
 def free_port() -> int:
@@ -250,30 +247,6 @@ def test_join_refuses_local_work_and_a_second_join_unless_forced(hive):
     assert "1 update sent" in e("hive", "status").stdout
     commit_z(e.path, vec(c0=3.0), "more work")
     assert "submitted update" in e("hive", "submit").stdout  # sequence 2, not a replay
-
-
-@contextlib.contextmanager
-def answering(doc: dict):
-    """A real HTTP server on 127.0.0.1 answering every GET with the JSON `doc`: a coordinator
-    that says what it likes. Yields its URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps(doc).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
-        Thread(target=httpd.serve_forever, daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{httpd.server_address[1]}"
-        finally:
-            httpd.shutdown()
 
 
 @pytest.mark.parametrize(

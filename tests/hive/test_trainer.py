@@ -22,7 +22,7 @@ from basinvcs.model.registry import load_substrate
 from basinvcs.model.tasks import make_task
 from basinvcs.model.train import BasinModel, batch_loss
 from basinvcs.porcelain import now_ms
-from tests.conftest import CHART
+from tests.conftest import CHART, answering
 from tests.hive import test_coordinator as tc
 from tests.hive.test_coordinator import trusting
 
@@ -207,6 +207,12 @@ def test_sequence_numbers_come_from_the_clock_and_survive_a_restart(hub, sub, pr
     with pytest.raises(ht.HiveError, match="replayed"):
         counted.hive.step()
     c.repo.close()
+
+
+@pytest.mark.parametrize("answer", [{"round": "abc", "cid": "x"}, {"round": 1}, {}])
+def test_an_answer_to_an_update_that_is_not_a_coordinators_is_a_hive_error(answer):
+    with answering(answer) as url, pytest.raises(ht.HiveError, match="not a coordinator's"):
+        ht.HttpTransport(url).submit(b"an update")
 
 
 def test_a_coordinator_that_is_down_is_one_error_and_no_local_work_is_lost(hub, sub, proj):
