@@ -13,7 +13,8 @@ the chart (fixed at θ0; a step 1.4× cheaper at K = 4, for many instances on 2 
    trains them (`train`, Adam lr 0.1, batch 32, T steps, seed S; Fisher diagonal on 16 batches of
    8; z rounded to float24 as a commit stores it), and joint training of one basin on all three
    tasks for N·T steps (the hive's total compute), each batch split over the tasks as the
-   instances are (N = 3: 11 + 11 + 10 sentences; N = 10: 13 + 10 + 9); the one-shot merges
+   instances are (batch 32, N = 3: 11 + 11 + 10 sentences; batch 16, N = 10: 6 + 5 + 5); the
+   one-shot merges
    of the three specialists (their plain average, which is the linear merge, and the
    three-way Fisher merge, `merge.combine`);
 3. for every H and every (rule, outer optimiser): a fresh coordinator repository (its own
@@ -484,7 +485,7 @@ def add_frozen_layers(ap: argparse.ArgumentParser, default: int) -> None:
 
 def joint_batch(batch: int, tasks: list[str]) -> list[int]:
     """Joint training's batch split over TASKS in the instances' proportions (32 over three
-    tasks: 11, 11, 10; over 4 + 3 + 3 instances: 13, 10, 9)."""
+    tasks: 11, 11, 10; 16 over 4 + 3 + 3 instances: 6, 5, 5)."""
     shares = [batch * tasks.count(t) / len(tasks) for t in TASKS]
     sizes = [int(s) for s in shares]
     for k in sorted(range(len(TASKS)), key=lambda k: sizes[k] - shares[k])[: batch - sum(sizes)]:
