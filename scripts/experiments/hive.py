@@ -14,9 +14,8 @@ the chart (fixed at θ0; a step 1.4× cheaper at K = 4, for many instances on 2 
    8; z rounded to float24 as a commit stores it), and joint training of one basin on all three
    tasks for N·T steps (the hive's total compute), each batch split over the tasks as the
    instances are (batch 32, N = 3: 11 + 11 + 10 sentences; batch 16, N = 10: 6 + 5 + 5); the
-   one-shot merges
-   of the three specialists (their plain average, which is the linear merge, and the
-   three-way Fisher merge, `merge.combine`);
+   one-shot merges of the three specialists (their plain average, which is the linear merge,
+   and the three-way Fisher merge, `merge.combine`);
 3. for every H and every (rule, outer optimiser): a fresh coordinator repository (its own
    `Coordinator`, round = the N instances' updates, the default outlier check) that trusts the
    N instance keys; N threads, each an ordinary training loop on its task (the specialist's
