@@ -194,7 +194,7 @@ class Coordinator:
 
     def _head_basin(self) -> Basin:
         """The head's packet, read once per head: every update that changes β is checked
-        against it."""
+        against it, and the round's close starts from it."""
         head = self.head()
         if self._head_packet is None or self._head_packet[0] != head:
             self._head_packet = (head, self.repo.read_basin(self.repo.read_commit(head).basin))
@@ -392,8 +392,7 @@ class Coordinator:
         return [i for i in range(len(x)) if i not in refused], refused
 
     def _commit(self, current, head, pending, updates, x, taken, refused) -> CID:
-        head_commit = self.repo.read_commit(head)
-        basin = self.repo.read_basin(head_commit.basin)
+        basin = self._head_basin()  # `head` is the head now
         chosen = [updates[i] for i in taken]
         delta = rules.aggregate(
             self.settings.rule,

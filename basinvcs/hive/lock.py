@@ -21,9 +21,6 @@ def sole(repo: Repository, role: str) -> Iterator[None]:
     """Hold `.basin/hive.lock` as `role` ("coordinator", "replica") for the block: refused in one
     line while another process holds it. The kernel releases it with the process, kill -9
     included, so a crash never leaves the repository locked."""
-    if repo.basin_dir is None:
-        yield  # an in-memory repository: no other process can reach it
-        return
     with open(Path(repo.basin_dir) / LOCK_FILE, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
