@@ -1697,7 +1697,9 @@ def hive_replica(
             raise RefError(f"no branch named {branch!r}")
         with sole(repo, "replica"):
             client = remote.connect(node)
-            events = replica.follow(repo, client, branch, rule, window)
+            events = replica.follow(
+                repo, client, branch, rule, window, log=lambda line: click.echo(line, err=True)
+            )
             genesis = replica.hive_genesis(repo, head)
             click.echo(f"replica of {branch} at {head} on {replica.topic(genesis)}: listening")
             closed = 0

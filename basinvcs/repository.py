@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .cid import CID, DAG_CBOR
-from .config import Config, load_config, save_config
+from .config import CONFIG_FILE, Config, load_config, save_config
 from .errors import BasinError, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
 from .objects import Basin, Commit
@@ -40,6 +40,18 @@ _REV_SUFFIX = re.compile(r"(\^\d*|~\d*)$")
 MAX_REV_CHARS = 1024  # a name of at most 255 bytes and plenty of ~N^N
 _REFLOG_REV = re.compile(r"(.*)@\{(\d+)\}", re.S)  # NAME@{N}, @{N}: the N-th reflog entry
 MIN_PREFIX = 8
+
+
+def _stamp(basin_dir: Path | None) -> tuple[int, int, int] | None:
+    """What tells a config file from the one read before: inode, size, modification time (a
+    save replaces the file, so the inode changes even within one clock tick)."""
+    if basin_dir is None:
+        return None
+    try:
+        st = os.stat(basin_dir / CONFIG_FILE)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def find_basin_dir(start: Path | None = None) -> Path:
@@ -68,6 +80,7 @@ class Repository:
         self.basin_dir = basin_dir
         self._identity = identity
         self._config_lock = threading.Lock()
+        self._config_stamp = _stamp(basin_dir)
 
     @classmethod
     def open(
@@ -79,7 +92,10 @@ class Repository:
         if not (basin_dir / DB_FILE).is_file():
             raise RepositoryError(f"{basin_dir} is not a basin repository: it has no {DB_FILE}")
         store = SQLiteStore.open(basin_dir / DB_FILE)
-        return cls(store, load_config(basin_dir), basin_dir, identity)
+        stamp = _stamp(basin_dir)  # before reading: a change in between is read again later
+        repo = cls(store, load_config(basin_dir), basin_dir, identity)
+        repo._config_stamp = stamp
+        return repo
 
     @classmethod
     def create(
@@ -125,6 +141,30 @@ class Repository:
         if self.basin_dir is not None:
             with self._config_lock:
                 save_config(self.basin_dir, self.config)
+                self._config_stamp = _stamp(self.basin_dir)
+
+    def refresh_trust(self) -> bool:
+        """Take up the trusted signers of the config file if another process changed it since
+        it was read (`basin key add` or `remove` beside a running coordinator, which must not
+        need a restart to stop a signer); True if the file was read again. Only the trust list
+        is taken: the rest of a running repository's config stays as it was opened. A file that
+        is unusable, or names another chart, raises RepositoryError once and leaves the list as
+        it was (until the file changes again)."""
+        if self.basin_dir is None:
+            return False
+        with self._config_lock:
+            stamp = _stamp(self.basin_dir)
+            if stamp == self._config_stamp:
+                return False
+            self._config_stamp = stamp
+            fresh = load_config(self.basin_dir)
+            if fresh.chart != self.config.chart:
+                raise RepositoryError(
+                    f"{self.basin_dir / CONFIG_FILE} now names another chart: its trusted "
+                    "signers are not taken up"
+                )
+            self.config.trusted = fresh.trusted
+            return True
 
     def identity(self) -> Identity:
         """Who signs this repository's new commits and records, as given when it was opened."""

@@ -50,3 +50,44 @@ def test_a_config_that_is_not_a_regular_file_is_refused_without_blocking(repo_di
     path.unlink()
     os.mkfifo(path)
     assert "is not a regular file" in cli.fails("log").stderr
+
+
+def test_a_running_repository_takes_up_the_trust_list_another_process_saved(repo_dir):
+    """`Repository.refresh_trust`: what a coordinator calls so that `basin key add/remove` needs
+    no restart. Only the trust list is taken; a broken file, or one naming another chart, is one
+    error, once, and the list stays."""
+    from basinvcs import porcelain
+    from basinvcs.errors import RepositoryError
+    from basinvcs.identity import Identity, format_key
+    from basinvcs.repository import Repository
+
+    key = format_key(Identity(bytes([9]) * 32, "alice").public_key)
+    with Repository.open(repo_dir) as running, Repository.open(repo_dir) as other:
+        assert running.refresh_trust() is False  # nothing changed since it was read
+        porcelain.trust(other, key, "alice", 2.0)
+        assert running.refresh_trust() is True
+        assert [(t.name, t.weight) for t in running.config.trusted] == [
+            ("tester", 1.0),  # the user's own key, which init trusts
+            ("alice", 2.0),
+        ]
+        assert running.refresh_trust() is False
+        porcelain.untrust(other, "alice")
+        assert running.refresh_trust() is True
+        assert [t.name for t in running.config.trusted] == ["tester"]
+        porcelain.trust(running, key, "alice")  # its own save is no change to take up
+        assert running.refresh_trust() is False
+
+        path = repo_dir / ".basin" / "config.json"
+        good = path.read_text()
+        path.write_text("{")
+        with pytest.raises(RepositoryError, match="config .* is unusable"):
+            running.refresh_trust()
+        assert running.refresh_trust() is False  # said once; the list as it was
+        assert [t.name for t in running.config.trusted] == ["tester", "alice"]
+        doc = json.loads(good)
+        doc["chart"]["seed"] += 1
+        doc["trusted"] = []
+        path.write_text(json.dumps(doc))
+        with pytest.raises(RepositoryError, match="now names another chart"):
+            running.refresh_trust()
+        assert [t.name for t in running.config.trusted] == ["tester", "alice"]

@@ -204,6 +204,15 @@ class Coordinator:
         """Head CID -> the round it opened, for the last `freshness` rounds."""
         return self._heads or {str(self.head()): self._round}
 
+    def _refresh_trust(self) -> None:
+        """Take up the trust list as `basin key add/remove` left it on disk (one stat per
+        call while it is unchanged); an unusable config is logged once, the list kept."""
+        try:
+            if self.repo.refresh_trust():
+                self.log(f"trusted signers re-read: {len(self.repo.config.trusted)}")
+        except BasinError as exc:
+            self.log(f"trusted signers kept as they were: {exc}")
+
     def _trusted_key(self, author: bytes) -> TrustedKey | None:
         """`config.trusted_key` by a dict, rebuilt when the list is replaced or grows."""
         trusted = self.repo.config.trusted
@@ -241,6 +250,7 @@ class Coordinator:
         `decoded`: `decode_many(bodies)`, done elsewhere (the server's decoding process); each
         is then checked here for everything else, as if decoded here."""
         decoded = decoded or [None] * len(bodies)
+        self._refresh_trust()
         # outside the lock: decoding, signature
         checked = [self._check(data, d) for data, d in zip(bodies, decoded, strict=True)]
         answers: list = [None] * len(checked)
@@ -366,7 +376,8 @@ class Coordinator:
             pending = [j for j, _ in self._pending]
             updates = [u for _, u in self._pending]
             x = _dense(updates)
-            taken, refused = self._screen(x)
+            self._refresh_trust()
+            taken, refused = self._screen(x, updates)
             head = self.head()
             # every update refused: the head stays, and the round still closes
             cid = (
@@ -381,14 +392,22 @@ class Coordinator:
             )
             return cid
 
-    def _screen(self, x: np.ndarray) -> tuple[list[int], dict[int, str]]:
-        """Indices of the updates (the rows of x) to combine, and the refused ones with why
-        (outliers)."""
-        report = outliers.check(x, c=self.settings.outlier_c)
+    def _screen(self, x: np.ndarray, updates: list[Update]) -> tuple[list[int], dict[int, str]]:
+        """Indices of the updates (the rows of x) to combine, and the refused ones with why:
+        signers no longer trusted (a key removed while its update waited), then outliers among
+        the rest."""
         refused = {
-            i: f"outlier: Fisher distance {report.scores[i]:.4g} > {report.threshold:.4g}"
-            for i in report.outliers
+            i: "signer no longer trusted"
+            for i, u in enumerate(updates)
+            if not self.settings.open and self._trusted_key(u.author) is None
         }
+        rest = [i for i in range(len(x)) if i not in refused]
+        if rest:
+            report = outliers.check(x[rest], c=self.settings.outlier_c)
+            for j in report.outliers:
+                refused[rest[j]] = (
+                    f"outlier: Fisher distance {report.scores[j]:.4g} > {report.threshold:.4g}"
+                )
         return [i for i in range(len(x)) if i not in refused], refused
 
     def _commit(self, current, head, pending, updates, x, taken, refused) -> CID:

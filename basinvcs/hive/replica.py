@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from ..cid import CID
 from ..codec import dagcbor
-from ..errors import BasinError, RefError, RemoteError, SchemaError
+from ..errors import BasinError, RefError, RemoteError, RepositoryError, SchemaError
 from ..identity import Identity, format_key
 from ..objects import Commit
 from ..refnames import branch_ref
@@ -338,11 +338,19 @@ class Event:
     taken: int
 
 
-def follow(repo: Repository, node, branch: str, rule: str, window: float) -> Iterator[Event]:
+def follow(
+    repo: Repository,
+    node,
+    branch: str,
+    rule: str,
+    window: float,
+    log: Callable[[str], None] = lambda line: None,
+) -> Iterator[Event]:
     """Run a replica of `branch` over the IPFS `node` until the caller stops: listen on the
     hive's topic, close each round `window` seconds after its first update (or the first
     announcement of it) was heard, and say what happened. A subscription that fails is a
-    RemoteError; one that ends is renewed."""
+    RemoteError; one that ends is renewed. The trust list is re-read from the config file
+    whenever `basin key add/remove` changed it (an unusable one is `log`ged, the list kept)."""
     head = repo.branch_commit(branch)
     if head is None:
         raise RefError(f"no branch named {branch!r}")
@@ -365,6 +373,13 @@ def follow(repo: Repository, node, branch: str, rule: str, window: float) -> Ite
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             message = inbox.get(timeout=left)
         except queue.Empty:
+            message = None
+        try:
+            if repo.refresh_trust():
+                log(f"trusted signers re-read: {len(repo.config.trusted)}")
+        except RepositoryError as exc:
+            log(f"trusted signers kept as they were: {exc}")
+        if message is None:
             parent = replica.head
             head = replica.close()
             deadline = None

@@ -170,6 +170,28 @@ def test_inflated_sample_counts_buy_at_most_twice_a_typical_say(hub):
     c.repo.close()
 
 
+def test_a_key_removed_or_added_beside_a_running_coordinator_counts_at_once(hub):
+    """`basin key remove` (another process saving the config): the signer's update that waits
+    in the round is refused at its close and its next one at intake (403); `basin key add`
+    lets a new signer in. No restart."""
+    c = coordinator(hub, rule="mean", optimizer="average")
+    c.submit(update(c, EDGES[0], vec(c0=9.0)))
+    c.submit(update(c, EDGES[1], vec(c0=1.0)))
+    with Repository.open(hub) as operator:
+        porcelain.untrust(operator, "edge1")
+        porcelain.trust(operator, format_key(EDGES[4].public_key), "edge5")
+    c.submit(update(c, EDGES[4], vec(c0=3.0)))  # trusted now: it fills the round
+    commit = c.repo.read_commit(c.head())
+    assert commit.metrics["taken"] == 2.0 and commit.metrics["refused"] == 1.0
+    assert "signer no longer trusted" in commit.message
+    assert head_z(c)[0] == pytest.approx(2.0, rel=1e-2)  # edge2's 1 and edge5's 3
+    assert "trusted signers re-read: 5" in c.messages
+    with pytest.raises(hc.Refused) as refused:
+        c.submit(update(c, EDGES[0], vec(c0=9.0), seq=2))
+    assert refused.value.status == 403 and "not trusted" in str(refused.value)
+    c.repo.close()
+
+
 def test_a_coordinator_killed_after_its_commit_finishes_the_round_on_restart(hub):
     c = coordinator(hub, rule="mean", optimizer="average")
     updates = [update(c, ident, vec(c0=1.0)) for ident in EDGES[:3]]

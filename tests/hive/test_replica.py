@@ -206,7 +206,9 @@ def test_cli_replicas_on_two_ipfs_nodes_agree_on_updates_gossiped_by_the_cli(
     """Three `basin hive replica` processes, each in its own repository (copies of one), one on
     the first js-ipfs daemon and two on the second; two of their users gossip a change with
     `basin hive submit --node` from a work branch. Every replica closes the round with both
-    updates: the same head CID, the mean of the changes, on each repository's `general`."""
+    updates: the same head CID, the mean of the changes, on each repository's `general`. Bob's
+    key is trusted only once the replicas run (`basin key add` beside them): they take it up
+    without a restart."""
     import subprocess
     import sys
     import time
@@ -216,10 +218,12 @@ def test_cli_replicas_on_two_ipfs_nodes_agree_on_updates_gossiped_by_the_cli(
 
     node1, node2 = ipfs_pair
     people = [("alice", node1, vec(c0=1.0)), ("bob", node2, vec(c1=3.0))]
+    keys = {}
+    for name, _, _ in people:
+        ident, _ = load_or_create_identity(name, tmp_path / f"home-{name}")
+        keys[name] = format_key(ident.public_key)
     with Repository.open(repo_dir) as repo:
-        for name, _, _ in people:
-            ident, _ = load_or_create_identity(name, tmp_path / f"home-{name}")
-            porcelain.trust(repo, format_key(ident.public_key), name)
+        porcelain.trust(repo, keys["alice"], "alice")
     paths = [tmp_path / f"replica{k}" for k in range(3)]
     for path in paths:
         shutil.copytree(repo_dir, path)
@@ -237,6 +241,9 @@ def test_cli_replicas_on_two_ipfs_nodes_agree_on_updates_gossiped_by_the_cli(
             )
         for proc in procs:
             assert "listening" in proc.stdout.readline(), proc.stderr.read()
+        for path in paths:
+            with Repository.open(path) as repo:
+                porcelain.trust(repo, keys["bob"], "bob")
         time.sleep(3)  # the subscriptions reach the other node
         cli = Cli()
         for (name, daemon, z_work), path in zip(people, paths[:2], strict=True):
@@ -252,6 +259,7 @@ def test_cli_replicas_on_two_ipfs_nodes_agree_on_updates_gossiped_by_the_cli(
                 proc.kill()  # by its own process id
                 proc.wait()
     assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    assert all("trusted signers re-read: 3" in err for _, err in outputs)  # tester, alice, bob
     rounds = [ln for out, _ in outputs for ln in out.splitlines() if ln.startswith("round 1:")]
     assert len(rounds) == 3 and len(set(rounds)) == 1 and "(2 updates taken)" in rounds[0]
     head = rounds[0].split()[2]

@@ -278,18 +278,35 @@ def test_submit_refuses_a_round_that_is_not_a_coordinators(repo_dir, round_):
         assert edge.load_state(repo).sent == 0
 
 
-def test_a_second_submission_before_a_sync_sends_only_what_is_new(hive):
+def one_update_taken(hive) -> tuple[Edge, Edge]:
+    """The hub's coordinator closing a round per update, and the first edge's work (c0 = 1)
+    taken in: the hive's head has it. (hub, edge)"""
     hub, edges, start = hive
     server = start("--round-updates", "1")
     e = edges[0]
     e("hive", "join", server.url)
     commit_z(e.path, vec(c0=1.0), "work")
-    e("hive", "submit")  # the round closes: the hive's head has c0 = 1
+    e("hive", "submit")
+    return hub, e
+
+
+def test_a_second_submission_before_a_sync_sends_only_what_is_new(hive):
+    _, e = one_update_taken(hive)
     commit_z(e.path, vec(c0=1.5), "more work")
     assert "unsubmitted work" in e("hive", "status").stdout
     e("hive", "submit")  # without a sync: 0.5 more, not 1.5 again
     e("hive", "sync")
     assert e.z()[0] == pytest.approx(1.5, abs=0.02)
+
+
+def test_basin_key_remove_beside_a_running_coordinator_stops_the_signer(hive):
+    hub, e = one_update_taken(hive)
+    hub("key", "remove", e.path.name)  # the operator, while the coordinator runs
+    commit_z(e.path, vec(c0=2.0), "more work")
+    result = e("hive", "submit", ok=False)
+    assert result.exit_code == 1 and "HTTP 403" in result.stderr and "not trusted" in result.stderr
+    hub("key", "add", e.key, "--name", e.path.name)  # and trusted again: no restart either
+    assert "submitted update" in e("hive", "submit").output
 
 
 def test_nothing_to_submit_is_refused_and_a_lost_state_is_no_replay(hive):
