@@ -259,10 +259,12 @@ def _options_number(
 
 
 def capped_samples(samples: Sequence[int]) -> list[float]:
-    """The updates' sample counts as weights, each capped at twice the round's median: a count
-    is the update's own claim, so an inflated one buys at most twice a typical say."""
+    """The updates' sample counts as weights, each capped at the round's median: a count is the
+    update's own claim, so inflating it buys nothing over a typical say (a cap at twice the
+    median let three sign flippers claiming 10⁹ samples take the ten-instance hive to chance:
+    docs/experiments/hive.md). Fewer samples than the median still count for less."""
     counts = sorted(samples)
-    cap = 2 * counts[len(counts) // 2]
+    cap = counts[len(counts) // 2]
     return [float(min(s, cap)) for s in samples]
 
 
