@@ -9,7 +9,7 @@ import pytest
 from basinvcs import porcelain
 from basinvcs.errors import BasinError
 from basinvcs.hive import coordinator as hc
-from basinvcs.hive.update import Update, encode_change
+from basinvcs.hive.update import SentFisher, Update, encode_change
 from basinvcs.identity import Identity, format_key
 from basinvcs.objects import Chart, Entanglement
 from basinvcs.repository import Repository
@@ -168,6 +168,23 @@ def test_inflated_sample_counts_buy_nothing_over_a_typical_say(hub):
     c.submit(update(c, EDGES[2], vec(c0=1.0), samples=5))  # fewer: less say
     c.submit(update(c, EDGES[3], vec(c0=4.0), samples=2**62))  # counts as the median, 10
     assert head_z(c)[0] == pytest.approx((10 + 10 + 5 + 10 * 4) / 35, rel=1e-2)
+    c.repo.close()
+
+
+def test_fisher_values_an_update_claims_switch_no_check_off(hub):
+    """An update 100 times the others' size that claims next to no Fisher information on every
+    coordinate it sends (and a huge maximum): the outlier check scores it as any other (identity
+    Fisher, only `fisher_mean` reads the values), so it is refused all the same."""
+    c = coordinator(hub, round_updates=4, rule="mean", optimizer="average")
+    for k, ident in enumerate(EDGES[:3]):
+        c.submit(update(c, ident, vec(c0=1.0, c1=0.1 * k)))
+    record = Update.decode(update(c, EDGES[3], vec(c0=-100.0, c1=-100.0)))
+    claim = SentFisher.encode([1e300] + [1e-300] * (record.change.k - 1))
+    record = dataclasses.replace(record, fisher=claim, signature=b"").signed(EDGES[3].sign)
+    c.submit(record.encode())
+    commit = c.repo.read_commit(c.head())
+    assert commit.metrics["taken"] == 3.0 and commit.metrics["refused"] == 1.0
+    assert "outlier: Fisher distance" in commit.message and head_z(c)[0] > 0
     c.repo.close()
 
 
