@@ -1736,6 +1736,56 @@ def hive_status() -> None:
     )
 
 
+@hive.command("signers")
+@click.option(
+    "--since", type=click.IntRange(0), default=0, show_default=True, help="The first round counted."
+)
+def hive_signers(since: int) -> None:
+    """What each signer did, from this coordinator's journal: updates taken, refused, pending, and
+    which other signer its taken updates, summed, point most against and most along."""
+    from .hive import signers
+    from .hive.coordinator import JOURNAL_FILE
+    from .hive.journal import Journal
+    from .identity import format_key
+
+    with _repo() as repo:
+        path = Path(repo.basin_dir) / JOURNAL_FILE
+        if not path.is_file():
+            raise BasinError(f"no hive journal in {repo.basin_dir}: basin hive serve keeps one")
+        journal = Journal(path)
+        try:
+            rows = signers.report(journal, repo.config.chart, since)
+        finally:
+            journal.close()
+        names = {t.key: t.name for t in reversed(repo.config.trusted)}  # the first entry's name
+
+    def name(key: bytes) -> str:
+        return names.get(key) or f"{format_key(key)[:12]}… (not trusted)"
+
+    def other(pair: tuple[bytes, float] | None) -> str:
+        return "-" if pair is None else f"{name(pair[0])} {pair[1]:+.2f}"
+
+    if not rows:
+        click.echo(f"no updates from round {since} on")
+        return
+    table = [("signer", "taken", "refused", "pending", "last round", "most against", "most along")]
+    table += [
+        (
+            name(r.author),
+            r.taken,
+            r.refused,
+            r.pending,
+            r.last_round,
+            other(r.against),
+            other(r.along),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[k])) for row in table) for k in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
 @hive.command("sync")
 def hive_sync() -> None:
     """Bring this repository to the coordinator's head (local unsubmitted work is merged)."""

@@ -233,6 +233,17 @@ class Journal:
         rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
 
+    def history(self, since: int = 0) -> list[tuple[bytes, int, str, bytes]]:
+        """(author, round, status, record) of every update held from round `since` on, by round
+        and arrival (the rounds `close_round` forgot are gone)."""
+        with self._lock:
+            rows = self._run(
+                "SELECT author, round, status, data FROM updates WHERE round >= ?"
+                " ORDER BY round, received, cid",
+                (since,),
+            )
+        return [(bytes(a), r, s, bytes(d)) for a, r, s, d in rows]
+
     def counts(self) -> dict[str, int]:
         """Updates journaled, by status, those forgotten (close_round's `forget_before`)
         included: every status present, 0 where there are none."""

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from basinvcs.hive import signers
+
 
 def load(path: Path) -> dict[int, dict[str, np.ndarray]]:
     """round → signer → the change its update sent."""
@@ -39,21 +41,17 @@ def task(signer: str) -> str:
 def agreement(
     rounds: dict[int, dict[str, np.ndarray]], stops: list[int]
 ) -> dict[int, dict[tuple[str, str], float]]:
-    """At each stop (a number of rounds), the cosine of every same-task pair's summed updates."""
-    sums: dict[str, np.ndarray] = {}
+    """At each stop (a number of rounds), the cosine of every same-task pair's summed updates
+    (`basinvcs.hive.signers`: each update at unit norm, as `basin hive signers` sums them)."""
     out: dict[int, dict[tuple[str, str], float]] = {}
-    for r in sorted(rounds):
-        for signer, u in rounds[r].items():
-            norm = float(np.linalg.norm(u))
-            scaled = u / norm if norm else u
-            sums[signer] = sums.get(signer, 0) + scaled
-        if r + 1 in stops:
-            unit = {s: v / np.linalg.norm(v) for s, v in sums.items()}
-            out[r + 1] = {
-                (a, b): float(unit[a] @ unit[b])
-                for a, b in combinations(sorted(unit), 2)
-                if task(a) == task(b)
-            }
+    for stop in stops:
+        sent = ((s, u) for r in sorted(rounds) if r < stop for s, u in rounds[r].items())
+        keys, cos = signers.cosines(signers.unit_sums(sent))
+        out[stop] = {
+            (keys[i], keys[j]): float(cos[i, j])
+            for i, j in combinations(range(len(keys)), 2)
+            if task(keys[i]) == task(keys[j])
+        }
     return out
 
 
