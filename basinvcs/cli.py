@@ -1779,7 +1779,7 @@ def hive_signers(since: int) -> None:
             other(r.against),
             other(r.along),
         )
-        for r in rows
+        for r in sorted(rows, key=lambda r: name(r.author))
     ]
     widths = [max(len(str(row[k])) for row in table) for k in range(len(table[0]))]
     for row in table:

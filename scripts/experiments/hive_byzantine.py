@@ -36,6 +36,7 @@ default rule).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -77,8 +78,10 @@ def alie_z(n: int, m: int) -> float:
 
 def roles(attack: str, names: list[str], args: argparse.Namespace):
     """roles(tap) for Experiment.hive: the last ATTACKERS instances play `attack`."""
+    from basinvcs import porcelain
     from basinvcs.hive.trainer import HiveError, HiveTrainer
     from basinvcs.hive.update import next_update
+    from basinvcs.repository import Repository
 
     attackers, honest = names[-ATTACKERS:], names[:-ATTACKERS]
     n = len(names)
@@ -173,6 +176,26 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
                     .encode()
                 )
 
+        class Own(Refused):
+            """After the operator removed its key: its own update, signed, refused with 403."""
+
+            def record(self, head):
+                self.seq += 1
+                return (
+                    next_update(
+                        self.compressor,
+                        [-v for v in self.change()],
+                        chart=self.model.chart,
+                        parent=head.cid,
+                        round=head.round,
+                        seq=self.seq,
+                        samples=self.samples_per_step,
+                        author=self.identity.public_key,
+                    )
+                    .signed(self.identity.sign)
+                    .encode()
+                )
+
         cls = {
             "sign flip": SignFlip,
             "x100": Scaled,
@@ -184,7 +207,36 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             "forged signature": Forged,
             "inflated counts": Inflated,
         }[attack]
-        return {name: cls for name in attackers}
+        if args.remove_at is None:
+            return {name: cls for name in attackers}
+
+        class Removed(cls):
+            """The attack until round --remove-at, then stopped: what it sends is refused."""
+
+            def round(self):
+                if self.steps - 1 < args.remove_at:
+                    return super().round()
+                return Own.round(self)
+
+            record = Own.record
+
+        coordinator = tap.inner.coordinator
+
+        def remove(head) -> None:
+            """The operator, as the round opens: `basin key remove` for each attacker (another
+            process saving the config: the coordinator takes it up at its next update), and
+            rounds of the seven left."""
+            if coordinator.round != args.remove_at:
+                return
+            with Repository.open(coordinator.repo.basin_dir.parent) as operator:
+                for name in attackers:
+                    porcelain.untrust(operator, name)
+            coordinator.settings = dataclasses.replace(
+                coordinator.settings, round_updates=n - ATTACKERS
+            )
+
+        coordinator.on_head = remove
+        return {name: Removed for name in attackers}
 
     return make
 
@@ -206,7 +258,12 @@ def report(data: dict) -> str:
         f"{a['frozen_layers']} layers out of the chart; {a['steps']} local steps per instance, "
         f"H = 1, batch {a['batch']},"
         f" Adam lr {a['lr']}; outer step average; outlier factor c = {a['outlier_c']:g}; "
-        f"trimmed_mean trim {a['trim']:g}",
+        f"trimmed_mean trim {a['trim']:g}"
+        + (
+            ""
+            if a.get("remove_at") is None
+            else f"; the attackers' keys removed as round {a['remove_at']} opens"
+        ),
         "",
         f"Mean normalised accuracy after the run (÷ specialists; the base, nothing learned, is "
         f"{base:.3f}); in brackets its ratio to the same rule's run without attack, and the part "
@@ -276,6 +333,12 @@ def main() -> None:
     ap.add_argument(
         "--deltas", type=Path, default=None, help="save every run's updates here (npz per run)"
     )
+    ap.add_argument(
+        "--remove-at",
+        type=int,
+        default=None,
+        help="the operator removes the attackers' keys as this round opens (basin key remove)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
     ap.add_argument("--keep", action="store_true", help="keep the scratch repositories")
     args = ap.parse_args()
@@ -311,7 +374,8 @@ def main() -> None:
                 args.outlier_c,
                 rule_options={"trim": args.trim} if rule == "trimmed_mean" else None,
                 roles=roles(attack, names, args) if attack != "none" else None,
-                label=f"{attack} {rule}",
+                label=f"{attack} {rule}"
+                + ("" if args.remove_at is None else f" removed at {args.remove_at}"),
                 round_updates=len(names) - ATTACKERS if attack in REFUSED_AT_INTAKE else None,
             )
             deltas = run.pop("deltas")
