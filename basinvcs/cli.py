@@ -1747,6 +1747,7 @@ def hive_signers(since: int) -> None:
     from .hive.coordinator import JOURNAL_FILE
     from .hive.journal import Journal
     from .identity import format_key
+    from .progress import progress_bar
 
     with _repo() as repo:
         path = Path(repo.basin_dir) / JOURNAL_FILE
@@ -1754,9 +1755,11 @@ def hive_signers(since: int) -> None:
             raise BasinError(f"no hive journal in {repo.basin_dir}: basin hive serve keeps one")
         journal = Journal(path)
         try:
-            rows = signers.report(journal, repo.config.chart, since)
+            history = journal.history(since)
         finally:
             journal.close()
+        with progress_bar(len(history), "signers", unit="updates") as update:
+            rows = signers.report(history, repo.config.chart, update)
         names = {t.key: t.name for t in reversed(repo.config.trusted)}  # the first entry's name
 
     def name(key: bytes) -> str:

@@ -35,7 +35,8 @@ def played(hub):
 
 
 def test_each_signer_is_counted_and_set_against_and_along_the_others(played):
-    rows = {r.author: r for r in signers.report(played.journal, played.repo.config.chart)}
+    chart = played.repo.config.chart
+    rows = {r.author: r for r in signers.report(played.journal.history(), chart)}
     one, two, flipped, alone = (rows[e.public_key] for e in EDGES[:4])
     assert (one.taken, one.refused, one.pending, one.last_round) == (ROUNDS, 0, 1, ROUNDS)
     assert (alone.taken, alone.refused, alone.last_round) == (ROUNDS - 1, 1, ROUNDS - 1)
@@ -43,7 +44,7 @@ def test_each_signer_is_counted_and_set_against_and_along_the_others(played):
     assert flipped.against[1] == pytest.approx(-0.98, abs=0.02)
     assert flipped.against[0] in (EDGES[0].public_key, EDGES[1].public_key)
     assert alone.against[1] == pytest.approx(0.0, abs=1e-6)  # orthogonal to every other
-    later = {r.author: r for r in signers.report(played.journal, played.repo.config.chart, 3)}
+    later = {r.author: r for r in signers.report(played.journal.history(3), chart)}
     assert later[EDGES[2].public_key].taken == 1 and EDGES[3].public_key in later
 
 
@@ -66,3 +67,16 @@ def test_basin_hive_signers_without_a_journal_is_one_line(repo_dir, cli):
     result = cli.fails("hive", "signers")
     assert "no hive journal in" in result.stderr and len(result.stderr.splitlines()) == 1
     assert cli("hive", "signers", "--since", "-1", ok=False).exit_code == 2
+
+
+def test_a_journal_row_that_is_no_update_is_one_error_line(played, hub, cli):
+    import sqlite3
+
+    with sqlite3.connect(hub / ".basin" / "hive.db") as db:
+        db.execute(
+            "INSERT INTO updates (cid, round, author, seq, data, received, status)"
+            " VALUES ('x', 9, ?, 99, ?, 0, 'taken')",
+            (EDGES[0].public_key, b"\xa0"),
+        )
+    result = cli.fails("hive", "signers")
+    assert "the hive journal holds an update that is not one" in result.stderr
