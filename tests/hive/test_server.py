@@ -521,3 +521,35 @@ def test_the_coordinator_publishes_each_new_head_to_ipfs(hive, tmp_path, ipfs_no
     reader("clone", status["published"]["name"], str(copy), "--node", ipfs_node.api)
     with Repository.open(copy) as repo:
         assert str(repo.branch_commit("general")) == status["head"]
+
+
+def test_the_coordinators_connections_send_without_waiting_for_acks():
+    """`listening` makes a socket whose connections asyncio sets TCP_NODELAY on (it does so only
+    for sockets that say IPPROTO_TCP; `socket.create_server` says 0): with Nagle's algorithm on,
+    each answer waited for the client's delayed ACK, 44 ms a request on one connection."""
+    import asyncio
+    import socket as sockets
+
+    from basinvcs.hive.server import listening
+
+    sock = listening("127.0.0.1", 0)
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            raw = transport.get_extra_info("socket")
+            seen.append(raw.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0
