@@ -132,6 +132,24 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             def craft(self, change):
                 return -args.ipm_eps * honest_updates().mean(0)
 
+        def signed(trainer, head, factor: float, author: bytes, offset: int = 0) -> bytes:
+            """`trainer`'s change times `factor` as an update of `head`'s round in `author`'s
+            name, sequence number offset + its own, signed with `trainer`'s key."""
+            return (
+                next_update(
+                    trainer.compressor,
+                    [factor * v for v in trainer.change()],
+                    chart=trainer.model.chart,
+                    parent=head.cid,
+                    round=head.round,
+                    seq=offset + trainer.seq,
+                    samples=trainer.samples_per_step,
+                    author=author,
+                )
+                .signed(trainer.identity.sign)
+                .encode()
+            )
+
         class Refused(HiveTrainer):
             """Sends a record the coordinator must refuse, then waits for the round."""
 
@@ -161,40 +179,8 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             def record(self, head):
                 victim = honest[names.index(self.identity.name) % len(honest)]
                 self.seq += 1
-                return (
-                    next_update(
-                        self.compressor,
-                        [-100.0 * v for v in self.change()],
-                        chart=self.model.chart,
-                        parent=head.cid,
-                        round=head.round,
-                        seq=10**6 + self.seq,
-                        samples=self.samples_per_step,
-                        author=tap.identities[victim].public_key,
-                    )
-                    .signed(self.identity.sign)  # the attacker's key, not the victim's
-                    .encode()
-                )
-
-        class Own(Refused):
-            """After the operator removed its key: its own update, signed, refused with 403."""
-
-            def record(self, head):
-                self.seq += 1
-                return (
-                    next_update(
-                        self.compressor,
-                        [-v for v in self.change()],
-                        chart=self.model.chart,
-                        parent=head.cid,
-                        round=head.round,
-                        seq=self.seq,
-                        samples=self.samples_per_step,
-                        author=self.identity.public_key,
-                    )
-                    .signed(self.identity.sign)
-                    .encode()
-                )
+                # the victim's key as author, signed with the attacker's
+                return signed(self, head, -100.0, tap.identities[victim].public_key, 10**6)
 
         cls = {
             "sign flip": SignFlip,
@@ -211,14 +197,17 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             return {name: cls for name in attackers}
 
         class Removed(cls):
-            """The attack until round --remove-at, then stopped: what it sends is refused."""
+            """The attack until round --remove-at, then stopped: its own update, signed, is
+            refused with 403 (Refused.round), and it waits for each round."""
 
             def round(self):
                 if self.steps - 1 < args.remove_at:
                     return super().round()
-                return Own.round(self)
+                return Refused.round(self)
 
-            record = Own.record
+            def record(self, head):
+                self.seq += 1
+                return signed(self, head, -1.0, self.identity.public_key)
 
         coordinator = tap.inner.coordinator
 
