@@ -1755,11 +1755,10 @@ def hive_signers(since: int) -> None:
             raise BasinError(f"no hive journal in {repo.basin_dir}: basin hive serve keeps one")
         journal = Journal(path)
         try:
-            history = journal.history(since)
+            with progress_bar(journal.held(since), "signers", unit="updates") as update:
+                rows = signers.report(journal.history(since), repo.config.chart, update)
         finally:
             journal.close()
-        with progress_bar(len(history), "signers", unit="updates") as update:
-            rows = signers.report(history, repo.config.chart, update)
         names = {t.key: t.name for t in reversed(repo.config.trusted)}  # the first entry's name
 
     def name(key: bytes) -> str:

@@ -15,7 +15,7 @@ updates do not decide a signer's direction), as in the probe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -64,29 +64,32 @@ def cosines(sums: dict[K, np.ndarray]) -> tuple[list[K], np.ndarray]:
 
 
 def report(
-    history: Sequence[tuple[bytes, int, str, bytes]],
+    history: Iterable[tuple[bytes, int, str, bytes]],
     chart: Chart,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Signer]:
     """Every signer of `history` (`Journal.history`: author, round, status, record), by its key.
     `progress(1)` after each update (a journal may hold 100,000 of them: each taken one is
-    decoded and its signature checked again, about 0.1 ms)."""
+    decoded and its signature checked again, about 0.1 ms). One pass, holding one summed
+    direction per signer, not the updates."""
     counts: dict[bytes, dict[str, int]] = {}
     last: dict[bytes, int] = {}
-    taken: list[tuple[bytes, np.ndarray]] = []
-    for author, round_, status, data in history:
-        progress(1)
-        counts.setdefault(author, {TAKEN: 0, REFUSED: 0, PENDING: 0})[status] += 1
-        last[author] = max(round_, last.get(author, round_))
-        if status == TAKEN:
-            try:
-                update = Update.decode(data, chart=chart)
-            except BasinError as exc:
-                raise RepositoryError(
-                    f"the hive journal holds an update that is not one: {exc}"
-                ) from None
-            taken.append((author, np.asarray(update.delta())))
-    keys, cos = cosines(unit_sums(taken))
+
+    def taken() -> Iterator[tuple[bytes, np.ndarray]]:
+        for author, round_, status, data in history:
+            progress(1)
+            counts.setdefault(author, {TAKEN: 0, REFUSED: 0, PENDING: 0})[status] += 1
+            last[author] = max(round_, last.get(author, round_))
+            if status == TAKEN:
+                try:
+                    update = Update.decode(data, chart=chart)
+                except BasinError as exc:
+                    raise RepositoryError(
+                        f"the hive journal holds an update that is not one: {exc}"
+                    ) from None
+                yield author, np.asarray(update.delta())
+
+    keys, cos = cosines(unit_sums(taken()))
     index = {k: i for i, k in enumerate(keys)}
     out = []
     for author in sorted(counts):

@@ -48,6 +48,15 @@ def test_each_signer_is_counted_and_set_against_and_along_the_others(played):
     assert later[EDGES[2].public_key].taken == 1 and EDGES[3].public_key in later
 
 
+def test_the_journal_is_read_page_by_page_in_order(played):
+    whole = list(played.journal.history(page=10**6))
+    assert len(whole) == played.journal.held() == 4 * ROUNDS + 1
+    assert [r[1] for r in whole] == sorted(r[1] for r in whole)
+    assert list(played.journal.history(page=3)) == whole  # pages meet without loss or overlap
+    assert list(played.journal.history(2, page=1)) == [r for r in whole if r[1] >= 2]
+    assert played.journal.held(2) == sum(r[1] >= 2 for r in whole)
+
+
 def test_basin_hive_signers_prints_the_report_by_name(played, hub, cli):
     with Repository.open(hub) as repo:
         porcelain.untrust(repo, "edge3")
