@@ -553,3 +553,75 @@ def test_the_coordinators_connections_send_without_waiting_for_acks():
 
     asyncio.run(main())
     assert seen and seen[0] != 0
+
+
+def test_a_mix_of_attacks_in_parallel_with_honest_work_takes_in_only_the_honest(hive):
+    """Three honest signers and one ×100 signer send a round at a time while eight threads send
+    random bytes, bit-flipped and forged copies of the honest updates, an untrusted signer's,
+    another chart's and, after each round, replays: every attack gets a 4xx and a one-line
+    reason, the honest updates are all taken, the ×100 one refused at the close, and nothing
+    else is counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from basinvcs.hive.update import Update, encode_change
+    from basinvcs.objects import Chart
+    from tests.hive.test_coordinator import EDGES
+
+    hub, _, start = hive
+    for ident in EDGES[:4]:
+        hub("key", "add", format_key(ident.public_key), "--name", ident.name)
+    server = start("--round-updates", "4", "--rule", "mean", "--optimizer", "average")
+
+    def signed(ident, delta, head, round_, seq, author=None, chart=None) -> bytes:
+        record = Update(
+            chart=chart or Chart(seed=7, dim=len(delta)),
+            parent=CID.parse(head),
+            round=round_,
+            seq=seq,
+            change=encode_change(delta),
+            samples=10,
+            author=author or ident.public_key,
+        )
+        return record.signed(ident.sign).encode()
+
+    rng = __import__("random").Random(5)
+    refusals: list[tuple[int, str]] = []
+    for r in range(3):
+        status = status_of(server)
+        head, round_ = status["head"], status["round"]
+        honest = [
+            signed(EDGES[k], vec(**{f"c{k}": 1.0 + 0.2 * k}), head, round_, r + 1) for k in range(3)
+        ]
+        attacks = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 600)))]
+        for body in honest:
+            flipped = bytearray(body)
+            flipped[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+            attacks.append(bytes(flipped))
+        attacks.append(signed(EDGES[4], vec(c0=-9.0), head, round_, r + 1, EDGES[0].public_key))
+        attacks.append(signed(EDGES[4], vec(c0=-9.0), head, round_, r + 1))
+        attacks.append(signed(EDGES[0], [1.0] * (DIM + 1), head, round_, r + 1))
+        attacks.append(
+            signed(EDGES[1], vec(c1=-1.0), head, round_, r + 1, chart=Chart(seed=8, dim=DIM))
+        )
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: post(f"{server.url}/update", b), attacks * 3))
+            taken = list(pool.map(lambda b: post(f"{server.url}/update", b), honest))
+        refusals += [(code, answer["error"]) for code, answer in answers]
+        assert [code for code, _ in taken] == [202] * 3, taken
+        outlier = signed(EDGES[3], vec(c3=100.0), head, round_, r + 1)
+        assert post(f"{server.url}/update", outlier)[0] == 202  # refused at the close
+        wait_for(lambda r=r: status_of(server)["round"] == r + 1, f"round {r} closed")
+        for body in honest:  # replays, once the round is closed
+            code, answer = post(f"{server.url}/update", body)
+            refusals.append((code, answer["error"]))
+    assert all(400 <= code < 500 for code, _ in refusals), sorted(set(refusals))
+    assert all(why and "\n" not in why for _, why in refusals)
+    assert {code for code, _ in refusals} >= {400, 403, 409, 422}
+    status = status_of(server)
+    assert (status["round"], status["taken"], status["refused"]) == (3, 9, 3)
+    assert status["pending"] == 0 and server.proc.poll() is None
+    with Repository.open(hub.path) as repo:
+        lines = repo.read_commit(repo.head_commit()).message.splitlines()
+    taken_by = {line.split()[2] for line in lines if line.startswith("taken ")}
+    assert taken_by == {format_key(ident.public_key) for ident in EDGES[:3]}
+    assert sum(line.startswith("refused ") for line in lines) == 1  # the ×100
