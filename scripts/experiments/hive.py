@@ -551,6 +551,44 @@ def normalised(acc: dict[str, float], spec: dict[str, dict[str, float]]) -> dict
     return {n: acc[n] / spec[n][n] for n in TASKS}
 
 
+def machine() -> dict:
+    """What the numbers were measured on. Runs are exact on one machine, but the hive's updates
+    have thresholds (which coordinates, which 8-bit code) that turn last-bit differences of
+    another CPU's float kernels into other updates: a seed's ratio moved by up to 0.05 between
+    two machines (docs/experiments/hive.md)."""
+    import platform
+
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def machine_line(data: dict) -> str:
+    m = data.get("machine")
+    return "machine: " + (", ".join(f"{k} {v}" for k, v in m.items()) if m else "not recorded")
+
+
+def references_from(path: Path, data: dict, log) -> dict:
+    """The references of an earlier --json; a note when they were measured on another machine."""
+    earlier = json.loads(path.read_text())
+    if "machine" not in earlier:
+        log(f"note: {path} does not say which machine measured it")
+    elif earlier["machine"] != data["machine"]:
+        log(f"note: {path} was measured on another machine ({machine_line(earlier)})")
+    return earlier
+
+
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -633,7 +671,7 @@ def report(data: dict) -> str:
             row.append(f"{r['accepted']} of {r['rounds']} ({r['accepted'] / r['rounds']:.1%})")
         lines.append(f"| {float(c):g} | " + " | ".join(row) + " |")
     elapsed = data["elapsed"]
-    lines += ["", f"wall clock: {elapsed:.0f} s"]
+    lines += ["", f"wall clock: {elapsed:.0f} s; {machine_line(data)}"]
     return "\n".join(lines)
 
 
@@ -740,8 +778,9 @@ def main() -> None:
     cs = [float(c) for c in args.outlier_c.split(",")]
     exp = Experiment(args)
     data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    data["machine"] = machine()
     if args.references:
-        earlier = json.loads(args.references.read_text())
+        earlier = references_from(args.references, data, exp.log)
         same = ("seed", "steps", "lr", "batch", "curve", "instances", "frozen_layers")
         defaults = {"instances": 3, "frozen_layers": 0}  # runs from before these options
         if any(earlier["args"].get(key, defaults.get(key)) != data["args"][key] for key in same):

@@ -50,7 +50,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hive import TASKS, Experiment, add_frozen_layers, mean, normalised  # noqa: E402
+from hive import (  # noqa: E402
+    TASKS,
+    Experiment,
+    add_frozen_layers,
+    machine,
+    machine_line,
+    mean,
+    normalised,
+    references_from,
+)
 
 ATTACKS = (
     "none",
@@ -296,7 +305,7 @@ def report(data: dict) -> str:
             + ", ".join(f"{t} {norm[t]:.3f}" for t in TASKS)
             + " |"
         )
-    lines += ["", f"wall clock: {data['elapsed']:.0f} s"]
+    lines += ["", f"wall clock: {data['elapsed']:.0f} s; {machine_line(data)}"]
     return "\n".join(lines)
 
 
@@ -343,8 +352,9 @@ def main() -> None:
     torch.set_num_threads(1)
     exp = Experiment(args)
     data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    data["machine"] = machine()
     if args.references:
-        earlier = json.loads(args.references.read_text())
+        earlier = references_from(args.references, data, exp.log)
         same = ("seed", "lr", "batch", "instances", "frozen_layers")
         if any(earlier["args"].get(key) != data["args"][key] for key in same):
             sys.exit(f"error: {args.references} was measured with other {', '.join(same)}")
