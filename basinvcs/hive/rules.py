@@ -34,13 +34,13 @@ over two seeds, with ten 0.912 on average over four at 120 local steps each and 
 a second machine 0.951 and 0.858; at 52 coordinates: 0.922 and 0.941 with three, 0.842 with ten
 at 60 steps; `mean` 0.912, 0.913 and, on two seeds, 0.674 and 0.688, since averaging ten
 instances' single steps moves the basin about one step per round; `centered_clip` 0.877,
-0.860). Summing instead
-(`mean` with the outer lr at N, or power 0) kept 0.906 and 0.844 with ten over two seeds, and
-would take N steps at once from N instances of one task; the sender mean sums only what no two
-updates share. No rule here survives sign flips of non-IID sparse updates (the Byzantine
-table); scale is bounded before any rule by the outlier check (c = 10 refused every ×100
-update) and, in `sender_mean`, by its clip. On arithmetic alone (scripts/bench/hive_rules.py,
-IID dense updates) `centered_clip` stays closest to the honest mean under every attack.
+0.860). Summing instead (`mean` with the outer lr at N, or power 0) kept 0.906 and 0.844 with
+ten over two seeds, and would take N steps at once from N instances of one task; the sender mean
+sums only what no two updates share. No rule here survives sign flips of non-IID sparse updates
+(the Byzantine table); scale is bounded before any rule by the outlier check (c = 10 refused
+every ×100 update) and, in `sender_mean`, by its clip. On arithmetic alone
+(scripts/bench/hive_rules.py, IID dense updates) `centered_clip` stays closest to the honest mean
+under every attack.
 
 A new rule is a `Rule` subclass decorated with `@register` in this module (or one imported by the
 package), with its options and their defaults in `options`.
