@@ -190,6 +190,7 @@ class Replica:
         self.heard: dict[CID, bytes] = {}
         self.announced: dict[CID, set[CID]] = {}  # parent -> update CIDs others took
         self.taken: dict[CID, set[CID]] = {}  # parent -> the update CIDs this replica's head took
+        self.not_adopted: str | None = None  # why the last head others made was not adopted
 
     @property
     def head(self) -> CID:
@@ -255,18 +256,19 @@ class Replica:
     def catch_up(self, target: CID) -> bool:
         """Reach `target`, a head other replicas made, from this replica's head: walk back from
         it through their stored commits to where this replica left off, then recompute every
-        round forward from the updates each commit lists; adopt only what recomputes exactly."""
+        round forward from the updates each commit lists; adopt only what recomputes exactly.
+        False when not, and `not_adopted` says why in one line (`basin hive replica` logs it)."""
         chain: list[Commit] = []
         cid = target
         while cid != self.head:
             if len(chain) >= MAX_CATCH_UP:
-                return False
+                return self._refuse(target, f"more than {MAX_CATCH_UP} rounds past this head")
             try:
                 commit = Commit.decode(self._fetch(cid))
-            except BasinError:
-                return False
+            except BasinError as exc:
+                return self._refuse(target, f"its history cannot be read: {exc}")
             if len(commit.parents) != 1:
-                return False
+                return self._refuse(target, f"{cid} has {len(commit.parents)} parents, not one")
             chain.append(commit)
             cid = commit.parents[0]
         for commit in reversed(chain):
@@ -276,11 +278,35 @@ class Replica:
                 for line in commit.message.splitlines()
                 if line.startswith(("taken ", "refused "))
             }
-            head = round_head(self.repo, parent, self._blocks(listed).values(), self.rule)
+            blocks = self._blocks(listed).values()
+            head = round_head(self.repo, parent, blocks, self.rule)
             if head != CID.for_block(commit.encode()):
-                return False  # not what the listed updates give: not adopted
+                return self._refuse(target, self._why_not(parent, blocks))
             self._move(head, parent)
+        self.not_adopted = None
         return True
+
+    def _refuse(self, target: CID, why: str) -> bool:
+        self.not_adopted = f"head {target} not adopted: {why}"
+        return False
+
+    def _why_not(self, parent: CID, blocks: Iterable[bytes]) -> str:
+        """Why the round after `parent` did not recompute to what others made of it."""
+        untrusted = set()
+        for data in blocks:
+            try:
+                author = Update.decode(data, chart=self.repo.config.chart).author
+            except BasinError:
+                continue
+            if self.repo.config.trusted_key(author) is None:
+                untrusted.add(format_key(author))
+        if untrusted:
+            keys = ", ".join(sorted(untrusted))
+            return f"the round after {parent} took updates of signers not trusted here: {keys}"
+        return (
+            f"the round after {parent} does not recompute from the updates it lists (one no "
+            "node serves, or another rule)"
+        )
 
     def _blocks(self, cids: set[CID]) -> dict[CID, bytes]:
         out = {}
@@ -387,8 +413,10 @@ def follow(
             continue
         if isinstance(message, BasinError):
             raise RemoteError(f"the hive's subscription through {node.addr} failed: {message}")
-        before = replica.head
+        before, refused = replica.head, replica.not_adopted
         replica.hear(message)
+        if replica.not_adopted is not None and replica.not_adopted != refused:
+            log(replica.not_adopted)
         if replica.head != before:
             deadline = None  # what was heard for the old head no longer counts
             yield Event("adopted", before, replica.head, _taken(repo, before, replica.head))

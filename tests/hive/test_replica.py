@@ -143,8 +143,28 @@ def test_a_forged_head_is_not_adopted(replicas):
     ).signed(key.sign)
     bus.blocks[CID.for_block(forged.encode())] = forged.encode()
     assert not c.catch_up(CID.for_block(forged.encode()))
-    assert c.head == parent
+    assert c.head == parent and "does not recompute from the updates it lists" in c.not_adopted
     assert c.catch_up(a.head) and c.head == a.head  # the honest one is
+    assert c.not_adopted is None
+
+
+def test_a_replica_says_why_it_did_not_catch_up(replicas):
+    """Rounds that took a signer this replica no longer trusts do not recompute here: kept out,
+    with the signer named; a head whose history no node serves is another one-line reason."""
+    bus, (a, b, c) = replicas
+    bus.offline = {2}
+    offer_all([a, b, None], [1.0, 2.0, None])
+    a.close()
+    b.close()
+    bus.offline = set()
+    porcelain.untrust(c.repo, "r2")
+    start = c.head
+    assert not c.catch_up(a.head) and c.head == start
+    assert c.not_adopted.startswith(f"head {a.head} not adopted: the round after {start}")
+    assert f"signers not trusted here: {format_key(SIGNERS[1].public_key)}" in c.not_adopted
+    unknown = CID.for_block(b"\xa0")
+    assert not c.catch_up(unknown) and "its history cannot be read" in c.not_adopted
+    assert "\n" not in c.not_adopted
 
 
 def test_three_replicas_through_two_ipfs_nodes_converge(replicas, ipfs_pair):
