@@ -214,7 +214,8 @@ class Replica:
         known.update(announcement.updates)
         mine = self.taken.get(announcement.parent)
         if mine is not None and not known <= mine:
-            self._reconcile(announcement.parent)  # the round this replica closed with fewer
+            # the round this replica closed with fewer
+            self._reconcile(announcement.parent, announcement.head)
         elif not self.repo.is_commit(announcement.parent):
             self.catch_up(announcement.parent)  # rounds this replica missed
 
@@ -229,13 +230,18 @@ class Replica:
         parent = self.head
         return self._settle(parent, parent, set(self.heard) | self.announced.get(parent, set()))
 
-    def _reconcile(self, parent: CID) -> None:
+    def _reconcile(self, parent: CID, theirs: CID) -> None:
         """Others closed the round after `parent` with updates this replica had not heard: make
         the head again from the union (every replica that hears every announcement converges on
-        the union of what anyone heard)."""
+        the union of what anyone heard). If their head `theirs` stays out of reach because they
+        took signers this replica does not trust, `not_adopted` says so."""
         if self.repo.parents(self.head) != [str(parent)]:
             return  # this replica has moved on since: the next rounds' announcements carry it
         self._settle(parent, self.head, self.taken[parent] | self.announced[parent])
+        if self.head != theirs:
+            left_out = self._blocks(self.announced[parent] - self.taken[parent]).values()
+            if untrusted := self._untrusted(left_out):
+                self._refuse(theirs, self._took_untrusted(parent, untrusted))
 
     def _settle(self, parent: CID, current: CID, cids: set[CID]) -> CID:
         """Make the head after `parent` from the updates `cids`, move the branch from `current`
@@ -292,21 +298,29 @@ class Replica:
 
     def _why_not(self, parent: CID, blocks: Iterable[bytes]) -> str:
         """Why the round after `parent` did not recompute to what others made of it."""
-        untrusted = set()
+        if untrusted := self._untrusted(blocks):
+            return self._took_untrusted(parent, untrusted)
+        return (
+            f"the round after {parent} does not recompute from the updates it lists (one no "
+            "node serves, or another rule)"
+        )
+
+    def _untrusted(self, blocks: Iterable[bytes]) -> set[str]:
+        """The keys of the updates' signers this replica does not trust."""
+        out = set()
         for data in blocks:
             try:
                 author = Update.decode(data, chart=self.repo.config.chart).author
             except BasinError:
                 continue
             if self.repo.config.trusted_key(author) is None:
-                untrusted.add(format_key(author))
-        if untrusted:
-            keys = ", ".join(sorted(untrusted))
-            return f"the round after {parent} took updates of signers not trusted here: {keys}"
-        return (
-            f"the round after {parent} does not recompute from the updates it lists (one no "
-            "node serves, or another rule)"
-        )
+                out.add(format_key(author))
+        return out
+
+    @staticmethod
+    def _took_untrusted(parent: CID, keys: set[str]) -> str:
+        listed = ", ".join(sorted(keys))
+        return f"the round after {parent} took updates of signers not trusted here: {listed}"
 
     def _blocks(self, cids: set[CID]) -> dict[CID, bytes]:
         out = {}

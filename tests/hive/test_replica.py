@@ -167,6 +167,22 @@ def test_a_replica_says_why_it_did_not_catch_up(replicas):
     assert "\n" not in c.not_adopted
 
 
+def test_a_replica_says_why_its_round_differs_from_the_others(replicas):
+    """In one round c leaves out a signer it no longer trusts; the others' announcement lists
+    that signer's update, which c does not take, and c says so."""
+    bus, (a, b, c) = replicas
+    porcelain.untrust(c.repo, "r2")
+    start = c.head
+    offer_all([a, b, c], [1.0, 2.0, 3.0])
+    for replica in (c, a, b):
+        replica.close()
+    assert a.head == b.head != c.head and c.repo.parents(c.head) == [str(start)]
+    assert c.not_adopted == (
+        f"head {a.head} not adopted: the round after {start} took updates of signers not "
+        f"trusted here: {format_key(SIGNERS[1].public_key)}"
+    )
+
+
 def test_three_replicas_through_two_ipfs_nodes_converge(replicas, ipfs_pair):
     """Real pubsub and bitswap: a and b on one js-ipfs daemon, c on another."""
     import threading
