@@ -228,7 +228,8 @@ class Replica:
         announced for it, combined by `round_head`; the new head is recorded, its commit stored
         where others can fetch it, and announced."""
         parent = self.head
-        return self._settle(parent, parent, set(self.heard) | self.announced.get(parent, set()))
+        cids = set(self.heard) | self.announced.get(parent, set())
+        return self._settle(parent, parent, self._blocks(cids))
 
     def _reconcile(self, parent: CID, theirs: CID) -> None:
         """Others closed the round after `parent` with updates this replica had not heard: make
@@ -237,16 +238,16 @@ class Replica:
         took signers this replica does not trust, `not_adopted` says so."""
         if self.repo.parents(self.head) != [str(parent)]:
             return  # this replica has moved on since: the next rounds' announcements carry it
-        self._settle(parent, self.head, self.taken[parent] | self.announced[parent])
+        blocks = self._blocks(self.taken[parent] | self.announced[parent])
+        self._settle(parent, self.head, blocks)
         if self.head != theirs:
-            left_out = self._blocks(self.announced[parent] - self.taken[parent]).values()
-            if untrusted := self._untrusted(left_out):
-                self._refuse(theirs, self._took_untrusted(parent, untrusted))
+            left_out = [d for c, d in blocks.items() if c not in self.taken[parent]]
+            if why := self._untrusted(parent, left_out):
+                self._refuse(theirs, why)
 
-    def _settle(self, parent: CID, current: CID, cids: set[CID]) -> CID:
-        """Make the head after `parent` from the updates `cids`, move the branch from `current`
-        to it, store its commit for others to fetch and announce it."""
-        blocks = self._blocks(cids)
+    def _settle(self, parent: CID, current: CID, blocks: dict[CID, bytes]) -> CID:
+        """Make the head after `parent` from the updates `blocks` (by CID), move the branch from
+        `current` to it, store its commit for others to fetch and announce it."""
         head = round_head(self.repo, parent, blocks.values(), self.rule)
         taken = {c for c, _ in _eligible(self.repo, parent, blocks.values())}
         self.taken[parent] = taken
@@ -298,27 +299,24 @@ class Replica:
 
     def _why_not(self, parent: CID, blocks: Iterable[bytes]) -> str:
         """Why the round after `parent` did not recompute to what others made of it."""
-        if untrusted := self._untrusted(blocks):
-            return self._took_untrusted(parent, untrusted)
-        return (
+        return self._untrusted(parent, blocks) or (
             f"the round after {parent} does not recompute from the updates it lists (one no "
             "node serves, or another rule)"
         )
 
-    def _untrusted(self, blocks: Iterable[bytes]) -> set[str]:
-        """The keys of the updates' signers this replica does not trust."""
-        out = set()
+    def _untrusted(self, parent: CID, blocks: Iterable[bytes]) -> str | None:
+        """The reason, if the round after `parent` took updates (`blocks`) of signers this
+        replica does not trust; None if it took none."""
+        keys = set()
         for data in blocks:
             try:
                 author = Update.decode(data, chart=self.repo.config.chart).author
             except BasinError:
                 continue
             if self.repo.config.trusted_key(author) is None:
-                out.add(format_key(author))
-        return out
-
-    @staticmethod
-    def _took_untrusted(parent: CID, keys: set[str]) -> str:
+                keys.add(format_key(author))
+        if not keys:
+            return None
         listed = ", ".join(sorted(keys))
         return f"the round after {parent} took updates of signers not trusted here: {listed}"
 

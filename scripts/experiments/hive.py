@@ -579,14 +579,19 @@ def machine_line(data: dict) -> str:
     return "machine: " + (", ".join(f"{k} {v}" for k, v in m.items()) if m else "not recorded")
 
 
-def references_from(path: Path, data: dict, log) -> dict:
-    """The references of an earlier --json; a note when they were measured on another machine."""
+def references_from(path: Path, data: dict, log, same: tuple, defaults: dict | None = None) -> dict:
+    """The references of an earlier --json, refused (exit) unless measured with the same
+    `same` settings (`defaults` for runs from before a setting existed); a note when they were
+    measured on another machine."""
     earlier = json.loads(path.read_text())
+    defaults = defaults or {}
+    if any(earlier["args"].get(key, defaults.get(key)) != data["args"][key] for key in same):
+        sys.exit(f"error: {path} was measured with other {', '.join(same)}")
     if "machine" not in earlier:
         log(f"note: {path} does not say which machine measured it")
     elif earlier["machine"] != data["machine"]:
         log(f"note: {path} was measured on another machine ({machine_line(earlier)})")
-    return earlier
+    return earlier["references"]
 
 
 def mean(values) -> float:
@@ -780,12 +785,13 @@ def main() -> None:
     data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     data["machine"] = machine()
     if args.references:
-        earlier = references_from(args.references, data, exp.log)
-        same = ("seed", "steps", "lr", "batch", "curve", "instances", "frozen_layers")
-        defaults = {"instances": 3, "frozen_layers": 0}  # runs from before these options
-        if any(earlier["args"].get(key, defaults.get(key)) != data["args"][key] for key in same):
-            sys.exit(f"error: {args.references} was measured with other {', '.join(same)}")
-        data["references"] = earlier["references"]
+        data["references"] = references_from(
+            args.references,
+            data,
+            exp.log,
+            ("seed", "steps", "lr", "batch", "curve", "instances", "frozen_layers"),
+            {"instances": 3, "frozen_layers": 0},  # runs from before these options
+        )
         exp.log(f"references from {args.references}")
     else:
         data["references"] = exp.references()

@@ -354,11 +354,9 @@ def main() -> None:
     data: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     data["machine"] = machine()
     if args.references:
-        earlier = references_from(args.references, data, exp.log)
-        same = ("seed", "lr", "batch", "instances", "frozen_layers")
-        if any(earlier["args"].get(key) != data["args"][key] for key in same):
-            sys.exit(f"error: {args.references} was measured with other {', '.join(same)}")
-        data["references"] = earlier["references"]
+        data["references"] = references_from(
+            args.references, data, exp.log, ("seed", "lr", "batch", "instances", "frozen_layers")
+        )
     else:
         data["references"] = exp.references()
     names = list(exp.instances)
