@@ -25,6 +25,7 @@ to draw again (see `_kept`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -414,6 +415,7 @@ class Projection:
 
 GRAM_FORMAT = b"basinvcs-gram/2\n"  # the first bytes of a kept file; /1 kept the factor alone
 GRAM_SUFFIX = ".gram"
+GRAM_CACHE_BYTES = 512 * 2**20  # kept files in one folder: some 60 charts at d = 1024
 GRAM_ROWS = 128  # rows of G filled at a time (see _gram_factor): 64 to 256 as fast as each other
 
 
@@ -483,6 +485,8 @@ def _read_kept(path: Path, key: bytes, dim: int, counts: list[int]) -> Kept | No
         or zlib.crc32(view[_KEPT_HEAD:]) != int.from_bytes(view[start + 32 : _KEPT_HEAD], "little")
     ):
         return None
+    with contextlib.suppress(OSError):  # its last use, for `_prune`
+        os.utime(path)
     at = list(accumulate((_KEPT_HEAD, *sizes)))  # where each part starts; no copies of the 8 MB
 
     def signs(part: int, rows: int) -> torch.Tensor:
@@ -522,20 +526,40 @@ def _write_kept(path: Path, key: bytes, kept: Kept) -> None:
                 fh.write(part)
     except OSError:
         return
-    _remove_stale(path.parent)
+    _prune(path.parent, path)
 
 
-def _remove_stale(folder: Path) -> None:
-    """Remove kept files of other formats (older versions of basinvcs): their keys hold their
-    format, so no file of this one's is ever read again, and each is megabytes."""
+def _prune(folder: Path, written: Path) -> None:
+    """Remove kept files of other formats (older versions of basinvcs: their keys hold their
+    format, so no file of this one's is ever read again), then the least recently used of the
+    rest while the folder holds more than GRAM_CACHE_BYTES: every chart and
+    substrate a user ever checked out leaves a file of megabytes (8.6 MB at d = 1024). `written`,
+    the file just kept, stays. Reads touch a file's mtime (`_read_kept`), so mtime is its last
+    use. A file another process has mapped is only unlinked: its mapping stays valid."""
+    kept = []
     for other in folder.glob(f"*{GRAM_SUFFIX}"):
         try:
             with open(other, "rb") as fh:
                 stale = fh.read(len(GRAM_FORMAT)) != GRAM_FORMAT
             if stale:
                 other.unlink()
+            elif other != written:
+                st = other.stat()
+                kept.append((st.st_mtime_ns, st.st_size, other))
         except OSError:
             continue
+    try:
+        total = written.stat().st_size + sum(size for _, size, _ in kept)
+    except OSError:
+        return
+    for _, size, other in sorted(kept, key=lambda t: (t[0], t[2].name)):
+        if total <= GRAM_CACHE_BYTES:
+            break
+        try:
+            other.unlink()
+        except OSError:
+            continue
+        total -= size
 
 
 class Encoder:

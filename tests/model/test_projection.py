@@ -1,6 +1,7 @@
 """The chart projection: orthonormal columns, exact adjoint, determinism, streaming."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -334,6 +335,34 @@ def test_writing_a_kept_file_removes_those_of_other_formats(tmp_path):
     factor(b, SPECS, cache=tmp_path)
     assert not old.exists() and other.exists() and current.exists()
     assert len(gram_files(tmp_path)) == 2
+
+
+def test_the_kept_files_are_bounded_and_the_least_recently_used_go_first(tmp_path, monkeypatch):
+    """A folder over GRAM_CACHE_BYTES loses the files used longest ago (a read counts as a use)
+    until it fits again; the file just written stays even if it alone is over."""
+    charts = [Chart(seed=s, dim=64) for s in (5, 6, 7)]
+    for k, chart in enumerate(charts):
+        factor(chart, SPECS, cache=tmp_path)
+        path = tmp_path / f"{Projection(chart, SPECS).gram_key().hex()}.gram"
+        os.utime(path, ns=(k * 10**9, k * 10**9))  # written one second after another
+    paths = gram_files(tmp_path)
+    size = paths[0].stat().st_size
+    assert len(paths) == 3 and {p.stat().st_size for p in paths} == {size}
+    names = {c.seed: f"{Projection(c, SPECS).gram_key().hex()}.gram" for c in charts}
+    factor(charts[0], SPECS, cache=tmp_path)  # read: seed 5 is now the most recently used
+    assert (tmp_path / names[5]).stat().st_mtime_ns > 2 * 10**9
+    monkeypatch.setattr(projection, "GRAM_CACHE_BYTES", 3 * size)
+    factor(Chart(seed=8, dim=64), SPECS, cache=tmp_path)  # four files: one over
+    assert {p.name for p in gram_files(tmp_path)} == {
+        names[5],
+        names[7],
+        f"{Projection(Chart(seed=8, dim=64), SPECS).gram_key().hex()}.gram",
+    }
+    monkeypatch.setattr(projection, "GRAM_CACHE_BYTES", size // 2)
+    fresh = factor(Chart(seed=9, dim=64), SPECS)
+    assert torch.equal(factor(Chart(seed=9, dim=64), SPECS, cache=tmp_path), fresh)
+    (left,) = gram_files(tmp_path)
+    assert left.name == f"{Projection(Chart(seed=9, dim=64), SPECS).gram_key().hex()}.gram"
 
 
 def test_the_draws_and_block_hashes_are_kept_with_the_factor(tmp_path, monkeypatch):
