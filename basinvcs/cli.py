@@ -1607,12 +1607,19 @@ def hive_serve(
     help="Join even where this repository has joined a hive already or the branch holds "
     "commits the hive's head lacks (the branch is moved off them).",
 )
-def hive_join(url: str, force: bool) -> None:
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 3600),
+    default=0,
+    metavar="SECONDS",
+    help="Keep asking a coordinator that does not answer yet (still starting) this long.",
+)
+def hive_join(url: str, force: bool, wait: float) -> None:
     """Join the hive coordinated at URL: trust its key and start from its head."""
     from .hive import edge
 
     with _repo() as repo:
-        state = edge.join(repo, url, force)
+        state = edge.join(repo, url, force, wait)
     click.echo(f"joined {state.url}: branch {state.branch} at {short(state.synced)}")
     click.echo(f"trusting the coordinator's key {state.key} as 'hive' (check it out of band)")
 

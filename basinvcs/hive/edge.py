@@ -25,6 +25,7 @@ The coordinator being down or refusing is one line (RemoteError), and nothing lo
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,6 +47,7 @@ STATE_FILE = "hive.json"
 REMOTE = "hive"
 TIMEOUT = 30.0  # seconds for one request to the coordinator
 MAX_ANSWER = 4 << 20  # a coordinator's answer: a block or a small JSON document
+JOIN_POLL = 0.2  # seconds between a waiting join's attempts
 
 
 @dataclass
@@ -92,8 +94,13 @@ def save_state(repo: Repository, state: EdgeState) -> None:
 # -- talking to the coordinator
 
 
+class Unreachable(RemoteError):
+    """No answer at all from the coordinator's address (refused, timed out, no such host), as
+    against an answer that refuses: only this is worth asking again (`join`'s `wait`)."""
+
+
 def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
-    """(status, body) of one request; a coordinator that cannot be reached is a RemoteError."""
+    """(status, body) of one request; a coordinator that cannot be reached is Unreachable."""
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if data is not None:
         request.add_header("Content-Type", "application/octet-stream")
@@ -104,7 +111,7 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read(MAX_ANSWER + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed URL
         reason = getattr(exc, "reason", exc)
-        raise RemoteError(f"cannot reach the hive coordinator at {url}: {reason}") from None
+        raise Unreachable(f"cannot reach the hive coordinator at {url}: {reason}") from None
 
 
 def request_json(url: str, data: bytes | None = None) -> dict:
@@ -151,14 +158,16 @@ def coordinator_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def join(repo: Repository, url: str, force: bool = False) -> EdgeState:
+def join(repo: Repository, url: str, force: bool = False, wait: float = 0.0) -> EdgeState:
     """Record the coordinator at `url`, trust its key, and start from its head.
 
     Refused, with nothing changed but blocks fetched, where the repository has joined a hive
     already, or where the branch holds commits the hive's head does not contain (anything but
     a fresh repository's first commit) that joining would move it off; `force` joins anyway,
     keeping the sequence number when the coordinator's key is the same, so that the updates
-    sent next are not refused as replays."""
+    sent next are not refused as replays. `wait`: seconds to keep asking a coordinator that does
+    not answer yet (one starting beside its edges, as a script or a compose file starts them);
+    an answer that refuses is final at once."""
     url = coordinator_url(url)
     previous = load_state(repo) if _state_path(repo).exists() else None
     if previous is not None and not force:
@@ -166,7 +175,15 @@ def join(repo: Repository, url: str, force: bool = False) -> EdgeState:
             f"this repository has joined the hive at {previous.url} already: basin hive sync "
             "follows it (join --force joins again)"
         )
-    head = request_json(f"{url}/head")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            head = request_json(f"{url}/head")
+            break
+        except Unreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(JOIN_POLL, max(0.0, deadline - time.monotonic())))
     try:
         key = parse_key(str(head["key"]))
         branch = str(head["branch"])

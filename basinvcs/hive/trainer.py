@@ -65,6 +65,7 @@ from ..errors import BasinError, RemoteError, SchemaError
 from ..identity import Identity, format_key, parse_key
 from ..objects import Basin, Commit
 from ..porcelain import now_ms
+from ..repository import Repository
 from . import edge
 from .update import DEFAULT_ENCODING, Compressor, next_update
 
@@ -191,6 +192,12 @@ class HttpTransport:
         self.key = parse_key(key) if key is not None else None
         self.poll = poll
         self._blocks = edge.block_source(self.url)
+
+    @classmethod
+    def joined(cls, repo: Repository, poll: float = 0.5) -> HttpTransport:
+        """The coordinator `repo` joined (`basin hive join`), its key the one recorded then."""
+        state = edge.load_state(repo)
+        return cls(state.url, state.key, poll)
 
     def head(self) -> Head:
         try:

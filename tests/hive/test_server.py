@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,8 +37,8 @@ def free_port() -> int:
 class Server:
     """`basin hive serve` in its own process, stopped by its own process id."""
 
-    def __init__(self, repo: Path, home: Path, *args: str):
-        self.port = free_port()
+    def __init__(self, repo: Path, home: Path, *args: str, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, BASIN_HOME=str(home))
         self.proc = subprocess.Popen(
@@ -124,8 +125,8 @@ def hive(tmp_path, monkeypatch):
         hub("key", "add", e.key, "--name", e.path.name)
     servers: list[Server] = []
 
-    def start(*args: str) -> Server:
-        servers.append(Server(hub.path, hub.home, *args))
+    def start(*args: str, port: int | None = None) -> Server:
+        servers.append(Server(hub.path, hub.home, *args, port=port))
         return servers[-1]
 
     yield hub, edges, start
@@ -223,6 +224,33 @@ def test_status_says_where_the_edge_and_its_coordinator_stand(hive, tmp_path, cl
 def test_join_refuses_what_is_not_a_coordinators_url(repo_dir, cli, url):
     assert "is not a coordinator's URL" in cli.fails("hive", "join", url).stderr
     assert not (repo_dir / ".basin" / "hive.json").exists()
+
+
+def test_join_waits_for_a_coordinator_that_is_still_starting(hive):
+    """`join --wait` keeps asking an address nobody answers at yet, and joins once the
+    coordinator is up; without a coordinator it gives up after the time given, one line, and
+    the repository has joined nothing. The training API finds the coordinator joined."""
+    from basinvcs.hive.trainer import HttpTransport
+
+    hub, edges, start = hive
+    e = edges[0]
+    port = free_port()
+    late = threading.Timer(1.5, lambda: start("--round-updates", "1", port=port))
+    with e:
+        began = time.monotonic()
+        refused = e.cli.fails("hive", "join", "--wait", "1", f"http://127.0.0.1:{port}").stderr
+    assert 1.0 <= time.monotonic() - began < 10
+    assert "cannot reach the hive coordinator" in refused and len(refused.splitlines()) == 1
+    assert not (e.path / ".basin" / "hive.json").exists()
+    late.start()
+    try:
+        assert "joined" in e("hive", "join", "--wait", "60", f"http://127.0.0.1:{port}").output
+    finally:
+        late.join()
+    with Repository.open(e.path) as repo:
+        transport = HttpTransport.joined(repo)
+        assert transport.url == f"http://127.0.0.1:{port}"
+        assert transport.head().cid == repo.branch_commit("general")
 
 
 def test_join_refuses_local_work_and_a_second_join_unless_forced(hive):
