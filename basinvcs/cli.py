@@ -671,14 +671,25 @@ def verify(require_trusted: bool) -> None:
 
 
 @main.group(invoke_without_command=True)
+@click.option(
+    "--public-key",
+    "only_key",
+    is_flag=True,
+    help="Print only your public key (z6Mk...), for scripts.",
+)
 @click.pass_context
-def key(ctx: click.Context) -> None:
+def key(ctx: click.Context, only_key: bool) -> None:
     """Your identity and the repository's trusted signers."""
     if ctx.invoked_subcommand is None:
         from .identity import format_key, require_identity
 
         ident = require_identity()
-        click.echo(f"{ident.name} <{format_key(ident.public_key)}>")
+        public = format_key(ident.public_key)
+        click.echo(public if only_key else f"{ident.name} <{public}>")
+    elif only_key:
+        raise click.UsageError(
+            f"--public-key is an option of 'basin key' alone, not of {ctx.invoked_subcommand}"
+        )
 
 
 @key.command("generate")

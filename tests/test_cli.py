@@ -94,6 +94,9 @@ def test_keys(repo_dir, cli):
     me = cli("key").output.strip()
     assert me.startswith("tester <z6Mk")
     key = me.split("<")[1].rstrip(">")
+    assert cli("key", "--public-key").output == key + "\n"
+    misused = cli("key", "--public-key", "list", ok=False)  # a usage error: exit 2
+    assert misused.exit_code == 2 and "not of list" in misused.stderr
     assert key in cli("key", "list").output
     cli("key", "add", key, "--name", "me-again", "--weight", "2.5")
     assert "me-again  weight=2.5" in cli("key", "list").output
