@@ -203,13 +203,16 @@ class Replica:
         self._publish(update)
         return CID.for_block(update)
 
-    def hear(self, message: bytes) -> None:
-        """An update or a head announcement from the topic (anything else is ignored)."""
+    def hear(self, message: bytes) -> str | None:
+        """An update or a head announcement from the topic (anything else is ignored). Returns
+        `not_adopted` when this message newly left a head of the others out (a head announced
+        again, by another replica or pubsub's repeats, is said once), else None."""
         try:
             announcement = Announcement.decode(message)
         except BasinError:
             self.heard.setdefault(CID.for_block(message), message)
-            return
+            return None
+        before = self.not_adopted
         known = self.announced.setdefault(announcement.parent, set())
         known.update(announcement.updates)
         mine = self.taken.get(announcement.parent)
@@ -218,6 +221,7 @@ class Replica:
             self._reconcile(announcement.parent, announcement.head)
         elif not self.repo.is_commit(announcement.parent):
             self.catch_up(announcement.parent)  # rounds this replica missed
+        return self.not_adopted if self.not_adopted not in (None, before) else None
 
     def counts(self, message: bytes) -> bool:
         """Whether `message` is an update that counts for the round after the current head."""
@@ -425,10 +429,9 @@ def follow(
             continue
         if isinstance(message, BasinError):
             raise RemoteError(f"the hive's subscription through {node.addr} failed: {message}")
-        before, refused = replica.head, replica.not_adopted
-        replica.hear(message)
-        if replica.not_adopted is not None and replica.not_adopted != refused:
-            log(replica.not_adopted)
+        before = replica.head
+        if why := replica.hear(message):
+            log(why)
         if replica.head != before:
             deadline = None  # what was heard for the old head no longer counts
             yield Event("adopted", before, replica.head, _taken(repo, before, replica.head))

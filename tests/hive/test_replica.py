@@ -27,14 +27,17 @@ class Bus:
         self.blocks: dict[CID, bytes] = {}
         self.drop = lambda sender, receiver, message: False
         self.offline: set[int] = set()
+        self.said: list[tuple[int, str]] = []  # (replica, line) for each head not adopted
 
     def join(self, repo: Repository) -> Replica:
         k = len(self.replicas)
 
         def publish(message: bytes) -> None:
             for j, other in enumerate(self.replicas):
-                if j != k and j not in self.offline and not self.drop(k, j, message):
-                    other.hear(message)
+                if j == k or j in self.offline or self.drop(k, j, message):
+                    continue
+                if why := other.hear(message):
+                    self.said.append((j, why))
 
         def fetch(cid: CID) -> bytes:
             if cid not in self.blocks:
@@ -177,10 +180,12 @@ def test_a_replica_says_why_its_round_differs_from_the_others(replicas):
     for replica in (c, a, b):
         replica.close()
     assert a.head == b.head != c.head and c.repo.parents(c.head) == [str(start)]
-    assert c.not_adopted == (
+    line = (
         f"head {a.head} not adopted: the round after {start} took updates of signers not "
         f"trusted here: {format_key(SIGNERS[1].public_key)}"
     )
+    assert c.not_adopted == line
+    assert bus.said == [(2, line)]  # a and b both announced that head: said once
 
 
 def test_three_replicas_through_two_ipfs_nodes_converge(replicas, ipfs_pair):
