@@ -32,8 +32,10 @@ K = TypeVar("K", bytes, str)  # a signer: its key (the coordinator) or a name (t
 @dataclass(frozen=True)
 class Signer:
     """One signer's part in the rounds the journal holds. `against` and `along`: the other signer
-    whose summed direction has the lowest and the highest cosine with this one's, and that cosine
-    (None when this signer, or every other, has no taken update with a nonzero change)."""
+    whose summed direction has the lowest and the highest cosine with this one's, and that cosine;
+    None where no other's points against (cosine < 0), or along (> 0), this one's, or this signer
+    (or every other) has no taken update with a nonzero change. With one other signer, that one
+    is either the most against or the most along, not both."""
 
     author: bytes
     taken: int
@@ -99,7 +101,10 @@ def report(
             others = [j for j in range(len(keys)) if j != i]
             low = min(others, key=lambda j: (cos[i, j], keys[j]))
             high = max(others, key=lambda j: (cos[i, j], keys[j]))
-            against, along = (keys[low], float(cos[i, low])), (keys[high], float(cos[i, high]))
+            if cos[i, low] < 0:
+                against = (keys[low], float(cos[i, low]))
+            if cos[i, high] > 0:
+                along = (keys[high], float(cos[i, high]))
         c = counts[author]
         out.append(Signer(author, c[TAKEN], c[REFUSED], c[PENDING], last[author], against, along))
     return out

@@ -43,7 +43,8 @@ def test_each_signer_is_counted_and_set_against_and_along_the_others(played):
     assert one.along == (EDGES[1].public_key, pytest.approx(0.92, abs=0.02))  # (1, ±0.2)
     assert flipped.against[1] == pytest.approx(-0.98, abs=0.02)
     assert flipped.against[0] in (EDGES[0].public_key, EDGES[1].public_key)
-    assert alone.against[1] == pytest.approx(0.0, abs=1e-6)  # orthogonal to every other
+    assert flipped.along is None  # nobody points its way
+    assert alone.against is None and alone.along is None  # orthogonal to every other
     later = {r.author: r for r in signers.report(played.journal.history(3), chart)}
     assert later[EDGES[2].public_key].taken == 1 and EDGES[3].public_key in later
 
