@@ -354,8 +354,12 @@ class Experiment:
         while heads[-1] != genesis:
             heads.append(repo.read_commit(heads[-1]).parents[0])
         heads.reverse()  # heads[r]: the head after round r - 1 (heads[0]: genesis)
+        # rounds as an instance that took part in every one saw them: an honest one (where a
+        # probe wraps every instance, the one with the longest history: never removed)
         honest = [name for name in self.instances if classes[name] is HiveTrainer]
-        first = trainers[honest[0]]
+        first = max(
+            (trainers[name] for name in honest or self.instances), key=lambda t: len(t.history)
+        )
         rounds = len(first.history)
         steps_at = [0]
         for record in first.history:
@@ -405,6 +409,7 @@ class Experiment:
             "taken": {name: sum(bool(t) for t in taken[name]) for name in self.instances},
             "refused": {name: sum(t is False for t in taken[name]) for name in self.instances},
             "intake_refused": dict(transport.refused),
+            "removed": dict(getattr(transport, "removed", {})),  # name -> round (a probe's)
             "status": coordinator.status(),
             "deltas": {
                 str(r): {name: u.delta() for name, u in sorted(by_round[r].items())}
@@ -416,6 +421,7 @@ class Experiment:
             f"{label}: {rounds} rounds, {seconds:.0f} s, final {final}, max update "
             f"{out['max_update_bytes']} B, refused {sum(out['refused'].values())}, intake "
             f"refusals {out['intake_refused']}"
+            + (f", removed {out['removed']}" if out["removed"] else "")
         )
         if not args.keep:
             shutil.rmtree(path, ignore_errors=True)

@@ -31,6 +31,12 @@ the references (--references, a JSON of scripts/experiments/hive.py or of this s
 same seed, instances, frozen layers, batch, learning rate; or trained here), and each run's mean
 is compared with the same rule's run without attack (ratio; target ≥ 0.9 for the coordinator's
 default rule).
+
+Two ways of stopping the attackers, measured beside the rules: --remove-at R, the operator
+removing their keys as round R opens (`basin key remove`); and --auto-remove τ, a probe of a
+coordinator that knows each signer's task and removes, from round --auto-from on, a signer whose
+summed updates point against all its remaining task-mates' (cosine < −τ) while those agree —
+whoever it is, so the run without attack measures its false removals.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from hive import (  # noqa: E402
     TASKS,
     Experiment,
     add_frozen_layers,
+    instances,
     machine,
     machine_line,
     mean,
@@ -191,7 +198,72 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
                 # the victim's key as author, signed with the attacker's
                 return signed(self, head, -100.0, tap.identities[victim].public_key, 10**6)
 
+        def auto_removal(classes: dict) -> dict:
+            """--auto-remove τ: a coordinator that knows each signer's task (its cohort) and, as
+            each round from --auto-from on opens, removes a signer whose updates, summed at unit
+            norm, point against every other remaining signer of its task (cosine < −τ) while those
+            agree with each other (every cosine > 0); tasks with fewer than three left are not
+            judged. A removed instance, honest or not, is then refused (403) like --remove-at's."""
+            from basinvcs.hive.signers import cosines
+
+            coordinator = tap.inner.coordinator
+            task_of = {name: task for name, (task, _) in instances(n).items()}
+            removed: dict[str, int] = {}  # name -> the round it was removed at
+            sums: dict[str, np.ndarray] = {}
+            seen = [0]  # how many of tap.sent are in `sums`
+
+            def judge(head) -> None:
+                for name, update, _ in tap.sent[seen[0] :]:
+                    delta = np.asarray(update.delta())
+                    norm = float(np.linalg.norm(delta))
+                    if norm > 0 and name not in removed:
+                        sums[name] = sums.get(name, 0.0) + delta / norm
+                seen[0] = len(tap.sent)
+                if coordinator.round < args.auto_from:
+                    return
+                keys, cos = cosines({k: v for k, v in sums.items() if k not in removed})
+                at = {k: i for i, k in enumerate(keys)}
+                out = []
+                for task in sorted(set(task_of.values())):
+                    members = [m for m in keys if task_of[m] == task]
+                    if len(members) < 3:
+                        continue
+                    for m in members:
+                        mates = [at[x] for x in members if x != m]
+                        against = all(cos[at[m], j] < -args.auto_remove for j in mates)
+                        agree = all(cos[i, j] > 0 for i in mates for j in mates if i < j)
+                        if against and agree:
+                            out.append(m)
+                if not out:
+                    return
+                with Repository.open(coordinator.repo.basin_dir.parent) as operator:
+                    for name in out:
+                        porcelain.untrust(operator, name)
+                        removed[name] = coordinator.round
+                coordinator.settings = dataclasses.replace(
+                    coordinator.settings, round_updates=n - len(removed)
+                )
+                print(f"round {coordinator.round}: removed {', '.join(out)}", file=sys.stderr)
+
+            def auto(base):
+                class Auto(base):
+                    def round(self):
+                        if self.identity.name not in removed:
+                            return super().round()
+                        return Refused.round(self)
+
+                    def record(self, head):
+                        self.seq += 1
+                        return signed(self, head, 1.0, self.identity.public_key)
+
+                return Auto
+
+            coordinator.on_head = judge
+            tap.removed = removed
+            return {name: auto(base) for name, base in classes.items()}
+
         cls = {
+            "none": HiveTrainer,
             "sign flip": SignFlip,
             "x100": Scaled,
             "x3": ScaledUnder,
@@ -202,6 +274,8 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             "forged signature": Forged,
             "inflated counts": Inflated,
         }[attack]
+        if args.auto_remove is not None:
+            return auto_removal({n: cls if n in attackers else HiveTrainer for n in names})
         if args.remove_at is None:
             return {name: cls for name in attackers}
 
@@ -337,6 +411,17 @@ def main() -> None:
         default=None,
         help="the operator removes the attackers' keys as this round opens (basin key remove)",
     )
+    ap.add_argument(
+        "--auto-remove",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="a coordinator that knows the tasks removes a signer pointing against all its "
+        "task-mates (cosine < -TAU of the summed updates) while they agree (a probe)",
+    )
+    ap.add_argument(
+        "--auto-from", type=int, default=10, help="with --auto-remove: judge from this round on"
+    )
     ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
     ap.add_argument("--keep", action="store_true", help="keep the scratch repositories")
     args = ap.parse_args()
@@ -370,9 +455,12 @@ def main() -> None:
                 args.k,
                 args.outlier_c,
                 rule_options={"trim": args.trim} if rule == "trimmed_mean" else None,
-                roles=roles(attack, names, args) if attack != "none" else None,
+                roles=roles(attack, names, args)
+                if attack != "none" or args.auto_remove is not None
+                else None,
                 label=f"{attack} {rule}"
-                + ("" if args.remove_at is None else f" removed at {args.remove_at}"),
+                + ("" if args.remove_at is None else f" removed at {args.remove_at}")
+                + ("" if args.auto_remove is None else f" auto-removal {args.auto_remove:g}"),
                 round_updates=len(names) - ATTACKERS if attack in REFUSED_AT_INTAKE else None,
             )
             deltas = run.pop("deltas")
