@@ -95,6 +95,7 @@ def alie_z(n: int, m: int) -> float:
 def roles(attack: str, names: list[str], args: argparse.Namespace):
     """roles(tap) for Experiment.hive: the last ATTACKERS instances play `attack`."""
     from basinvcs import porcelain
+    from basinvcs.hive.signers import cosines, unit_sums
     from basinvcs.hive.trainer import HiveError, HiveTrainer
     from basinvcs.hive.update import next_update
     from basinvcs.repository import Repository
@@ -198,70 +199,6 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
                 # the victim's key as author, signed with the attacker's
                 return signed(self, head, -100.0, tap.identities[victim].public_key, 10**6)
 
-        def auto_removal(classes: dict) -> dict:
-            """--auto-remove τ: a coordinator that knows each signer's task (its cohort) and, as
-            each round from --auto-from on opens, removes a signer whose updates, summed at unit
-            norm, point against every other remaining signer of its task (cosine < −τ) while those
-            agree with each other (every cosine > 0); tasks with fewer than three left are not
-            judged. A removed instance, honest or not, is then refused (403) like --remove-at's."""
-            from basinvcs.hive.signers import cosines
-
-            coordinator = tap.inner.coordinator
-            task_of = {name: task for name, (task, _) in instances(n).items()}
-            removed: dict[str, int] = {}  # name -> the round it was removed at
-            sums: dict[str, np.ndarray] = {}
-            seen = [0]  # how many of tap.sent are in `sums`
-
-            def judge(head) -> None:
-                for name, update, _ in tap.sent[seen[0] :]:
-                    delta = np.asarray(update.delta())
-                    norm = float(np.linalg.norm(delta))
-                    if norm > 0 and name not in removed:
-                        sums[name] = sums.get(name, 0.0) + delta / norm
-                seen[0] = len(tap.sent)
-                if coordinator.round < args.auto_from:
-                    return
-                keys, cos = cosines({k: v for k, v in sums.items() if k not in removed})
-                at = {k: i for i, k in enumerate(keys)}
-                out = []
-                for task in sorted(set(task_of.values())):
-                    members = [m for m in keys if task_of[m] == task]
-                    if len(members) < 3:
-                        continue
-                    for m in members:
-                        mates = [at[x] for x in members if x != m]
-                        against = all(cos[at[m], j] < -args.auto_remove for j in mates)
-                        agree = all(cos[i, j] > 0 for i in mates for j in mates if i < j)
-                        if against and agree:
-                            out.append(m)
-                if not out:
-                    return
-                with Repository.open(coordinator.repo.basin_dir.parent) as operator:
-                    for name in out:
-                        porcelain.untrust(operator, name)
-                        removed[name] = coordinator.round
-                coordinator.settings = dataclasses.replace(
-                    coordinator.settings, round_updates=n - len(removed)
-                )
-                print(f"round {coordinator.round}: removed {', '.join(out)}", file=sys.stderr)
-
-            def auto(base):
-                class Auto(base):
-                    def round(self):
-                        if self.identity.name not in removed:
-                            return super().round()
-                        return Refused.round(self)
-
-                    def record(self, head):
-                        self.seq += 1
-                        return signed(self, head, 1.0, self.identity.public_key)
-
-                return Auto
-
-            coordinator.on_head = judge
-            tap.removed = removed
-            return {name: auto(base) for name, base in classes.items()}
-
         cls = {
             "none": HiveTrainer,
             "sign flip": SignFlip,
@@ -274,41 +211,82 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             "forged signature": Forged,
             "inflated counts": Inflated,
         }[attack]
-        if args.auto_remove is not None:
-            return auto_removal({n: cls if n in attackers else HiveTrainer for n in names})
-        if args.remove_at is None:
-            return {name: cls for name in attackers}
-
-        class Removed(cls):
-            """The attack until round --remove-at, then stopped: its own update, signed, is
-            refused with 403 (Refused.round), and it waits for each round."""
-
-            def round(self):
-                if self.steps - 1 < args.remove_at:
-                    return super().round()
-                return Refused.round(self)
-
-            def record(self, head):
-                self.seq += 1
-                return signed(self, head, -1.0, self.identity.public_key)
-
         coordinator = tap.inner.coordinator
+        stopped: dict[str, int] = {}  # name -> the round its key was removed at
+        tap.removed = stopped
 
-        def remove(head) -> None:
-            """The operator, as the round opens: `basin key remove` for each attacker (another
+        def stop(out: list[str]) -> None:
+            """The operator, as a round opens: `basin key remove` for each of `out` (another
             process saving the config: the coordinator takes it up at its next update), and
-            rounds of the seven left."""
-            if coordinator.round != args.remove_at:
-                return
+            rounds of the instances left."""
             with Repository.open(coordinator.repo.basin_dir.parent) as operator:
-                for name in attackers:
+                for name in out:
                     porcelain.untrust(operator, name)
+                    stopped[name] = coordinator.round
             coordinator.settings = dataclasses.replace(
-                coordinator.settings, round_updates=n - ATTACKERS
+                coordinator.settings, round_updates=n - len(stopped)
             )
 
+        def stoppable(base):
+            class Stoppable(base):
+                """`base` until its key is removed (`stop`), then stopped: its own update,
+                signed, is refused with 403 (Refused.round), and it waits for each round."""
+
+                def round(self):
+                    if self.identity.name in stopped:
+                        return Refused.round(self)
+                    return super().round()
+
+                def record(self, head):
+                    self.seq += 1
+                    return signed(self, head, 1.0, self.identity.public_key)
+
+            return Stoppable
+
+        sums: dict[str, np.ndarray] = {}  # --auto-remove: each signer's updates at unit norm
+        seen = [0]  # how many of tap.sent are in `sums`
+        task_of = {name: task for name, (task, _) in instances(n).items()}
+
+        def judge(head) -> None:
+            """--auto-remove τ: a coordinator that knows each signer's task (its cohort) and, as
+            each round from --auto-from on opens, removes a signer whose updates, summed at unit
+            norm, point against every other remaining signer of its task (cosine < −τ) while
+            those agree with each other (every cosine > 0); tasks with fewer than three left are
+            not judged. Whoever it removes, honest or not, is stopped like --remove-at's."""
+            fresh = tap.sent[seen[0] :]
+            seen[0] += len(fresh)
+            unit_sums(((m, np.asarray(u.delta())) for m, u, _ in fresh if m not in stopped), sums)
+            if coordinator.round < args.auto_from:
+                return
+            keys, cos = cosines({k: v for k, v in sums.items() if k not in stopped})
+            at = {k: i for i, k in enumerate(keys)}
+            out = []
+            for task in sorted(set(task_of.values())):
+                members = [m for m in keys if task_of[m] == task]
+                if len(members) < 3:
+                    continue
+                for m in members:
+                    mates = [at[x] for x in members if x != m]
+                    against = all(cos[at[m], j] < -args.auto_remove for j in mates)
+                    agree = all(cos[i, j] > 0 for i in mates for j in mates if i < j)
+                    if against and agree:
+                        out.append(m)
+            if out:
+                stop(out)
+                print(f"round {coordinator.round}: removed {', '.join(out)}", file=sys.stderr)
+
+        def remove(head) -> None:
+            """--remove-at R: the operator removes the attackers' keys as round R opens."""
+            if coordinator.round == args.remove_at:
+                stop(attackers)
+
+        if args.auto_remove is not None:
+            coordinator.on_head = judge
+            return {m: stoppable(cls if m in attackers else HiveTrainer) for m in names}
+        if args.remove_at is None:
+            return {name: cls for name in attackers}
         coordinator.on_head = remove
-        return {name: Removed for name in attackers}
+        return {name: stoppable(cls) for name in attackers}
 
     return make
 
