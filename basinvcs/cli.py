@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,6 +27,9 @@ from .completion import (
 )
 from .errors import BasinError, RefError
 from .refnames import short_name
+
+if TYPE_CHECKING:
+    from .hive.journal import Journal
 
 SHORT = 16  # characters of a CID shown in short form ("bafyrei" + 9)
 
@@ -708,12 +712,13 @@ def key_generate(name: str | None) -> None:
 
 @key.command("list")
 def key_list() -> None:
-    """Trusted signers: key, name, weight."""
+    """Trusted signers: key, name, weight, cohort (where one is given)."""
     from .identity import format_key
 
     with _repo() as repo:
         for t in repo.config.trusted:
-            click.echo(f"{format_key(t.key)}  {t.name}  weight={t.weight:g}")
+            cohort = "" if t.cohort is None else f"  cohort={t.cohort}"
+            click.echo(f"{format_key(t.key)}  {t.name}  weight={t.weight:g}{cohort}")
 
 
 @key.command("add")
@@ -722,13 +727,19 @@ def key_list() -> None:
 @click.option(
     "--weight", default=1.0, show_default=True, type=float, help="Trust weight in merges."
 )
-def key_add(public_key: str, name: str, weight: float) -> None:
-    """Trust PUBLIC_KEY (z6Mk... or did:key:z6Mk...)."""
+@click.option(
+    "--cohort",
+    help="The task this signer trains in a hive: a coordinator quarantines a signer whose "
+    "updates work against the rest of its cohort (docs/hive.md).",
+)
+def key_add(public_key: str, name: str, weight: float, cohort: str | None) -> None:
+    """Trust PUBLIC_KEY (z6Mk... or did:key:z6Mk...); a key trusted already is replaced whole."""
     from . import porcelain
 
     with _repo() as repo:
-        entry = porcelain.trust(repo, public_key, name, weight)
-    click.echo(f"trusted {entry.name} (weight {entry.weight:g})")
+        entry = porcelain.trust(repo, public_key, name, weight, cohort)
+    where = "" if cohort is None else f", cohort {cohort}"
+    click.echo(f"trusted {entry.name} (weight {entry.weight:g}{where})")
 
 
 @key.command("remove")
@@ -1457,6 +1468,8 @@ def _hive_choices() -> dict[str, str]:
         "optimizers": ", ".join(outer.REGISTRY),
         "optimizer": Settings.optimizer,
         "c": f"{Settings.outlier_c:g}",
+        "tau": f"{Settings.quarantine_tau:g}",
+        "after": str(Settings.quarantine_after),
         "rule_options": listed({k: r.options for k, r in rules.REGISTRY.items()}),
         "optimizer_options": listed({k: o.defaults for k, o in outer.REGISTRY.items()}),
     }
@@ -1536,6 +1549,21 @@ def _int_or_float(text: str) -> int | float:
     help="Outlier factor c: an update is refused beyond median + c·MAD (default {c}).",
 )
 @click.option("--open", "open_", is_flag=True, help="Take updates from untrusted signers too.")
+@_hive_option(
+    "--quarantine",
+    "quarantine_tau",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Quarantine a signer whose summed updates point against every other of its cohort "
+    "(basin key add --cohort) by a cosine below minus this, while those agree (default {tau}).",
+)
+@_hive_option(
+    "--quarantine-after",
+    type=click.IntRange(1, 1 << 30),
+    default=None,
+    help="Judge a signer once this many of its updates are summed (default {after}).",
+)
+@click.option("--no-quarantine", is_flag=True, help="Quarantine no one (releases stay yours).")
 @click.option(
     "--keep-rounds",
     type=click.IntRange(1, None),
@@ -1567,6 +1595,9 @@ def hive_serve(
     optimizer_options,
     outlier_c,
     open_,
+    quarantine_tau,
+    quarantine_after,
+    no_quarantine,
     keep_rounds,
     body_timeout,
     publish,
@@ -1579,7 +1610,15 @@ def hive_serve(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    given = (("rule", rule), ("optimizer", optimizer), ("outlier_c", outlier_c))
+    if no_quarantine and (quarantine_tau is not None or quarantine_after is not None):
+        raise click.UsageError("--no-quarantine with --quarantine or --quarantine-after")
+    given = (
+        ("rule", rule),
+        ("optimizer", optimizer),
+        ("outlier_c", outlier_c),
+        ("quarantine_tau", quarantine_tau),
+        ("quarantine_after", quarantine_after),
+    )
     settings = hc.Settings(
         branch,
         round_updates,
@@ -1590,6 +1629,7 @@ def hive_serve(
         rule_options=_key_values(rule_options, "--rule-option", _int_or_float),
         optimizer_options=_key_values(optimizer_options, "--optimizer-option", float),
         **{k: v for k, v in given if v is not None},
+        **({"quarantine_tau": None} if no_quarantine else {}),
     ).check()  # bad settings: refused before the repository is touched
     with _repo() as repo:
         if publish is not None:
@@ -1754,33 +1794,41 @@ def hive_status() -> None:
     )
 
 
+def _hive_journal(repo) -> Journal:
+    """This repository's coordinator journal, open (the caller closes it)."""
+    from .hive.coordinator import JOURNAL_FILE
+    from .hive.journal import Journal
+
+    path = Path(repo.basin_dir) / JOURNAL_FILE
+    if not path.is_file():
+        raise BasinError(f"no hive journal in {repo.basin_dir}: basin hive serve keeps one")
+    return Journal(path)
+
+
 @hive.command("signers")
 @click.option(
     "--since", type=click.IntRange(0), default=0, show_default=True, help="The first round counted."
 )
 def hive_signers(since: int) -> None:
-    """What each signer did, from this coordinator's journal: updates taken, refused, pending, and
-    which other signer its taken updates, summed, point most against and most along."""
+    """What each signer did, from this coordinator's journal: updates taken, refused, pending,
+    which other signer its taken updates, summed, point most against and most along, its cohort
+    and whether it is quarantined."""
     from .hive import signers
-    from .hive.coordinator import JOURNAL_FILE
-    from .hive.journal import Journal
     from .identity import format_key
     from .progress import progress_bar
 
     with _repo() as repo:
-        path = Path(repo.basin_dir) / JOURNAL_FILE
-        if not path.is_file():
-            raise BasinError(f"no hive journal in {repo.basin_dir}: basin hive serve keeps one")
-        journal = Journal(path)
+        journal = _hive_journal(repo)
         try:
             with progress_bar(journal.held(since), "signers", unit="updates") as update:
                 rows = signers.report(journal.history(since), repo.config.chart, update)
+            held = dict(journal.quarantined())
         finally:
             journal.close()
-        names = {t.key: t.name for t in reversed(repo.config.trusted)}  # the first entry's name
+        trusted = {t.key: t for t in reversed(repo.config.trusted)}  # the first entry's
 
     def name(key: bytes) -> str:
-        return names.get(key) or f"{format_key(key)[:12]}… (not trusted)"
+        return trusted[key].name if key in trusted else f"{format_key(key)[:12]}… (not trusted)"
 
     def other(pair: tuple[bytes, float] | None) -> str:
         return "-" if pair is None else f"{name(pair[0])} {pair[1]:+.2f}"
@@ -1788,22 +1836,64 @@ def hive_signers(since: int) -> None:
     if not rows:
         click.echo(f"no updates from round {since} on")
         return
-    table = [("signer", "taken", "refused", "pending", "last round", "most against", "most along")]
+    table = [
+        (
+            "signer",
+            "cohort",
+            "taken",
+            "refused",
+            "pending",
+            "last round",
+            "most against",
+            "most along",
+            "quarantined",
+        )
+    ]
     table += [
         (
             name(r.author),
+            (trusted[r.author].cohort or "-") if r.author in trusted else "-",
             r.taken,
             r.refused,
             r.pending,
             r.last_round,
             other(r.against),
             other(r.along),
+            f"since round {held[r.author][0]}" if r.author in held else "-",
         )
         for r in sorted(rows, key=lambda r: name(r.author))
     ]
     widths = [max(len(str(row[k])) for row in table) for k in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for author, (round_, why) in sorted(held.items(), key=lambda kv: name(kv[0])):
+        click.echo(f"{name(author)} quarantined at round {round_}: {why}")
+
+
+@hive.command("release")
+@click.argument("key_or_name")
+def hive_release(key_or_name: str) -> None:
+    """Lift a signer's quarantine (given by name or key); its summed direction starts again.
+    Works beside a running coordinator, which takes the signer's next update."""
+    from . import porcelain
+    from .identity import format_key, parse_key
+
+    with _repo() as repo:
+        try:
+            key = porcelain.trusted_entry(repo, key_or_name).key
+        except BasinError:
+            try:  # a signer no longer trusted, by its key
+                key = parse_key(key_or_name)
+            except BasinError:
+                raise BasinError(f"no trusted signer or key {key_or_name!r}") from None
+        journal = _hive_journal(repo)
+        try:
+            held = journal.release(key)
+        finally:
+            journal.close()
+    if not held:
+        raise BasinError(f"{key_or_name} is not quarantined")
+    click.echo(f"released {key_or_name} ({format_key(key)})")
 
 
 @hive.command("sync")

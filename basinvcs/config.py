@@ -8,6 +8,7 @@ so a crash leaves either the old config or the new one.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,18 +20,43 @@ from .merge import check_threshold, check_weight
 from .objects import Chart
 
 CONFIG_FILE = "config.json"
+COHORT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """A signer whose commits this repository accepts, and how much its changes weigh in merges."""
+    """A signer whose commits this repository accepts, and how much its changes weigh in merges.
+
+    `cohort`: the operator's statement of which signers share a task (a hive coordinator
+    quarantines a signer working against the rest of its cohort: hive/quarantine.py); never
+    anything an update says about itself."""
 
     key: bytes
     name: str
     weight: float = 1.0
+    cohort: str | None = None
 
     def __post_init__(self) -> None:
         check_weight(self.weight, "trust weight")
+        if self.cohort is not None:
+            check_cohort(self.cohort)
+
+    def to_json(self) -> dict:
+        return {
+            "key": format_key(self.key),
+            "name": self.name,
+            "weight": self.weight,
+            **({"cohort": self.cohort} if self.cohort is not None else {}),
+        }
+
+
+def check_cohort(name: object, what: str = "cohort") -> str:
+    """A cohort's name: 1 to 64 letters, digits, '.', '_' or '-' (it is shown in tables and
+    compared byte for byte)."""
+    if not isinstance(name, str) or not COHORT.fullmatch(name):
+        shown = repr(name[:60]) if isinstance(name, str) else type(name).__name__
+        raise BasinError(f"{what} {shown} must be 1 to 64 letters, digits, '.', '_' or '-'")
+    return name
 
 
 @dataclass
@@ -100,9 +126,7 @@ class Config:
     def to_json(self) -> dict:
         return {
             "chart": self.chart.to_node(),
-            "trusted": [
-                {"key": format_key(t.key), "name": t.name, "weight": t.weight} for t in self.trusted
-            ],
+            "trusted": [t.to_json() for t in self.trusted],
             "settings": self.settings,
             "remotes": {name: r.to_json() for name, r in self.remotes.items()},
             "sync": self.sync.to_json(),
@@ -120,9 +144,11 @@ class Config:
             t = _object(t, f"trusted[{i}]")
             weight = check_weight(t.get("weight", 1.0), f"trusted[{i}].weight")
             key = parse_key(_typed(t.get("key"), str, f"trusted[{i}].key"))
-            trusted.append(
-                TrustedKey(key, _typed(t.get("name"), str, f"trusted[{i}].name"), weight)
-            )
+            name = _typed(t.get("name"), str, f"trusted[{i}].name")
+            cohort = t.get("cohort")
+            if cohort is not None:
+                check_cohort(cohort, f"trusted[{i}].cohort")
+            trusted.append(TrustedKey(key, name, weight, cohort))
         remotes = {}
         for name, r in _map(doc, "remotes"):
             r = _object(r, f"remotes.{_key(name)}")

@@ -631,15 +631,18 @@ def _verify_packet(repo: Repository, cid: CID, owner: CID, report: VerifyReport)
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def trust(repo: Repository, key: str, name: str, weight: float = 1.0) -> TrustedKey:
-    """Add (or update) a trusted signer."""
-    entry = TrustedKey(parse_key(key), name, weight)
+def trust(
+    repo: Repository, key: str, name: str, weight: float = 1.0, cohort: str | None = None
+) -> TrustedKey:
+    """Add (or update: the entry is replaced whole) a trusted signer."""
+    entry = TrustedKey(parse_key(key), name, weight, cohort)
     repo.config.trusted = [t for t in repo.config.trusted if t.key != entry.key] + [entry]
     repo.save_config()
     return entry
 
 
-def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
+def trusted_entry(repo: Repository, key_or_name: str) -> TrustedKey:
+    """The trusted signer `key_or_name` names (its name, its key, or did:key:...)."""
     text = key_or_name.removeprefix("did:key:")
     matches = [
         t
@@ -650,9 +653,14 @@ def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
         raise SignatureError(f"no trusted key named {key_or_name!r}")
     if len(matches) > 1:
         raise SignatureError(f"{key_or_name!r} names several trusted keys: give the key itself")
-    repo.config.trusted = [t for t in repo.config.trusted if t is not matches[0]]
-    repo.save_config()
     return matches[0]
+
+
+def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
+    entry = trusted_entry(repo, key_or_name)
+    repo.config.trusted = [t for t in repo.config.trusted if t is not entry]
+    repo.save_config()
+    return entry
 
 
 def generate_identity(name: str | None = None) -> tuple[Identity, bool]:

@@ -100,6 +100,15 @@ def test_keys(repo_dir, cli):
     assert key in cli("key", "list").output
     cli("key", "add", key, "--name", "me-again", "--weight", "2.5")
     assert "me-again  weight=2.5" in cli("key", "list").output
+    added = cli("key", "add", key, "--name", "me-again", "--cohort", "negation").output
+    assert added == "trusted me-again (weight 1, cohort negation)\n"  # replaced whole
+    assert f"{key}  me-again  weight=1  cohort=negation" in cli("key", "list").output
+    before = state(repo_dir)
+    for bad in ("neg ation", "", "x" * 65, "négation"):
+        result = cli.fails("key", "add", key, "--name", "x", "--cohort", bad)
+        assert "must be 1 to 64 letters, digits" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    assert state(repo_dir) == before
     cli("key", "remove", "me-again")
     assert key not in cli("key", "list").output
     cli.fails("key", "add", "not-a-key", "--name", "x")

@@ -18,6 +18,15 @@ BROKEN = {
     "settings a list": lambda doc: json.dumps({**doc, "settings": []}),
     "trusted not a list": lambda doc: json.dumps({**doc, "trusted": {}}),
     "trusted key a number": lambda doc: json.dumps({**doc, "trusted": [{"key": 1, "name": "x"}]}),
+    "cohort a number": lambda doc: json.dumps(
+        {**doc, "trusted": [{**doc["trusted"][0], "cohort": 7}]}
+    ),
+    "cohort with a space": lambda doc: json.dumps(
+        {**doc, "trusted": [{**doc["trusted"][0], "cohort": "neg ation"}]}
+    ),
+    "cohort empty": lambda doc: json.dumps(
+        {**doc, "trusted": [{**doc["trusted"][0], "cohort": ""}]}
+    ),
     "remotes a list": lambda doc: json.dumps({**doc, "remotes": []}),
     "remote without node": lambda doc: json.dumps({**doc, "remotes": {"o": {}}}),
     "seen a list": lambda doc: json.dumps({**doc, "sync": {"seen": []}}),

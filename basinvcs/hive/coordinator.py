@@ -7,9 +7,13 @@ canonical head. Intake refuses, each with an HTTP status and one line:
   422 another chart, 403 a signer the repository does not trust (unless the hive is open);
 - 409 a replayed sequence number (not above the signer's last one, kept in the journal), or a
   stale parent (not one of the heads of the last `freshness` rounds);
-- 429 a second update from one signer in one round.
+- 429 a second update from one signer in one round;
+- 403 a quarantined signer (quarantine.py: one working against the rest of its cohort, as the
+  operator gave the cohorts; until `basin hive release`).
 
-A round closes after `round_updates` updates or `round_seconds` seconds (with at least one). Its
+A round closes after `round_updates` updates (or as many as there are trusted signers not
+quarantined, where that is fewer: a round takes one update per signer) or `round_seconds`
+seconds (with at least one). Its
 updates are screened by the outlier check (Fisher distance to the coordinate-wise median beyond
 median + c·MAD of the round), combined by the aggregation rule (`rules`, weighted by samples) and
 applied by the outer optimiser (`outer`); the new head is a commit signed by the coordinator whose
@@ -49,8 +53,9 @@ from ..identity import format_key
 from ..objects import MAX_MESSAGE_BYTES, Basin, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import adjust, outer, outliers, rules
+from . import adjust, outer, outliers, quarantine, rules
 from .journal import PENDING, REFUSED, TAKEN, Journal, Journaled
+from .signers import unit_sums
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
@@ -80,6 +85,9 @@ class Settings:
     keep_rounds: int | None = None
     rule_options: dict = field(default_factory=dict)  # e.g. {"trim": 0.3}: rules.Rule.options
     optimizer_options: dict = field(default_factory=dict)  # e.g. {"lr": 0.5}: outer's defaults
+    # quarantine.py's τ (None: quarantine no one new) and the updates summed before judging
+    quarantine_tau: float | None = quarantine.DEFAULT_TAU
+    quarantine_after: int = quarantine.DEFAULT_AFTER
 
     def check(self) -> Settings:
         rules.aggregate(self.rule, [[0.0], [1.0]], **self.rule_options)  # refuses bad options
@@ -88,6 +96,8 @@ class Settings:
             raise BasinError(f"outlier factor c {self.outlier_c} must be finite and > 0")
         if self.round_updates < 1 or not 0 < self.round_seconds < 1e6 or self.freshness < 1:
             raise BasinError("round_updates, round_seconds and freshness must be positive")
+        if self.quarantine_tau is not None:
+            quarantine.check(self.quarantine_tau, self.quarantine_after)
         if self.keep_rounds is not None and self.keep_rounds < 1:
             raise BasinError(f"keep_rounds {self.keep_rounds} must be at least 1 (or None: all)")
         return self
@@ -128,7 +138,8 @@ class Coordinator:
         self._head_packet: tuple[CID, Basin] | None = None  # _head_basin's
         self._load()
         self.recover()
-        if len(self._pending) >= self.settings.round_updates:  # full when the last one stopped
+        self._judge()  # a coordinator stopped between a round's close and its judgement
+        if len(self._pending) >= self._round_size():  # full when the last one stopped
             try:
                 self.close_round()
             except BasinError as exc:
@@ -179,6 +190,7 @@ class Coordinator:
             "round": self.round,
             "head": str(self.head()),
             **self._counts,
+            "quarantined": len(self.journal.quarantined()),
             "close_seconds": self.close_seconds,  # the last round closed, here (None: none yet)
         }
 
@@ -213,16 +225,31 @@ class Coordinator:
         except BasinError as exc:
             self.log(f"trusted signers kept as they were: {exc}")
 
-    def _trusted_key(self, author: bytes) -> TrustedKey | None:
-        """`config.trusted_key` by a dict, rebuilt when the list is replaced or grows."""
+    def _trusted_index(self) -> dict[bytes, TrustedKey]:
+        """The trusted signers by key (the first entry for a key, as config.trusted_key), rebuilt
+        when the list is replaced or grows."""
         trusted = self.repo.config.trusted
         source, size, index = self._trusted
         if source is not trusted or size != len(trusted):
             index = {}
             for t in trusted:
-                index.setdefault(t.key, t)  # the first entry for a key, as config.trusted_key
+                index.setdefault(t.key, t)
             self._trusted = (trusted, len(trusted), index)
-        return index.get(author)
+        return index
+
+    def _trusted_key(self, author: bytes) -> TrustedKey | None:
+        return self._trusted_index().get(author)
+
+    def _round_size(self) -> int:
+        """M, or the number of trusted signers not quarantined where that is fewer (a round takes
+        one update per signer, so it could not fill: it would wait for its timer every time).
+        The coordinator's own key, which `init` trusts and which signs heads, is not counted."""
+        if self.settings.open:
+            return self.settings.round_updates
+        index = self._trusted_index()
+        held = sum(1 for k in self.journal.quarantined() if k in index)
+        senders = len(index) - held - (self.repo.identity().public_key in index)
+        return max(1, min(self.settings.round_updates, senders))
 
     # -- intake
 
@@ -254,6 +281,7 @@ class Coordinator:
         # outside the lock: decoding, signature
         checked = [self._check(data, d) for data, d in zip(bodies, decoded, strict=True)]
         answers: list = [None] * len(checked)
+        size = self._round_size()
         with self._lock:
             todo = iter(range(len(checked)))
             for first in todo:
@@ -265,7 +293,7 @@ class Coordinator:
                                 answers[k] = checked[k]
                             else:
                                 answers[k] = self._take(bodies[k], checked[k], staged, k)
-                            if len(self._pending) + len(staged.rows) >= self.settings.round_updates:
+                            if len(self._pending) + len(staged.rows) >= size:
                                 break
                 except BasinError as exc:  # rolled back: none of it journaled, none acknowledged
                     rolled_back = {k for k, _, _ in staged.rows}
@@ -279,7 +307,7 @@ class Coordinator:
                 self._pending += [(j, u) for _, j, u in staged.rows]
                 self._counts[PENDING] += len(staged.rows)
                 self._authors |= staged.authors
-                if len(self._pending) >= self.settings.round_updates:
+                if len(self._pending) >= size:
                     if not close:
                         break
                     try:
@@ -290,13 +318,13 @@ class Coordinator:
 
     def room(self) -> int:
         """How many more updates the round takes before it closes (0 when full)."""
-        return max(0, self.settings.round_updates - len(self._pending))
+        return max(0, self._round_size() - len(self._pending))
 
     def close_if_full(self) -> CID | None:
         """Close the round if it holds its M updates (the server's half of submit_many's
         `close`)."""
         with self._lock:
-            if len(self._pending) >= self.settings.round_updates:
+            if len(self._pending) >= self._round_size():
                 return self.close_round()
         return None
 
@@ -320,6 +348,13 @@ class Coordinator:
         trusted = self._trusted_key(update.author)
         if trusted is None and not self.settings.open:
             return Refused(403, f"signer {format_key(update.author)} is not trusted by this hive")
+        held = self.journal.quarantined().get(update.author)
+        if held is not None:
+            return Refused(
+                403,
+                f"signer {format_key(update.author)} is quarantined since round {held[0]}: "
+                f"{held[1]} (the operator lifts it: basin hive release)",
+            )
         if update.beta is not None:
             why = adjust.refusal(update, self._head_basin())
             if why is not None:
@@ -383,23 +418,33 @@ class Coordinator:
             cid = (
                 self._commit(current, head, pending, updates, x, taken, refused) if taken else head
             )
-            self._finish(current, cid, pending, taken, refused, head)
+            directions = self._directions((updates[i].author, x[i]) for i in taken)
+            self._finish(current, cid, pending, taken, refused, head, directions)
             self.close_seconds = time.perf_counter() - start
             moved = f"new head {cid}" if cid != head else "head unchanged"
             self.log(
                 f"round {current} closed: {len(taken)} taken, {len(refused)} refused; {moved} "
                 f"({self.close_seconds:.3f} s)"
             )
+            self._judge()  # as the next round opens
+            if self.on_head is not None and cid != head:
+                self.on_head(cid)
             return cid
 
     def _screen(self, x: np.ndarray, updates: list[Update]) -> tuple[list[int], dict[int, str]]:
         """Indices of the updates (the rows of x) to combine, and the refused ones with why:
-        signers no longer trusted (a key removed while its update waited), then outliers among
-        the rest."""
+        signers no longer trusted (a key removed while its update waited) or quarantined since,
+        then outliers among the rest."""
+        held = self.journal.quarantined()
         refused = {
             i: "signer no longer trusted"
             for i, u in enumerate(updates)
             if not self.settings.open and self._trusted_key(u.author) is None
+        }
+        refused |= {
+            i: "signer quarantined"
+            for i, u in enumerate(updates)
+            if i not in refused and u.author in held
         }
         rest = [i for i in range(len(x)) if i not in refused]
         if rest:
@@ -471,8 +516,42 @@ class Coordinator:
             out.append((trusted.weight if trusted else 1.0) * s)
         return out
 
-    def _finish(self, current, cid, pending, taken, refused, previous: CID) -> None:
-        """Mark the round closed with `cid` its new head (`previous` the head it opened with)."""
+    def _directions(self, taken) -> dict[bytes, np.ndarray]:
+        """Of the taken (signer, change) pairs, each one of a signer with a cohort at unit norm:
+        what the round adds to the summed directions quarantine judges by."""
+        if self.settings.quarantine_tau is None:
+            return {}
+        return unit_sums(
+            (a, delta)
+            for a, delta in taken
+            if (t := self._trusted_key(a)) is not None and t.cohort is not None
+        )
+
+    def _judge(self) -> None:
+        """Quarantine, as a round opens, whoever quarantine.judge finds against its cohort."""
+        if self.settings.quarantine_tau is None:
+            return
+        held = self.journal.quarantined()
+        index = self._trusted_index()
+        cohorts = {k: t.cohort for k, t in index.items() if t.cohort and k not in held}
+        if len(cohorts) < quarantine.MIN_COHORT:
+            return
+        found = quarantine.judge(
+            self.journal.directions(sorted(cohorts)),
+            cohorts,
+            self.settings.quarantine_tau,
+            self.settings.quarantine_after,
+        )
+        for author, why in sorted(found.items()):
+            self.journal.quarantine(author, self._round, why)
+            who = index[author].name
+            self.log(f"round {self._round}: quarantined {who} ({format_key(author)}): {why}")
+
+    def _finish(
+        self, current, cid, pending, taken, refused, previous: CID, directions=None
+    ) -> None:
+        """Mark the round closed with `cid` its new head (`previous` the head it opened with),
+        adding `directions` (`_directions`) to the signers' sums."""
         recent = self._heads or {str(previous): current}  # (none before the first close)
         heads = {h: r for h, r in recent.items() if r > current + 1 - self.settings.freshness}
         heads[str(cid)] = current + 1
@@ -487,14 +566,13 @@ class Coordinator:
             {pending[i].cid: why for i, why in refused.items()},
             state,
             forget_before=None if keep is None else current + 1 - keep,
+            directions=directions,
         )
         self._round, self._heads, self._opened = current + 1, heads, None
         self._pending, self._authors = [], set()
         self._counts[PENDING] -= len(taken) + len(refused)
         self._counts[TAKEN] += len(taken)
         self._counts[REFUSED] += len(refused)
-        if self.on_head is not None and cid != previous:
-            self.on_head(cid)
 
     def recover(self) -> None:
         """Finish a round whose head commit was written before the coordinator stopped."""
@@ -525,7 +603,10 @@ class Coordinator:
                     refused[by_cid[cid]] = why
         self.log(f"recovered round {current}: its head {self.head()} was written")
         previous = commit.parents[0] if commit.parents else self.head()
-        self._finish(current, self.head(), pending, taken, refused, previous)
+        directions = self._directions(
+            (pending[i].author, np.asarray(Update.decode(pending[i].data).delta())) for i in taken
+        )
+        self._finish(current, self.head(), pending, taken, refused, previous, directions)
 
 
 def decode_many(bodies: list[bytes], limit: int) -> list[Update | str | None]:

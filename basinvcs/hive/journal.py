@@ -8,6 +8,12 @@ an accepted update is there and a replayed one is still refused; several may sha
 by marking its updates taken or refused in one transaction, after the head commit that records it
 is written; the round's decision is stored first (state "closing"), and `Coordinator.recover`
 finishes a round whose commit was written but not yet marked from it.
+
+It also holds what quarantine.py judges by: per signer with a cohort, its taken updates summed at
+unit norm (added in the transaction that closes their round, so a restart counts none twice), and
+the signers quarantined, with the round and why. `basin hive release` deletes a signer's rows
+from another process while the coordinator runs; the coordinator sees it at its next request
+(SQLite's data_version, one cheap query).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import RepositoryError
 
 _SCHEMA = """
@@ -31,6 +39,12 @@ CREATE TABLE IF NOT EXISTS updates (
 CREATE INDEX IF NOT EXISTS updates_round ON updates (round, status);
 CREATE TABLE IF NOT EXISTS signers (author BLOB PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS directions (
+    author BLOB PRIMARY KEY, total BLOB NOT NULL, count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    author BLOB PRIMARY KEY, round INTEGER NOT NULL, reason TEXT NOT NULL
+);
 """
 
 PENDING, TAKEN, REFUSED = "pending", "taken", "refused"
@@ -66,6 +80,7 @@ class Journal:
         self.path = path
         self._lock = threading.RLock()
         self._batch = False
+        self._quarantined: tuple[int, dict[bytes, tuple[int, str]]] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -188,11 +203,13 @@ class Journal:
         refused: dict[str, str],
         state: dict[str, object],
         forget_before: int | None = None,
+        directions: dict[bytes, np.ndarray] | None = None,
     ) -> None:
         """Mark the round's updates taken or refused and store the next state, atomically.
         `forget_before`: also delete the updates of rounds before this one (all closed), adding
         them to the counts they leave (`counts` goes on including them); the signers' sequence
-        numbers, which refuse replays, are never deleted."""
+        numbers, which refuse replays, are never deleted. `directions`: per signer, a unit
+        vector to add to its summed direction (one update more)."""
         with self._lock:
             self._run("BEGIN IMMEDIATE")
             try:
@@ -203,6 +220,8 @@ class Journal:
                     "UPDATE updates SET status = ?, reason = ? WHERE cid = ?",
                     [(REFUSED, reason, cid) for cid, reason in refused.items()],
                 )
+                for author, unit in (directions or {}).items():
+                    self._add_direction(author, unit)
                 if forget_before is not None:
                     state = {**state, FORGOTTEN: self._forget(forget_before)}
                 for key, value in state.items():
@@ -215,6 +234,70 @@ class Journal:
                 if self._db.in_transaction:
                     self._run("ROLLBACK")
                 raise
+
+    def _add_direction(self, author: bytes, unit: np.ndarray) -> None:
+        total, count = self._directions([author]).get(author, (0.0, 0))
+        self._run(
+            "INSERT OR REPLACE INTO directions (author, total, count) VALUES (?, ?, ?)",
+            (author, np.asarray(total + unit, dtype="<f8").tobytes(), count + 1),
+        )
+
+    # -- quarantine
+
+    def directions(self, authors: list[bytes]) -> dict[bytes, tuple[np.ndarray, int]]:
+        """The summed direction and its count of each of `authors` that has one."""
+        with self._lock:
+            return self._directions(authors)
+
+    def _directions(self, authors: list[bytes]) -> dict[bytes, tuple[np.ndarray, int]]:
+        out = {}
+        for start in range(0, len(authors), 500):  # SQLite's limit on bound parameters
+            part = authors[start : start + 500]
+            rows = self._run(
+                "SELECT author, total, count FROM directions WHERE author IN "
+                f"({', '.join('?' * len(part))})",
+                tuple(part),
+            )
+            out.update({a: (np.frombuffer(t, dtype="<f8").copy(), n) for a, t, n in rows})
+        return out
+
+    def quarantine(self, author: bytes, round_: int, reason: str) -> None:
+        with self._lock:
+            self._run(
+                "INSERT OR REPLACE INTO quarantine (author, round, reason) VALUES (?, ?, ?)",
+                (author, round_, reason),
+            )
+            if self._quarantined is not None:
+                self._quarantined[1][author] = (round_, reason)
+
+    def quarantined(self) -> dict[bytes, tuple[int, str]]:
+        """Signer -> (round, why) of every quarantined signer; read again only when another
+        connection (`basin hive release`) has changed the journal since."""
+        with self._lock:
+            version = self._run("PRAGMA data_version")[0][0]
+            if self._quarantined is None or self._quarantined[0] != version:
+                rows = self._run("SELECT author, round, reason FROM quarantine")
+                self._quarantined = (version, {a: (r, why) for a, r, why in rows})
+            return self._quarantined[1]
+
+    def release(self, author: bytes) -> bool:
+        """Lift `author`'s quarantine and start its summed direction again; False, and nothing
+        changed, if it was not quarantined."""
+        with self._lock:
+            self._run("BEGIN IMMEDIATE")
+            try:
+                held = bool(self._run("SELECT 1 FROM quarantine WHERE author = ?", (author,)))
+                if held:
+                    self._run("DELETE FROM quarantine WHERE author = ?", (author,))
+                    self._run("DELETE FROM directions WHERE author = ?", (author,))
+                self._run("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._run("ROLLBACK")
+                raise
+            if self._quarantined is not None:
+                self._quarantined[1].pop(author, None)
+            return held
 
     def _forget(self, before: int) -> dict[str, int]:
         """Delete the updates of rounds before `before`; the counts forgotten so far, these

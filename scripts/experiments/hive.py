@@ -275,11 +275,15 @@ class Experiment:
         roles=None,
         label: str = "",
         round_updates: int | None = None,
+        cohorts: bool = False,
+        settings: dict | None = None,
     ) -> dict:
         """One hive run: a fresh coordinator, a thread per instance. `poisoned`: the instance
         sending --poison × its change. `roles(tap)`: instance name -> a HiveTrainer subclass to
         use for it (attackers; the tap sees every update taken in), evaluated like the others.
-        `round_updates`: M (default: one update per instance)."""
+        `round_updates`: M (default: one update per instance). `cohorts`: each instance's key
+        trusted with its task as cohort (`basin key add --cohort`), which the coordinator's
+        quarantine judges by. `settings`: more of the coordinator's Settings."""
         from basinvcs import porcelain
         from basinvcs.hive.coordinator import Coordinator, Settings
         from basinvcs.hive.trainer import HiveTrainer, LocalTransport
@@ -293,8 +297,9 @@ class Experiment:
         label += f" {poisoned} poisoned x{args.poison:g}" if poisoned else ""
         path = self.work / "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label)
         repo = porcelain.init(path, dim=1024, seed=args.seed, exclude=self.exclude, name="hub")
-        for ident in self.identities.values():
-            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+        for name, ident in self.identities.items():
+            cohort = self.instances[name][0] if cohorts else None
+            porcelain.trust(repo, format_key(ident.public_key), ident.name, cohort=cohort)
         settings = Settings(
             round_updates=round_updates or n,
             round_seconds=1e5,
@@ -303,6 +308,7 @@ class Experiment:
             outlier_c=c,
             rule_options=rule_options or {},
             optimizer_options=optimizer_options or {},
+            **(settings or {}),
         )
         coordinator = Coordinator(repo, settings)
         genesis = coordinator.head()
@@ -354,8 +360,8 @@ class Experiment:
         while heads[-1] != genesis:
             heads.append(repo.read_commit(heads[-1]).parents[0])
         heads.reverse()  # heads[r]: the head after round r - 1 (heads[0]: genesis)
-        # rounds as an instance that took part in every one saw them: an honest one (where a
-        # probe wraps every instance, the one with the longest history: never removed)
+        # rounds as an instance that took part in every one saw them: an honest one (where
+        # every instance may be stopped, the one with the longest history: never stopped)
         honest = [name for name in self.instances if classes[name] is HiveTrainer]
         first = max(
             (trainers[name] for name in honest or self.instances), key=lambda t: len(t.history)
@@ -409,7 +415,8 @@ class Experiment:
             "taken": {name: sum(bool(t) for t in taken[name]) for name in self.instances},
             "refused": {name: sum(t is False for t in taken[name]) for name in self.instances},
             "intake_refused": dict(transport.refused),
-            "removed": dict(getattr(transport, "removed", {})),  # name -> round (a probe's)
+            # name -> the round it was stopped at (removed or quarantined: hive_byzantine)
+            "removed": dict(getattr(transport, "removed", {})),
             "status": coordinator.status(),
             "deltas": {
                 str(r): {name: u.delta() for name, u in sorted(by_round[r].items())}

@@ -33,16 +33,17 @@ is compared with the same rule's run without attack (ratio; target ≥ 0.9 for t
 default rule).
 
 Two ways of stopping the attackers, measured beside the rules: --remove-at R, the operator
-removing their keys as round R opens (`basin key remove`); and --auto-remove τ, a probe of a
-coordinator that knows each signer's task and removes, from round --auto-from on, a signer whose
-summed updates point against all its remaining task-mates' (cosine < −τ) while those agree —
-whoever it is, so the run without attack measures its false removals.
+removing their keys as round R opens (`basin key remove`); and --cohorts, the operator giving
+each instance's task as its cohort (`basin key add --cohort`), so that the coordinator's
+quarantine (basinvcs/hive/quarantine.py; --quarantine τ and --quarantine-after N, its defaults
+otherwise) stops a signer whose summed updates point against all its cohort's others while those
+agree — whoever it is, so the run without attack measures its false quarantines. A stopped
+instance's own updates are refused (403) from then on, and it waits for each round.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -60,7 +61,6 @@ from hive import (  # noqa: E402
     TASKS,
     Experiment,
     add_frozen_layers,
-    instances,
     machine,
     machine_line,
     mean,
@@ -95,7 +95,6 @@ def alie_z(n: int, m: int) -> float:
 def roles(attack: str, names: list[str], args: argparse.Namespace):
     """roles(tap) for Experiment.hive: the last ATTACKERS instances play `attack`."""
     from basinvcs import porcelain
-    from basinvcs.hive.signers import cosines, unit_sums
     from basinvcs.hive.trainer import HiveError, HiveTrainer
     from basinvcs.hive.update import next_update
     from basinvcs.repository import Repository
@@ -212,25 +211,16 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
             "inflated counts": Inflated,
         }[attack]
         coordinator = tap.inner.coordinator
-        stopped: dict[str, int] = {}  # name -> the round its key was removed at
+        stopped: dict[str, int] = {}  # name -> the round its key was removed or quarantined at
         tap.removed = stopped
-
-        def stop(out: list[str]) -> None:
-            """The operator, as a round opens: `basin key remove` for each of `out` (another
-            process saving the config: the coordinator takes it up at its next update), and
-            rounds of the instances left."""
-            with Repository.open(coordinator.repo.basin_dir.parent) as operator:
-                for name in out:
-                    porcelain.untrust(operator, name)
-                    stopped[name] = coordinator.round
-            coordinator.settings = dataclasses.replace(
-                coordinator.settings, round_updates=n - len(stopped)
-            )
+        name_of = {tap.identities[m].public_key: m for m in names}
 
         def stoppable(base):
             class Stoppable(base):
-                """`base` until its key is removed (`stop`), then stopped: its own update,
-                signed, is refused with 403 (Refused.round), and it waits for each round."""
+                """`base` until it is stopped (its key removed or quarantined), then its own
+                update, signed, is refused with 403 (Refused.round), and it waits for each
+                round. (The coordinator's rounds close with the signers left: M is at most the
+                number of trusted signers not quarantined.)"""
 
                 def round(self):
                     if self.identity.name in stopped:
@@ -243,45 +233,26 @@ def roles(attack: str, names: list[str], args: argparse.Namespace):
 
             return Stoppable
 
-        sums: dict[str, np.ndarray] = {}  # --auto-remove: each signer's updates at unit norm
-        seen = [0]  # how many of tap.sent are in `sums`
-        task_of = {name: task for name, (task, _) in instances(n).items()}
-
-        def judge(head) -> None:
-            """--auto-remove τ: a coordinator that knows each signer's task (its cohort) and, as
-            each round from --auto-from on opens, removes a signer whose updates, summed at unit
-            norm, point against every other remaining signer of its task (cosine < −τ) while
-            those agree with each other (every cosine > 0); tasks with fewer than three left are
-            not judged. Whoever it removes, honest or not, is stopped like --remove-at's."""
-            fresh = tap.sent[seen[0] :]
-            seen[0] += len(fresh)
-            unit_sums(((m, np.asarray(u.delta())) for m, u, _ in fresh if m not in stopped), sums)
-            if coordinator.round < args.auto_from:
-                return
-            keys, cos = cosines({k: v for k, v in sums.items() if k not in stopped})
-            at = {k: i for i, k in enumerate(keys)}
-            out = []
-            for task in sorted(set(task_of.values())):
-                members = [m for m in keys if task_of[m] == task]
-                if len(members) < 3:
-                    continue
-                for m in members:
-                    mates = [at[x] for x in members if x != m]
-                    against = all(cos[at[m], j] < -args.auto_remove for j in mates)
-                    agree = all(cos[i, j] > 0 for i in mates for j in mates if i < j)
-                    if against and agree:
-                        out.append(m)
-            if out:
-                stop(out)
-                print(f"round {coordinator.round}: removed {', '.join(out)}", file=sys.stderr)
-
         def remove(head) -> None:
-            """--remove-at R: the operator removes the attackers' keys as round R opens."""
-            if coordinator.round == args.remove_at:
-                stop(attackers)
+            """--remove-at R: the operator, as round R opens, runs `basin key remove` for each
+            attacker (another process saving the config: the coordinator takes it up at its
+            next update)."""
+            if coordinator.round != args.remove_at:
+                return
+            with Repository.open(coordinator.repo.basin_dir.parent) as operator:
+                for name in attackers:
+                    porcelain.untrust(operator, name)
+                    stopped[name] = coordinator.round
 
-        if args.auto_remove is not None:
-            coordinator.on_head = judge
+        def quarantined(head) -> None:
+            """--cohorts: who the coordinator quarantined as this round opened."""
+            for key, (round_, _) in coordinator.journal.quarantined().items():
+                if name_of[key] not in stopped:
+                    stopped[name_of[key]] = round_
+                    print(f"round {round_}: quarantined {name_of[key]}", file=sys.stderr)
+
+        if args.cohorts:
+            coordinator.on_head = quarantined
             return {m: stoppable(cls if m in attackers else HiveTrainer) for m in names}
         if args.remove_at is None:
             return {name: cls for name in attackers}
@@ -313,6 +284,12 @@ def report(data: dict) -> str:
             ""
             if a.get("remove_at") is None
             else f"; the attackers' keys removed as round {a['remove_at']} opens"
+        )
+        + (
+            f"; cohorts given (each instance's task): quarantine τ {a['quarantine']} after "
+            f"{a['quarantine_after']} updates (None: the coordinator's default)"
+            if a.get("cohorts")
+            else ""
         ),
         "",
         f"Mean normalised accuracy after the run (÷ specialists; the base, nothing learned, is "
@@ -341,8 +318,9 @@ def report(data: dict) -> str:
         "Refusals per run: intake (HTTP status: count) and outlier check (attackers' / honest "
         "updates):",
         "",
-        "| attack | rule | intake | outliers: attackers | outliers: honest | per task |",
-        "|---|---|---|---|---|---|",
+        "| attack | rule | intake | outliers: attackers | outliers: honest | per task "
+        "| stopped at round |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         attackers = set(run["attackers"])
@@ -355,6 +333,8 @@ def report(data: dict) -> str:
             f"| {run['attack']} | {run['rule']} | {intake} | {bad} of "
             f"{ATTACKERS * run['rounds']} | {good} of {honest_updates} | "
             + ", ".join(f"{t} {norm[t]:.3f}" for t in TASKS)
+            + " | "
+            + (", ".join(f"{m} {r}" for m, r in sorted(run["removed"].items())) or "-")
             + " |"
         )
     lines += ["", f"wall clock: {data['elapsed']:.0f} s; {machine_line(data)}"]
@@ -390,15 +370,19 @@ def main() -> None:
         help="the operator removes the attackers' keys as this round opens (basin key remove)",
     )
     ap.add_argument(
-        "--auto-remove",
-        type=float,
-        default=None,
-        metavar="TAU",
-        help="a coordinator that knows the tasks removes a signer pointing against all its "
-        "task-mates (cosine < -TAU of the summed updates) while they agree (a probe)",
+        "--cohorts",
+        action="store_true",
+        help="trust each instance with its task as cohort: the coordinator's quarantine judges",
     )
     ap.add_argument(
-        "--auto-from", type=int, default=10, help="with --auto-remove: judge from this round on"
+        "--quarantine", type=float, default=None, metavar="TAU", help="with --cohorts: its τ"
+    )
+    ap.add_argument(
+        "--quarantine-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --cohorts: updates summed before a signer is judged",
     )
     ap.add_argument("--work", type=Path, default=None, help="where scratch repositories go")
     ap.add_argument("--keep", action="store_true", help="keep the scratch repositories")
@@ -408,6 +392,10 @@ def main() -> None:
     if args.instances <= 2 * ATTACKERS:
         sys.exit(f"error: need more than {2 * ATTACKERS} instances")
     attacks, rules = args.attacks.split(","), args.rules.split(",")
+    if not args.cohorts and (args.quarantine is not None or args.quarantine_after is not None):
+        sys.exit("error: --quarantine and --quarantine-after go with --cohorts")
+    given = (("quarantine_tau", args.quarantine), ("quarantine_after", args.quarantine_after))
+    quarantine = {k: v for k, v in given if v is not None}
     for name in attacks:
         if name not in ATTACKS:
             sys.exit(f"error: unknown attack {name!r} (known: {', '.join(ATTACKS)})")
@@ -433,13 +421,13 @@ def main() -> None:
                 args.k,
                 args.outlier_c,
                 rule_options={"trim": args.trim} if rule == "trimmed_mean" else None,
-                roles=roles(attack, names, args)
-                if attack != "none" or args.auto_remove is not None
-                else None,
+                roles=roles(attack, names, args) if attack != "none" or args.cohorts else None,
                 label=f"{attack} {rule}"
                 + ("" if args.remove_at is None else f" removed at {args.remove_at}")
-                + ("" if args.auto_remove is None else f" auto-removal {args.auto_remove:g}"),
+                + (" cohorts" if args.cohorts else ""),
                 round_updates=len(names) - ATTACKERS if attack in REFUSED_AT_INTAKE else None,
+                cohorts=args.cohorts,
+                settings=quarantine,
             )
             deltas = run.pop("deltas")
             if args.deltas:  # every update taken in, by round and signer, for analysis afterwards

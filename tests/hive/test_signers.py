@@ -62,13 +62,14 @@ def test_basin_hive_signers_prints_the_report_by_name(played, hub, cli):
     with Repository.open(hub) as repo:
         porcelain.untrust(repo, "edge3")
     out = cli("hive", "signers").output.splitlines()
-    header = "signer taken refused pending last round most against most along"
+    header = "signer cohort taken refused pending last round most against most along quarantined"
     assert " ".join(out[0].split()) == header
     by_name = {line.split()[0]: line for line in out[1:]}
-    assert by_name["edge1"].split()[1:5] == ["4", "0", "1", "4"]
+    assert by_name["edge1"].split()[1:6] == ["-", "4", "0", "1", "4"]
+    assert by_name["edge1"].split()[-1] == "-"  # not quarantined
     assert "edge2 +0.9" in by_name["edge1"]  # cos((1, 0.2), (1, -0.2)), 8-bit values
     (flipped,) = [line for line in out[1:] if line.startswith("z6Mk")]  # edge3, removed
-    assert flipped.split()[1:7] == ["(not", "trusted)", "4", "0", "0", "3"]
+    assert flipped.split()[1:8] == ["(not", "trusted)", "-", "4", "0", "0", "3"]
     assert "-0.98" in flipped
     assert cli("hive", "signers", "--since", "9").output == "no updates from round 9 on\n"
 

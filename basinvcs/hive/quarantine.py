@@ -1,0 +1,78 @@
+"""Quarantine: a coordinator told which signers share a task stops the one working against it.
+
+No aggregation rule tells a sign-flipped update from an honest update of another task, and within
+one round two honest updates of one task are as unlike each other as a flipped one is unlike them
+(docs/experiments/hive.md, probes 1 to 5). Summed over rounds they are not: an instance working
+against its task points against every honest instance of that task, which agree with each other
+(probe 4). The coordinator cannot know the tasks; its operator can, and says so per trusted key
+(`basin key add --cohort NAME`, config.json's "cohort": never anything an update says).
+
+So the coordinator keeps, per signer with a cohort, the sum of its taken updates each scaled to
+unit norm (every round counts alike), in its journal; and as each round opens it quarantines a
+signer whose sum points against the sum of every other judged signer of its cohort (cosine
+below −τ) while those others agree with each other (every cosine above 0). Judged are the
+signers with at least `after` summed updates, not quarantined, in a cohort with at least three
+of them: with two, neither can be told from the other. A quarantined signer's updates are refused
+(403, with the reason) until the operator releases it (`basin hive release`), which also starts
+its sum again.
+
+τ = 0.3 and 20 updates are what the sixth probe chose beforehand and measured (ten MiniLM
+instances, three attacking: 0.95, 0.97, 0.91 of the honest run under sign flips, inner-product
+manipulation and inflated counts; one false quarantine in four honest runs). Attackers who know τ
+can evade it with a milder flip, or by sending honestly until the sums settle; attackers who are
+most of a cohort are not judged against it (its others do not agree).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import BasinError
+from .signers import cosines
+
+DEFAULT_TAU = 0.3
+DEFAULT_AFTER = 20  # summed updates before a signer is judged (or judges another)
+MIN_COHORT = 3
+
+
+def check(tau: float, after: int) -> None:
+    if not (math.isfinite(tau) and 0 <= tau < 1):
+        raise BasinError(f"quarantine threshold {tau} must be at least 0 and below 1")
+    if not 1 <= after < 1 << 31:
+        raise BasinError(f"quarantine after {after} updates: must be at least 1")
+
+
+def judge(
+    sums: Mapping[bytes, tuple[np.ndarray, int]],
+    cohorts: Mapping[bytes, str],
+    tau: float = DEFAULT_TAU,
+    after: int = DEFAULT_AFTER,
+) -> dict[bytes, str]:
+    """The signers to quarantine now, each with why (one line, naming no key: the caller's
+    message does). `sums`: per signer, its summed unit-norm updates and how many; `cohorts`:
+    per signer to judge, its cohort (signers without one, or quarantined, are left out by the
+    caller)."""
+    judged = {
+        k: v for k, (v, n) in sums.items() if k in cohorts and n >= after and np.linalg.norm(v) > 0
+    }
+    keys, cos = cosines(judged)
+    at = {k: i for i, k in enumerate(keys)}
+    out: dict[bytes, str] = {}
+    for cohort in sorted({cohorts[k] for k in keys}):
+        members = [at[k] for k in keys if cohorts[k] == cohort]
+        if len(members) < MIN_COHORT:
+            continue
+        for m in members:
+            mates = [j for j in members if j != m]
+            against = max(cos[m, j] for j in mates)
+            agree = min(cos[i, j] for i in mates for j in mates if i < j)
+            if against < -tau and agree > 0:
+                out[keys[m]] = (
+                    f"its updates point against every other signer of cohort {cohort} "
+                    f"(cosines {min(cos[m, j] for j in mates):+.2f} to {against:+.2f} over "
+                    f"{sums[keys[m]][1]} updates; theirs agree, {agree:+.2f} or more)"
+                )
+    return out
