@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -516,16 +516,19 @@ class Coordinator:
             out.append((trusted.weight if trusted else 1.0) * s)
         return out
 
-    def _directions(self, taken) -> dict[bytes, np.ndarray]:
-        """Of the taken (signer, change) pairs, each one of a signer with a cohort at unit norm:
-        what the round adds to the summed directions quarantine judges by."""
+    def _directions(
+        self, taken: Iterable[tuple[bytes, np.ndarray]]
+    ) -> dict[bytes, tuple[str, np.ndarray]]:
+        """Of the taken (signer, change) pairs, each one of a signer with a cohort, with that
+        cohort, at unit norm: what the round adds to the summed directions quarantine judges
+        by."""
         if self.settings.quarantine_tau is None:
             return {}
-        return unit_sums(
-            (a, delta)
-            for a, delta in taken
-            if (t := self._trusted_key(a)) is not None and t.cohort is not None
-        )
+        index = self._trusted_index()
+        taken = list(taken)
+        cohorts = {a: index[a].cohort for a, _ in taken if a in index and index[a].cohort}
+        units = unit_sums((a, delta) for a, delta in taken if a in cohorts)
+        return {a: (cohorts[a], unit) for a, unit in units.items()}
 
     def _judge(self) -> None:
         """Quarantine, as a round opens, whoever quarantine.judge finds against its cohort."""
@@ -536,8 +539,13 @@ class Coordinator:
         cohorts = {k: t.cohort for k, t in index.items() if t.cohort and k not in held}
         if len(cohorts) < quarantine.MIN_COHORT:
             return
+        sums = {  # a sum made in another cohort than the signer's now does not count
+            a: (total, count)
+            for a, (cohort, total, count) in self.journal.directions(sorted(cohorts)).items()
+            if cohort == cohorts[a]
+        }
         found = quarantine.judge(
-            self.journal.directions(sorted(cohorts)),
+            sums,
             cohorts,
             self.settings.quarantine_tau,
             self.settings.quarantine_after,

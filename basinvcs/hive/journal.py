@@ -40,7 +40,7 @@ CREATE INDEX IF NOT EXISTS updates_round ON updates (round, status);
 CREATE TABLE IF NOT EXISTS signers (author BLOB PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS directions (
-    author BLOB PRIMARY KEY, total BLOB NOT NULL, count INTEGER NOT NULL
+    author BLOB PRIMARY KEY, cohort TEXT NOT NULL, total BLOB NOT NULL, count INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     author BLOB PRIMARY KEY, round INTEGER NOT NULL, reason TEXT NOT NULL
@@ -203,13 +203,14 @@ class Journal:
         refused: dict[str, str],
         state: dict[str, object],
         forget_before: int | None = None,
-        directions: dict[bytes, np.ndarray] | None = None,
+        directions: dict[bytes, tuple[str, np.ndarray]] | None = None,
     ) -> None:
         """Mark the round's updates taken or refused and store the next state, atomically.
         `forget_before`: also delete the updates of rounds before this one (all closed), adding
         them to the counts they leave (`counts` goes on including them); the signers' sequence
-        numbers, which refuse replays, are never deleted. `directions`: per signer, a unit
-        vector to add to its summed direction (one update more)."""
+        numbers, which refuse replays, are never deleted. `directions`: per signer, its cohort
+        and a unit vector to add to its summed direction there (one update more; a sum made in
+        another cohort starts again)."""
         with self._lock:
             self._run("BEGIN IMMEDIATE")
             try:
@@ -220,8 +221,8 @@ class Journal:
                     "UPDATE updates SET status = ?, reason = ? WHERE cid = ?",
                     [(REFUSED, reason, cid) for cid, reason in refused.items()],
                 )
-                for author, unit in (directions or {}).items():
-                    self._add_direction(author, unit)
+                for author, (cohort, unit) in (directions or {}).items():
+                    self._add_direction(author, cohort, unit)
                 if forget_before is not None:
                     state = {**state, FORGOTTEN: self._forget(forget_before)}
                 for key, value in state.items():
@@ -235,30 +236,32 @@ class Journal:
                     self._run("ROLLBACK")
                 raise
 
-    def _add_direction(self, author: bytes, unit: np.ndarray) -> None:
-        total, count = self._directions([author]).get(author, (0.0, 0))
+    def _add_direction(self, author: bytes, cohort: str, unit: np.ndarray) -> None:
+        was, total, count = self._directions([author]).get(author, (cohort, 0.0, 0))
+        if was != cohort:
+            total, count = 0.0, 0
         self._run(
-            "INSERT OR REPLACE INTO directions (author, total, count) VALUES (?, ?, ?)",
-            (author, np.asarray(total + unit, dtype="<f8").tobytes(), count + 1),
+            "INSERT OR REPLACE INTO directions (author, cohort, total, count) VALUES (?, ?, ?, ?)",
+            (author, cohort, np.asarray(total + unit, dtype="<f8").tobytes(), count + 1),
         )
 
     # -- quarantine
 
-    def directions(self, authors: list[bytes]) -> dict[bytes, tuple[np.ndarray, int]]:
-        """The summed direction and its count of each of `authors` that has one."""
+    def directions(self, authors: list[bytes]) -> dict[bytes, tuple[str, np.ndarray, int]]:
+        """The cohort, summed direction and count of each of `authors` that has one."""
         with self._lock:
             return self._directions(authors)
 
-    def _directions(self, authors: list[bytes]) -> dict[bytes, tuple[np.ndarray, int]]:
+    def _directions(self, authors: list[bytes]) -> dict[bytes, tuple[str, np.ndarray, int]]:
         out = {}
         for start in range(0, len(authors), 500):  # SQLite's limit on bound parameters
             part = authors[start : start + 500]
             rows = self._run(
-                "SELECT author, total, count FROM directions WHERE author IN "
+                "SELECT author, cohort, total, count FROM directions WHERE author IN "
                 f"({', '.join('?' * len(part))})",
                 tuple(part),
             )
-            out.update({a: (np.frombuffer(t, dtype="<f8").copy(), n) for a, t, n in rows})
+            out.update({a: (c, np.frombuffer(t, dtype="<f8").copy(), n) for a, c, t, n in rows})
         return out
 
     def quarantine(self, author: bytes, round_: int, reason: str) -> None:

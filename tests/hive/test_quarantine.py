@@ -117,8 +117,8 @@ def test_a_coordinator_quarantines_refuses_and_keeps_it_across_a_restart(cohort_
     again = coordinator(cohort_hub, round_updates=5, quarantine_after=AFTER)
     assert EDGES[3].public_key in again.journal.quarantined()  # the journal's, not memory's
     directions = again.journal.directions([e.public_key for e in EDGES])
-    assert directions[EDGES[0].public_key][1] == AFTER + 1
-    assert directions[EDGES[3].public_key][1] == AFTER  # nothing since its quarantine
+    assert directions[EDGES[0].public_key][::2] == ("neg", AFTER + 1)
+    assert directions[EDGES[3].public_key][2] == AFTER  # nothing since its quarantine
     assert EDGES[4].public_key not in directions  # no cohort: nothing kept
     # the operator releases it beside the running coordinator (another connection)
     assert cli("hive", "release", "edge4").output.startswith("released edge4 (z6Mk")
@@ -126,6 +126,20 @@ def test_a_coordinator_quarantines_refuses_and_keeps_it_across_a_restart(cohort_
     assert again.submit(update(again, EDGES[3], vec(c0=1.0), seq=10))["round"] == again.round
     assert EDGES[3].public_key not in again.journal.directions([EDGES[3].public_key])
     again.repo.close()
+
+
+def test_a_signer_moved_to_another_cohort_is_judged_on_its_updates_there(cohort_hub):
+    """The operator moves edge4 to cohort "pos" (`basin key add` again): its sum from "neg" no
+    longer counts, and starts again from its next update."""
+    c = coordinator(cohort_hub, round_updates=5, quarantine_after=AFTER)
+    play(c, AFTER - 1)
+    with Repository.open(cohort_hub) as operator:
+        porcelain.trust(operator, format_key(EDGES[3].public_key), "edge4", cohort="pos")
+    play(c, 2, first_seq=AFTER)  # would have made AFTER + 1 in "neg"
+    assert c.journal.quarantined() == {}
+    ((cohort, _, count),) = c.journal.directions([EDGES[3].public_key]).values()
+    assert (cohort, count) == ("pos", 2)
+    c.repo.close()
 
 
 def test_release_refuses_what_is_not_quarantined_and_changes_nothing(cohort_hub, cli):
@@ -139,7 +153,7 @@ def test_release_refuses_what_is_not_quarantined_and_changes_nothing(cohort_hub,
         result = cli.fails("hive", "release", who)
         assert words in result.stderr and len(result.stderr.splitlines()) == 1
     after = c.journal.directions([EDGES[0].public_key])
-    assert after[EDGES[0].public_key][1] == before[EDGES[0].public_key][1] == 1
+    assert after[EDGES[0].public_key][2] == before[EDGES[0].public_key][2] == 1
     c.repo.close()
 
 
@@ -157,7 +171,7 @@ def test_honest_cohorts_and_quarantine_off_quarantine_no_one(cohort_hub):
     play(off, AFTER + 1, first_seq=AFTER + 2)
     assert off.journal.quarantined() == {}
     # nothing summed while it is off
-    assert off.journal.directions([EDGES[3].public_key])[EDGES[3].public_key][1] == AFTER + 1
+    assert off.journal.directions([EDGES[3].public_key])[EDGES[3].public_key][2] == AFTER + 1
     off.repo.close()
 
 
@@ -191,7 +205,7 @@ def test_a_round_killed_after_its_commit_adds_each_direction_once(cohort_hub):
     again = coordinator(cohort_hub, round_updates=5, quarantine_after=100)  # recover() runs
     assert again.round == 2
     counted = again.journal.directions([e.public_key for e in EDGES[:4]])
-    assert {n for _, n in counted.values()} == {2}
+    assert {n for _, _, n in counted.values()} == {2}
     again.repo.close()
 
 
