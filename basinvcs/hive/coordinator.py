@@ -412,13 +412,15 @@ class Coordinator:
             updates = [u for _, u in self._pending]
             x = _dense(updates)
             self._refresh_trust()
-            taken, refused = self._screen(x, updates)
+            taken, refused, signed = self._screen(x, updates)
             head = self.head()
             # every update refused: the head stays, and the round still closes
             cid = (
-                self._commit(current, head, pending, updates, x, taken, refused) if taken else head
+                self._commit(current, head, pending, updates, x, taken, refused, signed)
+                if taken
+                else head
             )
-            directions = self._directions((updates[i].author, x[i]) for i in taken)
+            directions = self._directions((updates[i].author, x[i]) for i in signed)
             self._finish(current, cid, pending, taken, refused, head, directions)
             self.close_seconds = time.perf_counter() - start
             moved = f"new head {cid}" if cid != head else "head unchanged"
@@ -431,10 +433,13 @@ class Coordinator:
                 self.on_head(cid)
             return cid
 
-    def _screen(self, x: np.ndarray, updates: list[Update]) -> tuple[list[int], dict[int, str]]:
-        """Indices of the updates (the rows of x) to combine, and the refused ones with why:
-        signers no longer trusted (a key removed while its update waited) or quarantined since,
-        then outliers among the rest."""
+    def _screen(
+        self, x: np.ndarray, updates: list[Update]
+    ) -> tuple[list[int], dict[int, str], list[int]]:
+        """Indices of the updates (the rows of x) to combine, the refused ones with why (signers
+        no longer trusted, a key removed while its update waited, or quarantined since; then
+        outliers among the rest), and those whose signers may send: what the signers' summed
+        directions count (an outlier too says where its signer pushes)."""
         held = self.journal.quarantined()
         refused = {
             i: "signer no longer trusted"
@@ -453,9 +458,9 @@ class Coordinator:
                 refused[rest[j]] = (
                     f"outlier: Fisher distance {report.scores[j]:.4g} > {report.threshold:.4g}"
                 )
-        return [i for i in range(len(x)) if i not in refused], refused
+        return [i for i in range(len(x)) if i not in refused], refused, rest
 
-    def _commit(self, current, head, pending, updates, x, taken, refused) -> CID:
+    def _commit(self, current, head, pending, updates, x, taken, refused, signed) -> CID:
         basin = self._head_basin()  # `head` is the head now
         chosen = [updates[i] for i in taken]
         delta = rules.aggregate(
@@ -489,6 +494,7 @@ class Coordinator:
                 "parent": str(head),
                 "taken": [pending[i].cid for i in taken],
                 "refused": {pending[i].cid: why for i, why in refused.items()},
+                "signed": [pending[i].cid for i in signed],
                 "outer": optimizer.to_dict(),
             },
         )
@@ -590,7 +596,7 @@ class Coordinator:
             return
         pending = self.journal.pending(current)
         by_cid = {j.cid: i for i, j in enumerate(pending)}
-        taken, refused = [], {}
+        taken, refused, signed = [], {}, None
         closing = self.journal.get("closing")
         if (
             isinstance(closing, dict)
@@ -600,6 +606,8 @@ class Coordinator:
         ):
             taken = [by_cid[cid] for cid in closing["taken"] if cid in by_cid]
             refused = {by_cid[c]: why for c, why in closing["refused"].items() if c in by_cid}
+            if "signed" in closing:
+                signed = [by_cid[c] for c in closing["signed"] if c in by_cid]
             self._pending_state = closing.get("outer")
         else:  # a journal from before the decision was journaled: the commit's message
             for line in commit.message.splitlines():
@@ -611,8 +619,9 @@ class Coordinator:
                     refused[by_cid[cid]] = why
         self.log(f"recovered round {current}: its head {self.head()} was written")
         previous = commit.parents[0] if commit.parents else self.head()
-        directions = self._directions(
-            (pending[i].author, np.asarray(Update.decode(pending[i].data).delta())) for i in taken
+        directions = self._directions(  # an older journal's decision: its taken updates
+            (pending[i].author, np.asarray(Update.decode(pending[i].data).delta()))
+            for i in (taken if signed is None else signed)
         )
         self._finish(current, self.head(), pending, taken, refused, previous, directions)
 

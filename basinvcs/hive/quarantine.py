@@ -7,8 +7,10 @@ against its task points against every honest instance of that task, which agree 
 (probe 4). The coordinator cannot know the tasks; its operator can, and says so per trusted key
 (`basin key add --cohort NAME`, config.json's "cohort": never anything an update says).
 
-So the coordinator keeps, per signer with a cohort, the sum of its taken updates each scaled to
-unit norm (every round counts alike), in its journal; and as each round opens it quarantines a
+So the coordinator keeps, per signer with a cohort, the sum of its updates each scaled to unit
+norm (every round counts alike), in its journal: those taken and those refused as outliers (an
+outlier too says where its signer pushes; only updates refused because their signer may not send
+are left out); and as each round opens it quarantines a
 signer whose sum points against the sum of every other judged signer of its cohort (cosine
 below −τ) while those others agree with each other (every cosine above 0). Judged are the
 signers with at least `after` summed updates, not quarantined, in a cohort with at least three

@@ -142,6 +142,19 @@ def test_a_signer_moved_to_another_cohort_is_judged_on_its_updates_there(cohort_
     c.repo.close()
 
 
+def test_an_update_refused_as_an_outlier_still_counts_where_its_signer_pushes(cohort_hub):
+    c = coordinator(cohort_hub, round_updates=5, quarantine_after=100)
+    for k, ident in enumerate(EDGES[:3]):
+        c.submit(update(c, ident, vec(c0=1.0, c1=0.1 * k)))
+    c.submit(update(c, EDGES[3], vec(c0=-500.0)))  # far from the round's median
+    c.submit(update(c, EDGES[4], vec(c0=1.0, c1=0.3)))
+    commit = c.repo.read_commit(c.head())
+    assert commit.metrics["refused"] == 1.0 and "outlier" in commit.message
+    ((_, total, count),) = c.journal.directions([EDGES[3].public_key]).values()
+    assert count == 1 and total[0] == pytest.approx(-1.0)  # at unit norm, not x500
+    c.repo.close()
+
+
 def test_release_refuses_what_is_not_quarantined_and_changes_nothing(cohort_hub, cli):
     c = coordinator(cohort_hub, round_updates=5, quarantine_after=AFTER)
     play(c, 1)
