@@ -523,17 +523,17 @@ class Coordinator:
         return out
 
     def _directions(
-        self, taken: Iterable[tuple[bytes, np.ndarray]]
+        self, signed: Iterable[tuple[bytes, np.ndarray]]
     ) -> dict[bytes, tuple[str, np.ndarray]]:
-        """Of the taken (signer, change) pairs, each one of a signer with a cohort, with that
-        cohort, at unit norm: what the round adds to the summed directions quarantine judges
-        by."""
+        """Of the round's (signer, change) pairs that count (`_screen`'s third list), each one of
+        a signer with a cohort, with that cohort, at unit norm: what the round adds to the
+        summed directions quarantine judges by."""
         if self.settings.quarantine_tau is None:
             return {}
         index = self._trusted_index()
-        taken = list(taken)
-        cohorts = {a: index[a].cohort for a, _ in taken if a in index and index[a].cohort}
-        units = unit_sums((a, delta) for a, delta in taken if a in cohorts)
+        signed = list(signed)
+        cohorts = {a: index[a].cohort for a, _ in signed if a in index and index[a].cohort}
+        units = unit_sums((a, delta) for a, delta in signed if a in cohorts)
         return {a: (cohorts[a], unit) for a, unit in units.items()}
 
     def _judge(self) -> None:
