@@ -337,6 +337,42 @@ def test_basin_key_remove_beside_a_running_coordinator_stops_the_signer(hive):
     assert "submitted update" in e("hive", "submit").output
 
 
+def test_a_signer_against_its_cohort_is_quarantined_and_released_over_http(hive):
+    """e0 and e1 push c0 up, e2 pushes it down, all three in the operator's cohort "neg": after
+    two rounds the running coordinator quarantines e2 (403 with the reason), `basin hive
+    signers` says so, and `basin hive release` beside it lets e2 in again."""
+    hub, edges, start = hive
+    for e in edges:
+        hub("key", "add", e.key, "--name", e.path.name, "--cohort", "neg")
+    server = start("--round-updates", "3", "--quarantine-after", "2")
+    pushes = [vec(c0=1.0, c1=0.3), vec(c0=1.0, c2=0.3), vec(c0=-1.0)]
+    for e in edges:
+        e("hive", "join", server.url)
+    for round_ in range(2):
+        for e, push in zip(edges, pushes, strict=True):
+            commit_z(e.path, [a + b for a, b in zip(e.z(), push, strict=True)], f"round {round_}")
+            e("hive", "submit")
+        time.sleep(0.5)
+        for e in edges:
+            e("hive", "sync")
+    e2 = edges[2]
+    commit_z(e2.path, [a + b for a, b in zip(e2.z(), pushes[2], strict=True)], "more")
+    result = e2("hive", "submit", ok=False)
+    assert result.exit_code == 1 and "HTTP 403" in result.stderr
+    assert (
+        "is quarantined since round 2: its updates point against every other signer of "
+        "cohort neg" in result.stderr
+    )
+    status = json.loads(urllib.request.urlopen(f"{server.url}/status").read())
+    assert status["quarantined"] == 1 and status["round"] == 2
+    row = next(
+        line for line in hub("hive", "signers").output.splitlines() if line.startswith("e2 ")
+    )
+    assert row.split()[1] == "neg" and row.endswith("since round 2")
+    assert hub("hive", "release", "e2").output.startswith("released e2 (z6Mk")
+    assert "submitted update" in e2("hive", "submit").output  # no restart
+
+
 def test_nothing_to_submit_is_refused_and_a_lost_state_is_no_replay(hive):
     hub, edges, start = hive
     server = start("--round-updates", "1")
