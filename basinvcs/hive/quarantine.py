@@ -67,14 +67,17 @@ def judge(
         members = [at[k] for k in keys if cohorts[k] == cohort]
         if len(members) < MIN_COHORT:
             continue
-        for m in members:
-            mates = [j for j in members if j != m]
-            against = max(cos[m, j] for j in mates)
-            agree = min(cos[i, j] for i in mates for j in mates if i < j)
-            if against < -tau and agree > 0:
+        within = cos[np.ix_(members, members)]
+        for a, m in enumerate(members):
+            theirs = np.delete(within[a], a)
+            if theirs.max() >= -tau:  # most signers: not against every other (O(n) each)
+                continue
+            others = np.delete(np.delete(within, a, 0), a, 1)
+            agree = others[np.triu_indices(len(others), 1)].min()
+            if agree > 0:
                 out[keys[m]] = (
                     f"its updates point against every other signer of cohort {cohort} "
-                    f"(cosines {min(cos[m, j] for j in mates):+.2f} to {against:+.2f} over "
+                    f"(cosines {theirs.min():+.2f} to {theirs.max():+.2f} over "
                     f"{sums[keys[m]][1]} updates; theirs agree, {agree:+.2f} or more)"
                 )
     return out
