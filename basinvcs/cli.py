@@ -1789,8 +1789,10 @@ def hive_status() -> None:
     there = edge.coordinator_status(here.url)  # down: the local part is printed, then the error
     newer = "" if there.head == here.synced else " (newer than synced: basin hive sync)"
     click.echo(f"coordinator: round {there.round}, head {short(there.head)}{newer}")
+    held = f"; {_plural(there.quarantined, 'signer')} quarantined" if there.quarantined else ""
     click.echo(
-        f"updates: {there.pending} pending this round, {there.taken} taken, {there.refused} refused"
+        f"updates: {there.pending} pending this round, {there.taken} taken, {there.refused} "
+        f"refused{held}"
     )
 
 

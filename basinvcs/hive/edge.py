@@ -384,6 +384,7 @@ class CoordinatorStatus:
     pending: int
     taken: int
     refused: int
+    quarantined: int = 0  # signers; a coordinator from before quarantine does not say
 
 
 def local_status(repo: Repository) -> LocalStatus:
@@ -403,6 +404,8 @@ def coordinator_status(url: str) -> CoordinatorStatus:
     doc = request_json(f"{url}/status")
     try:
         counts = {k: doc[k] for k in ("round", "pending", "taken", "refused")}
+        if "quarantined" in doc:
+            counts["quarantined"] = doc["quarantined"]
         if not all(type(v) is int and v >= 0 for v in counts.values()):
             raise TypeError("counts that are not whole numbers")
         return CoordinatorStatus(head=CID.parse(str(doc["head"])), **counts)

@@ -284,6 +284,10 @@ def test_join_refuses_local_work_and_a_second_join_unless_forced(hive):
         {"head": str(CID.for_block(b"x")), "round": -1, "pending": 0, "taken": 0, "refused": 0},
         {"head": str(CID.for_block(b"x")), "round": 1, "pending": 0.5, "taken": 0, "refused": 0},
         {"head": str(CID.for_block(b"x")), "round": True, "pending": 0, "taken": 0, "refused": 0},
+        {
+            "head": str(CID.for_block(b"x")),
+            **{"round": 1, "pending": 0, "taken": 0, "refused": 0, "quarantined": "two"},
+        },
         {"round": 1},
     ],
 )
@@ -365,6 +369,7 @@ def test_a_signer_against_its_cohort_is_quarantined_and_released_over_http(hive)
     )
     status = json.loads(urllib.request.urlopen(f"{server.url}/status").read())
     assert status["quarantined"] == 1 and status["round"] == 2
+    assert "refused; 1 signer quarantined" in e2("hive", "status").stdout
     row = next(
         line for line in hub("hive", "signers").output.splitlines() if line.startswith("e2 ")
     )
