@@ -1884,6 +1884,8 @@ def hive_release(key_or_name: str) -> None:
         try:
             key = porcelain.trusted_entry(repo, key_or_name).key
         except BasinError:
+            if any(t.name == key_or_name for t in repo.config.trusted):
+                raise  # a name several signers share: trusted_entry says to give the key
             try:  # a signer no longer trusted, by its key
                 key = parse_key(key_or_name)
             except BasinError:

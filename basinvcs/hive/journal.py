@@ -9,8 +9,9 @@ by marking its updates taken or refused in one transaction, after the head commi
 is written; the round's decision is stored first (state "closing"), and `Coordinator.recover`
 finishes a round whose commit was written but not yet marked from it.
 
-It also holds what quarantine.py judges by: per signer with a cohort, its taken updates summed at
-unit norm (added in the transaction that closes their round, so a restart counts none twice), and
+It also holds what quarantine.py judges by: per signer with a cohort, its updates (taken, or
+refused as outliers) summed at unit norm with the cohort they were summed in (added in the
+transaction that closes their round, so a restart counts none twice), and
 the signers quarantined, with the round and why. `basin hive release` deletes a signer's rows
 from another process while the coordinator runs; the coordinator sees it at its next request
 (SQLite's data_version, one cheap query).

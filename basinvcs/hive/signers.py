@@ -46,12 +46,9 @@ class Signer:
     along: tuple[bytes, float] | None
 
 
-def unit_sums(
-    updates: Iterable[tuple[K, np.ndarray]], sums: dict[K, np.ndarray] | None = None
-) -> dict[K, np.ndarray]:
-    """Per signer, the sum of its updates each scaled to unit norm (a zero change adds nothing),
-    added to `sums` when given (a running sum, round after round)."""
-    sums = {} if sums is None else sums
+def unit_sums(updates: Iterable[tuple[K, np.ndarray]]) -> dict[K, np.ndarray]:
+    """Per signer, the sum of its updates each scaled to unit norm (a zero change adds nothing)."""
+    sums: dict[K, np.ndarray] = {}
     for author, delta in updates:
         norm = float(np.linalg.norm(delta))
         if norm > 0:

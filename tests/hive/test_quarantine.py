@@ -170,6 +170,13 @@ def test_release_refuses_what_is_not_quarantined_and_changes_nothing(cohort_hub,
     c.repo.close()
 
 
+def test_release_of_a_name_two_signers_share_asks_for_the_key(cohort_hub, cli):
+    with Repository.open(cohort_hub) as operator:
+        porcelain.trust(operator, format_key(EDGES[4].public_key), "edge4")  # edge4's name too
+    result = cli.fails("hive", "release", "edge4")
+    assert "'edge4' names several trusted keys: give the key itself" in result.stderr
+
+
 def test_release_without_a_journal_is_one_line(repo_dir, cli):
     result = cli.fails("hive", "release", format_key(EDGES[0].public_key))
     assert "no hive journal in" in result.stderr and len(result.stderr.splitlines()) == 1
