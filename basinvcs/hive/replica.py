@@ -15,9 +15,11 @@ updates taken (`round_head`):
 
 The hive key is public knowledge, so its signature proves nothing by itself: a replica accepts a
 head only by recomputing it. Heads are announced on the topic with the CIDs of the updates they
-took (`Announcement`); every replica keeps update blocks on its IPFS node, so one that missed
-some fetches them by CID, verifies each (hash, signature, signer) and recomputes. A replica that
-missed a round entirely catches up from the announcement the same way.
+took (`Announcement`, signed by the replica that made it); every replica keeps update blocks on
+its IPFS node, so one that missed some fetches them by CID, verifies each (hash, signature,
+signer) and recomputes. A replica that missed a round entirely catches up from the announcement
+the same way. Anyone can publish on a topic: a replica keeps updates and acts on announcements
+only from signers it trusts, so a stranger cannot make it fetch anything.
 
 Under message loss: an update heard by some replicas and not others makes their heads differ
 for that round. At the round's end each replica takes the union of the updates it heard and those
@@ -39,12 +41,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..cid import CID
 from ..codec import dagcbor
 from ..errors import BasinError, RefError, RemoteError, RepositoryError, SchemaError
 from ..identity import Identity, format_key
-from ..objects import Commit
+from ..objects import FORMAT_VERSION, Commit, _check_type, _fields, _signature, _typed
+from ..records import _Signed
 from ..refnames import branch_ref
 from ..repository import Repository
 from . import adjust, outliers, rules
@@ -70,36 +74,66 @@ def hive_genesis(repo: Repository, commit: CID) -> CID:
     return commit
 
 
+MAX_ANNOUNCED = 100_000  # update CIDs an announcement may list (the decoder's bound)
+
+
 @dataclass(frozen=True)
-class Announcement:
-    """ "This is the head of the round after `parent`, made of these updates" (unsigned: it is
-    checked by recomputing the head, not by who says it)."""
+class Announcement(_Signed):
+    """ "This is the head of the round after `parent`, made of these updates", signed by the
+    replica that made it. The head is adopted only by recomputing it; the signature says who asks
+    the hearer to fetch blocks and recompute, which only a trusted signer may (anyone can publish
+    on a pubsub topic, and every CID listed can cost a fetch that times out)."""
+
+    TYPE = ANNOUNCE_TYPE
 
     parent: CID
     head: CID
     updates: tuple[CID, ...]
+    author: bytes
+    signature: bytes = b""
 
-    def encode(self) -> bytes:
-        return dagcbor.encode(
-            {
-                "type": ANNOUNCE_TYPE,
-                "parent": self.parent,
-                "head": self.head,
-                "updates": list(self.updates),
-            }
-        )
+    def __post_init__(self) -> None:
+        _typed(self.parent, CID, "announced parent")
+        _typed(self.head, CID, "announced head")
+        if len(_typed(self.updates, tuple, "announced updates")) > MAX_ANNOUNCED:
+            raise SchemaError(f"hive head announcement lists over {MAX_ANNOUNCED:,} updates")
+        for cid in self.updates:
+            _typed(cid, CID, "announced update")
+        if len(_typed(self.author, bytes, "announcement author")) != 32:
+            raise SchemaError("announcement author must be a 32-byte Ed25519 public key")
+
+    def unsigned_node(self) -> dict:
+        return {
+            "type": ANNOUNCE_TYPE,
+            "version": FORMAT_VERSION,
+            "parent": self.parent,
+            "head": self.head,
+            "updates": list(self.updates),
+            "author": self.author,
+        }
 
     @classmethod
-    def decode(cls, data: bytes) -> Announcement:
-        node = dagcbor.decode(data)
-        if not isinstance(node, dict) or node.get("type") != ANNOUNCE_TYPE:
-            raise SchemaError("not a hive head announcement")
-        updates = node.get("updates")
-        if not isinstance(updates, list) or len(updates) > 100_000:
-            raise SchemaError("hive head announcement has a bad update list")
-        if not all(isinstance(c, CID) for c in [node.get("parent"), node.get("head"), *updates]):
-            raise SchemaError("hive head announcement links something that is not a CID")
-        return cls(node["parent"], node["head"], tuple(updates))
+    def from_node(cls, node: Any) -> Announcement:
+        _check_type(node, ANNOUNCE_TYPE)
+        fields = {"type", "version", "parent", "head", "updates", "author", "signature"}
+        node = _fields(node, "hive head announcement", fields)
+        return cls(
+            parent=node["parent"],
+            head=node["head"],
+            updates=tuple(_typed(node["updates"], list, "announced updates")),
+            author=node["author"],
+            signature=_signature(node["signature"], "hive head announcement"),
+        )
+
+
+def _kind(message: bytes) -> str | None:
+    """The `type` a pubsub message says it is (None: not a DAG-CBOR map that says)."""
+    try:
+        node = dagcbor.decode(message)
+    except BasinError:
+        return None
+    kind = node.get("type") if isinstance(node, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: str) -> CID:
@@ -173,7 +207,8 @@ class Replica:
 
     `publish(bytes)` sends a message to every replica (pubsub); `store(bytes)` keeps a block
     where others can fetch it and `fetch(CID)` gets one (an IPFS node's blocks). Messages heard
-    are given to `hear`; `close` ends the round.
+    are given to `hear`; `close` ends the round. `identity` signs this replica's announcements:
+    the others act on them only if they trust its key.
     """
 
     def __init__(
@@ -183,14 +218,16 @@ class Replica:
         publish: Callable[[bytes], None],
         store: Callable[[bytes], None],
         fetch: Callable[[CID], bytes],
+        identity: Identity,
         rule: str = rules.DEFAULT_RULE,
     ):
-        self.repo, self.branch, self.rule = repo, branch, rule
+        self.repo, self.branch, self.rule, self.identity = repo, branch, rule, identity
         self._publish, self._store, self._fetch = publish, store, fetch
-        self.heard: dict[CID, bytes] = {}
+        self.heard: dict[CID, bytes] = {}  # updates of trusted signers, by CID
         self.announced: dict[CID, set[CID]] = {}  # parent -> update CIDs others took
         self.taken: dict[CID, set[CID]] = {}  # parent -> the update CIDs this replica's head took
         self.not_adopted: str | None = None  # why the last head others made was not adopted
+        self._ignored: set[bytes] = set()  # untrusted announcers already said (at most 16)
 
     @property
     def head(self) -> CID:
@@ -204,14 +241,24 @@ class Replica:
         return CID.for_block(update)
 
     def hear(self, message: bytes) -> str | None:
-        """An update or a head announcement from the topic (anything else is ignored). Returns
-        `not_adopted` when this message newly left a head of the others out (a head announced
-        again, by another replica or pubsub's repeats, is said once), else None."""
+        """An update or a head announcement from the topic. Kept or acted on only if it is
+        valid and signed by a trusted signer (anything else is dropped: anyone can publish on a
+        topic). Returns a line to log: `not_adopted` when this message newly left a head of the
+        others out (a head announced again, by another replica or pubsub's repeats, is said
+        once), or that an untrusted replica's announcements are ignored (once per key, for
+        the first 16 keys); else None."""
+        if _kind(message) != ANNOUNCE_TYPE:
+            if self._trusted_update(message):
+                self.heard.setdefault(CID.for_block(message), message)
+            return None
         try:
             announcement = Announcement.decode(message)
         except BasinError:
-            self.heard.setdefault(CID.for_block(message), message)
             return None
+        if announcement.author == self.identity.public_key:
+            return None  # pubsub's echo of this replica's own
+        if (why := self._distrust(announcement)) is not None:
+            return why or None
         before = self.not_adopted
         known = self.announced.setdefault(announcement.parent, set())
         known.update(announcement.updates)
@@ -222,6 +269,28 @@ class Replica:
         elif not self.repo.is_commit(announcement.parent):
             self.catch_up(announcement.parent)  # rounds this replica missed
         return self.not_adopted if self.not_adopted not in (None, before) else None
+
+    def _distrust(self, announcement: Announcement) -> str | None:
+        """Why `announcement` is not acted on, its author not being trusted here ("" to say
+        nothing: already said), None if it is."""
+        if self.repo.config.trusted_key(announcement.author) is not None:
+            return None
+        if announcement.author in self._ignored or len(self._ignored) >= 16:
+            return ""
+        self._ignored.add(announcement.author)
+        return (
+            f"announcements by {format_key(announcement.author)} ignored: not a trusted signer "
+            "here (basin key add it to act on the heads it announces)"
+        )
+
+    def _trusted_update(self, message: bytes) -> bool:
+        """Whether `message` is a valid update in this hive's chart by a signer trusted here
+        (for any round: one heard early may count for the next)."""
+        try:
+            update = Update.decode(message, chart=self.repo.config.chart)
+        except BasinError:
+            return False
+        return self.repo.config.trusted_key(update.author) is not None
 
     def counts(self, message: bytes) -> bool:
         """Whether `message` is an update that counts for the round after the current head."""
@@ -260,7 +329,8 @@ class Replica:
         if head != parent:
             self._store(self.repo.get_block(head))
             ordered = tuple(sorted(taken, key=lambda c: c.buffer))
-            self._publish(Announcement(parent, head, ordered).encode())
+            announcement = Announcement(parent, head, ordered, self.identity.public_key)
+            self._publish(announcement.signed(self.identity.sign).encode())
         self.heard = {c: d for c, d in self.heard.items() if c not in blocks}
         return head
 
@@ -397,7 +467,8 @@ def follow(
     if head is None:
         raise RefError(f"no branch named {branch!r}")
     genesis = hive_genesis(repo, head)
-    replica = Replica(repo, branch, *ipfs_transport(node, genesis), rule=rule)
+    transport = ipfs_transport(node, genesis)
+    replica = Replica(repo, branch, *transport, identity=repo.identity(), rule=rule)
     inbox: queue.Queue[bytes | BasinError] = queue.Queue()
 
     def listen() -> None:

@@ -9,8 +9,9 @@ import pytest
 
 from basinvcs import porcelain
 from basinvcs.cid import CID
+from basinvcs.codec import dagcbor
 from basinvcs.errors import BasinError, BlockNotFound
-from basinvcs.hive.replica import Replica, hive_genesis, hive_identity
+from basinvcs.hive.replica import Announcement, Replica, hive_genesis, hive_identity
 from basinvcs.hive.update import Update, encode_change
 from basinvcs.identity import Identity, format_key
 from basinvcs.repository import Repository
@@ -28,6 +29,7 @@ class Bus:
         self.drop = lambda sender, receiver, message: False
         self.offline: set[int] = set()
         self.said: list[tuple[int, str]] = []  # (replica, line) for each head not adopted
+        self.fetched: list[CID] = []  # every block any replica asked for
 
     def join(self, repo: Repository) -> Replica:
         k = len(self.replicas)
@@ -40,6 +42,7 @@ class Bus:
                     self.said.append((j, why))
 
         def fetch(cid: CID) -> bytes:
+            self.fetched.append(cid)
             if cid not in self.blocks:
                 raise BlockNotFound(f"block {cid} not found")
             return self.blocks[cid]
@@ -47,7 +50,7 @@ class Bus:
         def store(data: bytes) -> None:
             self.blocks[CID.for_block(data)] = data
 
-        replica = Replica(repo, "general", publish, store, fetch, rule="mean")
+        replica = Replica(repo, "general", publish, store, fetch, SIGNERS[k], rule="mean")
         self.replicas.append(replica)
         return replica
 
@@ -151,6 +154,46 @@ def test_a_forged_head_is_not_adopted(replicas):
     assert c.not_adopted is None
 
 
+def test_what_untrusted_peers_publish_is_dropped_without_a_fetch(replicas):
+    """Anyone can publish on the topic: updates are kept only from trusted signers, and an
+    announcement is acted on (its blocks fetched, its rounds recomputed) only if a trusted
+    signer signed it. An untrusted announcer is said once; a forged signature, junk and this
+    replica's own announcement echoed back say nothing."""
+    bus, (a, b, c) = replicas
+    stranger = Identity(bytes([9]) * 32, "stranger")
+    start = c.head
+    fake = [CID.for_block(bytes([k])) for k in range(50)]
+    lure = Announcement(fake[0], fake[1], tuple(fake), stranger.public_key)
+    untrusted_update = Update(
+        chart=CHART,
+        parent=start,
+        round=0,
+        seq=1,
+        change=encode_change(vec(c0=100.0)),
+        samples=1,
+        author=stranger.public_key,
+    ).signed(stranger.sign)
+    half = dagcbor.encode({"type": "basin/hive-head", "parent": fake[0]})
+    said = [c.hear(m) for m in (b"junk", half, untrusted_update.encode())]
+    said.append(c.hear(lure.signed(stranger.sign).encode()))
+    said.append(c.hear(lure.signed(stranger.sign).encode()))  # said once
+    forged = Announcement(fake[0], fake[1], tuple(fake), SIGNERS[0].public_key)
+    said.append(c.hear(forged.signed(stranger.sign).encode()))  # r1's name, not its signature
+    echo = Announcement(fake[0], fake[1], tuple(fake), SIGNERS[2].public_key)
+    said.append(c.hear(echo.signed(SIGNERS[2].sign).encode()))  # c's own, back from pubsub
+    ignored = (
+        f"announcements by {format_key(stranger.public_key)} ignored: not a trusted signer here"
+        " (basin key add it to act on the heads it announces)"
+    )
+    assert said == [None, None, None, ignored, None, None, None]
+    assert c.heard == {} and bus.fetched == [] and c.announced == {} and c.head == start
+    assert c.close() == start  # nothing heard: no round
+    trusted = forged.signed(SIGNERS[0].sign).encode()  # r1's: acted on, its history fetched
+    line = c.hear(trusted)
+    assert line == c.not_adopted and line.startswith(f"head {fake[0]} not adopted: its history")
+    assert bus.fetched == [fake[0]] and c.head == start
+
+
 def test_a_replica_says_why_it_did_not_catch_up(replicas):
     """Rounds that took a signer this replica no longer trusts do not recompute here: kept out,
     with the signer named; a head whose history no node serves is another one-line reason."""
@@ -185,7 +228,11 @@ def test_a_replica_says_why_its_round_differs_from_the_others(replicas):
         f"trusted here: {format_key(SIGNERS[1].public_key)}"
     )
     assert c.not_adopted == line
-    assert bus.said == [(2, line)]  # a and b both announced that head: said once
+    ignored = (
+        f"announcements by {format_key(SIGNERS[1].public_key)} ignored: not a trusted signer "
+        "here (basin key add it to act on the heads it announces)"
+    )
+    assert bus.said == [(2, line), (2, ignored)]  # b is r2: its announcement is not acted on
 
 
 def test_three_replicas_through_two_ipfs_nodes_converge(replicas, ipfs_pair):
@@ -338,3 +385,22 @@ def test_gossip_and_replica_refuse_bad_input_in_one_line(repo_dir, cli):
     err = cli.fails("hive", "submit", "--node", node, "--branch", "hive").stderr
     assert "nothing to gossip: HEAD has hive's basin" in err
     assert state(repo_dir) == before
+
+
+def test_an_announcement_decodes_only_as_signed_and_canonical():
+    ident = SIGNERS[0]
+    cids = tuple(CID.for_block(bytes([k])) for k in range(3))
+    good = Announcement(cids[0], cids[1], cids[2:], ident.public_key).signed(ident.sign)
+    assert Announcement.decode(good.encode()) == good
+    node = dagcbor.decode(good.encode())
+    for change, message in [
+        ({"head": cids[2]}, "bad signature"),
+        ({"extra": 1}, "unknown field 'extra'"),
+        ({"updates": [b"x"]}, "announced update must be CID"),
+        ({"author": b"k"}, "32-byte"),
+        ({"version": 99}, "version 99 is not supported"),
+    ]:
+        with pytest.raises(BasinError, match=message):
+            Announcement.decode(dagcbor.encode({**node, **change}))
+    with pytest.raises(BasinError, match="not signed"):
+        Announcement(cids[0], cids[1], (), ident.public_key).encode()
