@@ -1578,6 +1578,20 @@ def _int_or_float(text: str) -> int | float:
     help="Seconds an update's body may take to arrive (else 408 and the connection closes).",
 )
 @click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request's headers may take to arrive (else the connection closes).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 1_000_000),
+    default=4096,
+    show_default=True,
+    help="Connections open at once (within the open-file limit); past it, 503 and closed.",
+)
+@click.option(
     "--publish",
     metavar="REMOTE",
     shell_complete=complete_remotes,
@@ -1600,6 +1614,8 @@ def hive_serve(
     no_quarantine,
     keep_rounds,
     body_timeout,
+    header_timeout,
+    max_connections,
     publish,
 ):
     """Coordinate a hive over HTTP in front of this repository (Ctrl-C stops it)."""
@@ -1647,7 +1663,14 @@ def hive_serve(
             )
             if publish is not None:
                 click.echo(f"publishing {branch} to {publish} after every round")
-            serve(coordinator, sock, publish, body_seconds=body_timeout)
+            serve(
+                coordinator,
+                sock,
+                publish,
+                body_seconds=body_timeout,
+                header_seconds=header_timeout,
+                max_connections=max_connections,
+            )
 
 
 @hive.command("join")

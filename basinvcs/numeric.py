@@ -18,6 +18,7 @@ from .errors import SchemaError
 FISHER_BITS = 5
 _FISHER_TOP = (1 << FISHER_BITS) - 1  # code 31 is the maximum; code 0 is "no information"
 _EXP_MASK = 0x7F80  # exponent bits of a float24's upper 16 bits
+FLOAT24_MAX = (2 - 2**-15) * 2.0**127  # the largest finite float24: 0x7F7FFF, about 3.4e38
 
 
 def to_float32(values: Iterable[float]) -> array:

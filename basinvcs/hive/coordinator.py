@@ -269,10 +269,11 @@ class Coordinator:
         stops it.
 
         A round that fills up closes right away, between two transactions; a failure to close it
-        is logged (its updates stay journaled; the next submission or the timer closes it). With
-        `close` False it is not closed here: the call stops there, and the answer for each update
-        after it is None, not taken in yet (the server answers the others first, then closes the
-        round, then submits those again).
+        is logged (its updates stay journaled; the next submission or the timer closes it), and
+        while it stays full, an update that would go in is refused (503): a round never takes
+        more than its M. With `close` False it is not closed here: the call stops there, and the
+        answer for each update after it is None, not taken in yet (the server answers the others
+        first, then closes the round, then submits those again).
 
         `decoded`: `decode_many(bodies)`, done elsewhere (the server's decoding process); each
         is then checked here for everything else, as if decoded here."""
@@ -285,6 +286,13 @@ class Coordinator:
         with self._lock:
             todo = iter(range(len(checked)))
             for first in todo:
+                if len(self._pending) >= size and not self._close_full():
+                    # a round that could not close takes no more than its M: say so, now
+                    busy = Refused(503, f"round {self._round} is full and not closed yet: retry")
+                    for k in itertools.chain([first], todo):
+                        answers[k] = checked[k] if isinstance(checked[k], Refused) else busy
+                    break
+                size = self._round_size()
                 staged = _Staged()
                 try:
                     with self.journal.batch():
@@ -307,14 +315,21 @@ class Coordinator:
                 self._pending += [(j, u) for _, j, u in staged.rows]
                 self._counts[PENDING] += len(staged.rows)
                 self._authors |= staged.authors
-                if len(self._pending) >= size:
-                    if not close:
-                        break
-                    try:
-                        self.close_round()
-                    except BasinError as exc:
-                        self.log(f"round {self._round} not closed: {exc}")
+                if len(self._pending) >= size and not close:
+                    break
+            if close and len(self._pending) >= self._round_size():
+                self._close_full()
         return answers
+
+    def _close_full(self) -> bool:
+        """Close the full round: whether it closed (a failure is logged; its updates stay
+        journaled, and the next submission or the timer tries again)."""
+        try:
+            self.close_round()
+        except BasinError as exc:
+            self.log(f"round {self._round} not closed: {exc}")
+            return False
+        return True
 
     def room(self) -> int:
         """How many more updates the round takes before it closes (0 when full)."""
@@ -377,6 +392,7 @@ class Coordinator:
                 f"{self.settings.freshness} rounds (now {self.head()})",
             )
         if update.author in self._authors or update.author in staged.authors:
+            self.journal.spend(update.author, update.seq)  # its bytes cannot come back later
             return Refused(429, "one update per signer per round: wait for the next round")
         cid = str(CID.for_block(data))
         # the round's first update also records when the round opened, in its transaction
@@ -414,9 +430,10 @@ class Coordinator:
             self._refresh_trust()
             taken, refused, signed = self._screen(x, updates)
             head = self.head()
+            combined = self._combine(x, updates, pending, taken, refused)
             # every update refused: the head stays, and the round still closes
             cid = (
-                self._commit(current, head, pending, updates, x, taken, refused, signed)
+                self._commit(current, head, pending, updates, taken, refused, signed, *combined)
                 if taken
                 else head
             )
@@ -460,25 +477,46 @@ class Coordinator:
                 )
         return [i for i in range(len(x)) if i not in refused], refused, rest
 
-    def _commit(self, current, head, pending, updates, x, taken, refused, signed) -> CID:
-        basin = self._head_basin()  # `head` is the head now
-        chosen = [updates[i] for i in taken]
-        delta = rules.aggregate(
-            self.settings.rule,
-            x[taken],
-            weights=self._weights(chosen),
-            fishers=_fishers(chosen) if self.settings.rule == "fisher_mean" else None,
-            keys=[pending[i].cid.encode() for i in taken],
-            **self.settings.rule_options,
-        )
+    def _combine(
+        self, x: np.ndarray, updates: list[Update], pending, taken: list[int], refused: dict
+    ) -> tuple[Basin | None, outer.OuterOptimizer | None]:
+        """The new basin and the outer optimiser after the `taken` updates (the rows of x).
+
+        A result that cannot be stored (a coordinate past float24's range, a non-finite step:
+        valid updates can add up to one, or push z there over rounds) refuses the taken update
+        of the largest norm (ties: the lowest CID) and combines the rest, until one can or none
+        is left (`taken` and `refused` are updated): no update can keep a round from closing.
+        """
+        basin = self._head_basin()
         state = self.journal.get("outer")
-        optimizer = (
-            outer.restore(state)
-            if state
-            else outer.create(self.settings.optimizer, **self.settings.optimizer_options)
-        )
-        z = optimizer.step(list(basin.z), delta)
-        new_basin = adjust.apply(basin, z, chosen)
+        while taken:
+            chosen = [updates[i] for i in taken]
+            optimizer = (
+                outer.restore(state)
+                if state
+                else outer.create(self.settings.optimizer, **self.settings.optimizer_options)
+            )
+            try:
+                delta = rules.aggregate(
+                    self.settings.rule,
+                    x[taken],
+                    weights=self._weights(chosen),
+                    fishers=_fishers(chosen) if self.settings.rule == "fisher_mean" else None,
+                    keys=[pending[i].cid.encode() for i in taken],
+                    **self.settings.rule_options,
+                )
+                z = optimizer.step(list(basin.z), delta)
+                return adjust.apply(basin, z, chosen), optimizer
+            except BasinError as exc:  # arithmetic on valid updates: nothing was written
+                largest = max(taken, key=lambda i: (float(np.linalg.norm(x[i])), pending[i].cid))
+                taken.remove(largest)
+                refused[largest] = f"the round's result cannot be stored with it ({exc})"
+        return None, None
+
+    def _commit(
+        self, current, head, pending, updates, taken, refused, signed, new_basin, optimizer
+    ) -> CID:
+        chosen = [updates[i] for i in taken]
         ident = self.repo.identity()
         metrics = {
             "round": float(current),

@@ -164,6 +164,17 @@ class Journal:
                 raise
         return True
 
+    def spend(self, author: bytes, seq: int) -> None:
+        """Raise a signer's sequence number to `seq` without journaling an update: a valid update
+        refused for its round (one per signer) is spent, so nobody can replay its bytes into a
+        later round. Inside `batch()`, in its transaction."""
+        with self._lock:
+            self._run(
+                "INSERT INTO signers (author, seq) VALUES (?, ?)"
+                " ON CONFLICT (author) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (author, seq),
+            )
+
     def _accept(self, cid, round_, author, seq, data, opened) -> bool:
         last = self._run("SELECT seq FROM signers WHERE author = ?", (author,))
         if last and seq <= last[0][0]:

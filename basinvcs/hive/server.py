@@ -56,6 +56,9 @@ BATCH = 256  # the most updates taken in (and journaled) together
 DECODE_TIMEOUT = 60.0  # seconds the decoding process may take for a batch before it is dropped
 PUBLISH_GRACE = 10.0  # seconds a stopping server waits for a push under way
 BODY_SECONDS = 30.0  # an update's body must arrive within this, once its headers have
+HEADER_SECONDS = 10.0  # a request's headers must arrive within this (of opening or last answer)
+MAX_CONNECTIONS = 4096  # open at once; past it a new connection is answered 503 and closed
+FD_RESERVE = 128  # file descriptors kept for everything but connections (journal, pipes, blocks)
 
 
 class Decoder:
@@ -340,7 +343,8 @@ def make_app(
                 publisher.close()
 
     routes = [Route("/head", head), Route("/status", status), Route("/block/{cid}", block)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    handlers = {404: _not_served, 405: _not_served}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     limit = coordinator.max_update_bytes
 
     async def hive(scope, receive, send) -> None:
@@ -407,6 +411,81 @@ def _refusal(exc: Refused) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
+async def _not_served(request: Request, exc: Exception) -> Response:
+    """404 and 405 as every other refusal: a status and a one-line reason in JSON."""
+    if getattr(exc, "status_code", 404) == 405:
+        return JSONResponse({"error": f"{request.method} is not served on {request.url.path}"}, 405)
+    return JSONResponse({"error": f"nothing is served at {request.url.path}"}, 404)
+
+
+def _busy_answer(limit: int) -> bytes:
+    body = json.dumps({"error": f"the coordinator has {limit} connections open: retry"}).encode()
+    head = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    )
+    return head + body
+
+
+def guarded_protocol(header_seconds: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol with the two bounds it lacks, so that clients that send
+    nothing cannot hold the server's connections (or its file descriptors): a request's headers
+    must all arrive within `header_seconds` of the connection opening or of the last answer on
+    it (else it is closed: uvicorn times out only idle keep-alive connections, and a client that
+    trickles a header byte now and then resets that); and with `max_connections` open, a new
+    one is answered 503 with a one-line reason and closed at once."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        _headers_due: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(_busy_answer(max_connections))
+                transport.close()
+                return
+            self._expect_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._expect_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            super().connection_lost(exc)
+
+        def _expect_headers(self) -> None:
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            self._headers_due = self.loop.call_later(header_seconds, self._headers_late)
+
+        def _headers_late(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # no request under way
+                self.timeout_keep_alive_handler()  # closes the connection, as for idle ones
+
+    return Guarded
+
+
+def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
+    """How many connections the server may hold: `wanted`, within this process's limit on open
+    files, raised to its hard limit first (past the limit, accepting fails and asyncio logs it
+    for every attempt)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FD_RESERVE))
+
+
 class ServeError(BasinError):
     """The coordinator cannot start: its address cannot be bound."""
 
@@ -439,10 +518,13 @@ def serve(
     publish: str | None = None,
     *,
     body_seconds: float = BODY_SECONDS,
+    header_seconds: float = HEADER_SECONDS,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     """Run the coordinator's server on `sock` (`listening`) until interrupted; with `publish` (a
     remote's name), push the branch there after every round. The coordinator's log lines go to
-    stderr. Ctrl-C ends it with KeyboardInterrupt once the server has stopped."""
+    stderr. Ctrl-C ends it with KeyboardInterrupt once the server has stopped. The timeouts and
+    the connection limit: `_bounded_body`, `guarded_protocol`, `connection_limit`."""
     import uvicorn
 
     def echo(line: str) -> None:
@@ -457,4 +539,5 @@ def serve(
             coordinator.repo, publish, coordinator.settings.branch, coordinator.log
         )
     app = make_app(coordinator, publisher, body_seconds)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    protocol = guarded_protocol(header_seconds, connection_limit(max_connections))
+    uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning")).run(sockets=[sock])

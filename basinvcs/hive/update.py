@@ -31,6 +31,7 @@ from ..cid import CID, DAG_CBOR, SHA2_256
 from ..codec import dagcbor
 from ..errors import SchemaError
 from ..identity import format_key
+from ..numeric import FLOAT24_MAX
 from ..objects import (
     FORMAT_VERSION,
     MAX_BETA,
@@ -177,12 +178,17 @@ class TopK:
         for i, v in enumerate(delta):
             if not math.isfinite(v):
                 raise SchemaError(f"change of coordinate {i} is {v}: it must be finite")
+            if abs(v) > FLOAT24_MAX:
+                raise SchemaError(
+                    f"change of coordinate {i} is {v:.6g}: beyond the largest coordinate a basin"
+                    f" stores ({FLOAT24_MAX:.6g})"
+                )
         chosen = sorted(heapq.nsmallest(k, range(dim), key=lambda i: (-abs(delta[i]), i)))
         largest = max((abs(delta[i]) for i in chosen), default=0.0)
         scale = largest / self.top
         if not scale >= sys.float_info.min:  # zero, or so small it loses precision: send nothing
             return Change(self.name, dim, (), (), 0.0)
-        while not math.isfinite(scale * self.top):  # near the float maximum: keep it decodable
+        while scale * self.top > FLOAT24_MAX:  # rounded up past it: keep it decodable
             scale = math.nextafter(scale, 0.0)
         indices, codes = [], []
         for i in chosen:
@@ -230,8 +236,11 @@ class TopK:
             return
         if not scale > 0:
             raise SchemaError(f"update scale {scale} must be > 0")
-        if not math.isfinite(scale * self.top):
-            raise SchemaError(f"update scale {scale} overflows: {self.top} times it is not finite")
+        if not scale * self.top <= FLOAT24_MAX:  # else no basin could hold z after it
+            raise SchemaError(
+                f"update scale {scale:.6g} is too large: its largest change, {self.top} times it,"
+                f" is beyond the largest coordinate a basin stores ({FLOAT24_MAX:.6g})"
+            )
         if top != self.top:
             raise SchemaError(
                 f"{self.name} value codes must reach ±{self.top} (the scale is the largest "
@@ -311,6 +320,11 @@ class Compressor:
         for i, v in enumerate(target):
             if not math.isfinite(v):
                 raise SchemaError(f"change of coordinate {i} plus its residual is {v}")
+            if abs(v) > FLOAT24_MAX:
+                raise SchemaError(
+                    f"change of coordinate {i} plus its residual is {v:.6g}: beyond the largest"
+                    f" coordinate a basin stores ({FLOAT24_MAX:.6g})"
+                )
         change = self.encoding.encode(target, k)
         sent = change.decode()
         self.residual = [t - s for t, s in zip(target, sent, strict=True)]

@@ -289,3 +289,70 @@ def test_log_lines_are_echoed_and_only_the_latest_kept(hub):
     assert len(seen) == hc.MAX_MESSAGES + 5
     assert len(c.messages) == hc.MAX_MESSAGES and c.messages[-1] == seen[-1]
     c.repo.close()
+
+
+def test_a_round_whose_result_cannot_be_stored_refuses_its_largest_update_and_closes(hub):
+    """Updates at the largest change a basin stores are valid; two rounds of them would push z
+    past float24's range. The round refuses the largest update (saying why) and closes with the
+    rest, in a round of two (no outlier check) and of one: no update can stall the hive."""
+    from basinvcs.numeric import FLOAT24_MAX
+
+    c = coordinator(hub, round_updates=2, rule="mean", optimizer="average")
+    c.submit(update(c, EDGES[0], vec(c0=FLOAT24_MAX)))
+    c.submit(update(c, EDGES[1], vec(c0=FLOAT24_MAX)))
+    assert c.round == 1 and head_z(c)[0] == pytest.approx(FLOAT24_MAX, rel=1e-4)
+    c.submit(update(c, EDGES[0], vec(c0=FLOAT24_MAX), seq=2))
+    c.submit(update(c, EDGES[1], vec(c0=-1.0, c1=1.0), seq=2))
+    assert c.round == 2
+    commit = c.repo.read_commit(c.head())
+    assert commit.metrics["taken"] == 1.0 and commit.metrics["refused"] == 1.0
+    assert "the round's result cannot be stored with it (coordinate 0 is inf" in commit.message
+    assert head_z(c)[1] == pytest.approx(1.0, rel=1e-2)  # the other one alone
+    head = c.head()
+    c.settings = dataclasses.replace(c.settings, round_updates=1)
+    c.submit(update(c, EDGES[0], vec(c0=FLOAT24_MAX), seq=3))  # alone: refused, head stays
+    assert c.round == 3 and c.head() == head
+    assert c.messages[-1].startswith("round 2 closed: 0 taken, 1 refused; head unchanged")
+    c.repo.close()
+
+
+def test_an_update_refused_for_its_round_cannot_be_replayed_into_the_next(hub):
+    """A second update in a round is refused (429) and its sequence number spent: its bytes,
+    sent again by anyone once the round has closed, are a replay (409)."""
+    c = coordinator(hub, round_updates=2, freshness=3)
+    c.submit(update(c, EDGES[0], vec(c0=1.0), seq=10))
+    second = update(c, EDGES[0], vec(c0=2.0), seq=11)
+    with pytest.raises(hc.Refused) as err:
+        c.submit(second)
+    assert err.value.status == 429
+    c.submit(update(c, EDGES[1], vec(c1=1.0)))  # closes round 0
+    with pytest.raises(hc.Refused, match="sequence 11 replayed: 11 already seen") as err:
+        c.submit(second)
+    assert err.value.status == 409
+    c.submit(update(c, EDGES[0], vec(c0=2.0), seq=12))  # the signer's own next one: fine
+    c.repo.close()
+
+
+def test_a_round_that_cannot_close_takes_no_more_than_m(hub, monkeypatch):
+    """A close that fails (the repository unwritable: injected here) leaves the round full: the
+    updates past its M are refused (503) rather than taken into it, and the round closes with
+    its M once the repository is writable again."""
+    c = coordinator(hub, round_updates=2, rule="mean", optimizer="average")
+    real = hc.Coordinator._commit
+
+    def unwritable(self, *args, **kwargs):
+        raise BasinError("disk full")
+
+    monkeypatch.setattr(hc.Coordinator, "_commit", unwritable)
+    c.submit(update(c, EDGES[0], vec(c0=1.0)))
+    c.submit(update(c, EDGES[1], vec(c0=1.0)))  # fills the round; its close fails
+    assert c.round == 0 and c.messages[-1] == "round 0 not closed: disk full"
+    answers = c.submit_many([update(c, e, vec(c0=5.0)) for e in EDGES[2:4]] + [b"junk"])
+    assert [a.status for a in answers] == [503, 503, 400]
+    assert str(answers[0]) == "round 0 is full and not closed yet: retry"
+    assert c.status()["pending"] == 2
+    monkeypatch.setattr(hc.Coordinator, "_commit", real)
+    c.submit(update(c, EDGES[2], vec(c0=5.0)))  # closes round 0 first, then goes into round 1
+    assert c.round == 1 and c.repo.read_commit(c.head()).metrics["taken"] == 2.0
+    assert c.status()["pending"] == 1 and head_z(c)[0] == pytest.approx(1.0, rel=1e-2)
+    c.repo.close()

@@ -441,6 +441,48 @@ def test_abusive_requests_get_a_status_and_let_go_of_their_connection(hive):
     assert server.proc.poll() is None
 
 
+def test_connections_that_send_nothing_are_closed_and_their_number_bounded(hive):
+    """A connection that sends nothing, or trickles its headers, is closed once the header
+    timeout has passed (uvicorn alone keeps it open forever); past --max-connections a new one
+    is answered 503 with a one-line reason; other paths and methods are JSON refusals too."""
+    hub, edges, start = hive
+    server = start("--header-timeout", "1", "--max-connections", "3")
+    started = time.monotonic()
+    assert raw_exchange(server.port, b"", wait=8) == (b"", True)  # silent: closed
+    with socket.create_connection(("127.0.0.1", server.port), timeout=8) as s:
+        closed = False
+        for byte in b"GET /head HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            try:
+                s.sendall(bytes([byte]))
+                time.sleep(0.1)
+            except OSError:  # reset: the server closed it
+                closed = True
+                break
+        closed = closed or s.recv(100) == b""
+    assert closed and time.monotonic() - started < 10
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    for s in held:  # each with an update on its way: the body timeout (30 s) governs them
+        s.sendall(b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n\xa1")
+    try:
+        out, closed = raw_exchange(server.port, b"", wait=5)
+        assert out.startswith(b"HTTP/1.1 503") and closed
+        assert json.loads(out.split(b"\r\n\r\n", 1)[1]) == {
+            "error": "the coordinator has 3 connections open: retry"
+        }
+    finally:
+        for s in held:
+            s.close()
+    for method, path, code, words in [
+        ("GET", "/nope", 404, "nothing is served at /nope"),
+        ("DELETE", "/head", 405, "DELETE is not served on /head"),
+    ]:
+        request = urllib.request.Request(f"{server.url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request)
+        assert caught.value.code == code and json.loads(caught.value.read()) == {"error": words}
+    assert json.loads(urllib.request.urlopen(f"{server.url}/status").read())["round"] == 0
+
+
 def test_a_coordinator_killed_mid_round_loses_nothing_and_counts_nothing_twice(hive):
     hub, edges, start = hive
     server = start("--round-updates", "3", "--rule", "mean", "--optimizer", "average")

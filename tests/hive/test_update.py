@@ -31,6 +31,7 @@ from basinvcs.hive.update import (
     update_limit,
 )
 from basinvcs.identity import Identity
+from basinvcs.numeric import FLOAT24_MAX
 from basinvcs.objects import Chart, Entanglement
 from tests.fuzzing import CBOR_FRAGMENTS, assert_one_line, mutants, node_mutants
 
@@ -179,11 +180,17 @@ def test_a_zero_change_sends_nothing():
     assert Update.decode(update.encode()) == update
 
 
-def test_changes_near_the_float_maximum_stay_decodable():
+def test_changes_up_to_the_largest_coordinate_a_basin_stores_and_no_larger():
+    """A change past float24's largest value could never be applied to a basin: refused when
+    encoded and when decoded, so no valid update can make a round's result unstorable alone."""
     for encoding in ENCODINGS:
-        change = encode_change([1.7976931348623157e308, -1e308, 1.0], encoding, 2)
+        change = encode_change([FLOAT24_MAX, -1e38, 1.0], encoding, 2)
         assert change.codes[0] == ENCODINGS[encoding].top
-        assert all(math.isfinite(v) for v in change.decode())
+        assert all(abs(v) <= FLOAT24_MAX for v in change.decode())
+        for huge in (math.nextafter(FLOAT24_MAX, math.inf), 1.7976931348623157e308, -1e39):
+            with pytest.raises(SchemaError, match="beyond the largest coordinate") as info:
+                encode_change([huge, 1.0], encoding, 2)
+            assert_one_line(info.value)
 
 
 def test_ties_go_to_the_lower_index_and_encoding_is_deterministic():
@@ -386,7 +393,8 @@ BAD_FIELDS = [
     ("delta.scale", 1, "update scale must be float, not int"),
     ("delta.scale", -0.5, "update scale -0.5 must be > 0"),
     ("delta.scale", 0.0, "update scale 0.0 must be > 0"),
-    ("delta.scale", 1e307, "update scale 1e\\+307 overflows: 127 times it is not finite"),
+    ("delta.scale", 1e307, "update scale 1e\\+307 is too large: its largest change, 127 times"),
+    ("delta.scale", 2.7e36, "127 times it, is beyond the largest coordinate a basin stores"),
     ("delta.values", "x", "update values must be bytes, not str"),
     ("delta.values", b"", "update indices have 65 bytes; 0 of 10 bits need 0"),
     ("delta.indices", b"", "update indices have 0 bytes; 52 of 10 bits need 65"),
@@ -670,9 +678,11 @@ def test_the_compressor_refuses_bad_input():
             compressor.compress(delta)
         assert_one_line(info.value)
     compressor = Compressor(4, k=1)
-    compressor.compress([1e308, 1e308, 0.0, 0.0])  # the second is kept back as a residual
+    compressor.compress([3e38, 3e38, 0.0, 0.0])  # the second is kept back as a residual
+    with pytest.raises(SchemaError, match="coordinate 1 plus its residual is 6e\\+38: beyond"):
+        compressor.compress([0.0, 3e38, 0.0, 0.0])
     with pytest.raises(SchemaError, match="change of coordinate 1 plus its residual is inf"):
-        compressor.compress([0.0, 1e308, 0.0, 0.0])
+        compressor.compress([0.0, math.inf, 0.0, 0.0])
     for args, message in [
         ((0,), "dimension 0 is outside"),
         ((8, "topk-q2"), "unknown update encoding 'topk-q2'"),
