@@ -1693,9 +1693,12 @@ def hive_join(url: str, force: bool, wait: float) -> None:
     from .hive import edge
 
     with _repo() as repo:
-        state = edge.join(repo, url, force, wait)
+        state, trusted = edge.join(repo, url, force, wait)
     click.echo(f"joined {state.url}: branch {state.branch} at {short(state.synced)}")
-    click.echo(f"trusting the coordinator's key {state.key} as 'hive' (check it out of band)")
+    if trusted:
+        click.echo(f"trusting the coordinator's key {state.key} as 'hive' (check it out of band)")
+    else:
+        click.echo(f"the coordinator's key {state.key} is trusted here already")
 
 
 @hive.command("submit")
@@ -1929,8 +1932,9 @@ def hive_sync() -> None:
     from .hive import edge
 
     with _repo() as repo:
-        kind, head = edge.sync(repo)
-    click.echo(f"{kind}: {short(head)}")
+        result = edge.sync(repo)
+    note = f" ({result.note})" if result.note else ""
+    click.echo(f"{result.kind}: {short(result.head)}{note}")
 
 
 if __name__ == "__main__":  # pragma: no cover

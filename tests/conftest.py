@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from basinvcs import porcelain
+from basinvcs.cid import CID
 from basinvcs.cli import main
 from basinvcs.objects import Basin, Chart
 from basinvcs.repository import Repository
@@ -219,23 +220,27 @@ def ipfs_pair(ipfs_node, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def answering(doc: dict):
-    """A real HTTP server on 127.0.0.1 answering every GET and POST with the JSON `doc`: a hive
-    coordinator that says what it likes. Yields its URL; stopped when the block ends."""
+def answering(doc: dict, blocks=None):
+    """A real HTTP server on 127.0.0.1 answering every GET (200) and POST (202, as a coordinator
+    takes an update) with the JSON `doc`: a hive coordinator that says what it likes. With
+    `blocks` (a Repository), GET /block/CID serves that repository's block. Yields its URL;
+    stopped when the block ends."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
+        def do_GET(self, status=200):
             body = json.dumps(doc).encode()
-            self.send_response(200)
+            if blocks is not None and self.path.startswith("/block/"):
+                body = blocks.get_block(CID.parse(self.path[len("/block/") :]))
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.do_GET()
+            self.do_GET(202)
 
         def log_message(self, *args):
             pass

@@ -16,19 +16,25 @@ what top-k quantisation left out of earlier updates goes into the next one).
 - `local_status(repo)`, `coordinator_status(url)`: where the edge and the coordinator stand
   (`basin hive status`).
 - `sync(repo)`: fetches the coordinator's head (every block re-hashed and every commit verified,
-  as any fetch: ingest.plan_fetch) into `refs/remotes/hive/<branch>`. If nothing was done locally
-  since the last sync or submission, the branch moves to the head (the head already holds what
-  was submitted, aggregated); otherwise the head is merged into the local work, which is kept.
+  as any fetch: ingest.plan_fetch), checks that the coordinator's key recorded at join signed it
+  and that it contains the head synced last (else nothing is written), and sets
+  `refs/remotes/hive/<branch>` to it. A branch untouched since the sync moves to the head; one
+  left at the last submission moves once a head lists that update as taken (its round still open:
+  nothing changes; refused: the work is merged, as unsubmitted work always is).
 
-The coordinator being down or refusing is one line (RemoteError), and nothing local changes.
+The coordinator being down, slow (each request has ANSWER_SECONDS in all) or refusing is one line
+(RemoteError), and nothing local changes; what it says is printed with control characters
+escaped (`printable`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,16 +42,17 @@ from ..cid import CID
 from ..config import write_json
 from ..errors import BasinError, InputError, RemoteError, RepositoryError
 from ..identity import format_key, parse_key
-from ..ingest import apply_plan, plan_fetch
+from ..ingest import FetchPlan, apply_plan, plan_fetch
 from ..inputs import parse_json, read_file
-from ..objects import Entanglement
+from ..objects import Commit, Entanglement
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
 from .update import DEFAULT_ENCODING, MAX_LINKS, Compressor, Update, next_update
 
 STATE_FILE = "hive.json"
 REMOTE = "hive"
-TIMEOUT = 30.0  # seconds for one request to the coordinator
+TIMEOUT = 30.0  # seconds the coordinator may keep one read or write on a request waiting
+ANSWER_SECONDS = 60.0  # seconds for a whole request: its answer must be in by then
 MAX_ANSWER = 4 << 20  # a coordinator's answer: a block or a small JSON document
 JOIN_POLL = 0.2  # seconds between a waiting join's attempts
 
@@ -60,6 +67,8 @@ class EdgeState:
     seq: int = 0  # the last sequence number sent
     residual: list[float] = field(default_factory=list)
     sent: int = 0  # updates sent
+    update: str | None = None  # the CID of the update last submitted, as the coordinator took it
+    round: int | None = None  # the round it went into
 
 
 def _state_path(repo: Repository) -> Path:
@@ -77,11 +86,13 @@ def load_state(repo: Repository) -> EdgeState:
         state = EdgeState(**doc)
         CID.parse(state.synced)
         parse_key(state.key)
-        numbers = (state.seq, state.sent)
+        numbers = (state.seq, state.sent) + ((state.round,) if state.round is not None else ())
         if not all(type(n) is int and n >= 0 for n in numbers) or not all(
             isinstance(v, float) for v in state.residual
         ):
             raise TypeError("bad field types")
+        if state.update is not None:
+            CID.parse(state.update)
     except (TypeError, BasinError) as exc:
         raise RepositoryError(f"hive state {path} is unusable: {exc}") from None
     return state
@@ -99,24 +110,57 @@ class Unreachable(RemoteError):
     against an answer that refuses: only this is worth asking again (`join`'s `wait`)."""
 
 
+def printable(text: object, limit: int = 300) -> str:
+    """What a coordinator says, fit to print on one line of a terminal: control characters
+    (escape sequences, carriage returns, newlines) shown escaped, and at most `limit` characters."""
+    text = str(text)
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
 def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
-    """(status, body) of one request; a coordinator that cannot be reached is Unreachable."""
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    if data is not None:
-        request.add_header("Content-Type", "application/octet-stream")
+    """(status, body) of one request, the whole exchange within ANSWER_SECONDS (a coordinator
+    that trickles its answer is cut off then, not only one that stops); redirects are not
+    followed (a coordinator answers itself). A coordinator that cannot be reached, or whose
+    answer is not HTTP, is Unreachable."""
+    parts = urllib.parse.urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    path = parts.path or "/"
+    headers = {"Content-Type": "application/octet-stream"} if data is not None else {}
+    late = threading.Event()
+    connection = kind(parts.hostname, parts.port, timeout=TIMEOUT)
+
+    def cut() -> None:  # unblocks a read in progress: it fails, and `late` says why
+        late.set()
+        with contextlib.suppress(OSError, AttributeError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(ANSWER_SECONDS, cut)
+    timer.daemon = True
+    timer.start()
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
-            return answer.status, answer.read(MAX_ANSWER + 1)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(MAX_ANSWER + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed URL
-        reason = getattr(exc, "reason", exc)
+        connection.request("POST" if data is not None else "GET", path, data, headers)
+        answer = connection.getresponse()
+        body = answer.read(MAX_ANSWER + 1)
+        if late.is_set():
+            raise TimeoutError("cut off")
+        return answer.status, body
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if late.is_set():
+            reason = f"no whole answer within {ANSWER_SECONDS:g} s"
+        else:
+            reason = printable(getattr(exc, "reason", None) or exc or type(exc).__name__)
         raise Unreachable(f"cannot reach the hive coordinator at {url}: {reason}") from None
+    finally:
+        timer.cancel()
+        connection.close()
 
 
-def request_json(url: str, data: bytes | None = None) -> dict:
-    """The coordinator's JSON answer to a GET (or a POST of `data`); a refusal or an answer that
-    is not a hive's is a RemoteError (shared with the training API's HttpTransport)."""
+def request_json(url: str, data: bytes | None = None, expect: int | None = None) -> dict:
+    """The coordinator's JSON answer to a GET (or a POST of `data`); a refusal, a status other
+    than `expect` (default 200 for a GET, 202 for a POST), or an answer that is not a hive's is
+    a RemoteError (shared with the training API's HttpTransport)."""
+    expect = expect or (200 if data is None else 202)
     status, body = _request(url, data)
     try:
         doc = parse_json(body[:MAX_ANSWER], f"the answer of {url}")
@@ -125,7 +169,10 @@ def request_json(url: str, data: bytes | None = None) -> dict:
     if not isinstance(doc, dict):
         raise RemoteError(f"{url} answered HTTP {status} with something that is not a hive's")
     if status >= 400:
-        raise RemoteError(f"the hive coordinator refused (HTTP {status}): {doc.get('error')}")
+        why = printable(doc.get("error"))
+        raise RemoteError(f"the hive coordinator refused (HTTP {status}): {why}")
+    if status != expect:
+        raise RemoteError(f"{url} answered HTTP {status}, not {expect}: not a hive coordinator's")
     return doc
 
 
@@ -147,7 +194,7 @@ def block_source(url: str):
 
 def coordinator_url(url: str) -> str:
     """`url` checked as a coordinator's address (http or https, a host, nothing after the
-    path), without a trailing slash."""
+    path, no user or password, no spaces or control characters), without a trailing slash."""
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number below 65536
@@ -155,11 +202,22 @@ def coordinator_url(url: str) -> str:
         raise InputError(f"{url!r} is not a coordinator's URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise InputError(f"{url!r} is not a coordinator's URL (http://HOST:PORT)")
+    if parts.username is not None or parts.password is not None:
+        raise InputError(f"{parts.hostname!r}: a coordinator's URL carries no user or password")
+    if not all(c.isprintable() and not c.isspace() for c in url):
+        raise InputError(f"{url!r} is not a coordinator's URL: it holds spaces or control codes")
     return url.rstrip("/")
 
 
-def join(repo: Repository, url: str, force: bool = False, wait: float = 0.0) -> EdgeState:
-    """Record the coordinator at `url`, trust its key, and start from its head.
+def join(
+    repo: Repository, url: str, force: bool = False, wait: float = 0.0
+) -> tuple[EdgeState, bool]:
+    """Record the coordinator at `url`, trust its key, and start from its head: the state and
+    whether the key was trusted here (False: it was already).
+
+    The key is the one the coordinator names, and its head must be signed by it; from here on
+    `sync` takes only heads signed by that key that contain the head synced before. A `force`d
+    join to another key stops trusting the key the last join trusted (as `hive`).
 
     Refused, with nothing changed but blocks fetched, where the repository has joined a hive
     already, or where the branch holds commits the hive's head does not contain (anything but
@@ -178,24 +236,26 @@ def join(repo: Repository, url: str, force: bool = False, wait: float = 0.0) -> 
     deadline = time.monotonic() + wait
     while True:
         try:
-            head = request_json(f"{url}/head")
+            doc = request_json(f"{url}/head")
             break
         except Unreachable:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(min(JOIN_POLL, max(0.0, deadline - time.monotonic())))
-    try:
-        key = parse_key(str(head["key"]))
-        branch = str(head["branch"])
-        branch_ref(branch)
-        cid = CID.parse(str(head["head"]))
-    except (KeyError, BasinError) as exc:
-        raise RemoteError(f"{url} is not a hive coordinator: {exc}") from None
-    if head.get("chart") != str(repo.config.chart):
+    key, branch, cid = _head_of(url, doc)
+    if doc.get("chart") != str(repo.config.chart):
         raise RemoteError(
-            f"the hive's chart is {head.get('chart')}, this repository's is {repo.config.chart}"
+            f"the hive's chart is {printable(doc.get('chart'))}, this repository's is "
+            f"{repo.config.chart}"
         )
-    apply_plan(repo, plan_fetch(repo, [cid], block_source(url)), [])  # blocks only, verified
+    plan = plan_fetch(repo, [cid], block_source(url))  # every block re-hashed, commit verified
+    author = _commit_in(repo, plan, cid).author
+    if author != key:
+        raise RemoteError(
+            f"{url} names key {format_key(key)}, but its head {cid} is signed by "
+            f"{format_key(author)}: not joined"
+        )
+    apply_plan(repo, plan, [])  # blocks only: the refs move below
     tip = repo.branch_commit(branch)
     if tip is not None and not force and not _replaceable(repo, tip, cid):
         raise RepositoryError(
@@ -203,17 +263,33 @@ def join(repo: Repository, url: str, force: bool = False, wait: float = 0.0) -> 
             f"it to that head: keep them on another branch (basin branch NAME {branch}), then "
             "join --force"
         )
-    if repo.config.trusted_key(key) is None:
-        from ..porcelain import trust
+    from ..porcelain import trust, untrust
 
+    if previous is not None and previous.key != format_key(key):
+        entry = repo.config.trusted_key(parse_key(previous.key))
+        if entry is not None and entry.name == REMOTE:  # the key the last join trusted
+            untrust(repo, previous.key)
+    trusted = repo.config.trusted_key(key) is None
+    if trusted:
         trust(repo, format_key(key), REMOTE)
     state = EdgeState(url, format_key(key), branch, str(cid))
     if previous is not None and previous.key == state.key:
         state.seq, state.sent = previous.seq, previous.sent
-    _fetch(repo, state, cid)
+    _set_remote(repo, state, cid)
     _move_branch(repo, state.branch, cid, "hive join")
     save_state(repo, state)
-    return state
+    return state, trusted
+
+
+def _head_of(url: str, doc: dict) -> tuple[bytes, str, CID]:
+    """The coordinator's key, branch and head from its GET /head answer, checked."""
+    try:
+        key = parse_key(str(doc["key"]))
+        branch = str(doc["branch"])
+        branch_ref(branch)
+        return key, branch, CID.parse(str(doc["head"]))
+    except (KeyError, BasinError) as exc:
+        raise RemoteError(f"{url} is not a hive coordinator: {printable(exc)}") from None
 
 
 def _replaceable(repo: Repository, tip: CID, head: CID) -> bool:
@@ -314,43 +390,168 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     compressor = Compressor(len(change.z), encoding)
     if state.residual:
         compressor.residual = list(state.residual)
-    round_ = request_json(f"{state.url}/head").get("round")
-    if type(round_) is not int or round_ < 0:
-        raise RemoteError(f"{state.url}/head gives round {round_!r}: not a hive coordinator's")
+    round_ = _round_of(state.url, request_json(f"{state.url}/head"))
     seq = max(state.seq + 1, now_ms())
     update = signed_update(
         repo, synced, compressor, change, round_=round_, seq=seq, samples=samples
     )
     data = update.encode()
-    answer = request_json(f"{state.url}/update", data)
+    cid = CID.for_block(data)
+    try:
+        answer = request_json(f"{state.url}/update", data)
+    except Unreachable as exc:
+        raise Unreachable(
+            f"{exc}; not acknowledged, so nothing is recorded as sent (if it arrived, the next "
+            "submit sends its change again)"
+        ) from None
+    if answer.get("cid") != str(cid):
+        raise RemoteError(
+            f"{state.url} answered update {cid} with {printable(answer)}: not acknowledged, "
+            "nothing recorded as sent"
+        )
+    taken_into = _round_of(state.url, answer)
     state.seq, state.sent = seq, state.sent + 1
     state.residual = [float(v) for v in compressor.residual]
     state.submitted = str(repo.head_commit())
+    state.update, state.round = str(cid), taken_into
     save_state(repo, state)
-    return {**answer, "bytes": len(data), "coordinates": update.change.k}
+    return {
+        "cid": str(cid),
+        "round": taken_into,
+        "bytes": len(data),
+        "coordinates": update.change.k,
+    }
 
 
-def sync(repo: Repository) -> tuple[str, CID]:
-    """Fetch the coordinator's head and bring the local branch to it ("fast-forward", "reset"
-    when the local change was submitted already, "merge" when there is unsubmitted work)."""
+def _round_of(url: str, doc: dict) -> int:
+    round_ = doc.get("round")
+    if type(round_) is not int or not 0 <= round_ < 1 << 63:
+        raise RemoteError(f"{url} gives round {printable(round_)}: not a hive coordinator's")
+    return round_
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What `sync` did: `kind` is "up-to-date", "fast-forward", "reset" (the local change was
+    submitted and the head took it), "merge" (local work kept, merged with the head), "refused"
+    (the submitted update was refused: the local work is kept, merged with the head) or
+    "waiting" (the submitted update's round has not closed: nothing changed); `note` says more."""
+
+    kind: str
+    head: CID
+    note: str | None = None
+
+
+def sync(repo: Repository) -> SyncResult:
+    """Fetch the coordinator's head, check it (signed by the coordinator's key recorded at
+    join, containing the head synced last: an older head, or another history, is refused with
+    nothing changed) and bring the local branch to it. Local work is never dropped: a branch
+    left at the last submission is reset to the head only once a head lists that update as
+    taken; while its round is open nothing changes, and if it was refused the work is merged."""
     from .. import porcelain
 
     state = load_state(repo)
-    head = CID.parse(str(request_json(f"{state.url}/head")["head"]))
-    _fetch(repo, state, head)
+    key, _, head = _head_of(state.url, request_json(f"{state.url}/head"))
+    if format_key(key) != state.key:
+        raise RemoteError(
+            f"the coordinator at {state.url} now names key {format_key(key)}, not {state.key} "
+            "(the key joined): refused; basin hive join --force follows another coordinator"
+        )
+    synced = CID.parse(state.synced)
+    plan = plan_fetch(repo, [head], block_source(state.url))  # re-hashed, verified
+    _check_head(repo, plan, state, head, synced)
+    apply_plan(repo, plan, [])
+    _set_remote(repo, state, head)
     local = repo.branch_commit(state.branch)
+    note = None
     if local == head:
         kind = "up-to-date"
-    elif str(local) in (state.synced, state.submitted):
+    elif str(local) == state.submitted:
+        fate = _fate(repo, state, synced, head)
+        if fate is None:
+            return SyncResult(
+                "waiting", head, f"update {state.update} is in round {state.round}, not closed yet"
+            )
+        if fate == "taken":
+            _move_branch(repo, state.branch, head, "hive sync")
+            kind = "reset"
+        else:
+            porcelain.merge(repo, remote_ref(REMOTE, state.branch), into=state.branch)
+            kind, note = "refused", f"update {state.update} {fate}; the work is kept, merged"
+            state.residual = []  # the whole change is in the branch again, its unsent part too
+    elif str(local) == state.synced:
         _move_branch(repo, state.branch, head, "hive sync")
-        kind = "reset" if str(local) == state.submitted else "fast-forward"
+        kind = "fast-forward"
     else:
         porcelain.merge(repo, remote_ref(REMOTE, state.branch), into=state.branch)
         kind = "merge"
     state.synced = str(head)
-    state.submitted = None
+    state.submitted = state.update = state.round = None
     save_state(repo, state)
-    return kind, head
+    return SyncResult(kind, head, note)
+
+
+def _check_head(
+    repo: Repository, plan: FetchPlan, state: EdgeState, head: CID, synced: CID
+) -> None:
+    """`head` (its history fetched in `plan`, not yet written) is signed by the coordinator's
+    key and contains `synced`; else RemoteError, and nothing is written."""
+    from .. import history
+
+    author = format_key(_commit_in(repo, plan, head).author)
+    if author != state.key:
+        raise RemoteError(
+            f"the hive's head {head} is signed by {author}, not by the coordinator's key "
+            f"{state.key}: refused"
+        )
+    fetched = {cid: commit for cid, commit, _ in plan.commits}
+    stack, seen, held = [head], set(), []  # held: commits below it this repository has already
+    while stack:
+        cid = stack.pop()
+        if cid == synced:
+            return
+        if cid not in seen:
+            seen.add(cid)
+            if cid in fetched:
+                stack.extend(fetched[cid].parents)
+            else:
+                held.append(cid)
+    graph = history.commit_graph(repo) if held else None
+    if not any(history.is_ancestor(graph, synced, cid) for cid in held):
+        raise RemoteError(
+            f"the hive's head {head} does not contain the head synced last, {synced}: an older "
+            "head or another history, refused (basin hive join --force follows it)"
+        )
+
+
+def _commit_in(repo: Repository, plan: FetchPlan, cid: CID) -> Commit:
+    """Commit `cid`, from what `plan` would write or from the repository."""
+    return next((c for k, c, _ in plan.commits if k == cid), None) or repo.read_commit(cid)
+
+
+def _fate(repo: Repository, state: EdgeState, synced: CID, head: CID) -> str | None:
+    """What became of the update last submitted, by the signed head commits from `synced` to
+    `head`: "taken", "refused: REASON", or None while its round has not closed. A state from
+    before updates were recorded says "taken" (as sync then assumed); so does a round whose
+    commit message lists too many updates to hold them all, since refusals are listed first."""
+    if state.update is None:
+        return "taken"
+    commit = repo.read_commit(head)
+    if state.round is not None and commit.metrics.get("round", -1.0) < state.round:
+        return None
+    listed_all, cid = True, head
+    while cid != synced:
+        commit = repo.read_commit(cid)
+        for line in commit.message.splitlines():
+            word, _, rest = line.partition(" ")
+            named, _, why = rest.partition(" ")
+            if named == state.update and word in ("taken", "refused"):
+                return "taken" if word == "taken" else f"refused: {printable(why)}"
+            listed_all = listed_all and not line.startswith("... and ")
+        if not commit.parents:
+            break
+        cid = commit.parents[0]
+    return "taken" if not listed_all else "refused: no round since lists it"
 
 
 @dataclass(frozen=True)
@@ -413,15 +614,11 @@ def coordinator_status(url: str) -> CoordinatorStatus:
         raise RemoteError(f"{url}/status is not a hive coordinator's status: {exc}") from None
 
 
-def _fetch(repo: Repository, state: EdgeState, head: CID) -> None:
-    plan = plan_fetch(repo, [head], block_source(state.url))
+def _set_remote(repo: Repository, state: EdgeState, head: CID) -> None:
     ref = remote_ref(REMOTE, state.branch)
     old = repo.ref(ref)
-    apply_plan(
-        repo,
-        plan,
-        [(ref, head, f"hive: fetch {head}")] if not old or old.target != str(head) else [],
-    )
+    if not old or old.target != str(head):
+        repo.set_ref(ref, head, CID.parse(old.target) if old else None, f"hive: fetch {head}")
 
 
 def _move_branch(repo: Repository, branch: str, target: CID, message: str) -> None:

@@ -236,8 +236,9 @@ class HttpTransport:
             answer = edge.request_json(f"{self.url}/update", data)
         except RemoteError as exc:
             raise HiveError(str(exc)) from None
-        if type(answer.get("round")) is not int or not isinstance(answer.get("cid"), str):
-            raise HiveError(f"{self.url} answered an update with {answer}: not a coordinator's")
+        if type(answer.get("round")) is not int or answer.get("cid") != str(CID.for_block(data)):
+            shown = edge.printable(answer)
+            raise HiveError(f"{self.url} answered an update with {shown}: not a coordinator's")
         return answer
 
     def wait(self, after: int, timeout: float) -> Head:
@@ -294,6 +295,8 @@ class HiveTrainer:
         self.pending: Sent | None = None  # sent, its round not yet closed
         self._since = 0  # self.steps at the last sync (or sending)
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, β) at sending `pending`
+        self.head: Head | None = None  # the head last synced to (below: the coordinator's)
+        self._signed_round = -1.0  # the round its commit says it closed (genesis: none)
         head = transport.head()
         if head.chart != str(model.chart):
             raise HiveError(f"the hive's chart is {head.chart}, the model's is {model.chart}")
@@ -436,6 +439,13 @@ class HiveTrainer:
         """z, β ← the head's (+ z − carry's z, β − carry's β: the local steps made since `carry`;
         β's only when the model trains it)."""
         commit, basin = self.transport.read(head.cid)
+        signed_round = commit.metrics.get("round", -1.0)  # the round the coordinator signed
+        moved = self.head is not None and head.cid != self.head.cid
+        if moved and signed_round <= self._signed_round:
+            raise HiveError(
+                f"head {head.cid} closed round {signed_round:g}, not one after the head synced "
+                f"(round {self._signed_round:g}): an older head, refused"
+            )
         if basin.chart != self.model.chart:
             raise HiveError(f"head {head.cid} is in chart {basin.chart}, not {self.model.chart}")
         if len(basin.beta) != len(self.model.beta):
@@ -453,6 +463,7 @@ class HiveTrainer:
             self.model.z.copy_(target.to(self.model.z.dtype))
             self.model.beta.copy_(beta.to(self.model.beta.dtype))
         self.head = head
+        self._signed_round = signed_round
         self._z_sync = torch.tensor(basin.z, dtype=torch.float64)
         self._beta_sync = torch.tensor(basin.beta, dtype=torch.float64)
         return commit

@@ -4,6 +4,8 @@ coordinator killed with SIGKILL in the middle of a round."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -308,6 +310,155 @@ def test_submit_refuses_a_round_that_is_not_a_coordinators(repo_dir, round_):
         with pytest.raises(RemoteError, match="not a hive coordinator's"):
             edge.submit(repo)
         assert edge.load_state(repo).sent == 0
+
+
+def test_sync_keeps_work_until_a_head_takes_it_and_merges_it_back_if_refused(hive):
+    """A sync before the round holding the edge's update has closed changes nothing ("waiting");
+    once a head takes it, the branch moves there ("reset"); an update the round refused (its
+    signer removed while it waited) leaves the work on the branch, merged with the head."""
+    hub, edges, start = hive
+    server = start("--round-updates", "3", "--rule", "mean", "--optimizer", "average")
+    for k, e in enumerate(edges):
+        e("hive", "join", server.url)
+        commit_z(e.path, vec(**{f"c{k}": 1.0}), f"{e.path.name}'s work")
+    first = e0 = edges[0]
+    sent = e0("hive", "submit").output.split()[2]
+    tip = e0.z()
+    out = e0("hive", "sync").output
+    assert out.startswith("waiting: ") and f"update {sent} is in round 0, not closed yet" in out
+    assert e0.z() == tip and "submitted, waiting" in e0("hive", "status").output
+    refused = edges[2]("hive", "submit").output.split()[2]
+    hub("key", "remove", edges[2].path.name)  # its update waits in the round: refused at close
+    # two signers left: the round holds its two, and closes as the next update comes in
+    assert "round 1" in edges[1]("hive", "submit").output
+    assert first("hive", "sync").output.startswith("reset: ")
+    assert first.z()[0] == pytest.approx(1.0, abs=0.02)  # e0's alone: e2's refused
+    out = edges[2]("hive", "sync").output
+    assert out.startswith("refused: ") and (
+        f"update {refused} refused: signer no longer trusted; the work is kept, merged" in out
+    )
+    assert "e2's work" in edges[2]("log", "--oneline").output  # still on the branch
+    assert edges[2].z()[2] != 0.0
+
+
+def test_sync_refuses_a_head_not_signed_by_the_joined_key_or_older_than_synced(hive, tmp_path):
+    """A coordinator's address answering with an older head, a head signed by another key, or
+    naming another key: each is one line, and nothing in the edge's repository changes (not even
+    a block stored). A join to an address whose head is not signed by the key it names fails."""
+    from tests.conftest import state
+
+    hub, edges, start = hive
+    e, stranger = edges[0], edges[1]
+    server = start("--round-updates", "1")
+    e("hive", "join", server.url)
+    for value in (1.0, 2.0):
+        commit_z(e.path, vec(c0=value), "work")
+        e("hive", "submit")
+        time.sleep(0.3)
+        assert e("hive", "sync").output.startswith("reset: ")
+    info = json.loads(urllib.request.urlopen(f"{server.url}/head").read())
+    server.kill()
+    with stranger:  # a commit on the hub's head signed by someone else
+        forged = str(commit_z(hub.path, vec(c0=9.0), "not the coordinator's"))
+    with Repository.open(hub.path) as repo:
+        older = str(repo.read_commit(CID.parse(info["head"])).parents[0])
+        for doc, words in [
+            ({**info, "head": older}, "does not contain the head synced last"),
+            ({**info, "head": forged}, f"is signed by {stranger.key}, not by the coordinator's"),
+            ({**info, "key": stranger.key}, f"now names key {stranger.key}"),
+        ]:
+            with answering(doc, blocks=repo) as url:
+                with e, Repository.open(e.path) as mine:  # the edge follows this address
+                    edge.save_state(mine, dataclasses.replace(edge.load_state(mine), url=url))
+                before = state(e.path)
+                err = e("hive", "sync", ok=False).stderr
+                assert words in err and err.count("\n") == 1
+                assert state(e.path) == before
+        with answering({**info, "key": stranger.key}, blocks=repo) as url:
+            before = state(edges[2].path)
+            err = edges[2]("hive", "join", url, ok=False).stderr
+            assert f"names key {stranger.key}, but its head" in err and "not joined" in err
+            assert state(edges[2].path) == before
+
+
+@contextlib.contextmanager
+def raw_server(answer: bytes, drip: float = 0.0):
+    """A server on 127.0.0.1 that reads a request and writes `answer` (a byte every `drip`
+    seconds), for any number of connections until the block ends. Yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                for k in range(len(answer)) if drip else [None]:
+                    if done.is_set():
+                        break
+                    with contextlib.suppress(OSError):
+                        conn.sendall(answer if k is None else answer[k : k + 1])
+                    time.sleep(drip)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_what_a_hostile_coordinator_answers_is_checked_and_printed_harmlessly(
+    repo_dir, cli, monkeypatch
+):
+    """An answer to an update that does not acknowledge it (another CID) records nothing as
+    sent; a refusal's escape sequences reach the terminal escaped; a redirect is not followed;
+    an answer that trickles in is cut off after the whole request's time; a status line that is
+    not HTTP is one line too."""
+    from tests.conftest import state
+
+    with Repository.open(repo_dir) as repo:
+        synced = repo.head_commit()
+        key = format_key(repo.identity().public_key)
+    commit_z(repo_dir, vec(c0=1.0), "work")
+
+    def follow(url: str) -> dict:
+        with Repository.open(repo_dir) as repo:
+            edge.save_state(repo, edge.EdgeState(url, key, "general", str(synced)))
+        return state(repo_dir)
+
+    with answering({"round": 3, "cid": str(CID.for_block(b"another"))}) as url:
+        before = follow(url)
+        err = cli.fails("hive", "submit").stderr
+        assert "not acknowledged, nothing recorded as sent" in err and state(repo_dir) == before
+    evil = json.dumps({"error": "no\x1b[2J\x1b]0;PWNED\x07\r\nsubmitted update X"}).encode()
+    refusal = b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n" % len(evil) + evil
+    with raw_server(refusal) as url:
+        follow(url)
+        err = cli.fails("hive", "sync").stderr
+        assert "no\\x1b[2J\\x1b]0;PWNED\\x07\\r\\nsubmitted update X" in err
+        assert "\x1b" not in err and err.count("\n") == 1
+    moved = b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/x\r\nContent-Length: 2\r\n\r\n{}"
+    with raw_server(moved) as url:
+        follow(url)
+        assert "answered HTTP 302, not 200" in cli.fails("hive", "sync").stderr
+    with raw_server(b"SMTP ready\r\n\r\n") as url:
+        follow(url)
+        err = cli.fails("hive", "sync").stderr
+        assert err.startswith("error: cannot reach the hive coordinator") and err.count("\n") == 1
+    monkeypatch.setattr(edge, "ANSWER_SECONDS", 1.0)
+    slow = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b" " * 100
+    with raw_server(slow, drip=0.05) as url:  # 7 s in all, no pause longer than 0.05 s
+        follow(url)
+        started = time.monotonic()
+        err = cli.fails("hive", "sync").stderr
+        assert "no whole answer within 1 s" in err and time.monotonic() - started < 3
 
 
 def one_update_taken(hive) -> tuple[Edge, Edge]:

@@ -242,6 +242,42 @@ def test_a_coordinator_that_is_down_is_one_error_and_no_local_work_is_lost(hub, 
     c.repo.close()
 
 
+class Rewinding:
+    """A transport that, once `rewind` is set, answers with an older head of the coordinator
+    (signed by it) under a later round number: a replay of what it once served."""
+
+    def __init__(self, inner):
+        self.inner, self.rewind = inner, None
+
+    def head(self) -> ht.Head:
+        head = self.inner.head()
+        return head if self.rewind is None else ht.Head(self.rewind, head.round + 1, head.chart)
+
+    def wait(self, after: int, timeout: float) -> ht.Head:
+        return self.head() if self.rewind is not None else self.inner.wait(after, timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_an_older_head_served_again_is_refused_and_z_kept(hub, sub, proj):
+    """Heads are signed by the coordinator, so a replay of an older one passes the signature
+    check: the round its commit says it closed must come after the one synced."""
+    c = coordinator(hub, round_updates=1)
+    transport = Rewinding(ht.LocalTransport(c))
+    inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=1, k=8, timeout=5)
+    for _ in range(2):
+        inst.train_step()
+        inst.hive.step()
+    transport.rewind = c.repo.read_commit(c.head()).parents[0]  # round 0's head
+    inst.train_step()
+    z = inst.model.z.detach().clone()
+    with pytest.raises(ht.HiveError, match="closed round 0, not one after the head synced"):
+        inst.hive.step()
+    assert torch.equal(inst.model.z.detach(), z) and inst.hive.parent == c.head()
+    c.repo.close()
+
+
 def test_a_round_that_does_not_close_in_time_then_syncs_carrying_later_steps(hub, sub, proj):
     c = coordinator(hub, round_updates=2)
     transport = ht.LocalTransport(c)
