@@ -30,7 +30,7 @@ bit-identical Δ whatever order they arrived in.
 `sender_mean` is the default, chosen by measurement on MiniLM (docs/experiments/hive.md), where
 each instance trains its own task and sends the top 112–118 of 1,024 coordinates of its change
 (as many as fit in 600 bytes): with three instances it kept 0.948 and 0.952 of joint training
-over two seeds, with ten 0.912 on average over four at 120 local steps each and 0.874 at 60 (on
+over two seeds, with ten 0.919 on average over six at 120 local steps each and 0.874 at 60 (on
 a second machine 0.951 and 0.858; at 52 coordinates: 0.922 and 0.941 with three, 0.842 with ten
 at 60 steps; `mean` 0.912, 0.913 and, on two seeds, 0.674 and 0.688, since averaging ten
 instances' single steps moves the basin about one step per round; `centered_clip` 0.877,
