@@ -21,10 +21,10 @@ its sum again.
 τ = 0.3 and 20 updates are what the sixth probe chose beforehand; measured on the coordinator
 (ten MiniLM instances, three attacking, 120 local steps, six seeds): 0.93, 0.96, 0.91 of the
 honest run under sign flips, inner-product manipulation and inflated counts, an honest instance
-quarantined in 2 of 6 honest runs and 2 of 18 attacked ones; at 60 local steps 0.88, 0.87, 0.87 (the quarantines come too
-late in a shorter run). Attackers who know τ
-can evade it with a milder flip, or by sending honestly until the sums settle; attackers who are
-most of a cohort are not judged against it (its others do not agree).
+quarantined in 2 of 6 honest runs and 2 of 18 attacked ones; at 60 local steps 0.88, 0.87,
+0.87 (the quarantines come too late in a shorter run). Attackers who know τ can evade it with
+a milder flip, or by sending honestly until the sums settle; attackers who are most of a cohort
+are not judged against it (its others do not agree).
 """
 
 from __future__ import annotations
