@@ -391,6 +391,12 @@ class Coordinator:
                 f"stale parent {update.parent}: not a head of the last "
                 f"{self.settings.freshness} rounds (now {self.head()})",
             )
+        if not opened <= update.round <= current:  # what it signed must fit where it comes in
+            return Refused(
+                409,
+                f"update names round {update.round}; its parent opened round {opened} and this "
+                f"is round {current}",
+            )
         if update.author in self._authors or update.author in staged.authors:
             self.journal.spend(update.author, update.seq)  # its bytes cannot come back later
             return Refused(429, "one update per signer per round: wait for the next round")

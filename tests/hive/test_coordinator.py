@@ -356,3 +356,22 @@ def test_a_round_that_cannot_close_takes_no_more_than_m(hub, monkeypatch):
     assert c.round == 1 and c.repo.read_commit(c.head()).metrics["taken"] == 2.0
     assert c.status()["pending"] == 1 and head_z(c)[0] == pytest.approx(1.0, rel=1e-2)
     c.repo.close()
+
+
+def test_the_round_an_update_names_must_fit_its_parent_and_the_round_now(hub):
+    """The round is signed: an update naming a round before its parent's, or after the one open,
+    is refused (409), not taken in with a round it does not belong to."""
+    c = coordinator(hub, round_updates=1, freshness=3)
+    c.submit(update(c, EDGES[0], vec(c0=1.0)))  # round 0 closes: the head opened round 1
+    record = Update.decode(update(c, EDGES[1], vec(c0=1.0)))
+    for round_, seq in ((0, 1), (2**63 - 1, 2)):
+        wrong = dataclasses.replace(record, round=round_, seq=seq, signature=b"")
+        with pytest.raises(
+            hc.Refused,
+            match=f"update names round {round_}; its parent opened round 1 and this is round 1",
+        ) as err:
+            c.submit(wrong.signed(EDGES[1].sign).encode())
+        assert err.value.status == 409
+    c.submit(update(c, EDGES[1], vec(c0=1.0), seq=3))  # round 1, from round 1's head: taken
+    assert c.round == 2
+    c.repo.close()
