@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import pickle
 import signal
@@ -37,6 +38,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -326,6 +328,7 @@ def make_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
+        asyncio.get_running_loop().set_exception_handler(_quiet_accept_errors(coordinator.log))
         worker.start()
         if publisher is not None:
             coordinator.on_head = publisher.head_moved
@@ -466,6 +469,27 @@ def guarded_protocol(header_seconds: float, max_connections: int) -> type[asynci
                 self.timeout_keep_alive_handler()  # closes the connection, as for idle ones
 
     return Guarded
+
+
+def _quiet_accept_errors(log: Callable[[str], None], every: float = 10.0):
+    """The event loop's error handler: a failure to accept a connection for want of file
+    descriptors (a burst past the limit) is logged as one line at most every `every` seconds,
+    not a traceback per attempt (which had written 250 MB of log in 45 s); anything else as the
+    loop would."""
+    last, missed = -math.inf, 0
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        nonlocal last, missed
+        if not context.get("message", "").startswith("socket.accept() out of system resource"):
+            loop.default_exception_handler(context)
+            return
+        missed += 1
+        if time.monotonic() - last >= every:
+            attempts = f"{missed} attempt{'s' if missed != 1 else ''} since the last such line"
+            log(f"cannot accept connections: out of file descriptors ({attempts})")
+            last, missed = time.monotonic(), 0
+
+    return handler
 
 
 def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:

@@ -887,3 +887,24 @@ def test_a_mix_of_attacks_in_parallel_with_honest_work_takes_in_only_the_honest(
     taken_by = {line.split()[2] for line in lines if line.startswith("taken ")}
     assert taken_by == {format_key(ident.public_key) for ident in EDGES[:3]}
     assert sum(line.startswith("refused ") for line in lines) == 1  # the ×100
+
+
+def test_running_out_of_descriptors_is_one_log_line_now_and_then():
+    """asyncio reports every failed accept with a traceback; the server's handler says it once
+    per interval with a count, and passes anything else to the loop's own handler."""
+    from basinvcs.hive.server import _quiet_accept_errors
+
+    lines, passed = [], []
+
+    class Loop:
+        def default_exception_handler(self, context):
+            passed.append(context["message"])
+
+    handler = _quiet_accept_errors(lines.append, every=3600)
+    for _ in range(1000):
+        handler(Loop(), {"message": "socket.accept() out of system resource", "exception": None})
+    handler(Loop(), {"message": "something else"})
+    assert lines == [
+        "cannot accept connections: out of file descriptors (1 attempt since the last such line)"
+    ]
+    assert passed == ["something else"]
