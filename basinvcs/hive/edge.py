@@ -149,18 +149,18 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
         if late.is_set():
             reason = f"no whole answer within {ANSWER_SECONDS:g} s"
         else:
-            reason = printable(getattr(exc, "reason", None) or exc or type(exc).__name__)
+            reason = printable(getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
         raise Unreachable(f"cannot reach the hive coordinator at {url}: {reason}") from None
     finally:
         timer.cancel()
         connection.close()
 
 
-def request_json(url: str, data: bytes | None = None, expect: int | None = None) -> dict:
+def request_json(url: str, data: bytes | None = None) -> dict:
     """The coordinator's JSON answer to a GET (or a POST of `data`); a refusal, a status other
-    than `expect` (default 200 for a GET, 202 for a POST), or an answer that is not a hive's is
+    than the coordinator's (200 for a GET, 202 for a POST), or an answer that is not a hive's is
     a RemoteError (shared with the training API's HttpTransport)."""
-    expect = expect or (200 if data is None else 202)
+    expect = 200 if data is None else 202
     status, body = _request(url, data)
     try:
         doc = parse_json(body[:MAX_ANSWER], f"the answer of {url}")
