@@ -36,6 +36,7 @@ change to the replicas (`basin hive submit --node`).
 from __future__ import annotations
 
 import hashlib
+import math
 import queue
 import threading
 import time
@@ -146,24 +147,34 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
         return parent
     records = [u for _, u in taken]
     report = outliers.check([u.delta() for u in records])
-    kept = [i for i in range(len(taken)) if i not in set(report.outliers)]
-    chosen = [records[i] for i in kept]
-    delta = rules.aggregate(
-        rule,
-        [u.delta() for u in chosen],
-        weights=rules.capped_samples([u.samples for u in chosen]),
-        keys=[taken[i][0].buffer for i in kept],
-    )
-    z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
-    new_basin = adjust.apply(basin, z, chosen)
+    refused = {i: "outlier" for i in report.outliers}
+    kept = [i for i in range(len(taken)) if i not in refused]
+    while True:  # as the coordinator: a result no basin can store refuses its largest update
+        if not kept:
+            return parent
+        chosen = [records[i] for i in kept]
+        try:
+            delta = rules.aggregate(
+                rule,
+                [u.delta() for u in chosen],
+                weights=rules.capped_samples([u.samples for u in chosen]),
+                keys=[taken[i][0].buffer for i in kept],
+            )
+            z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
+            new_basin = adjust.apply(basin, z, chosen)
+            break
+        except BasinError:
+            largest = max(kept, key=lambda i: (math.hypot(*records[i].delta()), taken[i][0].buffer))
+            kept.remove(largest)
+            refused[largest] = "unstorable"
     lines = [
-        f"hive round after {parent}: {len(kept)} updates taken, {len(taken) - len(kept)} refused",
+        f"hive round after {parent}: {len(kept)} updates taken, {len(refused)} refused",
         "",
     ]
     lines += [f"taken {taken[i][0]} {format_key(records[i].author)}" for i in kept]
-    lines += [f"refused {taken[i][0]} outlier" for i in report.outliers]
+    lines += [f"refused {taken[i][0]} {why}" for i, why in sorted(refused.items())]
     key = hive_identity(hive_genesis(repo, parent))
-    metrics = {"taken": float(len(kept)), "refused": float(len(report.outliers))}
+    metrics = {"taken": float(len(kept)), "refused": float(len(refused))}
     commit = Commit(
         repo.write_basin(new_basin),
         (parent,),
@@ -200,6 +211,21 @@ def _eligible(repo: Repository, parent: CID, blocks: Iterable[bytes]) -> list[tu
 
 
 MAX_CATCH_UP = 1000  # rounds a replica walks back to find where it left off
+MAX_PENDING = 64  # rounds after heads not yet here whose announcements a replica keeps
+
+
+def _listed(commit: Commit) -> set[CID] | None:
+    """The update CIDs a round's head commit lists (`taken CID ...`, `refused CID ...`), or
+    None where a line that says so does not name a CID."""
+    listed = set()
+    for line in commit.message.splitlines():
+        if line.startswith(("taken ", "refused ")):
+            words = line.split()
+            try:
+                listed.add(CID.parse(words[1]))
+            except (IndexError, BasinError):
+                return None
+    return listed
 
 
 class Replica:
@@ -226,6 +252,8 @@ class Replica:
         self.heard: dict[CID, bytes] = {}  # updates of trusted signers, by CID
         self.announced: dict[CID, set[CID]] = {}  # parent -> update CIDs others took
         self.taken: dict[CID, set[CID]] = {}  # parent -> the update CIDs this replica's head took
+        self.tried: dict[CID, set[CID]] = {}  # parent -> every update CID asked for (once each)
+        self.held: dict[CID, dict[CID, bytes]] = {}  # parent -> the blocks of those it got
         self.not_adopted: str | None = None  # why the last head others made was not adopted
         self._ignored: set[bytes] = set()  # untrusted announcers already said (at most 16)
 
@@ -262,12 +290,14 @@ class Replica:
         before = self.not_adopted
         known = self.announced.setdefault(announcement.parent, set())
         known.update(announcement.updates)
-        mine = self.taken.get(announcement.parent)
-        if mine is not None and not known <= mine:
-            # the round this replica closed with fewer
+        tried = self.tried.get(announcement.parent)
+        if tried is not None and not known <= tried:
+            # the round this replica closed without some of these (once per CID: one it cannot
+            # fetch or count stays out, and is not tried again at every announcement)
             self._reconcile(announcement.parent, announcement.head)
         elif not self.repo.is_commit(announcement.parent):
             self.catch_up(announcement.parent)  # rounds this replica missed
+        self._forget()
         return self.not_adopted if self.not_adopted not in (None, before) else None
 
     def _distrust(self, announcement: Announcement) -> str | None:
@@ -301,38 +331,61 @@ class Replica:
         announced for it, combined by `round_head`; the new head is recorded, its commit stored
         where others can fetch it, and announced."""
         parent = self.head
-        cids = set(self.heard) | self.announced.get(parent, set())
-        return self._settle(parent, parent, self._blocks(cids))
+        return self._settle(parent, parent, set(self.heard) | self.announced.get(parent, set()))
 
     def _reconcile(self, parent: CID, theirs: CID) -> None:
         """Others closed the round after `parent` with updates this replica had not heard: make
         the head again from the union (every replica that hears every announcement converges on
         the union of what anyone heard). If their head `theirs` stays out of reach because they
         took signers this replica does not trust, `not_adopted` says so."""
-        if self.repo.parents(self.head) != [str(parent)]:
+        if self.head != parent and self.repo.parents(self.head) != [str(parent)]:
             return  # this replica has moved on since: the next rounds' announcements carry it
-        blocks = self._blocks(self.taken[parent] | self.announced[parent])
-        self._settle(parent, self.head, blocks)
+        self._settle(parent, self.head, self.announced[parent])
         if self.head != theirs:
-            left_out = [d for c, d in blocks.items() if c not in self.taken[parent]]
+            held = self.held[parent]
+            left_out = [held[c] for c in self.announced[parent] - self.taken[parent] if c in held]
             if why := self._untrusted(parent, left_out):
                 self._refuse(theirs, why)
 
-    def _settle(self, parent: CID, current: CID, blocks: dict[CID, bytes]) -> CID:
-        """Make the head after `parent` from the updates `blocks` (by CID), move the branch from
-        `current` to it, store its commit for others to fetch and announce it."""
+    def _settle(self, parent: CID, current: CID, cids: set[CID]) -> CID:
+        """Make the head after `parent` from the updates `cids` (heard, or fetched: one no node
+        serves is left out), move the branch from `current` to it and, if it changed, store its
+        commit for others to fetch and announce it (a head announced again unchanged would set
+        off the others' reconciling in turn)."""
+        tried = self.tried.setdefault(parent, set())
+        blocks = self.held.setdefault(parent, {})
+        blocks.update(self._blocks(cids - tried))  # each CID asked for once per round
+        tried |= cids
         head = round_head(self.repo, parent, blocks.values(), self.rule)
         taken = {c for c, _ in _eligible(self.repo, parent, blocks.values())}
         self.taken[parent] = taken
         if head != current:
             self._move(head, current)
-        if head != parent:
-            self._store(self.repo.get_block(head))
-            ordered = tuple(sorted(taken, key=lambda c: c.buffer))
-            announcement = Announcement(parent, head, ordered, self.identity.public_key)
-            self._publish(announcement.signed(self.identity.sign).encode())
-        self.heard = {c: d for c, d in self.heard.items() if c not in blocks}
+            if head != parent:
+                self._store(self.repo.get_block(head))
+                ordered = tuple(sorted(taken, key=lambda c: c.buffer))
+                announcement = Announcement(parent, head, ordered, self.identity.public_key)
+                self._publish(announcement.signed(self.identity.sign).encode())
+        self.heard = {c: d for c, d in self.heard.items() if c not in cids}
+        self._forget()
         return head
+
+    def _forget(self) -> None:
+        """Drop what is kept per round for rounds that are over: those after a known commit other
+        than the head and its parent (the round just closed, which announcements may still
+        reconcile), and all but the last MAX_PENDING rounds after a head not yet here."""
+        keep = {self.head, *map(CID.parse, self.repo.parents(self.head))}
+        waiting = []
+        for parent in list(self.announced.keys() | self.tried.keys()):
+            if parent in keep:
+                continue
+            if self.repo.is_commit(parent):
+                for table in (self.announced, self.taken, self.tried, self.held):
+                    table.pop(parent, None)
+            else:
+                waiting.append(parent)
+        for parent in waiting[:-MAX_PENDING]:
+            self.announced.pop(parent, None)
 
     def catch_up(self, target: CID) -> bool:
         """Reach `target`, a head other replicas made, from this replica's head: walk back from
@@ -354,11 +407,9 @@ class Replica:
             cid = commit.parents[0]
         for commit in reversed(chain):
             parent = self.head
-            listed = {
-                CID.parse(line.split()[1])
-                for line in commit.message.splitlines()
-                if line.startswith(("taken ", "refused "))
-            }
+            listed = _listed(commit)
+            if listed is None:
+                return self._refuse(target, "a commit of its history does not list its updates")
             blocks = self._blocks(listed).values()
             head = round_head(self.repo, parent, blocks, self.rule)
             if head != CID.for_block(commit.encode()):
@@ -494,14 +545,22 @@ def follow(
             log(f"trusted signers kept as they were: {exc}")
         if message is None:
             parent = replica.head
-            head = replica.close()
             deadline = None
+            try:
+                head = replica.close()
+            except BasinError as exc:  # a repository that cannot be written, say: the next try
+                log(f"round after {parent} not closed: {exc}")
+                continue
             yield Event("round", parent, head, _taken(repo, parent, head))
             continue
         if isinstance(message, BasinError):
             raise RemoteError(f"the hive's subscription through {node.addr} failed: {message}")
         before = replica.head
-        if why := replica.hear(message):
+        try:
+            why = replica.hear(message)
+        except BasinError as exc:  # what a message led to failed: the replica goes on
+            why = f"a message could not be handled: {exc}"
+        if why:
             log(why)
         if replica.head != before:
             deadline = None  # what was heard for the old head no longer counts

@@ -30,11 +30,13 @@ class Bus:
         self.offline: set[int] = set()
         self.said: list[tuple[int, str]] = []  # (replica, line) for each head not adopted
         self.fetched: list[CID] = []  # every block any replica asked for
+        self.published = 0  # messages sent on the topic
 
     def join(self, repo: Repository) -> Replica:
         k = len(self.replicas)
 
         def publish(message: bytes) -> None:
+            self.published += 1
             for j, other in enumerate(self.replicas):
                 if j == k or j in self.offline or self.drop(k, j, message):
                     continue
@@ -404,3 +406,97 @@ def test_an_announcement_decodes_only_as_signed_and_canonical():
             Announcement.decode(dagcbor.encode({**node, **change}))
     with pytest.raises(BasinError, match="not signed"):
         Announcement(cids[0], cids[1], (), ident.public_key).encode()
+
+
+def announced_by(ident: Identity, parent: CID, head: CID, updates: list[CID]) -> bytes:
+    return Announcement(parent, head, tuple(updates), ident.public_key).signed(ident.sign).encode()
+
+
+def test_an_update_no_node_serves_is_asked_for_once_and_sets_off_no_storm(replicas):
+    """A listed update a replica cannot fetch stays out of its round; it is asked for once per
+    round, and a head that does not change is not announced again (replicas had set each other
+    off forever: one trusted announcement listing a made-up CID for a closed round)."""
+    bus, (a, b, c) = replicas
+    start = a.head
+    offer_all([a, b, c], [1.0, 2.0, 3.0])
+    for r in (a, b, c):
+        r.close()
+    head, before = a.head, bus.published
+    fake = CID.for_block(b"\xa1axb")
+    for r in (a, b, c):  # pubsub hands it to every replica
+        r.hear(announced_by(SIGNERS[0], start, head, [fake]))
+    assert bus.published == before and bus.fetched.count(fake) == 2  # b and c, once each
+    for r in (b, c):
+        r.hear(announced_by(SIGNERS[0], start, head, [fake]))
+    assert bus.fetched.count(fake) == 2 and a.head == b.head == c.head == head
+
+
+def test_an_honest_update_whose_node_went_away_is_left_out_without_a_loop(replicas):
+    bus, (a, b, c) = replicas
+    edge = SIGNERS[0]
+    update = (
+        Update(
+            chart=CHART,
+            parent=a.head,
+            round=0,
+            seq=1,
+            change=encode_change(vec(c5=1.0)),
+            samples=1,
+            author=edge.public_key,
+        )
+        .signed(edge.sign)
+        .encode()
+    )
+    a.hear(update)  # only a heard it, and no node serves it any more
+    offer_all([None, b, c], [None, 2.0, 3.0])
+    publishes = bus.published
+    heads = [r.close() for r in (a, b, c)]
+    assert bus.published - publishes <= 6 and heads[1] == heads[2] != heads[0]
+    assert b.repo.read_commit(b.head).metrics["taken"] == 2.0
+
+
+def test_a_history_whose_commit_does_not_list_its_updates_is_refused_in_one_line(replicas):
+    from basinvcs.objects import Commit
+
+    bus, (a, b, c) = replicas
+    start = c.head
+    key = hive_identity(hive_genesis(c.repo, start))
+    commit = c.repo.read_commit(start)
+    for text in ("hive round\n\ntaken ", "hive round\n\ntaken not-a-cid z6Mk", "x\n\nrefused  "):
+        forged = Commit(commit.basin, (start,), key.public_key, commit.time + 1, text, {})
+        data = forged.signed(key.sign).encode()
+        bus.blocks[CID.for_block(data)] = data
+        cid = CID.for_block(data)
+        assert c.hear(announced_by(SIGNERS[0], cid, cid, [])) == (
+            f"head {cid} not adopted: a commit of its history does not list its updates"
+        )
+        assert c.head == start
+
+
+def test_updates_that_add_up_past_what_a_basin_stores_are_refused_alike_everywhere(replicas):
+    """Each update within the largest change a basin stores, two rounds of them past it: the
+    round refuses the largest update as unstorable, on every replica alike."""
+    from basinvcs.numeric import FLOAT24_MAX
+
+    bus, (a, b, c) = replicas
+    big = 0.99 * FLOAT24_MAX
+    for values in [(big, big, big)] * 3 + [(big, 1.0, 1.0)]:  # z0 at 0.99 max after three
+        offer_all([a, b, c], list(values))
+        assert len({r.close() for r in (a, b, c)}) == 1
+    commit = a.repo.read_commit(a.head)
+    assert commit.metrics["taken"] == 2.0 and commit.metrics["refused"] == 1.0
+    assert "unstorable" in commit.message and z(a)[0] == pytest.approx(big, rel=1e-3)
+
+
+def test_what_a_replica_keeps_per_round_is_forgotten_once_the_round_is_over(replicas):
+    bus, (a, b, c) = replicas
+    for k in range(30):
+        offer_all([a, b, c], [1.0 + k, 2.0, 3.0])
+        for r in (a, b, c):
+            r.close()
+    for k in range(100):  # a trusted signer naming heads that never come
+        a.hear(announced_by(SIGNERS[1], CID.for_block(bytes([k])), a.head, []))
+    for r in (a, b, c):
+        kept = {k for k in r.announced if r.repo.is_commit(k)} | set(r.tried) | set(r.held)
+        assert len(kept) <= 2 and len(r.taken) <= 2
+    assert len(a.announced) <= 2 + 64
