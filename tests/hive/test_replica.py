@@ -500,3 +500,14 @@ def test_what_a_replica_keeps_per_round_is_forgotten_once_the_round_is_over(repl
         kept = {k for k in r.announced if r.repo.is_commit(k)} | set(r.tried) | set(r.held)
         assert len(kept) <= 2 and len(r.taken) <= 2
     assert len(a.announced) <= 2 + 64
+
+
+def test_a_replica_that_closed_a_round_empty_takes_up_the_others_announcement(replicas):
+    bus, (a, b, c) = replicas
+    start = c.head
+    bus.offline = {2}  # c hears nothing of this round
+    offer_all([a, b, None], [1.0, 2.0, None])
+    assert c.close() == start  # nothing heard: no round here
+    bus.offline = set()
+    a.close()  # its announcement reaches c, which makes the round from it
+    assert c.head == a.head != start
