@@ -14,17 +14,41 @@ attackers of ten cannot steer:
 
 The coordinator and every replica apply this to the same updates and get the same basin (medians
 of the same floats: no arithmetic that depends on the machine but the mean of two middle values).
+Both also leave out, the same way, updates whose round cannot be stored (`storable`).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from ..concepts import fit_links
+from ..errors import BasinError
 from ..objects import MAX_ENTANGLEMENTS, Basin, Entanglement
 from .update import Update
+
+T = TypeVar("T")
+
+
+def storable(
+    kept: Sequence[int], size: Callable[[int], Any], combine: Callable[[list[int]], T]
+) -> tuple[T | None, list[int], list[tuple[int, BasinError]]]:
+    """`combine(kept)` (a round's updates, by index, into the basin they make), refusing the
+    kept update of the largest `size` (a sortable key: its norm, then its CID) each time the
+    result cannot be stored, until one can or none is left: (the result or None, the updates
+    kept, each refused with why). Valid updates can add up to a z past float24's range, over one
+    round or several; this way no update can keep a round from closing."""
+    kept, refused = list(kept), []
+    while kept:
+        try:
+            return combine(kept), kept, refused
+        except BasinError as exc:  # arithmetic on valid updates: nothing was written
+            largest = max(kept, key=size)
+            kept.remove(largest)
+            refused.append((largest, exc))
+    return None, kept, refused
 
 
 def refusal(update: Update, basin: Basin) -> str | None:

@@ -486,38 +486,36 @@ class Coordinator:
     def _combine(
         self, x: np.ndarray, updates: list[Update], pending, taken: list[int], refused: dict
     ) -> tuple[Basin | None, outer.OuterOptimizer | None]:
-        """The new basin and the outer optimiser after the `taken` updates (the rows of x).
-
-        A result that cannot be stored (a coordinate past float24's range, a non-finite step:
-        valid updates can add up to one, or push z there over rounds) refuses the taken update
-        of the largest norm (ties: the lowest CID) and combines the rest, until one can or none
-        is left (`taken` and `refused` are updated): no update can keep a round from closing.
-        """
+        """The new basin and the outer optimiser after the `taken` updates (the rows of x),
+        refusing the largest (by norm; ties: the highest CID) while the result cannot be stored
+        (`adjust.storable`; `taken` and `refused` are updated)."""
         basin = self._head_basin()
         state = self.journal.get("outer")
-        while taken:
-            chosen = [updates[i] for i in taken]
+
+        def combine(kept: list[int]) -> tuple[Basin, outer.OuterOptimizer]:
+            chosen = [updates[i] for i in kept]
             optimizer = (
                 outer.restore(state)
                 if state
                 else outer.create(self.settings.optimizer, **self.settings.optimizer_options)
             )
-            try:
-                delta = rules.aggregate(
-                    self.settings.rule,
-                    x[taken],
-                    weights=self._weights(chosen),
-                    fishers=_fishers(chosen) if self.settings.rule == "fisher_mean" else None,
-                    keys=[pending[i].cid.encode() for i in taken],
-                    **self.settings.rule_options,
-                )
-                z = optimizer.step(list(basin.z), delta)
-                return adjust.apply(basin, z, chosen), optimizer
-            except BasinError as exc:  # arithmetic on valid updates: nothing was written
-                largest = max(taken, key=lambda i: (float(np.linalg.norm(x[i])), pending[i].cid))
-                taken.remove(largest)
-                refused[largest] = f"the round's result cannot be stored with it ({exc})"
-        return None, None
+            delta = rules.aggregate(
+                self.settings.rule,
+                x[kept],
+                weights=self._weights(chosen),
+                fishers=_fishers(chosen) if self.settings.rule == "fisher_mean" else None,
+                keys=[pending[i].cid.encode() for i in kept],
+                **self.settings.rule_options,
+            )
+            return adjust.apply(basin, optimizer.step(list(basin.z), delta), chosen), optimizer
+
+        result, kept, dropped = adjust.storable(
+            taken, lambda i: (float(np.linalg.norm(x[i])), pending[i].cid), combine
+        )
+        taken[:] = kept
+        for i, exc in dropped:
+            refused[i] = f"the round's result cannot be stored with it ({exc})"
+        return result or (None, None)
 
     def _commit(
         self, current, head, pending, updates, taken, refused, signed, new_basin, optimizer

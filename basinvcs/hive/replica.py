@@ -48,7 +48,7 @@ from ..cid import CID
 from ..codec import dagcbor
 from ..errors import BasinError, RefError, RemoteError, RepositoryError, SchemaError
 from ..identity import Identity, format_key
-from ..objects import FORMAT_VERSION, Commit, _check_type, _fields, _signature, _typed
+from ..objects import FORMAT_VERSION, Basin, Commit, _check_type, _fields, _signature, _typed
 from ..records import _Signed
 from ..refnames import branch_ref
 from ..repository import Repository
@@ -148,25 +148,26 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
     records = [u for _, u in taken]
     report = outliers.check([u.delta() for u in records])
     refused = {i: "outlier" for i in report.outliers}
-    kept = [i for i in range(len(taken)) if i not in refused]
-    while True:  # as the coordinator: a result no basin can store refuses its largest update
-        if not kept:
-            return parent
+
+    def combine(kept: list[int]) -> Basin:
         chosen = [records[i] for i in kept]
-        try:
-            delta = rules.aggregate(
-                rule,
-                [u.delta() for u in chosen],
-                weights=rules.capped_samples([u.samples for u in chosen]),
-                keys=[taken[i][0].buffer for i in kept],
-            )
-            z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
-            new_basin = adjust.apply(basin, z, chosen)
-            break
-        except BasinError:
-            largest = max(kept, key=lambda i: (math.hypot(*records[i].delta()), taken[i][0].buffer))
-            kept.remove(largest)
-            refused[largest] = "unstorable"
+        delta = rules.aggregate(
+            rule,
+            [u.delta() for u in chosen],
+            weights=rules.capped_samples([u.samples for u in chosen]),
+            keys=[taken[i][0].buffer for i in kept],
+        )
+        z = [a + LR * d for a, d in zip(basin.z, delta, strict=True)]
+        return adjust.apply(basin, z, chosen)
+
+    new_basin, kept, dropped = adjust.storable(  # as the coordinator does
+        [i for i in range(len(taken)) if i not in refused],
+        lambda i: (math.hypot(*records[i].delta()), taken[i][0].buffer),
+        combine,
+    )
+    if new_basin is None:
+        return parent
+    refused |= {i: "unstorable" for i, _ in dropped}
     lines = [
         f"hive round after {parent}: {len(kept)} updates taken, {len(refused)} refused",
         "",
@@ -375,17 +376,14 @@ class Replica:
         than the head and its parent (the round just closed, which announcements may still
         reconcile), and all but the last MAX_PENDING rounds after a head not yet here."""
         keep = {self.head, *map(CID.parse, self.repo.parents(self.head))}
-        waiting = []
-        for parent in list(self.announced.keys() | self.tried.keys()):
-            if parent in keep:
-                continue
-            if self.repo.is_commit(parent):
-                for table in (self.announced, self.taken, self.tried, self.held):
-                    table.pop(parent, None)
-            else:
-                waiting.append(parent)
+        tables = (self.announced, self.taken, self.tried, self.held)
+        over = {p for t in tables for p in t if p not in keep and self.repo.is_commit(p)}
+        for table in tables:
+            for parent in over & table.keys():
+                del table[parent]
+        waiting = [p for p in self.announced if p not in keep]  # in the order first heard
         for parent in waiting[:-MAX_PENDING]:
-            self.announced.pop(parent, None)
+            del self.announced[parent]
 
     def catch_up(self, target: CID) -> bool:
         """Reach `target`, a head other replicas made, from this replica's head: walk back from

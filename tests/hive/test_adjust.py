@@ -103,3 +103,22 @@ def test_nothing_to_adjust_leaves_the_packet_as_with_z():
     start = basin(links=(Entanglement("a", "b", 0.5),))
     assert adjust.apply(start, Z, [update(k) for k in range(3)]) == start.with_z(Z)
     assert adjust.apply(start, Z, []) == start.with_z(Z)
+
+
+def test_storable_refuses_the_largest_until_the_round_can_be_stored():
+    """The combination fails while its sum is over 10 (an unstorable result, as a SchemaError):
+    the largest go first, ties to the larger second key, and none left is (None, [], all)."""
+    from basinvcs.errors import SchemaError
+
+    sizes = {0: 3.0, 1: 9.0, 2: 9.0, 3: 1.0}
+
+    def combine(kept: list[int]) -> float:
+        if sum(sizes[i] for i in kept) > 10:
+            raise SchemaError("coordinate 0 is inf")
+        return sum(sizes[i] for i in kept)
+
+    result, kept, refused = adjust.storable([0, 1, 2, 3], lambda i: (sizes[i], i), combine)
+    assert (result, kept) == (4.0, [0, 3]) and [i for i, _ in refused] == [2, 1]
+    assert all(str(exc) == "coordinate 0 is inf" for _, exc in refused)
+    none, kept, refused = adjust.storable([1, 2], lambda i: (sizes[i], i), lambda k: combine(k * 2))
+    assert (none, kept, [i for i, _ in refused]) == (None, [], [2, 1])
