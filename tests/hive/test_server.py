@@ -228,6 +228,25 @@ def test_join_refuses_what_is_not_a_coordinators_url(repo_dir, cli, url):
     assert not (repo_dir / ".basin" / "hive.json").exists()
 
 
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("http://me:secret@127.0.0.1:1", "'127.0.0.1': a coordinator's URL carries no user"),
+        ("http://127.0.0.1:1/a b", "it holds spaces or control codes"),
+        ("http://127.0.0.1:1/\x1b[2J", "it holds spaces or control codes"),
+    ],
+)
+def test_join_refuses_a_url_with_credentials_or_control_codes_in_one_line(
+    repo_dir, cli, url, words
+):
+    from tests.conftest import state
+
+    before = state(repo_dir)
+    err = cli.fails("hive", "join", url).stderr
+    assert words in err and err.count("\n") == 1 and "secret" not in err and "\x1b" not in err
+    assert state(repo_dir) == before
+
+
 def test_join_waits_for_a_coordinator_that_is_still_starting(hive):
     """`join --wait` keeps asking an address nobody answers at yet, and joins once the
     coordinator is up; without a coordinator it gives up after the time given, one line, and
