@@ -19,8 +19,9 @@ what top-k quantisation left out of earlier updates goes into the next one).
   as any fetch: ingest.plan_fetch), checks that the coordinator's key recorded at join signed it
   and that it contains the head synced last (else nothing is written), and sets
   `refs/remotes/hive/<branch>` to it. A branch untouched since the sync moves to the head; one
-  left at the last submission moves once a head lists that update as taken (its round still open:
-  nothing changes; refused: the work is merged, as unsubmitted work always is).
+  left at the last submission moves once heads list every update sent since the sync as taken
+  (a round of one still open: nothing changes; one refused: the work is merged, as unsubmitted
+  work always is).
 
 The coordinator being down, slow (each request has ANSWER_SECONDS in all) or refusing is one line
 (RemoteError), and nothing local changes; what it says is printed with control characters
@@ -55,6 +56,7 @@ TIMEOUT = 30.0  # seconds the coordinator may keep one read or write on a reques
 ANSWER_SECONDS = 60.0  # seconds for a whole request: its answer must be in by then
 MAX_ANSWER = 4 << 20  # a coordinator's answer: a block or a small JSON document
 JOIN_POLL = 0.2  # seconds between a waiting join's attempts
+MAX_UNSYNCED = 1000  # updates submitted between two syncs (each one's fate is kept until then)
 
 
 @dataclass
@@ -67,8 +69,9 @@ class EdgeState:
     seq: int = 0  # the last sequence number sent
     residual: list[float] = field(default_factory=list)
     sent: int = 0  # updates sent
-    update: str | None = None  # the CID of the update last submitted, as the coordinator took it
-    round: int | None = None  # the round it went into
+    # the updates submitted since the sync, oldest first, each [CID, round it went into]: sync
+    # learns the fate of all of them, not only the last (a refused earlier one is work to keep)
+    updates: list[list] = field(default_factory=list)
 
 
 def _state_path(repo: Repository) -> Path:
@@ -83,16 +86,21 @@ def load_state(repo: Repository) -> EdgeState:
         raise RepositoryError("this repository has joined no hive: basin hive join URL")
     doc = parse_json(read_file(path, 1 << 20, "hive state"), str(path))
     try:
+        if isinstance(doc, dict) and "update" in doc:  # written before `updates`: one at most
+            update, round_ = doc.pop("update"), doc.pop("round", None)
+            doc["updates"] = [] if update is None else [[update, round_]]
         state = EdgeState(**doc)
         CID.parse(state.synced)
         parse_key(state.key)
-        numbers = (state.seq, state.sent) + ((state.round,) if state.round is not None else ())
+        if not all(isinstance(u, list) and len(u) == 2 for u in state.updates):
+            raise TypeError("updates that are not [CID, round] pairs")
+        numbers = (state.seq, state.sent, *(r for _, r in state.updates))
         if not all(type(n) is int and n >= 0 for n in numbers) or not all(
             isinstance(v, float) for v in state.residual
         ):
             raise TypeError("bad field types")
-        if state.update is not None:
-            CID.parse(state.update)
+        for cid, _ in state.updates:
+            CID.parse(cid)
     except (TypeError, BasinError) as exc:
         raise RepositoryError(f"hive state {path} is unusable: {exc}") from None
     return state
@@ -387,6 +395,10 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
             "nothing to submit: HEAD's basin is as last synced or submitted and no earlier "
             "change is left to send (commit some work first)"
         )
+    if len(state.updates) >= MAX_UNSYNCED:
+        raise RepositoryError(
+            f"{len(state.updates)} updates sent since the last sync: basin hive sync first"
+        )
     compressor = Compressor(len(change.z), encoding)
     if state.residual:
         compressor.residual = list(state.residual)
@@ -413,7 +425,7 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     state.seq, state.sent = seq, state.sent + 1
     state.residual = [float(v) for v in compressor.residual]
     state.submitted = str(repo.head_commit())
-    state.update, state.round = str(cid), taken_into
+    state.updates.append([str(cid), taken_into])
     save_state(repo, state)
     return {
         "cid": str(cid),
@@ -447,7 +459,9 @@ def sync(repo: Repository) -> SyncResult:
     join, containing the head synced last: an older head, or another history, is refused with
     nothing changed) and bring the local branch to it. Local work is never dropped: a branch
     left at the last submission is reset to the head only once a head lists that update as
-    taken; while its round is open nothing changes, and if it was refused the work is merged."""
+    taken, with every update sent before it since the sync; while one's round is open nothing
+    changes, and if one was refused the work (all of it: the branch holds every change sent) is
+    merged."""
     from .. import porcelain
 
     state = load_state(repo)
@@ -467,17 +481,19 @@ def sync(repo: Repository) -> SyncResult:
     if local == head:
         kind = "up-to-date"
     elif str(local) == state.submitted:
-        fate = _fate(repo, state, synced, head)
-        if fate is None:
-            return SyncResult(
-                "waiting", head, f"update {state.update} is in round {state.round}, not closed yet"
-            )
-        if fate == "taken":
+        closed = repo.read_commit(head).metrics.get("round", -1.0)  # the round that made head
+        for cid, round_ in state.updates:
+            if round_ > closed:
+                note = f"update {cid} is in round {round_}, not closed yet"
+                return SyncResult("waiting", head, note)
+        fates = _fates(repo, state, synced, head)
+        refused = [f"update {cid} {fate}" for cid, fate in fates.items() if fate != "taken"]
+        if not refused:
             _move_branch(repo, state.branch, head, "hive sync")
             kind = "reset"
-        else:
+        else:  # the branch holds every submitted change: merged, the refused ones are kept
             porcelain.merge(repo, remote_ref(REMOTE, state.branch), into=state.branch)
-            kind, note = "refused", f"update {state.update} {fate}; the work is kept, merged"
+            kind, note = "refused", "; ".join(refused) + "; the work is kept, merged"
             state.residual = []  # the whole change is in the branch again, its unsent part too
     elif str(local) == state.synced:
         _move_branch(repo, state.branch, head, "hive sync")
@@ -486,7 +502,7 @@ def sync(repo: Repository) -> SyncResult:
         porcelain.merge(repo, remote_ref(REMOTE, state.branch), into=state.branch)
         kind = "merge"
     state.synced = str(head)
-    state.submitted = state.update = state.round = None
+    state.submitted, state.updates = None, []
     save_state(repo, state)
     return SyncResult(kind, head, note)
 
@@ -529,29 +545,27 @@ def _commit_in(repo: Repository, plan: FetchPlan, cid: CID) -> Commit:
     return next((c for k, c, _ in plan.commits if k == cid), None) or repo.read_commit(cid)
 
 
-def _fate(repo: Repository, state: EdgeState, synced: CID, head: CID) -> str | None:
-    """What became of the update last submitted, by the signed head commits from `synced` to
-    `head`: "taken", "refused: REASON", or None while its round has not closed. A state from
-    before updates were recorded says "taken" (as sync then assumed); so does a round whose
-    commit message lists too many updates to hold them all, since refusals are listed first."""
-    if state.update is None:
-        return "taken"
-    commit = repo.read_commit(head)
-    if state.round is not None and commit.metrics.get("round", -1.0) < state.round:
-        return None
+def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str]:
+    """What became of each update submitted since the sync (their rounds closed), by the signed
+    head commits from `synced` to `head`: per CID "taken" or "refused: REASON". An update not
+    listed where a round's commit message lists too many to hold them all counts as taken, since
+    refusals are listed first."""
+    fates: dict[str, str] = {}
+    wanted = {cid for cid, _ in state.updates}
     listed_all, cid = True, head
-    while cid != synced:
+    while cid != synced and len(fates) < len(wanted):
         commit = repo.read_commit(cid)
         for line in commit.message.splitlines():
             word, _, rest = line.partition(" ")
             named, _, why = rest.partition(" ")
-            if named == state.update and word in ("taken", "refused"):
-                return "taken" if word == "taken" else f"refused: {printable(why)}"
+            if named in wanted and named not in fates and word in ("taken", "refused"):
+                fates[named] = "taken" if word == "taken" else f"refused: {printable(why)}"
             listed_all = listed_all and not line.startswith("... and ")
         if not commit.parents:
             break
         cid = commit.parents[0]
-    return "taken" if not listed_all else "refused: no round since lists it"
+    unlisted = "taken" if not listed_all else "refused: no round since lists it"
+    return {cid: fates.get(cid, unlisted) for cid, _ in state.updates}
 
 
 @dataclass(frozen=True)

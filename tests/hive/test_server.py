@@ -331,6 +331,32 @@ def test_submit_refuses_a_round_that_is_not_a_coordinators(repo_dir, round_):
         assert edge.load_state(repo).sent == 0
 
 
+def test_hive_state_from_before_the_update_list_loads_and_bad_lists_are_refused(repo_dir):
+    """A state written when it kept one update (`update`, `round`) loads as a list of one; a list
+    entry that is not [CID, round] makes the state unusable (one line); and a thousand updates
+    sent since the last sync refuse the next submit before anything is sent."""
+    from basinvcs.errors import RepositoryError
+
+    with Repository.open(repo_dir) as repo:
+        synced, key = str(repo.head_commit()), format_key(repo.identity().public_key)
+        path = Path(repo.basin_dir) / "hive.json"
+        sent = str(CID.for_block(b"an update"))
+        old = {"url": "http://127.0.0.1:1", "key": key, "branch": "general", "synced": synced}
+        path.write_text(json.dumps({**old, "update": sent, "round": 3}))
+        assert edge.load_state(repo).updates == [[sent, 3]]
+        path.write_text(json.dumps({**old, "update": None, "round": None}))
+        assert edge.load_state(repo).updates == []
+        for bad in ([[sent]], [[sent, -1]], [["not a cid", 1]], [[sent, 1.5]], [sent]):
+            path.write_text(json.dumps({**old, "updates": bad}))
+            with pytest.raises(RepositoryError, match="is unusable"):
+                edge.load_state(repo)
+        path.write_text(json.dumps({**old, "updates": [[sent, 1]] * edge.MAX_UNSYNCED}))
+    commit_z(repo_dir, vec(c0=1.0), "work")
+    too_many = pytest.raises(RepositoryError, match="1000 updates sent since the last sync")
+    with Repository.open(repo_dir) as repo, too_many:  # refused before asking anything
+        edge.submit(repo)
+
+
 def test_sync_keeps_work_until_a_head_takes_it_and_merges_it_back_if_refused(hive):
     """A sync before the round holding the edge's update has closed changes nothing ("waiting");
     once a head takes it, the branch moves there ("reset"); an update the round refused (its
@@ -358,6 +384,39 @@ def test_sync_keeps_work_until_a_head_takes_it_and_merges_it_back_if_refused(hiv
     )
     assert "e2's work" in edges[2]("log", "--oneline").output  # still on the branch
     assert edges[2].z()[2] != 0.0
+
+
+def test_sync_keeps_an_earlier_refused_update_when_a_later_one_was_taken(hive):
+    """Two updates sent between syncs, the first refused at its round's close and the second
+    taken: sync merges (the first's change is not in the hive, only on the branch) instead of
+    moving to the head, which would drop it."""
+    hub, edges, start = hive
+    server = start("--round-updates", "2", "--rule", "mean", "--optimizer", "average")
+    e0, e1, e2 = edges
+    for e in edges:
+        e("hive", "join", server.url)
+    commit_z(e0.path, vec(c0=1.0), "first")
+    first = e0("hive", "submit").output.split()[2]
+    hub("key", "remove", e0.path.name)  # the first waits in round 0: refused when it closes
+    commit_z(e1.path, vec(c1=1.0), "e1's work")
+    e1("hive", "submit")  # round 0 closes: e1's taken, e0's refused
+    hub("key", "add", e0.key, "--name", e0.path.name)
+    commit_z(e0.path, vec(c0=1.0, c3=1.0), "second")
+    second = e0("hive", "submit").output.split()[2]
+    assert "waiting: " in e0("hive", "sync").output  # round 1 is open
+    commit_z(e2.path, vec(c2=1.0), "e2's work")
+    assert "round 1" in e2("hive", "submit").output  # closes round 1, e0's second taken
+    time.sleep(0.3)
+    out = e0("hive", "sync").output
+    assert out.startswith("refused: ")
+    assert f"update {first} refused: signer no longer trusted" in out
+    assert second not in out and "the work is kept, merged" in out
+    z = e0.z()
+    assert z[0] > 0.3 and z[3] > 0.3  # both submissions' work, the refused first included
+    log = e0("log", "--oneline").output
+    assert "first" in log and "second" in log
+    with Repository.open(e0.path) as repo:
+        assert edge.load_state(repo).updates == []
 
 
 def test_sync_refuses_a_head_not_signed_by_the_joined_key_or_older_than_synced(hive, tmp_path):
