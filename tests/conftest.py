@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -220,11 +221,41 @@ def ipfs_pair(ipfs_node, tmp_path_factory):
 
 
 @contextlib.contextmanager
+def serving(coordinator):
+    """`coordinator` (a hive Coordinator) served over real HTTP by `basin hive serve`'s app on
+    uvicorn, in a thread of this process (so a test can set the coordinator's limits). Yields
+    its URL; stopped when the block ends."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from basinvcs.hive.server import make_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(make_app(coordinator), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@contextlib.contextmanager
 def answering(doc: dict, blocks=None):
     """A real HTTP server on 127.0.0.1 answering every GET (200) and POST (202, as a coordinator
     takes an update) with the JSON `doc`: a hive coordinator that says what it likes. With
-    `blocks` (a Repository), GET /block/CID serves that repository's block. Yields its URL;
-    stopped when the block ends."""
+    `blocks` (a Repository), GET /block/CID serves that repository's block, and GET /history/...
+    is 404 (a coordinator that serves no pages of history). Yields its URL; stopped when the
+    block ends."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
 
@@ -233,6 +264,8 @@ def answering(doc: dict, blocks=None):
             body = json.dumps(doc).encode()
             if blocks is not None and self.path.startswith("/block/"):
                 body = blocks.get_block(CID.parse(self.path[len("/block/") :]))
+            if blocks is not None and self.path.startswith("/history/"):
+                status, body = 404, b'{"error": "not found"}'
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -2,6 +2,9 @@
 
     GET  /head          the branch head, round, coordinator key and chart (JSON)
     GET  /block/{cid}   a block of the repository (raw bytes, verified on the way out)
+    GET  /history/{cid}[?have=CID]
+                        a page of that commit's history, down to `have`, as a CAR (at most
+                        3 MiB of blocks: the edge asks again from where it ends)
     POST /update        a signed update record (DAG-CBOR body): 202 with its CID and round, or a
                         status and a one-line reason ({"error": ...}) for every refusal
     GET  /status        counts of taken, refused and pending updates, and what was published
@@ -326,6 +329,14 @@ def make_app(
             return _refusal(exc)
         return Response(data, media_type="application/octet-stream")
 
+    async def history(request: Request) -> Response:
+        have = request.query_params.get("have")
+        try:
+            data = await worker.call(coordinator.history, request.path_params["cid"], have)
+        except Refused as exc:
+            return _refusal(exc)
+        return Response(data, media_type="application/vnd.ipld.car")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
         asyncio.get_running_loop().set_exception_handler(_quiet_accept_errors(coordinator.log))
@@ -345,7 +356,12 @@ def make_app(
                 coordinator.on_head = None
                 publisher.close()
 
-    routes = [Route("/head", head), Route("/status", status), Route("/block/{cid}", block)]
+    routes = [
+        Route("/head", head),
+        Route("/status", status),
+        Route("/block/{cid}", block),
+        Route("/history/{cid}", history),
+    ]
     handlers = {404: _not_served, 405: _not_served}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     limit = coordinator.max_update_bytes

@@ -986,3 +986,57 @@ def test_running_out_of_descriptors_is_one_log_line_now_and_then():
         "cannot accept connections: out of file descriptors (1 attempt since the last such line)"
     ]
     assert passed == ["something else"]
+
+
+def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatch):
+    """A hive of a dozen rounds, served with pages of two commits: join reads it in pages, not
+    block by block, sync reads only the rounds since; a page that is not a CAR of the hive's
+    blocks is one line, and nothing is joined."""
+    from basinvcs.hive import coordinator as hc
+    from tests.conftest import serving, state
+    from tests.hive.test_coordinator import EDGES, trusting, update
+
+    hub = tmp_path / "hub"
+    porcelain.init(hub, dim=DIM, seed=7, name="hub").close()
+    c = hc.Coordinator(Repository.open(trusting(hub, EDGES[:1])), hc.Settings(round_updates=1))
+    asked: list[str] = []
+    request = edge._request
+    monkeypatch.setattr(
+        edge, "_request", lambda url, data=None: (asked.append(url), request(url, data))[1]
+    )
+    mine = tmp_path / "mine"
+    porcelain.init(mine, dim=DIM, seed=7, name="mine").close()
+    try:
+        for r in range(12):
+            c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
+        top = c.repo.read_commit(c.head())
+        one = len(c.repo.get_block(c.head())) + len(c.repo.get_block(top.basin))
+        monkeypatch.setattr(hc, "HISTORY_PAGE", 2 * one + 10)  # two rounds' commits and packets
+        with serving(c) as url, Repository.open(mine) as repo:
+            edge.join(repo, url)
+            assert repo.head_commit() == c.head() and len(list(repo.walk_blocks([c.head()]))) == 13
+            pages = [u for u in asked if "/history/" in u]
+            assert 6 <= len(pages) <= 8 and not any("/block/" in u for u in asked)
+            synced = c.head()
+            for r in range(12, 15):
+                c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
+            asked.clear()
+            assert edge.sync(repo).kind == "fast-forward" and repo.head_commit() == c.head()
+            pages = [u for u in asked if "/history/" in u]  # three rounds: two pages
+            assert pages[0] == f"{url}/history/{c.head()}?have={synced}" and len(pages) == 2
+    finally:
+        c.repo.close()
+    junk = tmp_path / "junk"
+    porcelain.init(junk, dim=DIM, seed=7, name="junk").close()
+    before = state(junk)
+    head = {"key": format_key(EDGES[0].public_key), "branch": "general", "round": 1}
+    with (
+        Repository.open(junk) as repo,
+        answering(
+            {**head, "head": str(CID.for_block(b"x")), "chart": str(repo.config.chart)}
+        ) as url,
+        pytest.raises(RemoteError) as refused,
+    ):
+        edge.join(repo, url)  # every GET answers this JSON, /history/ too: not a CAR
+    assert "sent a bad page of history" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1 and state(junk) == before

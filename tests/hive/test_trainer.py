@@ -5,10 +5,8 @@ that moved meanwhile, and the HTTP transport against a served coordinator."""
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
-import time
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from basinvcs.model.registry import load_substrate
 from basinvcs.model.tasks import make_task
 from basinvcs.model.train import BasinModel, batch_loss
 from basinvcs.porcelain import now_ms
-from tests.conftest import CHART, answering
+from tests.conftest import CHART, answering, serving
 from tests.hive import test_coordinator as tc
 from tests.hive.test_coordinator import trusting
 
@@ -395,42 +393,24 @@ def test_instances_that_train_beta_send_its_change_and_the_round_moves_it(hub, s
     c.repo.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_http_transport_against_a_served_coordinator(hub, sub, proj):
-    uvicorn = pytest.importorskip("uvicorn")
-    from basinvcs.hive.server import make_app
-
     c = coordinator(hub, round_updates=1)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(c), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        transport = ht.HttpTransport(url, poll=0.05)
-        inst = Instance(sub, proj, transport, EDGES[0], "cipher", every=2, k=8, seq=0, timeout=10)
-        for _ in range(4):
-            inst.train_step()
-            inst.hive.step()
-        assert [s.sent.seq for s in inst.hive.history] == [1, 2] and c.round == 2
-        assert torch.equal(inst.model.z.detach(), head_z(c))
-        assert transport.key == c.repo.identity().public_key
-        wrong = ht.HttpTransport(url, key=format_key(EDGES[1].public_key))
-        with pytest.raises(ht.HiveError, match="names key"):
-            wrong.head()
+        with serving(c) as url:
+            transport = ht.HttpTransport(url, poll=0.05)
+            inst = Instance(
+                sub, proj, transport, EDGES[0], "cipher", every=2, k=8, seq=0, timeout=10
+            )
+            for _ in range(4):
+                inst.train_step()
+                inst.hive.step()
+            assert [s.sent.seq for s in inst.hive.history] == [1, 2] and c.round == 2
+            assert torch.equal(inst.model.z.detach(), head_z(c))
+            assert transport.key == c.repo.identity().public_key
+            wrong = ht.HttpTransport(url, key=format_key(EDGES[1].public_key))
+            with pytest.raises(ht.HiveError, match="names key"):
+                wrong.head()
     finally:
-        server.should_exit = True
-        thread.join(timeout=20)
         c.repo.close()
     with pytest.raises(ht.HiveError, match="cannot reach the hive coordinator"):
         ht.HiveTrainer(inst.model, ht.HttpTransport(url), EDGES[0])
