@@ -437,11 +437,13 @@ async def _not_served(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": f"nothing is served at {request.url.path}"}, 404)
 
 
-def _busy_answer(limit: int) -> bytes:
-    body = json.dumps({"error": f"the coordinator has {limit} connections open: retry"}).encode()
+def _closing_answer(status: str, error: str) -> bytes:
+    """A whole HTTP/1.1 answer with the JSON refusal every route gives, for the connection
+    layer below the routes (which then closes the connection)."""
+    body = json.dumps({"error": error}).encode()
     head = (
-        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % (status.encode(), len(body))
     )
     return head + body
 
@@ -452,7 +454,8 @@ def guarded_protocol(header_seconds: float, max_connections: int) -> type[asynci
     must all arrive within `header_seconds` of the connection opening or of the last answer on
     it (else it is closed: uvicorn times out only idle keep-alive connections, and a client that
     trickles a header byte now and then resets that); and with `max_connections` open, a new
-    one is answered 503 with a one-line reason and closed at once."""
+    one is answered 503 with a one-line reason and closed at once. A request the parser cannot
+    read is answered 400 in JSON, as every other refusal is, not in uvicorn's plain text."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Guarded(H11Protocol):
@@ -461,10 +464,16 @@ def guarded_protocol(header_seconds: float, max_connections: int) -> type[asynci
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                transport.write(_busy_answer(max_connections))
+                busy = f"the coordinator has {max_connections} connections open: retry"
+                transport.write(_closing_answer("503 Service Unavailable", busy))
                 transport.close()
                 return
             self._expect_headers()
+
+        def send_400_response(self, msg: str) -> None:  # what the HTTP parser could not read
+            error = f"not an HTTP request the coordinator can read: {msg.rstrip('.')}"
+            self.transport.write(_closing_answer("400 Bad Request", error))
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -660,6 +660,12 @@ def test_abusive_requests_get_a_status_and_let_go_of_their_connection(hive):
     assert raw_exchange(server.port, huge, wait=3)[0].startswith(b"HTTP/1.1 413")
     put = b"PUT /update HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     assert raw_exchange(server.port, put)[0].startswith(b"HTTP/1.1 405")
+    # what the HTTP parser cannot read: 400 with a JSON reason like every refusal, closed
+    for junk in (b"NOT HTTP AT ALL\r\n\r\n", b"GET /head HTTP/1.1\r\nBad Header\r\n\r\n"):
+        out, closed = raw_exchange(server.port, junk)
+        assert out.startswith(b"HTTP/1.1 400") and b"application/json" in out and closed
+        error = json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error.startswith("not an HTTP request the coordinator can read: ")
     # a malformed CID is the client's error (400); a well-formed one not held is 404
     for cid, code in (("xyz", 400), (str(CID.for_block(b"\xa0")), 404)):
         with pytest.raises(urllib.error.HTTPError) as caught:
