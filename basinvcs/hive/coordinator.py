@@ -47,9 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cid import CID
-from ..codec.car import car_bytes
 from ..config import TrustedKey
-from ..errors import BasinError, BlockNotFound
+from ..errors import BasinError
 from ..identity import format_key
 from ..objects import MAX_MESSAGE_BYTES, Basin, Commit
 from ..refnames import branch_ref
@@ -61,7 +60,6 @@ from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
 MAX_MESSAGES = 1000  # log lines kept in memory
-HISTORY_PAGE = 3 << 20  # bytes of blocks in one page of history (an edge reads up to 4 MiB)
 
 
 class Refused(BasinError):
@@ -205,37 +203,6 @@ class Coordinator:
             return self.repo.get_block(cid)
         except BasinError as exc:
             raise Refused(404, str(exc)) from None
-
-    def history(self, text: str, have: str | None = None) -> bytes:
-        """A page of commit `text`'s history as a CAR (root: that commit): its commits newest
-        first, each followed by its packet where the page has not held it yet, up to the commit
-        `have` (which the asker holds, and what is below it) or until HISTORY_PAGE bytes of
-        blocks are in. The asker asks again from where a page ends: a long hive is fetched in
-        a few requests instead of two per round, and no answer is larger than a page."""
-        try:
-            head = CID.parse(text)
-            stop = CID.parse(have) if have is not None else None
-            self.repo.read_commit(head)
-        except BlockNotFound as exc:
-            raise Refused(404, str(exc)) from None
-        except BasinError as exc:  # not a CID, or not a commit of this history
-            raise Refused(400, str(exc)) from None
-        blocks: list[tuple[CID, bytes]] = []
-        packets: set[CID] = set()
-        size = 0
-        for cid, data in self.repo.walk_blocks([head]):
-            if cid == stop:
-                break
-            group = [(cid, data)]
-            basin = Commit.decode(data, trusted=True).basin
-            if basin not in packets:
-                group.append((basin, self.repo.get_block(basin)))
-            size += sum(len(d) for _, d in group)
-            if blocks and size > HISTORY_PAGE:
-                break
-            packets.add(basin)
-            blocks.extend(group)
-        return car_bytes([head], blocks)
 
     def _head_basin(self) -> Basin:
         """The head's packet, read once per head: every update that changes β is checked

@@ -202,8 +202,9 @@ def history_source(url: str, have: CID | None = None):
     """Blocks by CID for plan_fetch, read a page of history at a time (GET /history/CID: a CAR
     of the commits below CID down to `have`, the commit held here, with their packets; every
     block re-hashed as the CAR is read and again by plan_fetch): a long history in a few
-    requests instead of two per commit. A block no page holds comes from GET /block/CID; so does
-    everything from a coordinator that answers no pages."""
+    requests instead of two per commit. A block no page holds comes from GET /block/CID (and
+    the next block asks for a page again); so does everything from a coordinator that answers
+    no pages."""
     single = block_source(url)
     page: dict[CID, bytes] = {}
     paged = True
@@ -213,9 +214,9 @@ def history_source(url: str, have: CID | None = None):
         if cid not in page and paged:
             query = f"?have={have}" if have is not None else ""
             status, body = _request(f"{url}/history/{cid}{query}")
-            if status != 200:
-                paged = False  # a coordinator from before pages, or not a commit: block by block
-            else:
+            if status in (404, 405):  # a coordinator without pages: block by block from here
+                paged = False
+            elif status == 200:  # else (503: busy with another's page; 400: a packet) ask later
                 if len(body) > MAX_ANSWER:
                     raise RemoteError(f"the hive coordinator at {url} sent a page over 4 MiB")
                 try:

@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 
 from basinvcs import porcelain
-from basinvcs.cid import CID
 from basinvcs.errors import BasinError
 from basinvcs.hive import coordinator as hc
 from basinvcs.hive.update import SentFisher, Update, encode_change
@@ -375,60 +374,4 @@ def test_the_round_an_update_names_must_fit_its_parent_and_the_round_now(hub):
         assert err.value.status == 409
     c.submit(update(c, EDGES[1], vec(c0=1.0), seq=3))  # round 1, from round 1's head: taken
     assert c.round == 2
-    c.repo.close()
-
-
-def test_history_comes_in_pages_down_to_what_the_asker_holds(hub, monkeypatch):
-    """GET /history's pages: CARs rooted at the commit asked for, its history newest first, each
-    commit followed by its packet, no page over HISTORY_PAGE bytes of blocks (but never empty),
-    stopping above `have`; asked again from where each ends, they give the whole history."""
-    from basinvcs.codec.car import read_car_bytes
-    from basinvcs.objects import Commit
-
-    c = coordinator(hub, round_updates=1, rule="mean", optimizer="average")
-    for r in range(6):
-        c.submit(update(c, EDGES[r % 4], vec(c0=float(r + 1)), seq=r + 1))
-    history = [cid for cid, _ in c.repo.walk_blocks([c.head()])]
-    assert len(history) == 7  # six rounds above the first commit
-    one = len(c.repo.get_block(history[0])) + len(
-        c.repo.get_block(c.repo.read_commit(history[0]).basin)
-    )
-    monkeypatch.setattr(hc, "HISTORY_PAGE", 2 * one + 10)  # two commits and their packets
-
-    def page(at, have=None):
-        roots, blocks = read_car_bytes(c.history(str(at), have))  # every block re-hashed
-        commits = [cid for cid, data in blocks if cid in history]
-        assert roots == [at]
-        assert len(commits) == 1 or sum(len(d) for _, d in blocks) <= hc.HISTORY_PAGE
-        for at_, (cid, data) in enumerate(blocks):
-            if cid in history:  # each commit's packet comes right after it
-                assert blocks[at_ + 1][0] == Commit.decode(data).basin
-        return commits
-
-    got, at = [], c.head()
-    while True:
-        commits = page(at)
-        assert 1 <= len(commits) <= 2 and commits[0] == at
-        got += commits
-        parents = c.repo.read_commit(commits[-1]).parents
-        if not parents:
-            break
-        at = parents[0]
-    assert got == history
-    assert page(c.head(), str(history[3])) == history[:2]  # stops above what the asker holds
-    monkeypatch.setattr(hc, "HISTORY_PAGE", 1)  # a commit larger than a page still comes
-    assert page(c.head()) == history[:1]
-    with pytest.raises(hc.Refused) as refused:
-        c.history("not a cid")
-    assert refused.value.status == 400
-    packet = c.repo.read_commit(c.head()).basin
-    with pytest.raises(hc.Refused) as refused:
-        c.history(str(packet))  # a block, not a commit
-    assert refused.value.status == 400
-    with pytest.raises(hc.Refused) as refused:
-        c.history(str(CID.for_block(b"nothing here")))
-    assert refused.value.status == 404
-    with pytest.raises(hc.Refused) as refused:
-        c.history(str(c.head()), "not a cid")
-    assert refused.value.status == 400
     c.repo.close()

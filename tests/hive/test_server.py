@@ -999,6 +999,7 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
     block by block, sync reads only the rounds since; a page that is not a CAR of the hive's
     blocks is one line, and nothing is joined."""
     from basinvcs.hive import coordinator as hc
+    from basinvcs.hive import pages
     from tests.conftest import serving, state
     from tests.hive.test_coordinator import EDGES, trusting, update
 
@@ -1017,7 +1018,7 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
             c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
         top = c.repo.read_commit(c.head())
         one = len(c.repo.get_block(c.head())) + len(c.repo.get_block(top.basin))
-        monkeypatch.setattr(hc, "HISTORY_PAGE", 2 * one + 10)  # two rounds' commits and packets
+        monkeypatch.setattr(pages, "HISTORY_PAGE", 2 * one + 10)  # two rounds' commits and packets
         with serving(c) as url, Repository.open(mine) as repo:
             edge.join(repo, url)
             assert repo.head_commit() == c.head() and len(list(repo.walk_blocks([c.head()]))) == 13

@@ -1,0 +1,51 @@
+"""Pages of a hive's history, for the edges that join or sync (`GET /history/CID?have=CID`).
+
+A coordinator makes a commit per round, so a hive that has run a day at a round a second holds
+86,400 commits and as many packets; block by block that is two requests a round. A page is a
+CAR of up to HISTORY_PAGE bytes of blocks: the commits below the one asked for, newest first,
+each followed by its packet, down to the commit the asker holds (`have`). The asker checks every
+block as any fetch does (edge.history_source, ingest.plan_fetch) and asks again from where a page
+ends. The server reads pages in a thread of its own (server.Pages), never in the coordinator's.
+"""
+
+from __future__ import annotations
+
+from ..cid import CID
+from ..codec.car import car_bytes
+from ..errors import BasinError, BlockNotFound
+from ..objects import Commit
+from ..repository import Repository
+from .coordinator import Refused
+
+HISTORY_PAGE = 3 << 20  # bytes of blocks in one page (an edge reads answers of up to 4 MiB)
+
+
+def page(repo: Repository, text: str, have: str | None = None) -> bytes:
+    """A page of commit `text`'s history as a CAR rooted at that commit: at least the commit
+    itself, then more while the page holds at most HISTORY_PAGE bytes of blocks, stopping above
+    the commit `have`. Refused 400 for a malformed CID or a block that is not a commit of this
+    history, 404 for a CID not held."""
+    try:
+        head = CID.parse(text)
+        stop = CID.parse(have) if have is not None else None
+        repo.read_commit(head)
+    except BlockNotFound as exc:
+        raise Refused(404, str(exc)) from None
+    except BasinError as exc:  # not a CID, or not a commit of this history
+        raise Refused(400, str(exc)) from None
+    blocks: list[tuple[CID, bytes]] = []
+    packets: set[CID] = set()
+    size = 0
+    for cid, data in repo.walk_blocks([head]):
+        if cid == stop:
+            break
+        group = [(cid, data)]
+        basin = Commit.decode(data, trusted=True).basin
+        if basin not in packets:
+            group.append((basin, repo.get_block(basin)))
+        size += sum(len(d) for _, d in group)
+        if blocks and size > HISTORY_PAGE:
+            break
+        packets.add(basin)
+        blocks.extend(group)
+    return car_bytes([head], blocks)
