@@ -253,8 +253,9 @@ class Pages:
     """Pages of history (GET /history) read in a thread of their own, on a connection of their
     own to the repository, one at a time: a page takes tens of milliseconds (50 ms for 3 MiB
     here), which the coordinator's thread, where updates are taken in, must not spend for anyone
-    who asks. A request while a page is being read is refused 503 at once; the edge then reads
-    block by block."""
+    who asks. A request while a page is being read, or within as long again after (so that pages
+    take at most half of one core, however many ask), is refused 503 at once; the edge then reads
+    that block by GET /block and asks for a page again at the next."""
 
     def __init__(self, basin_dir: Path | None, repo: Repository):
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hive-history")
@@ -262,17 +263,20 @@ class Pages:
         self.fallback = repo  # an in-memory repository has no second connection: its own
         self.repo: Repository | None = None
         self.busy = False
+        self.rest_until = 0.0  # monotonic time before which no page is read
 
     async def read(self, text: str, have: str | None) -> bytes:
-        if self.busy:
-            raise Refused(503, "a page of history is being read for another asker: retry")
+        if self.busy or time.monotonic() < self.rest_until:
+            raise Refused(503, "pages of history are being read for others: retry")
         self.busy = True
+        started = time.monotonic()
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._read, text, have
             )
         finally:
             self.busy = False
+            self.rest_until = 2 * time.monotonic() - started
 
     def _read(self, text: str, have: str | None) -> bytes:
         if self.repo is None:  # opened in this thread, which it stays in

@@ -77,8 +77,8 @@ def test_history_comes_in_pages_down_to_what_the_asker_holds(hub, monkeypatch):
 
 
 def test_the_server_reads_one_page_at_a_time_on_its_own_connection(hub, monkeypatch):
-    """A page is read on a connection of its own (not the coordinator's), and a second asker
-    while one is being read is refused 503 at once rather than queued."""
+    """A page is read on a connection of its own (not the coordinator's); a second asker while
+    one is being read, or within as long again after, is refused 503 at once, not queued."""
     c = coordinator(hub, round_updates=1)
     c.submit(update(c, EDGES[0], vec(c0=1.0)))
     reader = Pages(c.repo.basin_dir, c.repo)
@@ -102,6 +102,10 @@ def test_the_server_reads_one_page_at_a_time_on_its_own_connection(hub, monkeypa
         assert read_car_bytes(first)[0] == [c.head()]
         assert isinstance(second, hc.Refused) and second.status == 503
         assert reader.repo is not None and reader.repo is not c.repo
+        with pytest.raises(hc.Refused) as refused:  # as long again after a page: resting
+            asyncio.run(reader.read(str(c.head()), None))
+        assert refused.value.status == 503
+        time.sleep(0.35)
         assert read_car_bytes(asyncio.run(reader.read(str(c.head()), None)))[0] == [c.head()]
     finally:
         reader.close()
