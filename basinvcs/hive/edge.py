@@ -613,12 +613,15 @@ class LocalStatus:
     tip: CID | None  # the branch's tip now
     submitted: bool  # the tip is what was last submitted
     sent: int  # updates sent so far
+    unsynced: int = 0  # updates sent since the last sync
 
     @property
     def work(self) -> str:
         """What `sync` would do with the branch: the words `basin hive status` prints."""
         if self.tip == self.synced:
             return "nothing new since the last sync"
+        if self.submitted and self.unsynced > 1:
+            return f"submitted ({self.unsynced} updates since the last sync), waiting for rounds"
         if self.submitted:
             return "submitted, waiting for the round to close"
         return "unsubmitted work (basin hive submit sends it; sync would merge it)"
@@ -647,6 +650,7 @@ def local_status(repo: Repository) -> LocalStatus:
         tip=tip,
         submitted=tip is not None and str(tip) == state.submitted,
         sent=state.sent,
+        unsynced=len(state.updates),
     )
 
 

@@ -404,6 +404,7 @@ def test_sync_keeps_an_earlier_refused_update_when_a_later_one_was_taken(hive):
     commit_z(e0.path, vec(c0=1.0, c3=1.0), "second")
     second = e0("hive", "submit").output.split()[2]
     assert "waiting: " in e0("hive", "sync").output  # round 1 is open
+    assert "submitted (2 updates since the last sync), waiting" in e0("hive", "status").output
     commit_z(e2.path, vec(c2=1.0), "e2's work")
     assert "round 1" in e2("hive", "submit").output  # closes round 1, e0's second taken
     time.sleep(0.3)
