@@ -257,10 +257,9 @@ class Pages:
     take at most half of one core, however many ask), is refused 503 at once; the edge then reads
     that block by GET /block and asks for a page again at the next."""
 
-    def __init__(self, basin_dir: Path | None, repo: Repository):
+    def __init__(self, basin_dir: Path | None):
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hive-history")
-        self.basin_dir = basin_dir
-        self.fallback = repo  # an in-memory repository has no second connection: its own
+        self.basin_dir = basin_dir  # None: an in-memory repository, which serves no pages
         self.repo: Repository | None = None
         self.busy = False
         self.rest_until = 0.0  # monotonic time before which no page is read
@@ -279,13 +278,15 @@ class Pages:
             self.rest_until = 2 * time.monotonic() - started
 
     def _read(self, text: str, have: str | None) -> bytes:
+        if self.basin_dir is None:
+            raise Refused(404, "this coordinator's repository is in memory: no pages of history")
         if self.repo is None:  # opened in this thread, which it stays in
-            self.repo = open_source(self.basin_dir) if self.basin_dir else self.fallback
+            self.repo = open_source(self.basin_dir)
         return pages.page(self.repo, text, have)
 
     def close(self) -> None:
         def shut() -> None:
-            if self.repo is not None and self.repo is not self.fallback:
+            if self.repo is not None:
                 self.repo.close()
 
         self.executor.submit(shut)
@@ -358,7 +359,7 @@ def make_app(
     """The server's ASGI application; with `publisher`, each new head is published through it.
     `body_seconds`: how long an update's body may take to arrive (`_bounded_body`)."""
     worker = Worker(coordinator)
-    history_pages = Pages(coordinator.repo.basin_dir, coordinator.repo)
+    history_pages = Pages(coordinator.repo.basin_dir)
 
     async def head(_: Request) -> Response:
         return JSONResponse(await worker.call(coordinator.head_info))

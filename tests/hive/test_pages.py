@@ -81,7 +81,7 @@ def test_the_server_reads_one_page_at_a_time_on_its_own_connection(hub, monkeypa
     one is being read, or within as long again after, is refused 503 at once, not queued."""
     c = coordinator(hub, round_updates=1)
     c.submit(update(c, EDGES[0], vec(c0=1.0)))
-    reader = Pages(c.repo.basin_dir, c.repo)
+    reader = Pages(c.repo.basin_dir)
     slow = pages.page
 
     def page(repo, text, have=None):
@@ -110,3 +110,8 @@ def test_the_server_reads_one_page_at_a_time_on_its_own_connection(hub, monkeypa
     finally:
         reader.close()
         c.repo.close()
+    memory = Pages(None)  # a coordinator over an in-memory repository serves no pages
+    with pytest.raises(hc.Refused) as refused:
+        asyncio.run(memory.read(str(c.head()), None))
+    assert refused.value.status == 404
+    memory.close()
