@@ -57,6 +57,7 @@ TIMEOUT = 30.0  # seconds the coordinator may keep one read or write on a reques
 ANSWER_SECONDS = 60.0  # seconds for a whole request: its answer must be in by then
 MAX_ANSWER = 4 << 20  # a coordinator's answer: a block or a small JSON document
 JOIN_POLL = 0.2  # seconds between a waiting join's attempts
+PAGE_TRIES, PAGE_PAUSE = 20, 0.05  # asking for a page of history again while the server is busy
 MAX_UNSYNCED = 1000  # updates submitted between two syncs (each one's fate is kept until then)
 
 
@@ -202,9 +203,10 @@ def history_source(url: str, have: CID | None = None):
     """Blocks by CID for plan_fetch, read a page of history at a time (GET /history/CID: a CAR
     of the commits below CID down to `have`, the commit held here, with their packets; every
     block re-hashed as the CAR is read and again by plan_fetch): a long history in a few
-    requests instead of two per commit. A block no page holds comes from GET /block/CID (and
-    the next block asks for a page again); so does everything from a coordinator that answers
-    no pages."""
+    requests instead of two per commit. A page the server is too busy for (503) is asked for
+    again every PAGE_PAUSE seconds, PAGE_TRIES times. A block no page holds comes from
+    GET /block/CID (and the next block asks for a page again); so does everything from a
+    coordinator that answers no pages."""
     single = block_source(url)
     page: dict[CID, bytes] = {}
     paged = True
@@ -213,7 +215,11 @@ def history_source(url: str, have: CID | None = None):
         nonlocal page, paged
         if cid not in page and paged:
             query = f"?have={have}" if have is not None else ""
-            status, body = _request(f"{url}/history/{cid}{query}")
+            for _ in range(PAGE_TRIES):  # 503: pages are being read for others, or resting
+                status, body = _request(f"{url}/history/{cid}{query}")
+                if status != 503:
+                    break
+                time.sleep(PAGE_PAUSE)
             if status in (404, 405):  # a coordinator without pages: block by block from here
                 paged = False
             elif status == 200:  # else (503: busy with another's page; 400: a packet) ask later

@@ -254,8 +254,8 @@ class Pages:
     own to the repository, one at a time: a page takes tens of milliseconds (50 ms for 3 MiB
     here), which the coordinator's thread, where updates are taken in, must not spend for anyone
     who asks. A request while a page is being read, or within as long again after (so that pages
-    take at most half of one core, however many ask), is refused 503 at once; the edge then reads
-    that block by GET /block and asks for a page again at the next."""
+    take at most half of one core, however many ask), is refused 503 at once; the edge asks
+    again a little later (edge.history_source)."""
 
     def __init__(self, basin_dir: Path | None):
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hive-history")
