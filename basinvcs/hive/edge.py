@@ -58,6 +58,8 @@ ANSWER_SECONDS = 60.0  # seconds for a whole request: its answer must be in by t
 MAX_ANSWER = 4 << 20  # a coordinator's answer: a block or a small JSON document
 JOIN_POLL = 0.2  # seconds between a waiting join's attempts
 PAGE_TRIES, PAGE_PAUSE = 20, 0.05  # asking for a page of history again while the server is busy
+PAGE_BACKOFF = 64  # blocks read one by one after a page could not be had, before asking again
+PAGED_FROM = 32  # rounds behind from which sync reads pages (fewer: a few blocks, one by one)
 MAX_UNSYNCED = 1000  # updates submitted between two syncs (each one's fate is kept until then)
 
 
@@ -135,7 +137,7 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
     answer is not HTTP, is Unreachable."""
     parts = urllib.parse.urlsplit(url)
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    path = parts.path or "/"
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {"Content-Type": "application/octet-stream"} if data is not None else {}
     late = threading.Event()
     connection = kind(parts.hostname, parts.port, timeout=TIMEOUT)
@@ -204,16 +206,18 @@ def history_source(url: str, have: CID | None = None):
     of the commits below CID down to `have`, the commit held here, with their packets; every
     block re-hashed as the CAR is read and again by plan_fetch): a long history in a few
     requests instead of two per commit. A page the server is too busy for (503) is asked for
-    again every PAGE_PAUSE seconds, PAGE_TRIES times. A block no page holds comes from
-    GET /block/CID (and the next block asks for a page again); so does everything from a
-    coordinator that answers no pages."""
+    again every PAGE_PAUSE seconds, PAGE_TRIES times, and if it still is, the next PAGE_BACKOFF
+    blocks come one by one. A block no page holds comes from GET /block/CID (and the next block
+    asks for a page again); so does everything from a coordinator that answers no pages."""
     single = block_source(url)
     page: dict[CID, bytes] = {}
-    paged = True
+    paged, skip = True, 0
 
     def get(cid: CID) -> bytes:
-        nonlocal page, paged
-        if cid not in page and paged:
+        nonlocal page, paged, skip
+        if cid not in page and paged and skip:
+            skip -= 1
+        elif cid not in page and paged:
             query = f"?have={have}" if have is not None else ""
             for _ in range(PAGE_TRIES):  # 503: pages are being read for others, or resting
                 status, body = _request(f"{url}/history/{cid}{query}")
@@ -222,7 +226,9 @@ def history_source(url: str, have: CID | None = None):
                 time.sleep(PAGE_PAUSE)
             if status in (404, 405):  # a coordinator without pages: block by block from here
                 paged = False
-            elif status == 200:  # else (503: busy with another's page; 400: a packet) ask later
+            elif status == 503:  # busy all along: the next blocks one by one
+                skip = PAGE_BACKOFF
+            elif status == 200:  # else (400: a packet's CID, after a block came alone) ask later
                 if len(body) > MAX_ANSWER:
                     raise RemoteError(f"the hive coordinator at {url} sent a page over 4 MiB")
                 try:
@@ -506,14 +512,19 @@ def sync(repo: Repository) -> SyncResult:
     from .. import porcelain
 
     state = load_state(repo)
-    key, _, head = _head_of(state.url, request_json(f"{state.url}/head"))
+    doc = request_json(f"{state.url}/head")
+    key, _, head = _head_of(state.url, doc)
     if format_key(key) != state.key:
         raise RemoteError(
             f"the coordinator at {state.url} now names key {format_key(key)}, not {state.key} "
             "(the key joined): refused; basin hive join --force follows another coordinator"
         )
     synced = CID.parse(state.synced)
-    plan = plan_fetch(repo, [head], history_source(state.url, synced))  # re-hashed, verified
+    # rounds closed since the head synced: after one round (as every edge syncs, all at once)
+    # a few blocks, one by one; pages for an edge that was away (either way each is verified)
+    behind = _round_of(state.url, doc) - 1 - repo.read_commit(synced).metrics.get("round", -1)
+    source = history_source(state.url, synced) if behind >= PAGED_FROM else block_source(state.url)
+    plan = plan_fetch(repo, [head], source)  # re-hashed, verified
     _check_head(repo, plan, state, head, synced)
     apply_plan(repo, plan, [])
     _set_remote(repo, state, head)

@@ -18,13 +18,16 @@ from ..repository import Repository
 from .coordinator import Refused
 
 HISTORY_PAGE = 3 << 20  # bytes of blocks in one page (an edge reads answers of up to 4 MiB)
+PAGE_COMMITS = 1000  # commits in one page at most: the walk looks each up, never the whole index
 
 
 def page(repo: Repository, text: str, have: str | None = None) -> bytes:
     """A page of commit `text`'s history as a CAR rooted at that commit: at least the commit
-    itself, then more while the page holds at most HISTORY_PAGE bytes of blocks, stopping above
-    the commit `have`. Refused 400 for a malformed CID or a block that is not a commit of this
-    history, 404 for a CID not held."""
+    itself, then more while the page holds at most HISTORY_PAGE bytes of blocks and PAGE_COMMITS
+    commits, stopping above the commit `have`. Its cost is the page's, not the history's (a walk
+    without a limit reads the whole commit index: 0.45 s and 149 MiB at 87,000 commits).
+    Refused 400 for a malformed CID or a block that is not a commit of this history, 404 for a
+    CID not held."""
     try:
         head = CID.parse(text)
         stop = CID.parse(have) if have is not None else None
@@ -36,7 +39,7 @@ def page(repo: Repository, text: str, have: str | None = None) -> bytes:
     blocks: list[tuple[CID, bytes]] = []
     packets: set[CID] = set()
     size = 0
-    for cid, data in repo.walk_blocks([head]):
+    for cid, data in repo.walk_blocks([head], PAGE_COMMITS):
         if cid == stop:
             break
         group = [(cid, data)]

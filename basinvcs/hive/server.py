@@ -412,6 +412,7 @@ def make_app(
     ]
     handlers = {404: _not_served, 405: _not_served}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app.router.redirect_slashes = False  # /head/ is not /head: 404 in JSON, not a bare 307
     limit = coordinator.max_update_bytes
 
     async def hive(scope, receive, send) -> None:

@@ -60,6 +60,9 @@ def test_history_comes_in_pages_down_to_what_the_asker_holds(hub, monkeypatch):
     assert page(c.head(), str(history[3])) == history[:2]  # stops above what the asker holds
     monkeypatch.setattr(pages, "HISTORY_PAGE", 1)  # a commit larger than a page still comes
     assert page(c.head()) == history[:1]
+    monkeypatch.setattr(pages, "HISTORY_PAGE", 1 << 30)
+    monkeypatch.setattr(pages, "PAGE_COMMITS", 3)  # and no page walks more commits than this
+    assert page(c.head()) == history[:3]
     with pytest.raises(hc.Refused) as refused:
         pages.page(c.repo, "not a cid")
     assert refused.value.status == 400

@@ -710,6 +710,7 @@ def test_connections_that_send_nothing_are_closed_and_their_number_bounded(hive)
             s.close()
     for method, path, code, words in [
         ("GET", "/nope", 404, "nothing is served at /nope"),
+        ("GET", "/head/", 404, "nothing is served at /head/"),
         ("DELETE", "/head", 405, "DELETE is not served on /head"),
     ]:
         request = urllib.request.Request(f"{server.url}{path}", method=method)
@@ -1037,13 +1038,43 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
             assert asked.count(first) == 3 and not any("/block/" in u for u in asked)
             distinct = list(dict.fromkeys(u for u in asked if "/history/" in u))
             assert 6 <= len(distinct) <= 8
-            synced = c.head()
             for r in range(12, 15):
                 c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
+            asked.clear()  # three rounds behind: a few blocks, one by one
+            assert edge.sync(repo).kind == "fast-forward" and repo.head_commit() == c.head()
+            assert sum("/block/" in u for u in asked) == 6 and not any(
+                "/history/" in u for u in asked
+            )
+            synced = c.head()
+            for r in range(15, 20):
+                c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
+            monkeypatch.setattr(edge, "PAGED_FROM", 5)  # five rounds behind: pages from here
+            read_page, served = pages.page, []
+
+            def page(repo, text, have=None):  # what reached the server, past the HTTP layer
+                served.append((text, have))
+                return read_page(repo, text, have)
+
+            monkeypatch.setattr(pages, "page", page)
             asked.clear()
             assert edge.sync(repo).kind == "fast-forward" and repo.head_commit() == c.head()
-            distinct = list(dict.fromkeys(u for u in asked if "/history/" in u))  # 2 pages
-            assert distinct[0] == f"{url}/history/{c.head()}?have={synced}" and len(distinct) == 2
+            distinct = list(dict.fromkeys(u for u in asked if "/history/" in u))
+            assert distinct[0] == f"{url}/history/{c.head()}?have={synced}" and len(distinct) == 3
+            assert served[0] == (str(c.head()), str(synced)) and not any(
+                "/block/" in u for u in asked
+            )
+            # a server busy through every try: the next PAGE_BACKOFF blocks one by one, then pages
+            monkeypatch.setattr(edge, "PAGE_TRIES", 2)
+            monkeypatch.setattr(edge, "PAGE_BACKOFF", 3)
+            busy[0] = 2
+            other = tmp_path / "other"
+            porcelain.init(other, dim=DIM, seed=7, name="other").close()
+            asked.clear()
+            with Repository.open(other) as again:
+                edge.join(again, url)
+                assert again.head_commit() == c.head()
+            kinds = [u.split("/")[3] for u in asked if "/head" not in u][:7]
+            assert kinds == ["history"] * 2 + ["block"] * 4 + ["history"]
     finally:
         c.repo.close()
     junk = tmp_path / "junk"
