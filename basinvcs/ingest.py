@@ -6,7 +6,9 @@ trusted: `plan_fetch` reads every block through a `BlockSource` that re-hashes i
 CID, decodes it strictly (`Commit.decode`, `Basin.decode`, which also require canonical form),
 verifies every commit's signature and requires every packet to be in this repository's chart.
 All checks run before anything is written; `apply_plan` then writes blocks, commit-graph index
-and refs in one store transaction, so a refused or failed fetch changes nothing.
+and refs in one store transaction, so a refused or failed fetch changes nothing. `write_history`
+does both as it reads, a batch at a time, inside one transaction: the same all or nothing, in
+the memory of a batch rather than of the whole history.
 
 Trust is not checked here: fetching is only copying. `merge` refuses commits by untrusted signers,
 as it does for any incoming history.
@@ -17,7 +19,7 @@ was validated when written, and `write_commit` only writes a commit whose parent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from .repository import BASIN_DIR, DB_FILE, Repository
 from .store.sqlite import SQLiteStore
 
 BlockSource = Callable[[CID], bytes]  # the block's bytes, already re-hashed against the CID
+WRITE_BATCH = 256  # commits written together by write_history
 
 
 @dataclass
@@ -56,6 +59,22 @@ def plan_fetch(
     `on_block(n)` is told the size of every block read from the source (for progress bars).
     """
     plan = FetchPlan(list(heads))
+    for cid, commit, data, packet in missing_history(repo, heads, get, on_block):
+        if packet is not None:
+            plan.packets.append(packet)
+        plan.commits.append((cid, commit, data))
+    return plan
+
+
+def missing_history(
+    repo: Repository,
+    heads: Sequence[CID],
+    get: BlockSource,
+    on_block: Callable[[int], None] | None = None,
+) -> Iterator[tuple[CID, Commit, bytes, tuple[CID, bytes] | None]]:
+    """Every commit missing below `heads` (the heads first), read and validated, as (CID,
+    commit, its bytes, its packet (CID, bytes) where neither this repository nor an earlier
+    commit of the walk holds it)."""
     chart = repo.config.chart
     seen_commits: set[CID] = set()
     seen_packets: set[CID] = set()
@@ -72,12 +91,13 @@ def plan_fetch(
             raise SchemaError(f"fetch refused: {cid} is not a valid commit: {exc}") from None
         if not commit.signature_valid():
             raise SignatureError(f"fetch refused: commit {cid} has a bad signature")
+        packet = None
         if commit.basin not in seen_packets:
             seen_packets.add(commit.basin)
             have = repo.has_block(commit.basin)
-            packet = repo.get_block(commit.basin) if have else _read(get, commit.basin, on_block)
+            block = repo.get_block(commit.basin) if have else _read(get, commit.basin, on_block)
             try:
-                basin = Basin.decode(packet)
+                basin = Basin.decode(block)
             except SchemaError as exc:
                 raise SchemaError(
                     f"fetch refused: {commit.basin} (basin of {cid}) is not a valid packet: {exc}"
@@ -88,10 +108,40 @@ def plan_fetch(
                     f"repository's is {chart}"
                 )
             if not have:
-                plan.packets.append((commit.basin, packet))
-        plan.commits.append((cid, commit, data))
+                packet = (commit.basin, block)
+        yield cid, commit, data, packet
         stack.extend(commit.parents)
-    return plan
+
+
+def write_history(
+    repo: Repository,
+    heads: Sequence[CID],
+    get: BlockSource,
+    check: Callable[[CID, Commit], None] = lambda cid, commit: None,
+) -> int:
+    """Read, validate and write everything missing below `heads`, a batch of WRITE_BATCH commits
+    at a time, in one transaction (the caller's, if it holds one: its later checks can still
+    undo it all); `check(cid, commit)` sees each commit before it is written and may refuse it.
+    What `plan_fetch` then `apply_plan` do, holding a batch in memory instead of the history
+    (a hive's coordinator commits every round: a day of rounds is 86,400 commits). The number
+    of commits written."""
+    written = 0
+    needed: list[CID] = []
+    with repo.transaction():
+        packets: list[tuple[CID, bytes]] = []
+        commits: list[tuple[CID, Commit, bytes]] = []
+        for cid, commit, data, packet in missing_history(repo, heads, get):
+            check(cid, commit)
+            packets += [packet] if packet is not None else []
+            commits.append((cid, commit, data))
+            needed += (commit.basin, *commit.parents)
+            if len(commits) == WRITE_BATCH:
+                repo.add_history(packets, commits, linked=False)
+                written += len(commits)
+                packets, commits = [], []
+        repo.add_history(packets, commits, linked=False)
+        repo.check_links(needed)
+    return written + len(commits)
 
 
 def _read(get: BlockSource, cid: CID, on_block: Callable[[int], None] | None) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -239,9 +239,13 @@ class Repository:
         self,
         packets: Sequence[tuple[CID, bytes]],
         commits: Sequence[tuple[CID, Commit, bytes]],
+        *,
+        linked: bool = True,
     ) -> None:
         """Store packets and commits validated elsewhere (`ingest`), in any order, and index
-        the commits, in one transaction; refused if any commit links a block still missing."""
+        the commits, in one transaction; refused if any commit links a block still missing.
+        `linked=False` leaves that check to the caller (`check_links` once every batch of a
+        history written newest first, in the caller's transaction, is in)."""
         with self._store.transaction():
             for cid, data in packets:
                 if self._store.put(data) != cid:  # cannot happen: the source re-hashed it
@@ -252,10 +256,14 @@ class Repository:
                 self._store.index_commit(
                     cid, commit.parents, commit.time, commit.author, commit.message
                 )
-            for _, commit, _ in commits:
-                for needed in (commit.basin, *commit.parents):
-                    if not self._store.has(needed):
-                        raise SchemaError(f"commit links {needed}, which is not in the repository")
+            if linked:
+                self.check_links(needed for _, c, _ in commits for needed in (c.basin, *c.parents))
+
+    def check_links(self, needed: Iterable[CID]) -> None:
+        """Refuse (SchemaError) unless every block in `needed` is here: what a commit links."""
+        for cid in needed:
+            if not self._store.has(cid):
+                raise SchemaError(f"commit links {cid}, which is not in the repository")
 
     # -- history ------------------------------------------------------------------------------
 

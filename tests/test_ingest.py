@@ -171,3 +171,46 @@ def test_fetch_refuses_missing_branch_and_existing_target(tmp_path, monkeypatch,
         with pytest.raises(Exception, match="branch name|ref"):
             fetch(repo, spec, "cipher", "bad..name")
     assert state(hub) == before
+
+
+def test_write_history_writes_a_batch_at_a_time_all_or_nothing(tmp_path, monkeypatch, hub):
+    """write_history stores what plan_fetch + apply_plan would, in batches (here of 3 commits),
+    and a source that fails, or a check that refuses, part-way (after batches went in) leaves
+    the repository as it was; so does a refusal by the caller after it, in its transaction."""
+    from basinvcs import ingest
+
+    monkeypatch.setattr(ingest, "WRITE_BATCH", 3)
+    source = _specialist(tmp_path, monkeypatch, hub, "long", commits=10)
+    with Repository.open(source) as repo:
+        head = repo.branch_commit("long")
+        history = [cid for cid, _ in repo.walk_blocks([head])]
+        get = repo.get_block
+        target = tmp_path / "target"
+        porcelain.init(target, dim=DIM, seed=7, name="target").close()
+        before = state(target)
+        with Repository.open(target) as mine:
+            calls = []
+
+            def failing(cid: CID) -> bytes:
+                calls.append(cid)
+                if len(calls) == 16:  # after two batches (each commit and its packet: 2 reads)
+                    raise OSError("the source went away")
+                return get(cid)
+
+            with pytest.raises(OSError):
+                ingest.write_history(mine, [head], failing)
+
+            def refuse(cid: CID, commit: Commit) -> None:
+                if cid == history[8]:
+                    raise SchemaError("refused by the caller's check")
+
+            with pytest.raises(SchemaError):
+                ingest.write_history(mine, [head], get, refuse)
+            with pytest.raises(RefError), mine.transaction():
+                ingest.write_history(mine, [head], get)
+                raise RefError("the caller refuses what was written")
+        assert state(target) == before
+        with Repository.open(target) as mine:
+            assert ingest.write_history(mine, [head], get) == len(history) > 3 * 3
+            assert [cid for cid, _ in mine.walk_blocks([head])] == history
+            assert ingest.write_history(mine, [head], get) == 0  # everything held: nothing read

@@ -16,8 +16,9 @@ what top-k quantisation left out of earlier updates goes into the next one).
 - `local_status(repo)`, `coordinator_status(url)`: where the edge and the coordinator stand
   (`basin hive status`).
 - `sync(repo)`: fetches the coordinator's head (every block re-hashed and every commit verified,
-  as any fetch: ingest.plan_fetch), checks that the coordinator's key recorded at join signed it
-  and that it contains the head synced last (else nothing is written), and sets
+  as any fetch; written as read, a batch at a time: ingest.write_history), checks that the
+  coordinator's key recorded at join signed it and that it contains the head synced last (else
+  the transaction is undone: nothing is written), and sets
   `refs/remotes/hive/<branch>` to it. A branch untouched since the sync moves to the head; one
   left at the last submission moves once heads list every update sent since the sync as taken
   (a round of one still open: nothing changes; one refused: the work is merged, as unsubmitted
@@ -44,7 +45,7 @@ from ..codec.car import read_car_bytes
 from ..config import write_json
 from ..errors import BasinError, InputError, RemoteError, RepositoryError
 from ..identity import format_key, parse_key
-from ..ingest import FetchPlan, apply_plan, plan_fetch
+from ..ingest import write_history
 from ..inputs import parse_json, read_file
 from ..objects import Commit, Entanglement
 from ..refnames import branch_ref, remote_ref
@@ -189,7 +190,7 @@ def request_json(url: str, data: bytes | None = None) -> dict:
 
 
 def block_source(url: str):
-    """Blocks by CID from the coordinator at `url`, for plan_fetch (which re-hashes each)."""
+    """Blocks by CID from the coordinator at `url`, for a fetch (ingest, which re-hashes each)."""
 
     def get(cid: CID) -> bytes:
         status, body = _request(f"{url}/block/{cid}")
@@ -202,9 +203,9 @@ def block_source(url: str):
 
 
 def history_source(url: str, have: CID | None = None):
-    """Blocks by CID for plan_fetch, read a page of history at a time (GET /history/CID: a CAR
+    """Blocks by CID for a fetch (ingest), read a page of history at a time (GET /history/CID: a CAR
     of the commits below CID down to `have`, the commit held here, with their packets; every
-    block re-hashed as the CAR is read and again by plan_fetch): a long history in a few
+    block re-hashed as the CAR is read and again by the fetch): a long history in a few
     requests instead of two per commit. A page the server is too busy for (503) is asked for
     again every PAGE_PAUSE seconds, PAGE_TRIES times, and if it still is, the next PAGE_BACKOFF
     blocks come one by one. A block no page holds comes from GET /block/CID (and the next block
@@ -303,14 +304,19 @@ def join(
             f"the hive's chart is {printable(doc.get('chart'))}, this repository's is "
             f"{repo.config.chart}"
         )
-    plan = plan_fetch(repo, [cid], history_source(url))  # every block re-hashed, commit verified
-    author = _commit_in(repo, plan, cid).author
-    if author != key:
-        raise RemoteError(
-            f"{url} names key {format_key(key)}, but its head {cid} is signed by "
-            f"{format_key(author)}: not joined"
-        )
-    apply_plan(repo, plan, [])  # blocks only: the refs move below
+
+    def signed_by_key(commit_cid: CID, commit: Commit) -> None:
+        if commit_cid == cid and commit.author != key:
+            raise RemoteError(
+                f"{url} names key {format_key(key)}, but its head {cid} is signed by "
+                f"{format_key(commit.author)}: not joined"
+            )
+
+    if repo.is_commit(cid):
+        signed_by_key(cid, repo.read_commit(cid))
+    # every block re-hashed, every commit verified, written a batch at a time: blocks only, the
+    # refs move below
+    write_history(repo, [cid], history_source(url), signed_by_key)
     tip = repo.branch_commit(branch)
     if tip is not None and not force and not _replaceable(repo, tip, cid):
         raise RepositoryError(
@@ -524,9 +530,9 @@ def sync(repo: Repository) -> SyncResult:
     # a few blocks, one by one; pages for an edge that was away (either way each is verified)
     behind = _round_of(state.url, doc) - 1 - repo.read_commit(synced).metrics.get("round", -1)
     source = history_source(state.url, synced) if behind >= PAGED_FROM else block_source(state.url)
-    plan = plan_fetch(repo, [head], source)  # re-hashed, verified
-    _check_head(repo, plan, state, head, synced)
-    apply_plan(repo, plan, [])
+    with repo.transaction():  # written as read (re-hashed, verified), undone if refused
+        write_history(repo, [head], source)
+        _check_head(repo, state, head, synced)
     _set_remote(repo, state, head)
     local = repo.branch_commit(state.branch)
     note = None
@@ -559,42 +565,28 @@ def sync(repo: Repository) -> SyncResult:
     return SyncResult(kind, head, note)
 
 
-def _check_head(
-    repo: Repository, plan: FetchPlan, state: EdgeState, head: CID, synced: CID
-) -> None:
-    """`head` (its history fetched in `plan`, not yet written) is signed by the coordinator's
-    key and contains `synced`; else RemoteError, and nothing is written."""
-    from .. import history
-
-    author = format_key(_commit_in(repo, plan, head).author)
+def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> None:
+    """`head` (its history just written, in a transaction this undoes) is signed by the
+    coordinator's key and contains `synced`; else RemoteError. The walk from `head` visits the
+    rounds since `synced`, not the repository's whole history (as a graph of it would)."""
+    author = format_key(repo.read_commit(head).author)
     if author != state.key:
         raise RemoteError(
             f"the hive's head {head} is signed by {author}, not by the coordinator's key "
             f"{state.key}: refused"
         )
-    fetched = {cid: commit for cid, commit, _ in plan.commits}
-    stack, seen, held = [head], set(), []  # held: commits below it this repository has already
-    while stack:
+    stack, seen, found = [str(head)], set(), False
+    while stack and not found:
         cid = stack.pop()
-        if cid == synced:
-            return
+        found = cid == str(synced)
         if cid not in seen:
             seen.add(cid)
-            if cid in fetched:
-                stack.extend(fetched[cid].parents)
-            else:
-                held.append(cid)
-    graph = history.commit_graph(repo) if held else None
-    if not any(history.is_ancestor(graph, synced, cid) for cid in held):
+            stack.extend(repo.parents(CID.parse(cid)))
+    if not found:
         raise RemoteError(
             f"the hive's head {head} does not contain the head synced last, {synced}: an older "
             "head or another history, refused (basin hive join --force follows it)"
         )
-
-
-def _commit_in(repo: Repository, plan: FetchPlan, cid: CID) -> Commit:
-    """Commit `cid`, from what `plan` would write or from the repository."""
-    return next((c for k, c, _ in plan.commits if k == cid), None) or repo.read_commit(cid)
 
 
 def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str]:
