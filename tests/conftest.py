@@ -250,12 +250,12 @@ def serving(coordinator):
 
 
 @contextlib.contextmanager
-def answering(doc: dict, blocks=None):
+def answering(doc: dict, blocks=None, history: bytes | None = None):
     """A real HTTP server on 127.0.0.1 answering every GET (200) and POST (202, as a coordinator
     takes an update) with the JSON `doc`: a hive coordinator that says what it likes. With
     `blocks` (a Repository), GET /block/CID serves that repository's block, and GET /history/...
-    is 404 (a coordinator that serves no pages of history). Yields its URL; stopped when the
-    block ends."""
+    is 404 (a coordinator that serves no pages of history), or answers `history` where given.
+    Yields its URL; stopped when the block ends."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
 
@@ -265,7 +265,7 @@ def answering(doc: dict, blocks=None):
             if blocks is not None and self.path.startswith("/block/"):
                 body = blocks.get_block(CID.parse(self.path[len("/block/") :]))
             if blocks is not None and self.path.startswith("/history/"):
-                status, body = 404, b'{"error": "not found"}'
+                status, body = (200, history) if history else (404, b'{"error": "not found"}')
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

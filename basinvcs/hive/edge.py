@@ -209,7 +209,8 @@ def history_source(url: str, have: CID | None = None):
     requests instead of two per commit. A page the server is too busy for (503) is asked for
     again every PAGE_PAUSE seconds, PAGE_TRIES times, and if it still is, the next PAGE_BACKOFF
     blocks come one by one. A block no page holds comes from GET /block/CID (and the next block
-    asks for a page again); so does everything from a coordinator that answers no pages."""
+    asks for a page again); so does everything from a coordinator that answers no pages, or a
+    page that does not start at what it was asked for."""
     single = block_source(url)
     page: dict[CID, bytes] = {}
     paged, skip = True, 0
@@ -239,6 +240,7 @@ def history_source(url: str, have: CID | None = None):
                         f"the hive coordinator at {url} sent a bad page of history: "
                         f"{printable(exc)}"
                     ) from None
+                paged = cid in page  # a page starts at what was asked for; if not, no more pages
         data = page.pop(cid, None)
         return data if data is not None else single(cid)
 

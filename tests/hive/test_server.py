@@ -1001,6 +1001,7 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
     block by block (a page refused 503 while the server is busy is asked for again), sync reads
     only the rounds since; a page that is not a CAR of the hive's blocks is one line, and nothing
     is joined."""
+    from basinvcs.codec.car import car_bytes
     from basinvcs.hive import coordinator as hc
     from basinvcs.hive import pages, server
     from tests.conftest import serving, state
@@ -1091,3 +1092,14 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
         edge.join(repo, url)  # every GET answers this JSON, /history/ too: not a CAR
     assert "sent a bad page of history" in str(refused.value)
     assert len(str(refused.value).splitlines()) == 1 and state(junk) == before
+    # a valid page that does not start at what was asked for: no more pages, blocks one by one
+    stranger = CID.for_block(b"\xa0")
+    with Repository.open(hub) as hub_repo:
+        top = {**head, "head": str(hub_repo.head_commit()), "chart": str(hub_repo.config.chart)}
+        top["key"] = format_key(hub_repo.identity().public_key)
+        wrong = car_bytes([stranger], [(stranger, b"\xa0")])
+        asked.clear()
+        with answering(top, blocks=hub_repo, history=wrong) as url, Repository.open(junk) as repo:
+            edge.join(repo, url)
+            assert repo.head_commit() == hub_repo.head_commit()
+    assert sum("/history/" in u for u in asked) == 1 and sum("/block/" in u for u in asked) > 20
