@@ -377,6 +377,8 @@ def make_app(
         return Response(data, media_type="application/octet-stream")
 
     async def history(request: Request) -> Response:
+        if request.method != "GET":  # Starlette routes HEAD here too: a page's work for no page
+            return _refusal(Refused(405, f"{request.method} is not served on {request.url.path}"))
         have = request.query_params.get("have")
         try:
             data = await history_pages.read(request.path_params["cid"], have)

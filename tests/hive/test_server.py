@@ -711,12 +711,14 @@ def test_connections_that_send_nothing_are_closed_and_their_number_bounded(hive)
     for method, path, code, words in [
         ("GET", "/nope", 404, "nothing is served at /nope"),
         ("GET", "/head/", 404, "nothing is served at /head/"),
+        ("HEAD", "/history/x", 405, None),  # no page read for a HEAD (its body is not sent)
         ("DELETE", "/head", 405, "DELETE is not served on /head"),
     ]:
         request = urllib.request.Request(f"{server.url}{path}", method=method)
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request)
-        assert caught.value.code == code and json.loads(caught.value.read()) == {"error": words}
+        assert caught.value.code == code
+        assert words is None or json.loads(caught.value.read()) == {"error": words}
     assert json.loads(urllib.request.urlopen(f"{server.url}/status").read())["round"] == 0
 
 
