@@ -384,6 +384,8 @@ def make_app(
             data = await history_pages.read(request.path_params["cid"], have)
         except Refused as exc:
             return _refusal(exc)
+        except BasinError as exc:  # the repository unreadable: said, as every refusal is
+            return _refusal(Refused(500, f"the coordinator cannot read its history: {exc}"))
         return Response(data, media_type="application/vnd.ipld.car")
 
     @contextlib.asynccontextmanager

@@ -118,3 +118,26 @@ def test_the_server_reads_one_page_at_a_time_on_its_own_connection(hub, monkeypa
         asyncio.run(memory.read(str(CID.for_block(b"any")), None))
     assert refused.value.status == 404
     memory.close()
+
+
+def test_a_history_the_server_cannot_read_is_a_json_500(hub, monkeypatch):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from basinvcs.errors import RepositoryError
+    from tests.conftest import serving
+
+    def damaged(repo, text, have=None):
+        raise RepositoryError("repository database is damaged: disk I/O error")
+
+    monkeypatch.setattr(pages, "page", damaged)
+    c = coordinator(hub, round_updates=1)
+    try:
+        with serving(c) as url, pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{url}/history/{c.head()}", timeout=10)
+        assert caught.value.code == 500
+        error = json.loads(caught.value.read())["error"]
+        assert error.startswith("the coordinator cannot read its history: repository database")
+    finally:
+        c.repo.close()
