@@ -21,13 +21,23 @@ from .repository import Repository
 
 def history_blocks(repo: Repository, head: CID) -> Iterator[tuple[CID, bytes]]:
     """Every commit reachable from `head`, each followed by its packet the first time it appears."""
+    for group in history_groups(repo, head):
+        yield from group
+
+
+def history_groups(
+    repo: Repository, head: CID, limit: int = -1
+) -> Iterator[list[tuple[CID, bytes]]]:
+    """`history_blocks` a commit at a time (at most `limit` commits): [(commit CID, bytes)],
+    with (packet CID, bytes) after it the first time its packet appears."""
     packets: set[CID] = set()
-    for cid, data in repo.walk_blocks([head]):
-        yield cid, data
+    for cid, data in repo.walk_blocks([head], limit):
+        group = [(cid, data)]
         basin = Commit.decode(data, trusted=True).basin
         if basin not in packets:
             packets.add(basin)
-            yield basin, repo.get_block(basin)
+            group.append((basin, repo.get_block(basin)))
+        yield group
 
 
 def export_car(repo: Repository, rev: str, out: Path | str) -> tuple[CID, int, int]:

@@ -31,6 +31,21 @@ def is_ancestor(graph: nx.DiGraph, ancestor: CID, descendant: CID) -> bool:
     return str(ancestor) == str(descendant) or nx.has_path(graph, str(descendant), str(ancestor))
 
 
+def reaches(repo, descendant: CID, ancestor: CID) -> bool:
+    """Whether `ancestor` is in the history of `descendant`, by walking parents in the index
+    from `descendant`: it visits what lies between the two (a few rounds of a hive), where a graph
+    of the whole history would read every commit."""
+    stack, seen, target = [str(descendant)], set(), str(ancestor)
+    while stack:
+        cid = stack.pop()
+        if cid == target:
+            return True
+        if cid not in seen:
+            seen.add(cid)
+            stack.extend(repo.parents(CID.parse(cid)))
+    return False
+
+
 def merge_bases(graph: nx.DiGraph, *heads: CID) -> list[CID]:
     """The best common ancestors of `heads`: common ones that no other common one descends from.
 

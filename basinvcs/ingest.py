@@ -132,7 +132,8 @@ def write_history(
         commits: list[tuple[CID, Commit, bytes]] = []
         for cid, commit, data, packet in missing_history(repo, heads, get):
             check(cid, commit)
-            packets += [packet] if packet is not None else []
+            if packet is not None:
+                packets.append(packet)
             commits.append((cid, commit, data))
             needed += (commit.basin, *commit.parents)
             if len(commits) == WRITE_BATCH:

@@ -43,6 +43,14 @@ def test_ancestors_and_is_ancestor(graph):
     assert not history.is_ancestor(g, c["d"], c["e"])
 
 
+def test_reaches_walks_the_index_as_is_ancestor_answers(graph):
+    g, c, store = graph
+    repo = Repository(store, Config(CHART), None)  # the fixture's store, as a repository
+    for a in "abcdef":
+        for d in "abcdef":
+            assert history.reaches(repo, c[d], c[a]) == history.is_ancestor(g, c[a], c[d])
+
+
 def test_merge_bases_of_a_criss_cross_are_both_best_ancestors(graph):
     g, c, _ = graph
     assert history.merge_bases(g, c["d"], c["e"]) == sorted([c["b"], c["c"]])

@@ -571,20 +571,15 @@ def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> N
     """`head` (its history just written, in a transaction this undoes) is signed by the
     coordinator's key and contains `synced`; else RemoteError. The walk from `head` visits the
     rounds since `synced`, not the repository's whole history (as a graph of it would)."""
+    from .. import history
+
     author = format_key(repo.read_commit(head).author)
     if author != state.key:
         raise RemoteError(
             f"the hive's head {head} is signed by {author}, not by the coordinator's key "
             f"{state.key}: refused"
         )
-    stack, seen, found = [str(head)], set(), False
-    while stack and not found:
-        cid = stack.pop()
-        found = cid == str(synced)
-        if cid not in seen:
-            seen.add(cid)
-            stack.extend(repo.parents(CID.parse(cid)))
-    if not found:
+    if not history.reaches(repo, head, synced):
         raise RemoteError(
             f"the hive's head {head} does not contain the head synced last, {synced}: an older "
             "head or another history, refused (basin hive join --force follows it)"

@@ -4,16 +4,17 @@ A coordinator makes a commit per round, so a hive that has run a day at a round 
 86,400 commits and as many packets; block by block that is two requests a round. A page is a
 CAR of up to HISTORY_PAGE bytes of blocks: the commits below the one asked for, newest first,
 each followed by its packet, down to the commit the asker holds (`have`). The asker checks every
-block as any fetch does (edge.history_source, ingest.plan_fetch) and asks again from where a page
-ends. The server reads pages in a thread of its own (server.Pages), never in the coordinator's.
+block as any fetch does (edge.history_source, ingest.write_history) and asks again from where a
+page ends. The server reads pages in a thread of its own (server.Pages), never in the
+coordinator's.
 """
 
 from __future__ import annotations
 
+from ..carfile import history_groups
 from ..cid import CID
 from ..codec.car import car_bytes
 from ..errors import BasinError, BlockNotFound
-from ..objects import Commit
 from ..repository import Repository
 from .coordinator import Refused
 
@@ -37,18 +38,10 @@ def page(repo: Repository, text: str, have: str | None = None) -> bytes:
     except BasinError as exc:  # not a CID, or not a commit of this history
         raise Refused(400, str(exc)) from None
     blocks: list[tuple[CID, bytes]] = []
-    packets: set[CID] = set()
     size = 0
-    for cid, data in repo.walk_blocks([head], PAGE_COMMITS):
-        if cid == stop:
-            break
-        group = [(cid, data)]
-        basin = Commit.decode(data, trusted=True).basin
-        if basin not in packets:
-            group.append((basin, repo.get_block(basin)))
+    for group in history_groups(repo, head, PAGE_COMMITS):
         size += sum(len(d) for _, d in group)
-        if blocks and size > HISTORY_PAGE:
+        if group[0][0] == stop or (blocks and size > HISTORY_PAGE):
             break
-        packets.add(basin)
         blocks.extend(group)
     return car_bytes([head], blocks)
