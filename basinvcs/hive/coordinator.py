@@ -139,7 +139,7 @@ class Coordinator:
         self._load()
         self.recover()
         self._judge()  # a coordinator stopped between a round's close and its judgement
-        if len(self._pending) >= self._round_size():  # full when the last one stopped
+        if self._filled() >= self._round_size():  # full when the last one stopped
             try:
                 self.close_round()
             except BasinError as exc:
@@ -158,6 +158,7 @@ class Coordinator:
         ]
         self._authors = {j.author for j, _ in self._pending}
         self._counts = self.journal.counts()
+        self._void: tuple = (None, None, None, 0)  # _filled's: what it counted over, and how many
 
     def log(self, line: str) -> None:
         """A line about the coordinator's own work (a round not closed, a round recovered)."""
@@ -251,6 +252,24 @@ class Coordinator:
         senders = len(index) - held - (self.repo.identity().public_key in index)
         return max(1, min(self.settings.round_updates, senders))
 
+    def _filled(self) -> int:
+        """The round's pending updates that will count: not those of signers removed or
+        quarantined since they sent (refused at the close), so that a round still closes with
+        its M. Counted again whenever the trust list, the quarantine or the pending updates change (the
+        objects themselves are kept for the comparison, so a new one never passes for old)."""
+        index = self._trusted_index()
+        held = self.journal.quarantined()
+        sizes = (len(held), len(self._pending))
+        was_index, was_held, was_sizes, _ = self._void
+        if was_index is not index or was_held is not held or was_sizes != sizes:
+            void = sum(
+                1
+                for _, u in self._pending
+                if u.author in held or (not self.settings.open and u.author not in index)
+            )
+            self._void = (index, held, sizes, void)
+        return len(self._pending) - self._void[3]
+
     # -- intake
 
     def submit(self, data: bytes) -> dict:
@@ -286,7 +305,7 @@ class Coordinator:
         with self._lock:
             todo = iter(range(len(checked)))
             for first in todo:
-                if len(self._pending) >= size and not self._close_full():
+                if self._filled() >= size and not self._close_full():
                     # a round that could not close takes no more than its M: say so, now
                     busy = Refused(503, f"round {self._round} is full and not closed yet: retry")
                     for k in itertools.chain([first], todo):
@@ -301,7 +320,7 @@ class Coordinator:
                                 answers[k] = checked[k]
                             else:
                                 answers[k] = self._take(bodies[k], checked[k], staged, k)
-                            if len(self._pending) + len(staged.rows) >= size:
+                            if self._filled() + len(staged.rows) >= size:
                                 break
                 except BasinError as exc:  # rolled back: none of it journaled, none acknowledged
                     rolled_back = {k for k, _, _ in staged.rows}
@@ -315,9 +334,9 @@ class Coordinator:
                 self._pending += [(j, u) for _, j, u in staged.rows]
                 self._counts[PENDING] += len(staged.rows)
                 self._authors |= staged.authors
-                if len(self._pending) >= size and not close:
+                if self._filled() >= size and not close:
                     break
-            if close and len(self._pending) >= self._round_size():
+            if close and self._filled() >= self._round_size():
                 self._close_full()
         return answers
 
@@ -333,13 +352,13 @@ class Coordinator:
 
     def room(self) -> int:
         """How many more updates the round takes before it closes (0 when full)."""
-        return max(0, self._round_size() - len(self._pending))
+        return max(0, self._round_size() - self._filled())
 
     def close_if_full(self) -> CID | None:
         """Close the round if it holds its M updates (the server's half of submit_many's
         `close`)."""
         with self._lock:
-            if len(self._pending) >= self._round_size():
+            if self._filled() >= self._round_size():
                 return self.close_round()
         return None
 

@@ -190,19 +190,21 @@ def test_fisher_values_an_update_claims_switch_no_check_off(hub):
 
 def test_a_key_removed_or_added_beside_a_running_coordinator_counts_at_once(hub):
     """`basin key remove` (another process saving the config): the signer's update that waits
-    in the round is refused at its close and its next one at intake (403); `basin key add`
-    lets a new signer in. No restart."""
+    in the round is refused at its close and its next one at intake (403), and the round waits
+    for M updates that count; `basin key add` lets a new signer in. No restart."""
     c = coordinator(hub, rule="mean", optimizer="average")
     c.submit(update(c, EDGES[0], vec(c0=9.0)))
     c.submit(update(c, EDGES[1], vec(c0=1.0)))
     with Repository.open(hub) as operator:
         porcelain.untrust(operator, "edge1")
         porcelain.trust(operator, format_key(EDGES[4].public_key), "edge5")
-    c.submit(update(c, EDGES[4], vec(c0=3.0)))  # trusted now: it fills the round
+    c.submit(update(c, EDGES[4], vec(c0=3.0)))  # trusted now
+    assert c.round == 0 and c.room() == 1  # edge1's waiting update no longer counts
+    c.submit(update(c, EDGES[2], vec(c0=2.0)))  # fills the round
     commit = c.repo.read_commit(c.head())
-    assert commit.metrics["taken"] == 2.0 and commit.metrics["refused"] == 1.0
+    assert commit.metrics["taken"] == 3.0 and commit.metrics["refused"] == 1.0
     assert "signer no longer trusted" in commit.message
-    assert head_z(c)[0] == pytest.approx(2.0, rel=1e-2)  # edge2's 1 and edge5's 3
+    assert head_z(c)[0] == pytest.approx(2.0, rel=1e-2)  # edge2's 1, edge3's 2, edge5's 3
     assert "trusted signers re-read: 5" in c.messages
     with pytest.raises(hc.Refused) as refused:
         c.submit(update(c, EDGES[0], vec(c0=9.0), seq=2))

@@ -197,18 +197,21 @@ def test_honest_cohorts_and_quarantine_off_quarantine_no_one(cohort_hub):
 
 def test_a_waiting_update_of_a_signer_quarantined_at_start_is_refused_at_close(cohort_hub):
     """Judged late (a coordinator started again with a lower `after`): its update waiting in
-    the round is refused when the round closes, as a removed key's is."""
+    the round is refused when the round closes, as a removed key's is, and the round waits
+    for as many updates that count as there are signers left."""
     c = coordinator(cohort_hub, round_updates=5, quarantine_after=100)
     play(c, AFTER)
     c.submit(update(c, EDGES[3], vec(c0=-1.0), seq=AFTER + 1))  # waits in the round
     c.repo.close()
     again = coordinator(cohort_hub, round_updates=5, quarantine_after=AFTER)
     assert EDGES[3].public_key in again.journal.quarantined()
-    # four signers left, and the round holds four updates once edge1..3 have sent
+    # four signers left: edge1..3's updates and edge4's waiting one do not fill the round
     for ident in EDGES[:3]:
         again.submit(update(again, ident, vec(c0=1.0), seq=AFTER + 1))
+    assert again.round == AFTER and again.room() == 1
+    again.submit(update(again, EDGES[4], vec(c9=0.5), seq=AFTER + 1))
     commit = again.repo.read_commit(again.head())
-    assert commit.metrics["taken"] == 3.0 and commit.metrics["refused"] == 1.0
+    assert commit.metrics["taken"] == 4.0 and commit.metrics["refused"] == 1.0
     assert "signer quarantined" in commit.message
     again.repo.close()
 
