@@ -255,8 +255,8 @@ class Coordinator:
     def _filled(self) -> int:
         """The round's pending updates that will count: not those of signers removed or
         quarantined since they sent (refused at the close), so that a round still closes with
-        its M. Counted again whenever the trust list, the quarantine or the pending updates change (the
-        objects themselves are kept for the comparison, so a new one never passes for old)."""
+        its M. Counted again whenever the trust list, the quarantine or the pending updates
+        change (the objects themselves are kept, so a new one never passes for the old)."""
         index = self._trusted_index()
         held = self.journal.quarantined()
         sizes = (len(held), len(self._pending))
