@@ -9,6 +9,14 @@ without its number: topic7 is topic's), attackers marked with *.
 
     .venv/bin/python scripts/experiments/hive_agreement.py deltas/sign_flip-sender_mean.npz \
         --attackers topic7,agent8,negation9 --rounds 5,10,20,60
+
+With `--cohort-free TAU`, the seventh probe instead: a quarantine that does not know the tasks,
+replayed on the run's updates. As each round opens, among the signers with at least `--after`
+summed updates not yet quarantined, each signer's score is how many others point against it
+(cosine below −TAU) less how many point along it (above TAU) and itself; the highest score, if
+above 0, is quarantined and the scores counted again, until none is. It prints the round each
+signer was quarantined at. (A replay: the updates after a quarantine are the run's own, made
+with the quarantined signer still in.)
 """
 
 from __future__ import annotations
@@ -55,13 +63,46 @@ def agreement(
     return out
 
 
+def cohort_free(rounds: dict[int, dict[str, np.ndarray]], tau: float, after: int) -> dict[str, int]:
+    """Signer → the round the seventh probe's rule quarantines it at (see the module's doc)."""
+    out: dict[str, int] = {}
+    for stop in range(after, max(rounds) + 2):
+        sent = [(s, u) for r in sorted(rounds) if r < stop for s, u in rounds[r].items()]
+        count = defaultdict(int)
+        for s, _ in sent:
+            count[s] += 1
+        sums = signers.unit_sums((s, u) for s, u in sent if s not in out and count[s] >= after)
+        keys, cos = signers.cosines(sums)
+        alive = list(range(len(keys)))
+        while alive:
+            scores = {
+                i: sum(1 for j in alive if j != i and cos[i, j] < -tau)
+                - sum(1 for j in alive if j == i or cos[i, j] > tau)
+                for i in alive
+            }
+            worst = max(alive, key=lambda i: (scores[i], keys[i]))
+            if scores[worst] <= 0:
+                break
+            out[keys[worst]] = stop
+            alive.remove(worst)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("deltas", type=Path, help="an npz of hive_byzantine --deltas")
     ap.add_argument("--attackers", default="topic7,agent8,negation9")
     ap.add_argument("--rounds", default="5,10,20,60", help="comma-separated")
+    ap.add_argument("--cohort-free", type=float, default=None, metavar="TAU")
+    ap.add_argument("--after", type=int, default=20, help="with --cohort-free")
     args = ap.parse_args()
     attackers = set(args.attackers.split(","))
+    if args.cohort_free is not None:
+        held = cohort_free(load(args.deltas), args.cohort_free, args.after)
+        for signer, at in sorted(held.items(), key=lambda kv: (kv[1], kv[0])):
+            print(f"round {at}: {signer}{'*' if signer in attackers else ''}")
+        print(f"quarantined {len(held)}: {len(set(held) & attackers)} of the attackers")
+        return
     table = agreement(load(args.deltas), [int(r) for r in args.rounds.split(",")])
     pairs = sorted({p for by in table.values() for p in by}, key=lambda p: (task(p[0]), p))
     print("| pair | " + " | ".join(f"round {r}" for r in table) + " |")
