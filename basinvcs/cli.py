@@ -1839,8 +1839,8 @@ def _hive_journal(repo) -> Journal:
 )
 def hive_signers(since: int) -> None:
     """What each signer did, from this coordinator's journal: updates taken, refused, pending,
-    which other signer its taken updates, summed, point most against and most along, its cohort
-    and whether it is quarantined."""
+    which other signer its updates (taken, or refused as outliers), summed, point most against
+    and most along, its cohort and whether it is quarantined."""
     from .hive import signers
     from .identity import format_key
     from .progress import progress_bar

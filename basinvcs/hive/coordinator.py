@@ -55,7 +55,7 @@ from ..refnames import branch_ref
 from ..repository import Repository
 from . import adjust, outer, outliers, quarantine, rules
 from .journal import PENDING, REFUSED, TAKEN, Journal, Journaled
-from .signers import unit_sums
+from .signers import QUARANTINED, UNTRUSTED, unit_sums
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
@@ -484,14 +484,12 @@ class Coordinator:
         directions count (an outlier too says where its signer pushes)."""
         held = self.journal.quarantined()
         refused = {
-            i: "signer no longer trusted"
+            i: UNTRUSTED
             for i, u in enumerate(updates)
             if not self.settings.open and self._trusted_key(u.author) is None
         }
         refused |= {
-            i: "signer quarantined"
-            for i, u in enumerate(updates)
-            if i not in refused and u.author in held
+            i: QUARANTINED for i, u in enumerate(updates) if i not in refused and u.author in held
         }
         rest = [i for i in range(len(x)) if i not in refused]
         if rest:

@@ -331,26 +331,28 @@ class Journal:
         rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
 
-    def history(self, since: int = 0, page: int = 1000) -> Iterator[tuple[bytes, int, str, bytes]]:
-        """(author, round, status, record) of every update held from round `since` on, by round
-        and arrival (the rounds `close_round` forgot are gone). Read `page` rows at a time, each
-        page under the lock, so a long journal is never all in memory and a running coordinator
-        in this process is not held up; rows written meanwhile after the reader's place are read
-        too."""
+    def history(
+        self, since: int = 0, page: int = 1000
+    ) -> Iterator[tuple[bytes, int, str, str | None, bytes]]:
+        """(author, round, status, why refused or None, record) of every update held from round
+        `since` on, by round and arrival (the rounds `close_round` forgot are gone). Read `page`
+        rows at a time, each page under the lock, so a long journal is never all in memory and a
+        running coordinator in this process is not held up; rows written meanwhile after the
+        reader's place are read too."""
         after: tuple = (since, -1, "")
         while True:
             with self._lock:
                 rows = self._run(
-                    "SELECT author, round, status, data, received, cid FROM updates"
+                    "SELECT author, round, status, reason, data, received, cid FROM updates"
                     " WHERE round >= ? AND (round, received, cid) > (?, ?, ?)"
                     " ORDER BY round, received, cid LIMIT ?",
                     (since, *after, page),
                 )
-            for a, r, s, d, _, _ in rows:
-                yield bytes(a), r, s, bytes(d)
+            for a, r, s, why, d, _, _ in rows:
+                yield bytes(a), r, s, why, bytes(d)
             if len(rows) < page:
                 return
-            after = rows[-1][1], rows[-1][4], rows[-1][5]
+            after = rows[-1][1], rows[-1][5], rows[-1][6]
 
     def held(self, since: int = 0) -> int:
         """How many updates `history(since)` would yield (for a progress bar's total)."""

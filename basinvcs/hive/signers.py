@@ -1,6 +1,5 @@
 """What each signer of a hive did, from the coordinator's journal: its updates taken, refused and
-pending, and where its taken updates, summed over the rounds, point relative to every other
-signer's.
+pending, and where its updates, summed over the rounds, point relative to every other signer's.
 
 No aggregation rule tells a sign-flipped update from an honest update of another task (docs/
 experiments/hive.md, the Byzantine section), but summed over enough rounds an instance that works
@@ -10,7 +9,9 @@ does not know which instances share a task; its operator usually does. This repo
 operator reads before `basin key remove`, which stops a signer on the running coordinator.
 
 Each update is scaled to unit norm before it is summed, so every round counts alike (a few large
-updates do not decide a signer's direction), as in the probe.
+updates do not decide a signer's direction), as in the probe. Summed are the updates the
+quarantine sums: those taken and those refused as outliers (an outlier too says where its signer
+pushes), not those refused because their signer may not send (`CANNOT_SEND`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from ..objects import Chart
 from .journal import PENDING, REFUSED, TAKEN
 from .update import Update
 
+# why the coordinator refuses an update whose signer may not send: such an update says nothing
+# about where its signer pushes (the quarantine does not count it, nor does this report)
+UNTRUSTED = "signer no longer trusted"
+QUARANTINED = "signer quarantined"
+CANNOT_SEND = frozenset({UNTRUSTED, QUARANTINED})
+
 K = TypeVar("K", bytes, str)  # a signer: its key (the coordinator) or a name (the experiments)
 
 
@@ -34,7 +41,8 @@ class Signer:
     """One signer's part in the rounds the journal holds. `against` and `along`: the other signer
     whose summed direction has the lowest and the highest cosine with this one's, and that cosine;
     None where no other's points against (cosine < 0), or along (> 0), this one's, or this signer
-    (or every other) has no taken update with a nonzero change. With one other signer, that one
+    (or every other) has no counted update (taken, or refused as an outlier) with a nonzero
+    change. With one other signer, that one
     is either the most against or the most along, not both."""
 
     author: bytes
@@ -66,23 +74,23 @@ def cosines(sums: dict[K, np.ndarray]) -> tuple[list[K], np.ndarray]:
 
 
 def report(
-    history: Iterable[tuple[bytes, int, str, bytes]],
+    history: Iterable[tuple[bytes, int, str, str | None, bytes]],
     chart: Chart,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Signer]:
-    """Every signer of `history` (`Journal.history`: author, round, status, record), by its key.
-    `progress(1)` after each update (a journal may hold 100,000 of them: each taken one is
-    decoded and its signature checked again, about 0.1 ms). One pass, holding one summed
-    direction per signer, not the updates."""
+    """Every signer of `history` (`Journal.history`: author, round, status, why refused,
+    record), by its key. `progress(1)` after each update (a journal may hold 100,000 of them:
+    each counted one is decoded and its signature checked again, about 0.1 ms). One pass,
+    holding one summed direction per signer, not the updates."""
     counts: dict[bytes, dict[str, int]] = {}
     last: dict[bytes, int] = {}
 
-    def taken() -> Iterator[tuple[bytes, np.ndarray]]:
-        for author, round_, status, data in history:
+    def counted() -> Iterator[tuple[bytes, np.ndarray]]:
+        for author, round_, status, why, data in history:
             progress(1)
             counts.setdefault(author, {TAKEN: 0, REFUSED: 0, PENDING: 0})[status] += 1
             last[author] = max(round_, last.get(author, round_))
-            if status == TAKEN:
+            if status == TAKEN or (status == REFUSED and why not in CANNOT_SEND):
                 try:
                     update = Update.decode(data, chart=chart)
                 except BasinError as exc:
@@ -91,7 +99,7 @@ def report(
                     ) from None
                 yield author, np.asarray(update.delta())
 
-    keys, cos = cosines(unit_sums(taken()))
+    keys, cos = cosines(unit_sums(counted()))
     index = {k: i for i, k in enumerate(keys)}
     out = []
     for author in sorted(counts):

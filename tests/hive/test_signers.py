@@ -7,6 +7,7 @@ import pytest
 
 from basinvcs import porcelain
 from basinvcs.hive import signers
+from basinvcs.hive.journal import REFUSED, TAKEN
 from basinvcs.repository import Repository
 from tests.conftest import vec
 from tests.hive.test_coordinator import EDGES, coordinator, trusting, update
@@ -91,3 +92,20 @@ def test_a_journal_row_that_is_no_update_is_one_error_line(played, hub, cli):
         )
     result = cli.fails("hive", "signers")
     assert "the hive journal holds an update that is not one" in result.stderr
+
+
+def test_updates_refused_as_outliers_count_and_those_of_signers_who_may_not_send_do_not(played):
+    """As the quarantine sums them: an outlier says where its signer pushes; an update refused
+    because its signer was removed or quarantined says nothing."""
+    chart = played.repo.config.chart
+    up, down = update(played, EDGES[0], vec(c0=1.0)), update(played, EDGES[1], vec(c0=-1.0))
+    rows = [(EDGES[0].public_key, 0, TAKEN, None, up)]
+
+    def against(reason: str | None) -> tuple[bytes, float] | None:
+        history = [*rows, (EDGES[1].public_key, 0, REFUSED, reason, down)]
+        return {r.author: r for r in signers.report(history, chart)}[EDGES[0].public_key].against
+
+    outlier = against("outlier: Fisher distance 9 > 3")
+    assert outlier == (EDGES[1].public_key, pytest.approx(-1.0, abs=1e-6))
+    for reason in signers.CANNOT_SEND:
+        assert against(reason) is None  # its only update does not count: no direction
