@@ -374,10 +374,11 @@ def test_sync_keeps_work_until_a_head_takes_it_and_merges_it_back_if_refused(hiv
     assert e0.z() == tip and "submitted, waiting" in e0("hive", "status").output
     refused = edges[2]("hive", "submit").output.split()[2]
     hub("key", "remove", edges[2].path.name)  # its update waits in the round: refused at close
-    # two signers left: the round holds its two, and closes as the next update comes in
-    assert "round 1" in edges[1]("hive", "submit").output
+    # two signers left, and e2's waiting update no longer counts: e1's fills round 0
+    assert "round 0" in edges[1]("hive", "submit").output
     assert first("hive", "sync").output.startswith("reset: ")
-    assert first.z()[0] == pytest.approx(1.0, abs=0.02)  # e0's alone: e2's refused
+    z = first.z()  # e0's and e1's, averaged; e2's refused
+    assert z[0] == pytest.approx(0.5, abs=0.02) and z[1] == pytest.approx(0.5, abs=0.02)
     out = edges[2]("hive", "sync").output
     assert out.startswith("refused: ") and (
         f"update {refused} refused: signer no longer trusted; the work is kept, merged" in out
@@ -399,14 +400,16 @@ def test_sync_keeps_an_earlier_refused_update_when_a_later_one_was_taken(hive):
     first = e0("hive", "submit").output.split()[2]
     hub("key", "remove", e0.path.name)  # the first waits in round 0: refused when it closes
     commit_z(e1.path, vec(c1=1.0), "e1's work")
-    e1("hive", "submit")  # round 0 closes: e1's taken, e0's refused
+    e1("hive", "submit")  # e0's no longer counts: round 0 waits for a second
+    commit_z(e2.path, vec(c2=1.0), "e2's work")
+    assert "round 0" in e2("hive", "submit").output  # closes it: e1's and e2's taken, e0's refused
     hub("key", "add", e0.key, "--name", e0.path.name)
     commit_z(e0.path, vec(c0=1.0, c3=1.0), "second")
     second = e0("hive", "submit").output.split()[2]
     assert "waiting: " in e0("hive", "sync").output  # round 1 is open
     assert "submitted (2 updates since the last sync), waiting" in e0("hive", "status").output
-    commit_z(e2.path, vec(c2=1.0), "e2's work")
-    assert "round 1" in e2("hive", "submit").output  # closes round 1, e0's second taken
+    commit_z(e1.path, vec(c1=2.0), "e1's more")
+    assert "round 1" in e1("hive", "submit").output  # closes round 1, e0's second taken
     time.sleep(0.3)
     out = e0("hive", "sync").output
     assert out.startswith("refused: ")
