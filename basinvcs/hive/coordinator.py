@@ -55,7 +55,7 @@ from ..refnames import branch_ref
 from ..repository import Repository
 from . import adjust, outer, outliers, quarantine, rules
 from .journal import PENDING, REFUSED, TAKEN, Journal, Journaled
-from .signers import QUARANTINED, UNTRUSTED, unit_sums
+from .signers import QUARANTINED, ROUND_FULL, UNTRUSTED, unit_sums
 from .update import Update, update_limit
 
 JOURNAL_FILE = "hive.db"
@@ -432,10 +432,16 @@ class Coordinator:
     # -- rounds
 
     def maybe_close(self) -> CID | None:
-        """Close the round if its time is up (and it holds an update)."""
+        """Close the round if its time is up (and it holds an update), or if it is full: a
+        signer removed or quarantined since the last update came in lowers M, and a signer
+        trusted or released again makes its waiting update count, and nothing else would close
+        the round before its time (its senders wait for the head, sending nothing)."""
+        self._refresh_trust()
         with self._lock:
             opened = self._opened
             if opened and time.time() - float(opened) >= self.settings.round_seconds:
+                return self.close_round()
+            if self._pending and self._filled() >= self._round_size():
                 return self.close_round()
         return None
 
@@ -479,9 +485,11 @@ class Coordinator:
         self, x: np.ndarray, updates: list[Update]
     ) -> tuple[list[int], dict[int, str], list[int]]:
         """Indices of the updates (the rows of x) to combine, the refused ones with why (signers
-        no longer trusted, a key removed while its update waited, or quarantined since; then
-        outliers among the rest), and those whose signers may send: what the signers' summed
-        directions count (an outlier too says where its signer pushes)."""
+        no longer trusted, a key removed while its update waited, or quarantined since; those
+        past the round's M, by arrival, where a signer trusted or released again after the
+        round filled made more count; then outliers among the rest), and those whose signers
+        may send: what the signers' summed directions count (an outlier too says where its
+        signer pushes)."""
         held = self.journal.quarantined()
         refused = {
             i: UNTRUSTED
@@ -492,6 +500,8 @@ class Coordinator:
             i: QUARANTINED for i, u in enumerate(updates) if i not in refused and u.author in held
         }
         rest = [i for i in range(len(x)) if i not in refused]
+        refused |= dict.fromkeys(rest[self.settings.round_updates :], ROUND_FULL)
+        rest = rest[: self.settings.round_updates]
         if rest:
             report = outliers.check(x[rest], c=self.settings.outlier_c)
             for j in report.outliers:

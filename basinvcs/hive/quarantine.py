@@ -23,8 +23,9 @@ its sum again.
 honest run under sign flips, inner-product manipulation and inflated counts, an honest instance
 quarantined in 2 of 6 honest runs and 2 of 18 attacked ones; at 60 local steps 0.88, 0.87,
 0.87 (the quarantines come too late in a shorter run). Attackers who know τ can evade it with
-a milder flip, or by sending honestly until the sums settle; attackers who are most of a cohort
-are not judged against it (its others do not agree).
+a milder flip, or by sending honestly until the sums settle; attackers who are half of a cohort
+or more are not judged (each has a partner that agrees), and where they are all of it but one
+honest signer, they have that one quarantined (two colluders in a cohort of three do).
 """
 
 from __future__ import annotations

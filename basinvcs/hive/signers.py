@@ -27,11 +27,13 @@ from ..objects import Chart
 from .journal import PENDING, REFUSED, TAKEN
 from .update import Update
 
-# why the coordinator refuses an update whose signer may not send: such an update says nothing
-# about where its signer pushes (the quarantine does not count it, nor does this report)
+# why the coordinator refuses an update whose signer may not send (or not in that round): such
+# an update says nothing about where its signer pushes (the quarantine does not count it, nor
+# does this report)
 UNTRUSTED = "signer no longer trusted"
 QUARANTINED = "signer quarantined"
-CANNOT_SEND = frozenset({UNTRUSTED, QUARANTINED})
+ROUND_FULL = "round full: it took its M updates that arrived before this one"
+CANNOT_SEND = frozenset({UNTRUSTED, QUARANTINED, ROUND_FULL})
 
 K = TypeVar("K", bytes, str)  # a signer: its key (the coordinator) or a name (the experiments)
 

@@ -212,6 +212,41 @@ def test_a_key_removed_or_added_beside_a_running_coordinator_counts_at_once(hub)
     c.repo.close()
 
 
+def test_a_round_filled_by_a_trust_change_closes_at_the_next_tick_and_takes_at_most_m(hub):
+    """A round that holds all it can take once a signer is removed closes at the timer's next
+    tick, not at its T (its senders wait for the head, sending nothing). A signer trusted again
+    after the round filled makes its waiting update count again: the round still takes at most
+    M, the first to arrive; the one past M is refused ("round full"), not lost."""
+    c = coordinator(hub, rule="mean", optimizer="average", round_updates=4, round_seconds=600)
+    for ident in EDGES[:3]:
+        c.submit(update(c, ident, vec(c0=1.0)))
+    assert c.maybe_close() is None and c.round == 0  # four signers, three sent: not full
+    with Repository.open(hub) as operator:
+        porcelain.untrust(operator, "edge4")
+    assert c.maybe_close() is not None and c.round == 1  # three signers left, three sent
+    assert "trusted signers re-read: 4" in c.messages
+    c.repo.close()
+
+    c = coordinator(hub, rule="mean", optimizer="average", round_updates=3, round_seconds=600)
+    with Repository.open(hub) as operator:
+        porcelain.trust(operator, format_key(EDGES[3].public_key), "edge4")
+    c.submit(update(c, EDGES[3], vec(c0=4.0), seq=2))  # waits, then its signer is removed
+    with Repository.open(hub) as operator:
+        porcelain.untrust(operator, "edge4")
+    c.submit(update(c, EDGES[0], vec(c0=1.0), seq=2))
+    c.submit(update(c, EDGES[1], vec(c0=2.0), seq=2))
+    (answer,) = c.submit_many([update(c, EDGES[2], vec(c0=3.0), seq=2)], close=False)
+    assert c.round == 1 and c.room() == 0  # full, as the server leaves it before closing
+    with Repository.open(hub) as operator:  # trusted again before the close
+        porcelain.trust(operator, format_key(EDGES[3].public_key), "edge4")
+    assert c.close_if_full() is not None
+    commit = c.repo.read_commit(c.head())
+    assert commit.metrics["taken"] == 3.0 and commit.metrics["refused"] == 1.0
+    assert f"refused {answer['cid']} " in commit.message and "round full" in commit.message
+    assert head_z(c)[0] == pytest.approx(1 + 7 / 3, rel=1e-2)  # + edge4, edge1, edge2: 4, 1, 2
+    c.repo.close()
+
+
 def test_a_coordinator_killed_after_its_commit_finishes_the_round_on_restart(hub):
     c = coordinator(hub, rule="mean", optimizer="average")
     updates = [update(c, ident, vec(c0=1.0)) for ident in EDGES[:3]]

@@ -249,3 +249,13 @@ def test_bad_quarantine_options_are_refused_and_start_nothing(repo_dir, cli, arg
     result = cli("hive", "serve", "--listen", "127.0.0.1:1", *args, ok=False)
     assert result.exit_code == code and message in result.stderr, result.stderr
     assert state(repo_dir) == before
+
+
+def test_colluders_who_are_all_of_a_cohort_but_one_have_that_one_quarantined():
+    """The judgement is the cohort's majority (docs/hive.md says so): two signers pointing
+    together against the third of a cohort of three quarantine it, whoever is honest; with two
+    on each side, each has a partner that agrees with it, and no one is judged."""
+    flipped = sums((1, 0.1, 0), (-1, 0, 0.1), (-1, 0.1, 0.1))
+    assert set(quarantine.judge(flipped, dict.fromkeys(flipped, "a"), after=20)) == {KEYS[0]}
+    even = sums((1, 0.1, 0), (1, 0, 0.1), (-1, 0.1, 0.1), (-1, 0, 0))
+    assert quarantine.judge(even, dict.fromkeys(even, "a"), after=20) == {}
