@@ -48,6 +48,7 @@ def export_car(repo: Repository, rev: str, out: Path | str) -> tuple[CID, int, i
     """
     root = repo.resolve(rev)
     repo.read_commit(root)
+    repo.require_whole([root], f"export {rev}")
     out = Path(out)
     try:
         with replacing(out, durable=True) as fh:

@@ -665,7 +665,8 @@ def verify(require_trusted: bool) -> None:
             f"e.g. {cids[0]}",
             err=True,
         )
-    click.echo(f"checked {report.commits} commits and {report.packets} basin packets")
+    shallow = f", {report.shallow} held without their parents (shallow)" if report.shallow else ""
+    click.echo(f"checked {report.commits} commits and {report.packets} basin packets{shallow}")
     if not report.ok or (require_trusted and report.untrusted):
         raise SystemExit(1)
     click.echo("ok")
@@ -1688,12 +1689,20 @@ def hive_serve(
     metavar="SECONDS",
     help="Keep asking a coordinator that does not answer yet (still starting) this long.",
 )
-def hive_join(url: str, force: bool, wait: float) -> None:
+@click.option(
+    "--depth",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Take only the head and the N-1 rounds below it, not the whole history (a shallow "
+    "repository: it cannot push or export).",
+)
+def hive_join(url: str, force: bool, wait: float, depth: int | None) -> None:
     """Join the hive coordinated at URL: trust its key and start from its head."""
     from .hive import edge
 
     with _repo() as repo:
-        state, trusted = edge.join(repo, url, force, wait)
+        state, trusted = edge.join(repo, url, force, wait, depth)
     click.echo(f"joined {state.url}: branch {state.branch} at {short(state.synced)}")
     if trusted:
         click.echo(f"trusting the coordinator's key {state.key} as 'hive' (check it out of band)")

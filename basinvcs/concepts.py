@@ -136,16 +136,18 @@ class Concept:
         return math.sqrt(math.fsum(v * v for v in self.vector))
 
 
-def _fork_point(repo, head) -> tuple[str, Commit] | None:
-    """(label, fork commit) of the newest specialising commit on head's first-parent history."""
+def _fork_point(repo, head, shallow: set = frozenset()) -> tuple[str, Commit] | None:
+    """(label, fork commit) of the newest specialising commit on head's first-parent history,
+    as far as it is held: none from a `shallow` commit down (its parents are not here)."""
     cid = head
-    while True:
+    while cid not in shallow:
         commit = repo.read_commit(cid)
         if commit.specialize is not None:
             return commit.specialize, commit
         if not commit.parents:
             return None
         cid = commit.parents[0]
+    return None
 
 
 def concepts(repo) -> dict[str, Concept]:
@@ -156,8 +158,9 @@ def concepts(repo) -> dict[str, Concept]:
     of `general` onto one), the branch named like the label defines it, else the first by name.
     """
     found: dict[str, Concept] = {}
+    shallow = repo.shallow()
     for branch, head in sorted(repo.branches()):
-        point = _fork_point(repo, head)
+        point = _fork_point(repo, head, shallow)
         if point is None:
             continue
         name, fork_commit = point

@@ -71,17 +71,19 @@ def missing_history(
     heads: Sequence[CID],
     get: BlockSource,
     on_block: Callable[[int], None] | None = None,
+    depth: int | None = None,
 ) -> Iterator[tuple[CID, Commit, bytes, tuple[CID, bytes] | None]]:
     """Every commit missing below `heads` (the heads first), read and validated, as (CID,
     commit, its bytes, its packet (CID, bytes) where neither this repository nor an earlier
-    commit of the walk holds it)."""
+    commit of the walk holds it). `depth`: only commits fewer than that many links below a
+    head."""
     chart = repo.config.chart
     seen_commits: set[CID] = set()
     seen_packets: set[CID] = set()
-    stack = list(heads)
+    stack = [(cid, 0) for cid in heads]
     while stack:
-        cid = stack.pop()
-        if cid in seen_commits or repo.is_commit(cid):
+        cid, below = stack.pop()
+        if cid in seen_commits or repo.is_commit(cid) or (depth is not None and below >= depth):
             continue
         seen_commits.add(cid)
         data = _read(get, cid, on_block)
@@ -110,7 +112,7 @@ def missing_history(
             if not have:
                 packet = (commit.basin, block)
         yield cid, commit, data, packet
-        stack.extend(commit.parents)
+        stack.extend((parent, below + 1) for parent in commit.parents)
 
 
 def write_history(
@@ -118,29 +120,45 @@ def write_history(
     heads: Sequence[CID],
     get: BlockSource,
     check: Callable[[CID, Commit], None] = lambda cid, commit: None,
+    depth: int | None = None,
 ) -> int:
     """Read, validate and write everything missing below `heads`, a batch of WRITE_BATCH commits
     at a time, in one transaction (the caller's, if it holds one: its later checks can still
     undo it all); `check(cid, commit)` sees each commit before it is written and may refuse it.
     What `plan_fetch` then `apply_plan` do, holding a batch in memory instead of the history
     (a hive's coordinator commits every round: a day of rounds is 86,400 commits). The number
-    of commits written."""
+    of commits written.
+
+    `depth`: only the commits fewer than `depth` links below a head (`missing_history`); those
+    whose parents are then missing are written as shallow (`Repository.add_history`), and the
+    repository holds the history from them on."""
     written = 0
     needed: list[CID] = []
+    edge: list[tuple[CID, Commit]] = []  # with a depth: commits whose parents may not come
     with repo.transaction():
         packets: list[tuple[CID, bytes]] = []
         commits: list[tuple[CID, Commit, bytes]] = []
-        for cid, commit, data, packet in missing_history(repo, heads, get):
+        for cid, commit, data, packet in missing_history(repo, heads, get, depth=depth):
             check(cid, commit)
             if packet is not None:
                 packets.append(packet)
             commits.append((cid, commit, data))
-            needed += (commit.basin, *commit.parents)
+            needed.append(commit.basin)
+            if depth is None:
+                needed += commit.parents
+            else:
+                edge.append((cid, commit))
             if len(commits) == WRITE_BATCH:
                 repo.add_history(packets, commits, linked=False)
                 written += len(commits)
                 packets, commits = [], []
-        repo.add_history(packets, commits, linked=False)
+        walked = {cid for cid, _ in edge}
+        shallow = [
+            cid
+            for cid, c in edge
+            if any(p not in walked and not repo.is_commit(p) for p in c.parents)
+        ]
+        repo.add_history(packets, commits, linked=False, shallow=shallow)
         repo.check_links(needed)
     return written + len(commits)
 

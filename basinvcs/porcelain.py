@@ -530,6 +530,7 @@ def log_range(
 class VerifyReport:
     commits: int = 0
     packets: int = 0
+    shallow: int = 0  # commits reached whose parents the repository does not hold (--depth)
     problems: list[tuple[str, str]] = field(default_factory=list)
     untrusted: dict[bytes, list[str]] = field(default_factory=dict)
 
@@ -539,7 +540,8 @@ class VerifyReport:
 
 
 def verify(repo: Repository) -> VerifyReport:
-    """Check everything reachable from every ref: hashes, links, packets, signatures, trust."""
+    """Check everything reachable from every ref: hashes, links, packets, signatures, trust;
+    below a shallow commit, nothing (the history held starts there)."""
     report = VerifyReport()
     _check_database(repo, report)
     if report.problems:  # a damaged file: every read below would only repeat it
@@ -556,15 +558,19 @@ def verify(repo: Repository) -> VerifyReport:
             report.problems.append((ref.name, str(exc)))
     seen_commits: set[CID] = set()
     seen_packets: set[CID] = set()
+    shallow = repo.shallow()
     while pending:
         cid = pending.pop()
         if cid in seen_commits:
             continue
         seen_commits.add(cid)
-        commit_ = _verify_commit(repo, cid, report)
+        commit_ = _verify_commit(repo, cid, report, cid in shallow)
         if commit_ is None:
             continue
-        pending.extend(commit_.parents)
+        if cid in shallow:
+            report.shallow += 1
+        else:
+            pending.extend(commit_.parents)
         if commit_.basin not in seen_packets:
             seen_packets.add(commit_.basin)
             _verify_packet(repo, commit_.basin, cid, report)
@@ -579,7 +585,10 @@ def _check_database(repo: Repository, report: VerifyReport) -> None:
         report.problems.append((repo.location, f"database check failed: {finding}"))
 
 
-def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit | None:
+def _verify_commit(
+    repo: Repository, cid: CID, report: VerifyReport, shallow: bool = False
+) -> Commit | None:
+    """Check one commit (`shallow`: held without its parents, which are then not looked for)."""
     try:
         data = repo.get_block(cid)
         commit_ = Commit.decode(data)
@@ -593,7 +602,7 @@ def _verify_commit(repo: Repository, cid: CID, report: VerifyReport) -> Commit |
     problem = _index_problem(repo, cid, commit_)
     if problem:
         report.problems.append((str(cid), problem))
-    for parent in commit_.parents:
+    for parent in () if shallow else commit_.parents:
         if not repo.has_block(parent):
             report.problems.append((str(cid), f"parent {parent} is missing"))
     return commit_
@@ -636,17 +645,24 @@ def trust(
 ) -> TrustedKey:
     """Add (or update: the entry is replaced whole) a trusted signer."""
     entry = TrustedKey(parse_key(key), name, weight, cohort)
-    repo.config.trusted = [t for t in repo.config.trusted if t.key != entry.key] + [entry]
-    repo.save_config()
+
+    def change(config: Config) -> None:
+        config.trusted = [t for t in config.trusted if t.key != entry.key] + [entry]
+
+    repo.change_config(change)
     return entry
 
 
 def trusted_entry(repo: Repository, key_or_name: str) -> TrustedKey:
     """The trusted signer `key_or_name` names (its name, its key, or did:key:...)."""
+    return _named(repo.config.trusted, key_or_name)
+
+
+def _named(trusted: list[TrustedKey], key_or_name: str) -> TrustedKey:
     text = key_or_name.removeprefix("did:key:")
     matches = [
         t
-        for t in repo.config.trusted
+        for t in trusted
         if key_or_name in (t.name, format_key(t.key)) or text == format_key(t.key)
     ]
     if not matches:
@@ -657,10 +673,12 @@ def trusted_entry(repo: Repository, key_or_name: str) -> TrustedKey:
 
 
 def untrust(repo: Repository, key_or_name: str) -> TrustedKey:
-    entry = trusted_entry(repo, key_or_name)
-    repo.config.trusted = [t for t in repo.config.trusted if t is not entry]
-    repo.save_config()
-    return entry
+    def change(config: Config) -> TrustedKey:
+        entry = _named(config.trusted, key_or_name)  # as the file names it now
+        config.trusted = [t for t in config.trusted if t is not entry]
+        return entry
+
+    return repo.change_config(change)
 
 
 def generate_identity(name: str | None = None) -> tuple[Identity, bool]:

@@ -69,27 +69,35 @@ def connect(addr: str | None) -> Node:
 def add_remote(repo: Repository, name: str, node: str, follow: str | None = None) -> Remote:
     """Name a node (and optionally the IPNS name or heads record to pull from)."""
     check_branch_name(name)
-    if name in repo.config.remotes:
-        raise RefError(f"remote {name!r} exists already (basin remote remove {name} first)")
     check_address(node)  # its form only; nothing is contacted
     remote = Remote(node, follow)
-    repo.config.remotes[name] = remote
-    repo.save_config()
+
+    def change(config: Config) -> None:
+        if name in config.remotes:
+            raise RefError(f"remote {name!r} exists already (basin remote remove {name} first)")
+        config.remotes[name] = remote
+
+    repo.change_config(change)
     return remote
 
 
 def remove_remote(repo: Repository, name: str) -> Remote:
-    remote = get_remote(repo, name)
-    del repo.config.remotes[name]
-    repo.save_config()
-    return remote
+    def change(config: Config) -> Remote:
+        _remote(config.remotes, name)  # refused where the file names no such remote now
+        return config.remotes.pop(name)
+
+    return repo.change_config(change)
 
 
 def get_remote(repo: Repository, name: str) -> Remote:
+    return _remote(repo.config.remotes, name)
+
+
+def _remote(remotes: dict[str, Remote], name: str) -> Remote:
     try:
-        return repo.config.remotes[name]
+        return remotes[name]
     except KeyError:
-        known = ", ".join(sorted(repo.config.remotes)) or "none"
+        known = ", ".join(sorted(remotes)) or "none"
         raise RefError(f"no remote named {name!r} (remotes: {known})") from None
 
 
@@ -167,6 +175,7 @@ def push(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = No
     head = repo.branch_commit(branch)
     if head is None:
         raise RefError(f"no branch named {branch!r}")
+    repo.require_whole([head], f"push {branch}")
     node = connect(target.node)
     blocks = missing_blocks(repo, node, [head])
     sent_blocks = sent_bytes = 0
@@ -198,14 +207,14 @@ def push(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = No
     name = node.name_publish(heads_cid, key)
     announced = broadcast(node, HEADS_TOPIC + name, data)
 
-    repo.config.sync = SyncState(
+    state = SyncState(
         repo_id,
         record.seq,
         {b: str(c) for b, c in published.items()},
         sync.seen | {record.scope: record.seq},
         str(heads_cid),
     )
-    repo.save_config()
+    repo.change_config(lambda config: setattr(config, "sync", state))
     old = repo.ref(remote_ref(remote, branch))
     repo.set_ref(
         remote_ref(remote, branch), str(head), old.target if old else None, f"push: {branch}"
@@ -297,9 +306,13 @@ def fetch(repo: Repository, remote: str = DEFAULT_REMOTE, branch: str | None = N
     _check_not_backwards(repo, remote_ref(remote, branch), head, heads_cid)
     plan = _fetch(repo, node, [head], "pull")
     apply_plan(repo, plan, [(remote_ref(remote, branch), head, f"pull: {branch} from {remote}")])
-    repo.config.sync.seen[heads.scope] = max(heads.seq, repo.config.sync.seen.get(heads.scope, 0))
-    target.bound = heads.scope
-    repo.save_config()
+
+    def change(config: Config) -> None:
+        config.sync.seen[heads.scope] = max(heads.seq, config.sync.seen.get(heads.scope, 0))
+        if remote in config.remotes:  # removed meanwhile: nothing to bind
+            config.remotes[remote].bound = heads.scope
+
+    repo.change_config(change)
     return FetchResult(heads_cid, heads.seq, branch, head, plan.blocks)
 
 

@@ -13,12 +13,15 @@ racing for a branch get one success and one RefConflict; config changes are save
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import fields
 from pathlib import Path
+from typing import TypeVar
 
 from .cid import CID, DAG_CBOR
 from .config import CONFIG_FILE, Config, load_config, save_config
@@ -63,6 +66,21 @@ def find_basin_dir(start: Path | None = None) -> Path:
         if (candidate / BASIN_DIR).is_dir():
             return candidate / BASIN_DIR
     raise RepositoryError(f"not a basin repository (or any parent up to /): {here}")
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _flocked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory` itself (no lock file to leave behind), released with
+    the process, kill -9 included."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class Repository:
@@ -137,11 +155,27 @@ class Repository:
         """Where the repository's data lives, for messages."""
         return self._store.location
 
-    def save_config(self) -> None:
-        if self.basin_dir is not None:
-            with self._config_lock:
-                save_config(self.basin_dir, self.config)
-                self._config_stamp = _stamp(self.basin_dir)
+    def change_config(self, change: Callable[[Config], T]) -> T:
+        """Apply `change` to the config as its file holds it now and save the result, holding a
+        lock other processes take too (flock on `.basin`): two commands changing the config at
+        once (`basin key remove` beside `basin key add`, or beside a pull saving its state) each
+        keep the other's change, where writing back what each read when it opened lost one.
+        `change` may raise: nothing is saved. This repository's config becomes what was saved;
+        what `change` returns is returned."""
+        if self.basin_dir is None:
+            return change(self.config)
+        with self._config_lock, _flocked(self.basin_dir):
+            fresh = load_config(self.basin_dir)
+            if fresh.chart != self.config.chart:
+                raise RepositoryError(
+                    f"{self.basin_dir / CONFIG_FILE} now names another chart: not changed"
+                )
+            out = change(fresh)
+            save_config(self.basin_dir, fresh)
+            self._config_stamp = _stamp(self.basin_dir)
+            for f in fields(Config):  # in place: whoever holds this config sees the change
+                setattr(self.config, f.name, getattr(fresh, f.name))
+        return out
 
     def refresh_trust(self) -> bool:
         """Take up the trusted signers of the config file if another process changed it since
@@ -241,11 +275,13 @@ class Repository:
         commits: Sequence[tuple[CID, Commit, bytes]],
         *,
         linked: bool = True,
+        shallow: Collection[CID] = (),
     ) -> None:
         """Store packets and commits validated elsewhere (`ingest`), in any order, and index
         the commits, in one transaction; refused if any commit links a block still missing.
         `linked=False` leaves that check to the caller (`check_links` once every batch of a
-        history written newest first, in the caller's transaction, is in)."""
+        history written newest first, in the caller's transaction, is in). `shallow`: commits
+        of these whose parents may be missing (a history fetched to a depth starts there)."""
         with self._store.transaction():
             for cid, data in packets:
                 if self._store.put(data) != cid:  # cannot happen: the source re-hashed it
@@ -256,8 +292,13 @@ class Repository:
                 self._store.index_commit(
                     cid, commit.parents, commit.time, commit.author, commit.message
                 )
+            self._store.mark_shallow(shallow)
             if linked:
-                self.check_links(needed for _, c, _ in commits for needed in (c.basin, *c.parents))
+                self.check_links(
+                    needed
+                    for cid, c, _ in commits
+                    for needed in (c.basin, *(() if cid in shallow else c.parents))
+                )
 
     def check_links(self, needed: Iterable[CID]) -> None:
         """Refuse (SchemaError) unless every block in `needed` is here: what a commit links."""
@@ -299,6 +340,25 @@ class Repository:
 
     def commit_edges(self) -> list[tuple[str, str]]:
         return self._store.commit_edges()
+
+    def shallow(self) -> set[CID]:
+        """Commits held without their parents (`add_history`'s `shallow`): where the history
+        this repository holds starts. Empty for a whole history."""
+        return {CID.parse(c) for c in self._store.shallow_commits()}
+
+    def require_whole(self, heads: Sequence[CID], doing: str) -> None:
+        """Refuse (RepositoryError) to `doing` (push, export) a history below `heads` that this
+        repository holds only from a shallow commit: the receiver would get commits whose
+        parents nobody sent."""
+        shallow = self._store.shallow_commits()
+        if not shallow:
+            return
+        for entry in self.log_entries(heads):
+            if entry.cid in shallow:
+                raise RepositoryError(
+                    f"cannot {doing}: this repository holds the history only from commit "
+                    f"{entry.cid} (joined with --depth), not its parents"
+                )
 
     # -- refs ---------------------------------------------------------------------------------
 

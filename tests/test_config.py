@@ -100,3 +100,57 @@ def test_a_running_repository_takes_up_the_trust_list_another_process_saved(repo
         with pytest.raises(RepositoryError, match="now names another chart"):
             running.refresh_trust()
         assert [t.name for t in running.config.trusted] == ["tester", "alice"]
+
+
+def test_config_changes_made_at_once_elsewhere_are_kept(repo_dir, monkeypatch):
+    """Each change re-reads the file under a lock other processes take too (flock on .basin):
+    a repository opened before another one changed the trust list or the remotes keeps that
+    change when it saves its own, and writers racing each other each keep theirs. A change
+    refused against the file as it is now saves nothing."""
+    import threading
+    import time
+
+    from basinvcs import porcelain, remote
+    from basinvcs import repository as repository_module
+    from basinvcs.errors import SignatureError
+    from basinvcs.identity import Identity, format_key
+    from basinvcs.repository import Repository
+
+    def key(k: int) -> str:
+        return format_key(Identity(bytes([k]) * 32, f"k{k}").public_key)
+
+    with Repository.open(repo_dir) as first, Repository.open(repo_dir) as second:
+        porcelain.trust(first, key(1), "alice")
+        remote.add_remote(first, "origin", "/ip4/127.0.0.1/tcp/5001")
+        porcelain.trust(second, key(2), "bob")  # opened before both changes: keeps them
+        assert [t.name for t in second.config.trusted] == ["tester", "alice", "bob"]
+        assert "origin" in second.config.remotes
+        porcelain.untrust(first, "alice")
+        before = state(repo_dir)
+        with pytest.raises(SignatureError, match="no trusted key named 'alice'"):
+            porcelain.untrust(second, "alice")  # gone from the file: nothing saved
+        assert state(repo_dir) == before
+
+    save = repository_module.save_config
+
+    def slow_save(basin_dir, config):  # widen the window between reading and writing
+        time.sleep(0.002)
+        save(basin_dir, config)
+
+    monkeypatch.setattr(repository_module, "save_config", slow_save)
+    start = threading.Barrier(4)
+
+    def writer(first_key: int) -> None:
+        with Repository.open(repo_dir) as repo:  # its own descriptor: as another process
+            start.wait()
+            for k in range(first_key, first_key + 10):
+                porcelain.trust(repo, key(k), f"k{k}")
+
+    threads = [threading.Thread(target=writer, args=(10 + 10 * n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with Repository.open(repo_dir) as repo:
+        names = {t.name for t in repo.config.trusted}
+    assert {f"k{k}" for k in range(10, 50)} <= names and "bob" in names

@@ -268,7 +268,7 @@ def coordinator_url(url: str) -> str:
 
 
 def join(
-    repo: Repository, url: str, force: bool = False, wait: float = 0.0
+    repo: Repository, url: str, force: bool = False, wait: float = 0.0, depth: int | None = None
 ) -> tuple[EdgeState, bool]:
     """Record the coordinator at `url`, trust its key, and start from its head: the state and
     whether the key was trusted here (False: it was already).
@@ -283,7 +283,11 @@ def join(
     keeping the sequence number when the coordinator's key is the same, so that the updates
     sent next are not refused as replays. `wait`: seconds to keep asking a coordinator that does
     not answer yet (one starting beside its edges, as a script or a compose file starts them);
-    an answer that refuses is final at once."""
+    an answer that refuses is final at once. `depth`: only the head and the commits fewer than
+    `depth` rounds below it (a shallow history: joining takes the same time however old the
+    hive is; `sync` then takes the rounds from there on, and push and export are refused)."""
+    if depth is not None and depth < 1:
+        raise BasinError(f"depth {depth}: must be at least 1")
     url = coordinator_url(url)
     previous = load_state(repo) if _state_path(repo).exists() else None
     if previous is not None and not force:
@@ -318,7 +322,9 @@ def join(
         signed_by_key(cid, repo.read_commit(cid))
     # every block re-hashed, every commit verified, written a batch at a time: blocks only, the
     # refs move below
-    write_history(repo, [cid], history_source(url), signed_by_key)
+    paged = depth is None or depth >= PAGED_FROM
+    source = history_source(url) if paged else block_source(url)
+    write_history(repo, [cid], source, signed_by_key, depth=depth)
     tip = repo.branch_commit(branch)
     if tip is not None and not force and not _replaceable(repo, tip, cid):
         raise RepositoryError(

@@ -70,7 +70,13 @@ def hive_identity(genesis: CID) -> Identity:
 
 def hive_genesis(repo: Repository, commit: CID) -> CID:
     """The root of `commit`'s first-parent history: the commit that names the hive."""
+    shallow = repo.shallow()
     while parents := repo.read_commit(commit).parents:
+        if commit in shallow:
+            raise RepositoryError(
+                f"the hive's first commit is below {commit}, where this repository's history "
+                "starts (joined with --depth): replicas need the whole history"
+            )
         commit = parents[0]
     return commit
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -264,6 +264,17 @@ class Store(BlockStore):
     @abstractmethod
     def commit_edges(self) -> list[tuple[str, str]]:
         """Every (child, parent) edge of the commit graph."""
+
+    # -- shallow history
+
+    @abstractmethod
+    def mark_shallow(self, cids: Iterable[CID]) -> None:
+        """Record commits written in this transaction whose parents the store may lack: a
+        history fetched to a depth (`ingest.write_history`) starts there."""
+
+    @abstractmethod
+    def shallow_commits(self) -> set[str]:
+        """The commits `mark_shallow` recorded (as text); empty for a whole history."""
 
     def walk_commits(self, heads: Sequence[CID], limit: int = -1) -> Iterator[tuple[CID, bytes]]:
         """`walk_index`'s commits, in its order, each with its block, re-hashed (push, export)."""

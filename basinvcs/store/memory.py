@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..cid import CID, DAG_CBOR
 from ..errors import BlockNotFound
@@ -22,6 +22,7 @@ class MemoryStore(Store):
         self._refs: dict[str, Ref] = {}
         self._reflog: list[ReflogEntry] = []
         self._commits: dict[str, IndexEntry] = {}
+        self._shallow: set[str] = set()
         self._lock = threading.RLock()
         self._depth = 0
         self._saved: tuple | None = None  # what the running transaction would roll back to
@@ -30,13 +31,19 @@ class MemoryStore(Store):
         return self._lock
 
     def _begin(self) -> None:
-        self._saved = dict(self._blocks), dict(self._refs), list(self._reflog), dict(self._commits)
+        self._saved = (
+            dict(self._blocks),
+            dict(self._refs),
+            list(self._reflog),
+            dict(self._commits),
+            set(self._shallow),
+        )
 
     def _commit(self) -> None:
         self._saved = None
 
     def _rollback(self) -> None:
-        self._blocks, self._refs, self._reflog, self._commits = self._saved
+        self._blocks, self._refs, self._reflog, self._commits, self._shallow = self._saved
 
     def close(self) -> None:
         pass
@@ -123,3 +130,10 @@ class MemoryStore(Store):
 
     def commit_edges(self) -> list[tuple[str, str]]:
         return [(c, p) for c, e in self._commits.items() for p in e.parents]
+
+    def mark_shallow(self, cids: Iterable[CID]) -> None:
+        with self._lock:
+            self._shallow.update(map(str, cids))
+
+    def shallow_commits(self) -> set[str]:
+        return set(self._shallow)

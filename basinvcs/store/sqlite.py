@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..cid import CID, DAG_CBOR
@@ -19,7 +19,13 @@ from ..errors import BasinError, BlockNotFound, RepositoryError
 from .base import IndexEntry, Ref, ReflogEntry, Store, check_block, walk_entries
 
 SCHEMA_VERSION = 2  # 1: the commit index held only times (opening one upgrades it)
+# 3: a shallow repository, which holds commits whose parents it lacks (table `shallow`). Only a
+# repository that holds such a commit is 3, from the transaction that writes the first one: a
+# basinvcs that predates them refuses to open it (a newer schema) rather than push or export a
+# history it would take for whole; every other repository stays at 2 and opens in both.
+SHALLOW_VERSION = 3
 _TABLES = ("blocks", "refs", "reflog", "commits", "commit_parents")
+_SHALLOW = "CREATE TABLE IF NOT EXISTS shallow (cid TEXT PRIMARY KEY) WITHOUT ROWID"
 _SCHEMA = """
 CREATE TABLE blocks (cid TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE refs (name TEXT PRIMARY KEY, target TEXT NOT NULL, symbolic INTEGER NOT NULL);
@@ -107,15 +113,16 @@ class SQLiteStore(Store):
             }
         except sqlite3.DatabaseError as exc:
             raise RepositoryError(f"corrupt repository database {path}: {exc}") from None
-        if version > SCHEMA_VERSION:
+        if version > SHALLOW_VERSION:
             raise RepositoryError(
                 f"repository database {path} has schema version {version}, newer than this "
-                f"basinvcs reads ({SCHEMA_VERSION}): upgrade basinvcs"
+                f"basinvcs reads ({SHALLOW_VERSION}): upgrade basinvcs"
             )
         if version == 1 and set(_TABLES) <= tables:
             _upgrade_v1(conn, path)
             version = SCHEMA_VERSION
-        if version != SCHEMA_VERSION or not set(_TABLES) <= tables:
+        whole = set(_TABLES) | ({"shallow"} if version == SHALLOW_VERSION else set())
+        if version not in (SCHEMA_VERSION, SHALLOW_VERSION) or not whole <= tables:
             raise RepositoryError(
                 f"corrupt repository database {path}: schema version {version}, "
                 f"tables {sorted(tables)}"
@@ -240,6 +247,20 @@ class SQLiteStore(Store):
     def is_indexed_commit(self, cid: CID) -> bool:
         """Whether `cid` was recorded as a commit (only strictly validated commits are)."""
         return self._one("SELECT 1 FROM commits WHERE cid = ?", (str(cid),)) is not None
+
+    def mark_shallow(self, cids: Iterable[CID]) -> None:
+        rows = [(str(c),) for c in cids]
+        if not rows:
+            return
+        with self.transaction():  # the table and the version move with the rows, or not at all
+            self._exec(_SHALLOW)
+            self._exec("INSERT OR IGNORE INTO shallow (cid) VALUES (?)", rows, many=True)
+            self._exec(f"PRAGMA user_version = {SHALLOW_VERSION}")
+
+    def shallow_commits(self) -> set[str]:
+        if self._one("PRAGMA user_version") != (SHALLOW_VERSION,):
+            return set()
+        return {r[0] for r in self._exec("SELECT cid FROM shallow")}
 
     def indexed_commits(self) -> dict[str, int]:
         return dict(self._exec("SELECT cid, time FROM commits"))

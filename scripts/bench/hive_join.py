@@ -5,9 +5,10 @@ what join did before pages), measured in the same run against the same coordinat
 1. A hub repository with ROUNDS commits on `general` as a coordinator makes them (a packet at
    d = 1024 each, a message listing ten updates taken), signed by the hub's key.
 2. `basin hive serve` over it, on 127.0.0.1.
-3. Two fresh repositories join it, each in a process of its own: by pages, then block by block
-   (the edge's block source in place of its page source). Wall time, requests and the joining
-   process's peak memory, and the ratios.
+3. Three fresh repositories join it, each in a process of its own: by pages, block by block
+   (the edge's block source in place of its page source), and shallow (`join --depth 1`: the
+   head alone, which takes the same whatever the hive's age). Wall time, requests and the
+   joining process's peak memory, and the ratios.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def join(url: str, path: Path, mode: str) -> None:
     porcelain.init(path, dim=1024, seed=7, name="edge").close()
     with Repository.open(path) as repo:
         started = time.perf_counter()
-        edge.join(repo, url)
+        edge.join(repo, url, depth=1 if mode == "shallow" else None)
         seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "requests": requests, "peak_mib": peak}))
@@ -84,7 +85,7 @@ def main() -> None:
         server = Server(root / "hub", root / "home", root / "server.log", 1)
         results = {}
         try:
-            for mode in ("pages", "blocks"):
+            for mode in ("pages", "blocks", "shallow"):
                 out = subprocess.run(
                     [sys.executable, __file__, "--join", server.url, str(root / mode), mode],
                     check=True,
@@ -96,15 +97,22 @@ def main() -> None:
             server.stop()
     print(f"| join of {args.rounds} rounds | seconds | requests | peak memory (MiB) |")
     print("|---|---|---|---|")
-    for mode, label in (("blocks", "block by block (baseline)"), ("pages", "pages (GET /history)")):
+    labels = {
+        "blocks": "block by block (baseline)",
+        "pages": "pages (GET /history)",
+        "shallow": "shallow (--depth 1)",
+    }
+    for mode, label in labels.items():
         r = results[mode]
-        print(f"| {label} | {r['seconds']:.2f} | {r['requests']:,} | {r['peak_mib']:.0f} |")
-    b, p = results["blocks"], results["pages"]
-    print(
-        f"pages: {b['seconds'] / p['seconds']:.1f}x faster, "
-        f"{b['requests'] / p['requests']:.0f}x fewer requests, "
-        f"peak memory {p['peak_mib'] / b['peak_mib']:.2f}x the baseline's"
-    )
+        print(f"| {label} | {r['seconds']:.3f} | {r['requests']:,} | {r['peak_mib']:.0f} |")
+    b = results["blocks"]
+    for mode in ("pages", "shallow"):
+        r = results[mode]
+        print(
+            f"{mode}: {b['seconds'] / r['seconds']:.1f}x faster, "
+            f"{b['requests'] / r['requests']:.0f}x fewer requests, "
+            f"peak memory {r['peak_mib'] / b['peak_mib']:.2f}x the baseline's"
+        )
 
 
 if __name__ == "__main__":

@@ -1108,3 +1108,84 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
             edge.join(repo, url)
             assert repo.head_commit() == hub_repo.head_commit()
     assert sum("/history/" in u for u in asked) == 1 and sum("/block/" in u for u in asked) > 20
+
+
+def test_a_shallow_join_takes_the_head_alone_and_syncs_and_merges_from_there(tmp_path):
+    """`join --depth N`: the head and the N-1 rounds below it, block by block, and nothing
+    older; `verify` passes and counts the commit held without its parents; `sync` takes the
+    rounds since and merges local work on top; push and export are refused in one line and
+    change nothing (a receiver would get commits whose parents nobody sent)."""
+    from basinvcs import carfile, remote
+    from basinvcs.errors import BasinError, RepositoryError
+    from basinvcs.hive import coordinator as hc
+    from basinvcs.hive import replica
+    from tests.conftest import serving, state
+    from tests.hive.test_coordinator import EDGES, trusting, update
+
+    hub = tmp_path / "hub"
+    porcelain.init(hub, dim=DIM, seed=7, name="hub").close()
+    c = hc.Coordinator(Repository.open(trusting(hub, EDGES[:1])), hc.Settings(round_updates=1))
+    try:
+        for r in range(12):
+            c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
+        with serving(c) as url:
+            for depth in (1, 5):
+                mine = tmp_path / f"depth{depth}"
+                porcelain.init(mine, dim=DIM, seed=7, name="mine").close()
+                with Repository.open(mine) as repo:
+                    edge.join(repo, url, depth=depth)
+                    held = [cid for cid, _ in repo.walk_blocks([repo.head_commit()])]
+                    assert held[0] == c.head() and len(held) == depth
+                    assert repo.shallow() == {held[-1]}
+                    report = porcelain.verify(repo)
+                    assert report.ok and report.shallow == 1 and report.commits == depth
+            for r in range(12, 15):
+                c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
+            with Repository.open(mine) as repo:
+                z = list(repo.read_basin(repo.read_commit(repo.head_commit()).basin).z)
+            z[5] += 1.0
+            commit_z(mine, z, "local work")  # not submitted: merged on the head
+            with Repository.open(mine) as repo:
+                assert edge.sync(repo).kind == "merge"
+                first = [cid for cid, _ in repo.walk_blocks([repo.head_commit()])]
+                assert c.head() in first and len(first) == 5 + 3 + 2  # rounds, work, merge
+                assert porcelain.verify(repo).ok and len(repo.shallow()) == 1
+                remote.add_remote(repo, "origin", "/ip4/127.0.0.1/tcp/1")
+            before = state(mine)
+            with Repository.open(mine) as repo:
+                for refused in (
+                    lambda: remote.push(repo, "origin"),
+                    lambda: carfile.export_car(repo, "general", tmp_path / "out.car"),
+                ):
+                    with pytest.raises(RepositoryError) as why:
+                        refused()
+                    assert "holds the history only from commit" in str(why.value)
+                with pytest.raises(BasinError, match="depth 0: must be at least 1"):
+                    edge.join(repo, url, force=True, depth=0)
+                with pytest.raises(RepositoryError, match="replicas need the whole history"):
+                    replica.hive_genesis(repo, repo.head_commit())
+            assert state(mine) == before and not (tmp_path / "out.car").exists()
+    finally:
+        c.repo.close()
+
+
+def test_basin_hive_join_depth_and_verify_say_what_is_held(hive):
+    hub, edges, start = hive
+    server = start("--round-updates", "1")
+    e = edges[0]
+    e("hive", "join", server.url)
+    for k in range(3):  # three rounds
+        commit_z(e.path, vec(c0=float(k + 1)), f"round {k}")
+        e("hive", "submit")
+        e("hive", "sync")
+    other = edges[1]
+    assert "joined" in other("hive", "join", "--depth", "2", server.url).output
+    assert len(other("log", "--oneline").output.splitlines()) == 2
+    assert other("log", "--graph", "--oneline").output.count("*") == 2
+    assert "2 commits and 2 basin packets, 1 held without their parents (shallow)" in (
+        other("verify").output
+    )
+    err = other("export", "general", "-o", "out.car", ok=False)
+    assert err.exit_code == 1 and "holds the history only from commit" in err.stderr
+    assert len(err.stderr.splitlines()) == 1 and not (other.path / "out.car").exists()
+    assert other("hive", "join", "--depth", "0", server.url, ok=False).exit_code == 2

@@ -179,3 +179,16 @@ def test_concurrent_compare_and_swap_has_one_winner_per_step(store):
         t.join()
     assert store.read_ref("refs/heads/a").target == str(len(wins))
     assert len(store.reflog("refs/heads/a")) == len(wins) + 1
+
+
+def test_shallow_commits_are_recorded_with_their_transaction(store):
+    a, b = (CID.for_block(dagcbor.encode({"c": k})) for k in "ab")
+    assert store.shallow_commits() == set()
+    store.mark_shallow([])  # nothing to record: nothing changes
+    with pytest.raises(RuntimeError), store.transaction():
+        store.mark_shallow([a])
+        raise RuntimeError("undone")
+    assert store.shallow_commits() == set()
+    store.mark_shallow([a])
+    store.mark_shallow([a, b])  # again: recorded once
+    assert store.shallow_commits() == {str(a), str(b)}

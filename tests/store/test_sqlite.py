@@ -133,9 +133,9 @@ def test_concurrent_openers_upgrade_once(tmp_path):
 def test_a_newer_schema_is_refused(tmp_path):
     SQLiteStore.create(tmp_path / "b.db").close()
     conn = sqlite3.connect(tmp_path / "b.db")
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("PRAGMA user_version = 4")
     conn.close()
-    with pytest.raises(RepositoryError, match="schema version 3, newer than this basinvcs reads"):
+    with pytest.raises(RepositoryError, match="schema version 4, newer than this basinvcs reads"):
         SQLiteStore.open(tmp_path / "b.db")
 
 
@@ -177,3 +177,24 @@ def test_a_version_1_repository_logs_and_verifies_as_before(repo_dir, cli):
     conn = sqlite3.connect(repo_dir / ".basin" / "basin.db")
     assert conn.execute("PRAGMA user_version").fetchone() == (2,)
     conn.close()
+
+
+def test_a_repository_turns_version_3_only_when_it_first_holds_a_shallow_commit(tmp_path):
+    """Whole repositories stay at 2, which a basinvcs before shallow histories opens; the first
+    shallow commit makes it 3 in the same transaction, so such a basinvcs refuses it instead of
+    taking its history for whole."""
+    db = tmp_path / "b.db"
+    store = SQLiteStore.create(db)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.mark_shallow([CID.for_block(b"x")])
+        raise RuntimeError("undone")
+    assert store._one("PRAGMA user_version") == (2,) and store.shallow_commits() == set()
+    store.mark_shallow([CID.for_block(b"x")])
+    store.close()
+    again = SQLiteStore.open(db)
+    assert again._one("PRAGMA user_version") == (3,)
+    assert again.shallow_commits() == {str(CID.for_block(b"x"))}
+    again._exec("DROP TABLE shallow")  # version 3 without its table: damaged
+    again.close()
+    with pytest.raises(RepositoryError, match="corrupt repository database .*schema version 3"):
+        SQLiteStore.open(db)
