@@ -19,6 +19,7 @@ was validated when written, and `write_commit` only writes a commit whose parent
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,17 +73,23 @@ def missing_history(
     get: BlockSource,
     on_block: Callable[[int], None] | None = None,
     depth: int | None = None,
+    deepen: bool = False,
 ) -> Iterator[tuple[CID, Commit, bytes, tuple[CID, bytes] | None]]:
     """Every commit missing below `heads` (the heads first), read and validated, as (CID,
     commit, its bytes, its packet (CID, bytes) where neither this repository nor an earlier
     commit of the walk holds it). `depth`: only commits fewer than that many links below a
-    head."""
+    head, by the shortest path (the walk goes breadth first then). `deepen`: also everything
+    missing below the commits this repository holds without their parents (shallow), which
+    a walk from held heads never reaches: the whole history again."""
     chart = repo.config.chart
     seen_commits: set[CID] = set()
     seen_packets: set[CID] = set()
-    stack = [(cid, 0) for cid in heads]
+    stack = deque((cid, 0) for cid in heads)
+    if deepen:
+        stack.extend((CID.parse(p), 1) for mark in repo.shallow() for p in repo.parents(mark))
+    pop = stack.pop if depth is None else stack.popleft
     while stack:
-        cid, below = stack.pop()
+        cid, below = pop()
         if cid in seen_commits or repo.is_commit(cid) or (depth is not None and below >= depth):
             continue
         seen_commits.add(cid)
@@ -121,6 +128,7 @@ def write_history(
     get: BlockSource,
     check: Callable[[CID, Commit], None] = lambda cid, commit: None,
     depth: int | None = None,
+    deepen: bool = False,
 ) -> int:
     """Read, validate and write everything missing below `heads`, a batch of WRITE_BATCH commits
     at a time, in one transaction (the caller's, if it holds one: its later checks can still
@@ -131,14 +139,16 @@ def write_history(
 
     `depth`: only the commits fewer than `depth` links below a head (`missing_history`); those
     whose parents are then missing are written as shallow (`Repository.add_history`), and the
-    repository holds the history from them on."""
+    repository holds the history from them on. `deepen`: also what is missing below the
+    shallow commits held (their marks are cleared once their parents are in)."""
     written = 0
     needed: list[CID] = []
     edge: list[tuple[CID, Commit]] = []  # with a depth: commits whose parents may not come
     with repo.transaction():
         packets: list[tuple[CID, bytes]] = []
         commits: list[tuple[CID, Commit, bytes]] = []
-        for cid, commit, data, packet in missing_history(repo, heads, get, depth=depth):
+        walk = missing_history(repo, heads, get, depth=depth, deepen=deepen)
+        for cid, commit, data, packet in walk:
             check(cid, commit)
             if packet is not None:
                 packets.append(packet)

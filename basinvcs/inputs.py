@@ -40,12 +40,11 @@ def open_regular(path: Path, what: str) -> BinaryIO:
         raise InputError(
             f"cannot read {what} {path}: {exc.strerror or exc}", subject=path
         ) from None
-    fh = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        fh.close()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory
+        os.close(fd)
         raise InputError(f"{what} {path} is not a regular file", subject=path)
     os.set_blocking(fd, True)
-    return fh
+    return os.fdopen(fd, "rb")
 
 
 def read_file(path: Path, limit: int, what: str) -> bytes:

@@ -541,11 +541,13 @@ class VerifyReport:
 
 def verify(repo: Repository) -> VerifyReport:
     """Check everything reachable from every ref: hashes, links, packets, signatures, trust;
-    below a shallow commit, nothing (the history held starts there)."""
+    of a shallow commit's parents, those held (the history held starts where they are not),
+    and the shallow marks themselves."""
     report = VerifyReport()
     _check_database(repo, report)
     if report.problems:  # a damaged file: every read below would only repeat it
         return report
+    _check_shallow_marks(repo, report)
     pending: list[CID] = []
     for ref in [repo.head(), *repo.refs()]:
         if ref.symbolic:
@@ -567,10 +569,9 @@ def verify(repo: Repository) -> VerifyReport:
         commit_ = _verify_commit(repo, cid, report, cid in shallow)
         if commit_ is None:
             continue
-        if cid in shallow:
-            report.shallow += 1
-        else:
-            pending.extend(commit_.parents)
+        held = [p for p in commit_.parents if cid not in shallow or repo.has_block(p)]
+        report.shallow += len(held) < len(commit_.parents)
+        pending.extend(held)
         if commit_.basin not in seen_packets:
             seen_packets.add(commit_.basin)
             _verify_packet(repo, commit_.basin, cid, report)
@@ -583,6 +584,20 @@ def _check_database(repo: Repository, report: VerifyReport) -> None:
     finding = repo.check_integrity()
     if finding:
         report.problems.append((repo.location, f"database check failed: {finding}"))
+
+
+def _check_shallow_marks(repo: Repository, report: VerifyReport) -> None:
+    """Each shallow mark names a commit held here whose parents are not all here."""
+    for text in sorted(repo.shallow_marks()):
+        try:
+            cid = CID.parse(text)
+        except BasinError as exc:
+            report.problems.append(("shallow marks", f"{text!r} is not a CID: {exc}"))
+            continue
+        if repo.index_entry(cid) is None:
+            report.problems.append((text, "marked shallow, but not a commit of this repository"))
+        elif all(repo.has_block(CID.parse(p)) for p in repo.parents(cid)):
+            report.problems.append((text, "marked shallow, but its parents are all here"))
 
 
 def _verify_commit(

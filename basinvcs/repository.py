@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 from .cid import CID, DAG_CBOR
 from .config import CONFIG_FILE, Config, load_config, save_config
-from .errors import BasinError, RefError, RepositoryError, SchemaError
+from .errors import BasinError, BlockNotFound, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
 from .objects import Basin, Commit
 from .refnames import HEAD, HEADS, REMOTES, TAGS, branch_ref, check_branch_name, shown
@@ -71,13 +72,28 @@ def find_basin_dir(start: Path | None = None) -> Path:
 T = TypeVar("T")
 
 
+CONFIG_WAIT = 30.0  # seconds a config change waits for another process's to finish
+
+
 @contextmanager
-def _flocked(directory: Path) -> Iterator[None]:
+def _flocked(directory: Path, wait: float = CONFIG_WAIT) -> Iterator[None]:
     """An exclusive flock on `directory` itself (no lock file to leave behind), released with
-    the process, kill -9 included."""
+    the process, kill -9 included; refused after `wait` seconds (a change takes milliseconds:
+    one held longer is a process stopped, or a second lock taken in the same process)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RepositoryError(
+                        f"{directory}'s config is being changed by another process (waited "
+                        f"{wait:g} s): not changed"
+                    ) from None
+                time.sleep(0.005)
         yield
     finally:
         os.close(fd)
@@ -97,7 +113,8 @@ class Repository:
         self.config = config
         self.basin_dir = basin_dir
         self._identity = identity
-        self._config_lock = threading.Lock()
+        self._config_lock = threading.RLock()  # refresh_trust may run inside a change
+        self._changing = False
         self._config_stamp = _stamp(basin_dir)
 
     @classmethod
@@ -161,21 +178,29 @@ class Repository:
         once (`basin key remove` beside `basin key add`, or beside a pull saving its state) each
         keep the other's change, where writing back what each read when it opened lost one.
         `change` may raise: nothing is saved. This repository's config becomes what was saved;
-        what `change` returns is returned."""
+        what `change` returns is returned. A change inside a change is refused (the inner one
+        would be lost when the outer one saves)."""
         if self.basin_dir is None:
             return change(self.config)
-        with self._config_lock, _flocked(self.basin_dir):
-            fresh = load_config(self.basin_dir)
-            if fresh.chart != self.config.chart:
-                raise RepositoryError(
-                    f"{self.basin_dir / CONFIG_FILE} now names another chart: not changed"
-                )
-            out = change(fresh)
-            save_config(self.basin_dir, fresh)
-            self._config_stamp = _stamp(self.basin_dir)
+        with self._config_lock:
+            if self._changing:
+                raise RepositoryError("a config change inside another: not changed")
+            self._changing = True
+            try:
+                with _flocked(self.basin_dir):
+                    fresh = load_config(self.basin_dir)
+                    if fresh.chart != self.config.chart:
+                        raise RepositoryError(
+                            f"{self.basin_dir / CONFIG_FILE} now names another chart: not changed"
+                        )
+                    out = change(fresh)
+                    save_config(self.basin_dir, fresh)
+                    self._config_stamp = _stamp(self.basin_dir)
+            finally:
+                self._changing = False
             for f in fields(Config):  # in place: whoever holds this config sees the change
                 setattr(self.config, f.name, getattr(fresh, f.name))
-        return out
+            return out
 
     def refresh_trust(self) -> bool:
         """Take up the trusted signers of the config file if another process changed it since
@@ -244,7 +269,16 @@ class Repository:
         decoded on the fast path; any other block is decoded strictly and, even when it is a valid
         commit (stored with `dag put`, say), refused: history only grows through validated writes.
         """
-        data = self._store.get(cid)
+        try:
+            data = self._store.get(cid)
+        except BlockNotFound:
+            if self._store.shallow_commits():  # most likely below where the history held starts
+                raise BlockNotFound(
+                    f"commit {cid} is not here: this repository holds the history only from "
+                    "where it was joined with --depth",
+                    subject=cid,
+                ) from None
+            raise
         if self._store.is_indexed_commit(cid):
             return Commit.decode(data, trusted=True)
         try:
@@ -293,6 +327,7 @@ class Repository:
                     cid, commit.parents, commit.time, commit.author, commit.message
                 )
             self._store.mark_shallow(shallow)
+            self._settle_shallow()
             if linked:
                 self.check_links(
                     needed
@@ -343,8 +378,30 @@ class Repository:
 
     def shallow(self) -> set[CID]:
         """Commits held without their parents (`add_history`'s `shallow`): where the history
-        this repository holds starts. Empty for a whole history."""
-        return {CID.parse(c) for c in self._store.shallow_commits()}
+        this repository holds starts. Empty for a whole history. (A row that is not a CID is
+        left out here; `verify` reports it.)"""
+        out = set()
+        for text in self.shallow_marks():
+            try:
+                out.add(CID.parse(text))
+            except BasinError:
+                continue
+        return out
+
+    def shallow_marks(self) -> set[str]:
+        """The shallow marks as stored, as text (`verify` checks each names such a commit)."""
+        return self._store.shallow_commits()
+
+    def _settle_shallow(self) -> None:
+        """Forget the shallow marks of commits whose parents are all held now (a deeper join,
+        an import of the rest): the history below them is walked, checked and sent again."""
+        marks = self.shallow()
+        if marks:
+            self._store.unmark_shallow(
+                str(c)
+                for c in marks
+                if all(self._store.is_indexed_commit(CID.parse(p)) for p in self.parents(c))
+            )
 
     def require_whole(self, heads: Sequence[CID], doing: str) -> None:
         """Refuse (RepositoryError) to `doing` (push, export) a history below `heads` that this

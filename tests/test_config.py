@@ -154,3 +154,33 @@ def test_config_changes_made_at_once_elsewhere_are_kept(repo_dir, monkeypatch):
     with Repository.open(repo_dir) as repo:
         names = {t.name for t in repo.config.trusted}
     assert {f"k{k}" for k in range(10, 50)} <= names and "bob" in names
+
+
+def test_a_config_change_inside_another_or_behind_a_held_lock_is_refused_not_hung(repo_dir):
+    import fcntl
+    import os
+
+    from basinvcs import porcelain
+    from basinvcs import repository as repository_module
+    from basinvcs.errors import RepositoryError
+    from basinvcs.identity import Identity, format_key
+    from basinvcs.repository import Repository
+
+    key = format_key(Identity(bytes([9]) * 32, "alice").public_key)
+    with Repository.open(repo_dir) as repo:
+        before = state(repo_dir)
+        with pytest.raises(RepositoryError, match="a config change inside another"):
+            repo.change_config(lambda config: porcelain.trust(repo, key, "alice"))
+        assert state(repo_dir) == before
+        held = os.open(repo_dir / ".basin", os.O_RDONLY)  # as another process holding it
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with (
+                pytest.raises(RepositoryError, match="being changed by another process"),
+                repository_module._flocked(repo_dir / ".basin", wait=0.05),
+            ):
+                pass
+        finally:
+            os.close(held)
+        porcelain.trust(repo, key, "alice")  # released: it goes through
+        assert [t.name for t in repo.config.trusted] == ["tester", "alice"]

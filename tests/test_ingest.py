@@ -214,3 +214,68 @@ def test_write_history_writes_a_batch_at_a_time_all_or_nothing(tmp_path, monkeyp
             assert ingest.write_history(mine, [head], get) == len(history) > 3 * 3
             assert [cid for cid, _ in mine.walk_blocks([head])] == history
             assert ingest.write_history(mine, [head], get) == 0  # everything held: nothing read
+
+
+def test_write_history_to_a_depth_marks_where_it_starts_and_a_deeper_walk_settles_it(
+    tmp_path, monkeypatch, hub
+):
+    """`depth`: the commits fewer than that many links below the head by the shortest path
+    (breadth first: a merge whose other parent reaches an old commit sooner takes it), marked
+    shallow where their parents are missing; a later walk without a depth goes through the
+    marked commits, fetches the rest and clears the marks (the database is version 2 again)."""
+    from basinvcs import ingest
+
+    source = _specialist(tmp_path, monkeypatch, hub, "long", commits=6)
+    with Repository.open(source) as repo:
+        tip = repo.branch_commit("long")
+        chain = [cid for cid, _ in repo.walk_blocks([tip])]
+        # a merge of the tip with a commit 4 links below it: that one is 1 link below the merge
+        old = repo.read_commit(chain[4])
+        ident = load_identity()
+        merge = Commit(old.basin, (chain[4], tip), ident.public_key, old.time + 10**6, "merge")
+        data = merge.signed(ident.sign).encode()
+        repo.add_history([], [(CID.for_block(data), Commit.decode(data), data)])
+        head = CID.for_block(data)
+        get = repo.get_block
+        target = tmp_path / "target"
+        porcelain.init(target, dim=DIM, seed=7, name="target").close()
+        with Repository.open(target) as mine:
+            assert ingest.write_history(mine, [head], get, depth=3) == 5
+            held = {cid for cid, _ in mine.walk_blocks([head])}
+            assert held == {head, tip, chain[1], chain[4], chain[5]}  # chain[4]'s parent: 2 below
+            assert mine.shallow() == {chain[1], chain[5]}
+            mine.set_ref("refs/heads/merged", str(head), None, "test")
+            assert porcelain.verify(mine).ok and porcelain.verify(mine).shallow == 2
+            assert ingest.write_history(mine, [head], get) == 0  # from the head: all held
+            assert ingest.write_history(mine, [head], get, deepen=True) == len(chain) - 4
+            assert mine.shallow() == set() and porcelain.verify(mine).shallow == 0
+            assert [cid for cid, _ in mine.walk_blocks([tip])] == chain
+    conn = sqlite3.connect(target / ".basin" / "basin.db")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    finally:
+        conn.close()
+
+
+def test_verify_checks_the_shallow_marks(tmp_path, monkeypatch, hub):
+    """A mark on a commit whose parents are here, on something that is not a commit of the
+    repository, or that is not a CID: each a problem; and a held parent of a marked commit is
+    checked as any commit is."""
+    from basinvcs import ingest
+
+    source = _specialist(tmp_path, monkeypatch, hub, "short", commits=2)
+    with Repository.open(source) as repo:
+        tip = repo.branch_commit("short")
+        chain = [cid for cid, _ in repo.walk_blocks([tip])]
+        target = tmp_path / "target"
+        porcelain.init(target, dim=DIM, seed=7, name="target").close()
+        with Repository.open(target) as mine:
+            ingest.write_history(mine, [tip], repo.get_block)
+            mine.set_ref("refs/heads/short", str(tip), None, "test")
+            assert porcelain.verify(mine).ok
+            mine._store.mark_shallow([tip])  # as damage would leave it
+            mine._store.mark_shallow([CID.for_block(b"not a commit")])
+            found = dict(porcelain.verify(mine).problems)
+            assert found[str(tip)] == "marked shallow, but its parents are all here"
+            assert "not a commit of this repository" in found[str(CID.for_block(b"not a commit"))]
+            assert porcelain.verify(mine).commits == len(chain) + 1  # below the mark too

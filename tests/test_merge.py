@@ -233,8 +233,7 @@ def test_thresholds_come_from_config_and_options(repo_dir, cli):
     two_branches(repo_dir, cli, vec(c0=1.0), vec(c0=3.0))  # relative distance 2
     assert cli("merge", "b", "--max-distance", "1.5", ok=False).exit_code == 1
     with Repository.open(repo_dir) as repo:
-        repo.config.settings["merge"] = {"max_distance": 1.0}
-        repo.save_config()
+        repo.change_config(lambda c: c.settings.update(merge={"max_distance": 1.0}))
     assert cli("merge", "b", ok=False).exit_code == 1
     assert "Merge made" in cli("merge", "b", "--max-distance", "2.5").output
 

@@ -324,7 +324,8 @@ def join(
     # refs move below
     paged = depth is None or depth >= PAGED_FROM
     source = history_source(url) if paged else block_source(url)
-    write_history(repo, [cid], source, signed_by_key, depth=depth)
+    # without a depth, the whole history: below commits an earlier --depth left shallow too
+    write_history(repo, [cid], source, signed_by_key, depth=depth, deepen=depth is None)
     tip = repo.branch_commit(branch)
     if tip is not None and not force and not _replaceable(repo, tip, cid):
         raise RepositoryError(

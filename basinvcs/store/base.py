@@ -273,6 +273,10 @@ class Store(BlockStore):
         history fetched to a depth (`ingest.write_history`) starts there."""
 
     @abstractmethod
+    def unmark_shallow(self, cids: Iterable[str]) -> None:
+        """Forget marks (their parents are here now); none left: a whole history again."""
+
+    @abstractmethod
     def shallow_commits(self) -> set[str]:
         """The commits `mark_shallow` recorded (as text); empty for a whole history."""
 

@@ -135,5 +135,9 @@ class MemoryStore(Store):
         with self._lock:
             self._shallow.update(map(str, cids))
 
+    def unmark_shallow(self, cids: Iterable[str]) -> None:
+        with self._lock:
+            self._shallow.difference_update(cids)
+
     def shallow_commits(self) -> set[str]:
         return set(self._shallow)

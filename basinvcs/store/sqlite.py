@@ -257,6 +257,16 @@ class SQLiteStore(Store):
             self._exec("INSERT OR IGNORE INTO shallow (cid) VALUES (?)", rows, many=True)
             self._exec(f"PRAGMA user_version = {SHALLOW_VERSION}")
 
+    def unmark_shallow(self, cids: Iterable[str]) -> None:
+        rows = [(c,) for c in cids]
+        if not rows or self._one("PRAGMA user_version") != (SHALLOW_VERSION,):
+            return
+        with self.transaction():
+            self._exec("DELETE FROM shallow WHERE cid = ?", rows, many=True)
+            if self._one("SELECT 1 FROM shallow LIMIT 1") is None:  # whole again: version 2
+                self._exec("DROP TABLE shallow")
+                self._exec(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def shallow_commits(self) -> set[str]:
         if self._one("PRAGMA user_version") != (SHALLOW_VERSION,):
             return set()

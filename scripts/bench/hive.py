@@ -137,8 +137,7 @@ def make_hub(root: Path, instances: list[Instance]) -> tuple[Path, Chart]:
     path = root / "hub"
     with porcelain.init(path, dim=DIM, name="hub") as repo:
         extra = [TrustedKey(i.public, i.identity.name, 1.0) for i in instances]
-        repo.config.trusted = list(repo.config.trusted) + extra
-        repo.save_config()  # once, for all of them
+        repo.change_config(lambda c: setattr(c, "trusted", c.trusted + extra))  # all at once
         return path, repo.config.chart
 
 

@@ -1112,9 +1112,10 @@ def test_join_and_sync_read_a_long_history_a_page_at_a_time(tmp_path, monkeypatc
 
 def test_a_shallow_join_takes_the_head_alone_and_syncs_and_merges_from_there(tmp_path):
     """`join --depth N`: the head and the N-1 rounds below it, block by block, and nothing
-    older; `verify` passes and counts the commit held without its parents; `sync` takes the
-    rounds since and merges local work on top; push and export are refused in one line and
-    change nothing (a receiver would get commits whose parents nobody sent)."""
+    older; `verify` passes and counts the commit held without its parents; a join without a
+    depth then takes the rest; `sync` takes the rounds since and merges local work on top; push
+    and export are refused in one line and change nothing (a receiver would get commits whose
+    parents nobody sent), and a commit below the start is said to be so."""
     from basinvcs import carfile, remote
     from basinvcs.errors import BasinError, RepositoryError
     from basinvcs.hive import coordinator as hc
@@ -1139,6 +1140,11 @@ def test_a_shallow_join_takes_the_head_alone_and_syncs_and_merges_from_there(tmp
                     assert repo.shallow() == {held[-1]}
                     report = porcelain.verify(repo)
                     assert report.ok and report.shallow == 1 and report.commits == depth
+                if depth == 1:  # joined again without a depth: the whole history, not shallow
+                    with Repository.open(mine) as repo:
+                        edge.join(repo, url, force=True)
+                        assert repo.shallow() == set() and porcelain.verify(repo).commits == 13
+                        assert len(list(repo.walk_blocks([repo.head_commit()]))) == 13
             for r in range(12, 15):
                 c.submit(update(c, EDGES[0], vec(c0=float(r + 1)), seq=r + 1))
             with Repository.open(mine) as repo:
@@ -1164,6 +1170,9 @@ def test_a_shallow_join_takes_the_head_alone_and_syncs_and_merges_from_there(tmp
                     edge.join(repo, url, force=True, depth=0)
                 with pytest.raises(RepositoryError, match="replicas need the whole history"):
                     replica.hive_genesis(repo, repo.head_commit())
+                below = repo.parents(min(repo.shallow()))[0]
+                with pytest.raises(BasinError, match="holds the history only from where it was"):
+                    repo.read_commit(CID.parse(below))
             assert state(mine) == before and not (tmp_path / "out.car").exists()
     finally:
         c.repo.close()
