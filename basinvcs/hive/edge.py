@@ -77,6 +77,8 @@ class EdgeState:
     # the updates submitted since the sync, oldest first, each [CID, round it went into]: sync
     # learns the fate of all of them, not only the last (a refused earlier one is work to keep)
     updates: list[list] = field(default_factory=list)
+    # of those, the ones whose answer was lost (AnswerLost): taken only if a head lists them
+    unanswered: list[str] = field(default_factory=list)
 
 
 def _state_path(repo: Repository) -> Path:
@@ -106,6 +108,8 @@ def load_state(repo: Repository) -> EdgeState:
             raise TypeError("bad field types")
         for cid, _ in state.updates:
             CID.parse(cid)
+        if not set(state.unanswered) <= {cid for cid, _ in state.updates}:
+            raise TypeError("unanswered updates that are not among the updates")
     except (TypeError, BasinError) as exc:
         raise RepositoryError(f"hive state {path} is unusable: {exc}") from None
     return state
@@ -121,6 +125,11 @@ def save_state(repo: Repository, state: EdgeState) -> None:
 class Unreachable(RemoteError):
     """No answer at all from the coordinator's address (refused, timed out, no such host), as
     against an answer that refuses: only this is worth asking again (`join`'s `wait`)."""
+
+
+class AnswerLost(Unreachable):
+    """The request went out whole and no answer came back (the connection dropped, the answer
+    timed out): the coordinator may have acted on it."""
 
 
 def printable(text: object, limit: int = 300) -> str:
@@ -151,8 +160,10 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
     timer = threading.Timer(ANSWER_SECONDS, cut)
     timer.daemon = True
     timer.start()
+    sent = False
     try:
         connection.request("POST" if data is not None else "GET", path, data, headers)
+        sent = True
         answer = connection.getresponse()
         body = answer.read(MAX_ANSWER + 1)
         if late.is_set():
@@ -163,7 +174,8 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
             reason = f"no whole answer within {ANSWER_SECONDS:g} s"
         else:
             reason = printable(getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
-        raise Unreachable(f"cannot reach the hive coordinator at {url}: {reason}") from None
+        lost = AnswerLost if sent else Unreachable
+        raise lost(f"cannot reach the hive coordinator at {url}: {reason}") from None
     finally:
         timer.cancel()
         connection.close()
@@ -471,27 +483,38 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     )
     data = update.encode()
     cid = CID.for_block(data)
+
+    def record(into: int) -> None:  # sent: sync learns its fate from the heads
+        state.seq, state.sent = seq, state.sent + 1
+        state.residual = [float(v) for v in compressor.residual]
+        state.submitted = str(repo.head_commit())
+        state.updates.append([str(cid), into])
+        save_state(repo, state)
+
     try:
         answer = request_json(f"{state.url}/update", data)
-    except Unreachable as exc:
-        raise Unreachable(
-            f"{exc}; not acknowledged, so nothing is recorded as sent (if it arrived, the next "
-            "submit sends its change again)"
+    except AnswerLost as exc:
+        # it went out and may have been taken: sending its change again would count it twice.
+        # Recorded as sent into the round after the one it names (a round may have closed
+        # between the two requests); a round that closes without it leaves the work merged back
+        state.unanswered.append(str(cid))
+        record(round_ + 1)
+        raise AnswerLost(
+            f"{exc}; update {cid} went out and no answer came back: recorded as sent, and "
+            f"basin hive sync learns once round {round_ + 1} has closed whether it was taken "
+            "(if not, the work is kept and merged back)"
         ) from None
+    except Unreachable as exc:
+        raise Unreachable(f"{exc}; nothing sent, nothing recorded") from None
     if answer.get("cid") != str(cid):
         raise RemoteError(
             f"{state.url} answered update {cid} with {printable(answer)}: not acknowledged, "
             "nothing recorded as sent"
         )
-    taken_into = _round_of(state.url, answer)
-    state.seq, state.sent = seq, state.sent + 1
-    state.residual = [float(v) for v in compressor.residual]
-    state.submitted = str(repo.head_commit())
-    state.updates.append([str(cid), taken_into])
-    save_state(repo, state)
+    record(_round_of(state.url, answer))
     return {
         "cid": str(cid),
-        "round": taken_into,
+        "round": state.updates[-1][1],
         "bytes": len(data),
         "coordinates": update.change.k,
     }
@@ -548,12 +571,11 @@ def sync(repo: Repository) -> SyncResult:
     if local == head:
         kind = "up-to-date"
     elif str(local) == state.submitted:
-        closed = repo.read_commit(head).metrics.get("round", -1.0)  # the round that made head
+        fates = _fates(repo, state, synced, head)
         for cid, round_ in state.updates:
-            if round_ > closed:
+            if fates[cid] is None:  # no head lists it, and its round is open
                 note = f"update {cid} is in round {round_}, not closed yet"
                 return SyncResult("waiting", head, note)
-        fates = _fates(repo, state, synced, head)
         refused = [f"update {cid} {fate}" for cid, fate in fates.items() if fate != "taken"]
         if not refused:
             _move_branch(repo, state.branch, head, "hive sync")
@@ -569,7 +591,7 @@ def sync(repo: Repository) -> SyncResult:
         porcelain.merge(repo, remote_ref(REMOTE, state.branch), into=state.branch)
         kind = "merge"
     state.synced = str(head)
-    state.submitted, state.updates = None, []
+    state.submitted, state.updates, state.unanswered = None, [], []
     save_state(repo, state)
     return SyncResult(kind, head, note)
 
@@ -593,11 +615,12 @@ def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> N
         )
 
 
-def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str]:
-    """What became of each update submitted since the sync (their rounds closed), by the signed
-    head commits from `synced` to `head`: per CID "taken" or "refused: REASON". An update not
-    listed where a round's commit message lists too many to hold them all counts as taken, since
-    refusals are listed first."""
+def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str | None]:
+    """What became of each update submitted since the sync, by the signed head commits from
+    `synced` to `head`: per CID "taken", "refused: REASON", or None where no head lists it (its
+    round, once closed, says: "refused: ..."). An update not listed where a round's commit
+    message lists too many to hold them all counts as taken, since refusals are listed first;
+    unless its answer was lost (it may never have arrived: the work is kept)."""
     fates: dict[str, str] = {}
     wanted = {cid for cid, _ in state.updates}
     listed_all, cid = True, head
@@ -612,8 +635,14 @@ def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[s
         if not commit.parents:
             break
         cid = commit.parents[0]
+    closed = repo.read_commit(head).metrics.get("round", -1.0)  # the round that made head
     unlisted = "taken" if not listed_all else "refused: no round since lists it"
-    return {cid: fates.get(cid, unlisted) for cid, _ in state.updates}
+    lost = "refused: no round since lists it (its answer was lost: it did not arrive)"
+    return {
+        cid: fates.get(cid)
+        or (None if round_ > closed else lost if cid in state.unanswered else unlisted)
+        for cid, round_ in state.updates
+    }
 
 
 @dataclass(frozen=True)

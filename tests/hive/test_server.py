@@ -1198,3 +1198,72 @@ def test_basin_hive_join_depth_and_verify_say_what_is_held(hive):
     assert err.exit_code == 1 and "holds the history only from commit" in err.stderr
     assert len(err.stderr.splitlines()) == 1 and not (other.path / "out.car").exists()
     assert other("hive", "join", "--depth", "0", server.url, ok=False).exit_code == 2
+
+
+def test_an_update_whose_answer_was_lost_counts_once(hive, monkeypatch):
+    """The update went out and the connection dropped before the 202: it is recorded as sent
+    (sending its change again would count it twice if it arrived), `sync` waits for its round
+    and resets once a head lists it taken; one that never arrived leaves the work merged back,
+    and the next submission sends it. A coordinator not reached at all records nothing."""
+    hub, edges, start = hive
+    server = start("--round-updates", "2", "--rule", "mean", "--optimizer", "average")
+    e0, e1, e2 = edges
+    for e in edges:
+        e("hive", "join", server.url)
+    real = edge._request
+
+    def answer_lost(url, data=None, deliver=True):
+        if data is not None:
+            if deliver:
+                real(url, data)
+            raise edge.AnswerLost(f"cannot reach the hive coordinator at {url}: reset")
+        return real(url, data)
+
+    commit_z(e0.path, vec(c0=1.0), "work")
+    monkeypatch.setattr(edge, "_request", answer_lost)
+    err = e0("hive", "submit", ok=False).stderr
+    assert "went out and no answer came back: recorded as sent" in err
+    monkeypatch.setattr(edge, "_request", real)
+    assert e0("hive", "sync").output.startswith("waiting: ")
+    commit_z(e1.path, vec(c1=1.0), "e1's work")
+    e1("hive", "submit")  # round 0 closes with both
+    assert e0("hive", "sync").output.startswith("reset: ")
+    assert e0.z()[:2] == pytest.approx([0.5, 0.5], abs=0.02)  # e0's change once, averaged
+
+    commit_z(e0.path, vec(c0=0.5, c1=0.5, c2=1.0), "more work")
+    monkeypatch.setattr(edge, "_request", lambda u, d=None: answer_lost(u, d, deliver=False))
+    assert "recorded as sent" in e0("hive", "submit", ok=False).stderr  # it never arrived
+    monkeypatch.setattr(edge, "_request", real)
+    for k in (1, 2):  # rounds 1 and 2 close without it (recorded into round 2)
+        for e in (e1, e2):
+            commit_z(e.path, vec(c1=float(k + 1)), f"round {k}")
+            e("hive", "submit")
+        for e in (e1, e2):
+            e("hive", "sync")
+    out = e0("hive", "sync").output
+    assert out.startswith("refused: ") and "its answer was lost: it did not arrive" in out
+    assert "more work" in e0("log", "--oneline").output  # kept, merged
+    assert "submitted update" in e0("hive", "submit").output  # sent now
+
+    def unreachable(url, data=None):  # the head read, then nothing reached for the update
+        if data is None:
+            return real(url, data)
+        raise edge.Unreachable(f"cannot reach the hive coordinator at {url}: refused")
+
+    with Repository.open(e0.path) as repo:
+        before = edge.load_state(repo)
+    commit_z(e0.path, vec(c0=0.5, c1=0.5, c2=1.0, c3=1.0), "still more")
+    monkeypatch.setattr(edge, "_request", unreachable)
+    assert "nothing sent, nothing recorded" in e0("hive", "submit", ok=False).stderr
+    with Repository.open(e0.path) as repo:
+        assert edge.load_state(repo) == before
+
+
+def test_a_request_that_went_out_without_an_answer_is_told_from_one_that_did_not():
+    """AnswerLost only where the request was sent whole (the coordinator may have acted on
+    it); a coordinator not reached at all is plain Unreachable."""
+    with raw_server(b"") as url, pytest.raises(edge.AnswerLost):  # read, and no answer
+        edge._request(f"{url}/update", b"an update")
+    with pytest.raises(edge.Unreachable) as refused:
+        edge._request(f"http://127.0.0.1:{free_port()}/update", b"an update")
+    assert not isinstance(refused.value, edge.AnswerLost)
