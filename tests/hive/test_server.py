@@ -1267,3 +1267,46 @@ def test_a_request_that_went_out_without_an_answer_is_told_from_one_that_did_not
     with pytest.raises(edge.Unreachable) as refused:
         edge._request(f"http://127.0.0.1:{free_port()}/update", b"an update")
     assert not isinstance(refused.value, edge.AnswerLost)
+
+
+def test_the_journal_says_an_updates_fate_and_sync_asks_it_where_no_head_lists_one(tmp_path):
+    """GET /update/CID: round, status and reason from the coordinator's journal (404 for an
+    update it never had, 400 for a malformed CID). `sync` asks it for an update whose round has
+    closed but that no head it walked lists (a message cut short, an answer lost)."""
+    from basinvcs.hive import coordinator as hc
+    from tests.conftest import serving
+    from tests.hive.test_coordinator import EDGES, trusting, update
+
+    hub = tmp_path / "hub"
+    porcelain.init(hub, dim=DIM, seed=7, name="hub").close()
+    settings = hc.Settings(round_updates=3, rule="mean", optimizer="average")
+    c = hc.Coordinator(Repository.open(trusting(hub, EDGES[:4])), settings)
+    try:
+        removed = c.submit(update(c, EDGES[2], vec(c0=1.0)))["cid"]
+        with Repository.open(hub) as operator:
+            porcelain.untrust(operator, "edge3")  # its update is refused at the close
+        cids = [c.submit(update(c, e, vec(c0=1.0)))["cid"] for e in (EDGES[0], EDGES[1], EDGES[3])]
+        cids.insert(2, removed)
+        waiting = c.submit(update(c, EDGES[3], vec(c0=1.0), seq=2))["cid"]
+        with serving(c) as url:
+            taken = edge.request_json(f"{url}/update/{cids[0]}")
+            assert taken == {"cid": cids[0], "round": 0, "status": "taken", "reason": None}
+            refused = edge.request_json(f"{url}/update/{cids[2]}")
+            assert (
+                refused["status"] == "refused" and refused["reason"] == "signer no longer trusted"
+            )
+            assert edge.request_json(f"{url}/update/{waiting}")["status"] == "pending"
+            for path, status in ((CID.for_block(b"x"), 404), ("not-a-cid", 400)):
+                with pytest.raises(RemoteError, match=f"HTTP {status}"):
+                    edge.request_json(f"{url}/update/{path}")
+            # an edge synced at the head after round 0, so that no head it walks lists them
+            state = edge.EdgeState(url, format_key(c.repo.identity().public_key), "general", "")
+            state.synced, state.updates = str(c.head()), [[cids[0], 0], [cids[2], 0]]
+            state.updates.append([waiting, 1])
+            fates = edge._fates(c.repo, state, c.head(), c.head())
+            assert (
+                fates[cids[0]] == "taken" and fates[cids[2]] == "refused: signer no longer trusted"
+            )
+            assert fates[waiting] is None  # its round is open
+    finally:
+        c.repo.close()
