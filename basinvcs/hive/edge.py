@@ -642,27 +642,37 @@ def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[s
     lost = "refused: no round since lists it (its answer was lost: it did not arrive)"
     out: dict[str, str | None] = {}
     for cid, round_ in state.updates:
-        if cid in fates or round_ > closed:
+        lost_answer = cid in state.unanswered
+        if cid in fates or (round_ > closed and not lost_answer):
             out[cid] = fates.get(cid)
             continue
-        known = _journaled_fate(state.url, cid)
-        out[cid] = known if known != "unknown" else lost if cid in state.unanswered else unlisted
+        known = journaled_fate(state.url, cid)  # a lost answer's: at once, not after its round
+        if known == "absent" and lost_answer:  # the journal never had it: it did not arrive
+            out[cid] = lost
+        elif known in ("absent", "unknown"):
+            out[cid] = None if round_ > closed else lost if lost_answer else unlisted
+        else:
+            out[cid] = known
     return out
 
 
-def _journaled_fate(url: str, cid: str) -> str | None:
+def journaled_fate(url: str, cid: str) -> str | None:
     """The coordinator's journal on update `cid` (GET /update/CID): "taken", "refused: REASON",
-    None while it is pending, or "unknown" where it holds no such update or cannot say."""
+    None while it is pending, "absent" where the journal holds no such update (it never
+    arrived, or was forgotten: `--keep-rounds`), or "unknown" where it cannot say."""
     try:
-        doc = request_json(f"{url}/update/{cid}")
-    except RemoteError:
+        status, body = _request(f"{url}/update/{cid}")
+        doc = parse_json(body[:MAX_ANSWER], f"the answer of {url}") if status == 200 else None
+    except BasinError:
         return "unknown"
-    status, why = doc.get("status"), doc.get("reason")
-    if doc.get("cid") != cid or status not in ("pending", "taken", "refused"):
+    if status == 404:
+        return "absent"
+    if not isinstance(doc, dict) or doc.get("cid") != cid:
         return "unknown"
-    if status == "refused":
+    state, why = doc.get("status"), doc.get("reason")
+    if state == "refused":
         return f"refused: {printable(why)}"
-    return None if status == "pending" else "taken"
+    return {"pending": None, "taken": "taken"}.get(state, "unknown")
 
 
 @dataclass(frozen=True)

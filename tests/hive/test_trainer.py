@@ -414,3 +414,57 @@ def test_the_http_transport_against_a_served_coordinator(hub, sub, proj):
         c.repo.close()
     with pytest.raises(ht.HiveError, match="cannot reach the hive coordinator"):
         ht.HiveTrainer(inst.model, ht.HttpTransport(url), EDGES[0])
+
+
+def test_an_update_whose_answer_was_lost_counts_once_or_is_kept(hub, sub, proj, monkeypatch):
+    """Over HTTP, the update went out and no answer came back: recorded as sent, not sent again;
+    the next sync asks the journal (GET /update/CID): taken, so only later work is carried; never
+    arrived, so the whole change is kept (residual too) and goes out with the next round."""
+    from basinvcs.hive import edge
+
+    c = coordinator(hub, round_updates=1)
+    real = edge._request
+
+    def lose(deliver: bool):
+        def request(url, data=None):
+            if data is not None:
+                if deliver:
+                    real(url, data)
+                raise edge.AnswerLost(f"cannot reach the hive coordinator at {url}: reset")
+            return real(url, data)
+
+        return request
+
+    try:
+        with serving(c) as url:
+            transport = ht.HttpTransport(url, poll=0.05)
+            inst = Instance(
+                sub, proj, transport, EDGES[0], "cipher", every=2, k=8, seq=0, timeout=10
+            )
+            inst.train_step()
+            inst.hive.step()
+            inst.train_step()
+            monkeypatch.setattr(edge, "_request", lose(True))
+            with pytest.raises(ht.HiveError, match="went out and no answer came back"):
+                inst.hive.step()
+            monkeypatch.setattr(edge, "_request", real)
+            assert inst.hive.pending is not None  # recorded as sent
+            assert inst.hive.sync().taken is True and c.round == 1  # it arrived: round 0 closed
+            assert torch.equal(inst.model.z.detach(), head_z(c))
+
+            inst.train_step()
+            inst.hive.step()
+            inst.train_step()
+            z, residual = inst.model.z.detach().clone(), inst.hive.residual
+            monkeypatch.setattr(edge, "_request", lose(False))
+            with pytest.raises(ht.HiveError, match="recorded as sent"):
+                inst.hive.step()
+            monkeypatch.setattr(edge, "_request", real)
+            assert inst.hive.sync().taken is False and c.round == 1  # it never arrived
+            assert torch.allclose(inst.model.z.detach(), z, atol=1e-6)  # the change kept
+            assert inst.hive.residual == residual
+            inst.train_step()
+            assert inst.hive.round().taken and c.round == 2
+            assert torch.equal(inst.model.z.detach(), head_z(c))
+    finally:
+        c.repo.close()
