@@ -642,37 +642,27 @@ def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[s
     lost = "refused: no round since lists it (its answer was lost: it did not arrive)"
     out: dict[str, str | None] = {}
     for cid, round_ in state.updates:
-        lost_answer = cid in state.unanswered
-        if cid in fates or (round_ > closed and not lost_answer):
+        if cid in fates or round_ > closed:
             out[cid] = fates.get(cid)
             continue
-        known = journaled_fate(state.url, cid)  # a lost answer's: at once, not after its round
-        if known == "absent" and lost_answer:  # the journal never had it: it did not arrive
-            out[cid] = lost
-        elif known in ("absent", "unknown"):
-            out[cid] = None if round_ > closed else lost if lost_answer else unlisted
-        else:
-            out[cid] = known
+        known = _journaled_fate(state.url, cid)
+        out[cid] = known if known != "unknown" else lost if cid in state.unanswered else unlisted
     return out
 
 
-def journaled_fate(url: str, cid: str) -> str | None:
+def _journaled_fate(url: str, cid: str) -> str | None:
     """The coordinator's journal on update `cid` (GET /update/CID): "taken", "refused: REASON",
-    None while it is pending, "absent" where the journal holds no such update (it never
-    arrived, or was forgotten: `--keep-rounds`), or "unknown" where it cannot say."""
+    None while it is pending, or "unknown" where it holds no such update or cannot say."""
     try:
-        status, body = _request(f"{url}/update/{cid}")
-        doc = parse_json(body[:MAX_ANSWER], f"the answer of {url}") if status == 200 else None
-    except BasinError:
+        doc = request_json(f"{url}/update/{cid}")
+    except RemoteError:
         return "unknown"
-    if status == 404:
-        return "absent"
-    if not isinstance(doc, dict) or doc.get("cid") != cid:
+    status, why = doc.get("status"), doc.get("reason")
+    if doc.get("cid") != cid or status not in ("pending", "taken", "refused"):
         return "unknown"
-    state, why = doc.get("status"), doc.get("reason")
-    if state == "refused":
+    if status == "refused":
         return f"refused: {printable(why)}"
-    return {"pending": None, "taken": "taken"}.get(state, "unknown")
+    return None if status == "pending" else "taken"
 
 
 @dataclass(frozen=True)

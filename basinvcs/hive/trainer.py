@@ -41,11 +41,7 @@ Failures are `HiveError` (a `RemoteError`), one line, and lose nothing local:
   since the last sync (the sequence number still advances: a number used once is never reused);
 - round not closed within `timeout`: the update was taken in; training can go on, every later
   `step()` checks the head (without waiting) and syncs when the round closes, carrying the steps
-  made meanwhile onto the new head (z ← z_head + (z − z at sending));
-- the update went out and its answer was lost (`AnswerLost` over HTTP): it is recorded as sent,
-  not sent again (it may have been taken), and the next sync asks the coordinator's journal
-  (`Transport.fate`, GET /update/CID): taken or refused, as any update; never arrived, and the
-  whole change since the last sync is kept (residual too) for the next round.
+  made meanwhile onto the new head (z ← z_head + (z − z at sending)).
 
 The signer's sequence number must grow across restarts, or the coordinator refuses the update as
 a replay (409): by default each is the time in milliseconds (or one more than the last, if
@@ -83,10 +79,6 @@ DEFAULT_TIMEOUT = 600.0  # seconds to wait for a round to close
 class HiveError(RemoteError):
     """The coordinator could not be reached, refused an update, or did not close a round in time;
     nothing local was lost (see the module's docstring)."""
-
-
-class AnswerLost(HiveError):
-    """An update went out whole and no answer came back: the coordinator may have taken it."""
 
 
 @dataclass(frozen=True)
@@ -140,11 +132,6 @@ class Transport(Protocol):
         seconds; 0 checks once)."""
         ...
 
-    def fate(self, cid: str) -> str | None:
-        """What the coordinator's journal says of update `cid`: "taken", "refused: REASON",
-        None while pending, "absent" (it never had it) or "unknown" (it cannot say)."""
-        ...
-
 
 def _deadline_passed(deadline: float, what: str, timeout: float) -> None:
     if time.monotonic() >= deadline:
@@ -193,15 +180,6 @@ class LocalTransport:
             _deadline_passed(deadline, f"round {after}", timeout)
             with self._closed:
                 self._closed.wait(min(self.poll, max(0.0, deadline - time.monotonic())))
-
-    def fate(self, cid: str) -> str | None:
-        try:
-            doc = self.coordinator.fate(cid)
-        except BasinError as exc:
-            return "absent" if getattr(exc, "status", None) == 404 else "unknown"
-        if doc["status"] == "refused":
-            return f"refused: {doc['reason']}"
-        return None if doc["status"] == "pending" else "taken"
 
 
 class HttpTransport:
@@ -256,8 +234,6 @@ class HttpTransport:
     def submit(self, data: bytes) -> dict:
         try:
             answer = edge.request_json(f"{self.url}/update", data)
-        except edge.AnswerLost as exc:
-            raise AnswerLost(str(exc)) from None
         except RemoteError as exc:
             raise HiveError(str(exc)) from None
         if type(answer.get("round")) is not int or answer.get("cid") != str(CID.for_block(data)):
@@ -273,9 +249,6 @@ class HttpTransport:
                 return head
             _deadline_passed(deadline, f"round {after}", timeout)
             time.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
-
-    def fate(self, cid: str) -> str | None:
-        return edge.journaled_fate(self.url, cid)
 
 
 class HiveTrainer:
@@ -322,9 +295,6 @@ class HiveTrainer:
         self.pending: Sent | None = None  # sent, its round not yet closed
         self._since = 0  # self.steps at the last sync (or sending)
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, β) at sending `pending`
-        # `pending`'s answer was lost: the residual and the synced (z, β) before it, to keep the
-        # whole change if the coordinator never had it
-        self._lost: tuple[list[float], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.head: Head | None = None  # the head last synced to (below: the coordinator's)
         self._signed_round = -1.0  # the round its commit says it closed (genesis: none)
         head = transport.head()
@@ -414,24 +384,19 @@ class HiveTrainer:
             )
             data = update.signed(self.identity.sign).encode()
             answer = self.transport.submit(data)
-        except AnswerLost as exc:  # it may have been taken: sending it again would count it twice
-            before = (self._z_sync, self._beta_sync)
-            sent = self._record(str(CID.for_block(data)), head.round + 1, len(data), update, steps)
-            self._lost = (saved, before)
-            raise HiveError(
-                f"{exc}; update {sent.cid} went out and no answer came back: recorded as sent, "
-                "and the next sync learns whether it was taken (if not, the local work is kept)"
-            ) from None
         except BaseException as exc:
             self.compressor.residual = saved  # nothing sent: the change is still all in z
             if isinstance(exc, HiveError):
                 raise HiveError(f"{exc}; {kept}") from None
             raise
-        cid = str(answer.get("cid", CID.for_block(data)))
-        return self._record(cid, int(answer.get("round", head.round)), len(data), update, steps)
-
-    def _record(self, cid: str, round_: int, size: int, update, steps: int) -> Sent:
-        sent = Sent(cid, round_, self.seq, size, update.change.k, steps)
+        sent = Sent(
+            str(answer.get("cid", CID.for_block(data))),
+            int(answer.get("round", head.round)),
+            self.seq,
+            len(data),
+            update.change.k,
+            steps,
+        )
         self.bytes_sent += sent.bytes
         self.pending = sent
         self._since = self.steps
@@ -449,16 +414,8 @@ class HiveTrainer:
         if self.pending is None:
             raise HiveError("no update is waiting for its round")
         sent = self.pending
-        after, carry, known = sent.round, self._sent, None
-        undecided = (None, "unknown")  # pending, or the journal cannot say
-        if self._lost is not None:  # its answer lost: the journal says what became of it
-            known = self.transport.fate(sent.cid)
-            if known == "absent":  # it never arrived: the whole change is still to send
-                self.compressor.residual, carry = self._lost
-            # decided: the head now holds what it did; else wait for the round open now
-            after = self.transport.head().round if known in undecided else -1
         try:
-            head = self.transport.wait(after, self.timeout if timeout is None else timeout)
+            head = self.transport.wait(sent.round, self.timeout if timeout is None else timeout)
         except HiveError as exc:
             if quiet:
                 return None
@@ -466,16 +423,14 @@ class HiveTrainer:
                 f"{exc}; update {sent.cid} was taken in: training may go on, and a later "
                 "step() syncs when the round closes"
             ) from None
-        if self._lost is not None and known in undecided:
-            known = self.transport.fate(sent.cid)
-        commit = self._move_to(head, carry=carry)
-        taken = None if known in undecided else known == "taken"
+        commit = self._move_to(head, carry=self._sent)
+        taken = None
         for line in commit.message.splitlines():
             word, _, rest = line.partition(" ")
             if rest.split(" ", 1)[0] == sent.cid and word in ("taken", "refused"):
                 taken = word == "taken"
         self.pending = None
-        self._sent = self._lost = None
+        self._sent = None
         record = Synced(sent, head, taken)
         self.history.append(record)
         return record

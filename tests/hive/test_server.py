@@ -1203,9 +1203,8 @@ def test_basin_hive_join_depth_and_verify_say_what_is_held(hive):
 def test_an_update_whose_answer_was_lost_counts_once(hive, monkeypatch):
     """The update went out and the connection dropped before the 202: it is recorded as sent
     (sending its change again would count it twice if it arrived), `sync` waits for its round
-    and resets once a head lists it taken; one the journal never had (GET /update/CID) leaves
-    the work merged back at once, and the next submission sends it. A coordinator not reached
-    at all records nothing."""
+    and resets once a head lists it taken; one that never arrived leaves the work merged back,
+    and the next submission sends it. A coordinator not reached at all records nothing."""
     hub, edges, start = hive
     server = start("--round-updates", "2", "--rule", "mean", "--optimizer", "average")
     e0, e1, e2 = edges
@@ -1235,7 +1234,13 @@ def test_an_update_whose_answer_was_lost_counts_once(hive, monkeypatch):
     monkeypatch.setattr(edge, "_request", lambda u, d=None: answer_lost(u, d, deliver=False))
     assert "recorded as sent" in e0("hive", "submit", ok=False).stderr  # it never arrived
     monkeypatch.setattr(edge, "_request", real)
-    out = e0("hive", "sync").output  # the journal never had it: said at once, no round waited
+    for k in (1, 2):  # rounds 1 and 2 close without it (recorded into round 2)
+        for e in (e1, e2):
+            commit_z(e.path, vec(c1=float(k + 1)), f"round {k}")
+            e("hive", "submit")
+        for e in (e1, e2):
+            e("hive", "sync")
+    out = e0("hive", "sync").output
     assert out.startswith("refused: ") and "its answer was lost: it did not arrive" in out
     assert "more work" in e0("log", "--oneline").output  # kept, merged
     assert "submitted update" in e0("hive", "submit").output  # sent now
