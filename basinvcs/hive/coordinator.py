@@ -205,20 +205,6 @@ class Coordinator:
         except BasinError as exc:
             raise Refused(404, str(exc)) from None
 
-    def fate(self, text: str) -> dict:
-        """What became of the update `text` names, from the journal (GET /update/CID): its
-        round, "pending", "taken" or "refused", and why; Refused 404 where the journal holds no
-        such update (never arrived, or forgotten with `--keep-rounds`)."""
-        try:
-            cid = CID.parse(text)
-        except BasinError as exc:
-            raise Refused(400, str(exc)) from None
-        found = self.journal.fate(str(cid))
-        if found is None:
-            raise Refused(404, f"no update {cid} here: it never arrived, or its round is forgotten")
-        round_, status, why = found
-        return {"cid": str(cid), "round": round_, "status": status, "reason": why}
-
     def _head_basin(self) -> Basin:
         """The head's packet, read once per head: every update that changes β is checked
         against it, and the round's close starts from it."""

@@ -617,12 +617,10 @@ def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> N
 
 def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str | None]:
     """What became of each update submitted since the sync, by the signed head commits from
-    `synced` to `head`: per CID "taken", "refused: REASON", or None while no head lists it and
-    its round is open. One no head lists once its round closed (a commit message that could not
-    hold every update, an update whose answer was lost) is asked of the coordinator's journal
-    (GET /update/CID); where that cannot say, it counts as taken if a message was cut short
-    (refusals are listed first), else, and always if its answer was lost (it may never have
-    arrived: the work is kept), as refused."""
+    `synced` to `head`: per CID "taken", "refused: REASON", or None where no head lists it (its
+    round, once closed, says: "refused: ..."). An update not listed where a round's commit
+    message lists too many to hold them all counts as taken, since refusals are listed first;
+    unless its answer was lost (it may never have arrived: the work is kept)."""
     fates: dict[str, str] = {}
     wanted = {cid for cid, _ in state.updates}
     listed_all, cid = True, head
@@ -640,29 +638,11 @@ def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[s
     closed = repo.read_commit(head).metrics.get("round", -1.0)  # the round that made head
     unlisted = "taken" if not listed_all else "refused: no round since lists it"
     lost = "refused: no round since lists it (its answer was lost: it did not arrive)"
-    out: dict[str, str | None] = {}
-    for cid, round_ in state.updates:
-        if cid in fates or round_ > closed:
-            out[cid] = fates.get(cid)
-            continue
-        known = _journaled_fate(state.url, cid)
-        out[cid] = known if known != "unknown" else lost if cid in state.unanswered else unlisted
-    return out
-
-
-def _journaled_fate(url: str, cid: str) -> str | None:
-    """The coordinator's journal on update `cid` (GET /update/CID): "taken", "refused: REASON",
-    None while it is pending, or "unknown" where it holds no such update or cannot say."""
-    try:
-        doc = request_json(f"{url}/update/{cid}")
-    except RemoteError:
-        return "unknown"
-    status, why = doc.get("status"), doc.get("reason")
-    if doc.get("cid") != cid or status not in ("pending", "taken", "refused"):
-        return "unknown"
-    if status == "refused":
-        return f"refused: {printable(why)}"
-    return None if status == "pending" else "taken"
+    return {
+        cid: fates.get(cid)
+        or (None if round_ > closed else lost if cid in state.unanswered else unlisted)
+        for cid, round_ in state.updates
+    }
 
 
 @dataclass(frozen=True)

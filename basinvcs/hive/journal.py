@@ -202,14 +202,6 @@ class Journal:
             )
         return [Journaled(c, r, bytes(a), s, bytes(d)) for c, r, a, s, d in rows]
 
-    def fate(self, cid: str) -> tuple[int, str, str | None] | None:
-        """(round, status, why refused or None) of the update `cid`; None if the journal holds
-        no such update (it never arrived, or its round was forgotten: `close_round`'s
-        `forget_before`)."""
-        with self._lock:
-            rows = self._run("SELECT round, status, reason FROM updates WHERE cid = ?", (cid,))
-        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
-
     def count_pending(self, round_: int) -> int:
         with self._lock:
             return self._run(

@@ -7,7 +7,6 @@
                         3 MiB of blocks: the edge asks again from where it ends)
     POST /update        a signed update record (DAG-CBOR body): 202 with its CID and round, or a
                         status and a one-line reason ({"error": ...}) for every refusal
-    GET  /update/{cid}  what became of an update: its round, pending, taken or refused, and why
     GET  /status        counts of taken, refused and pending updates, and what was published
 
 Handlers run the coordinator in one thread of its own (it uses SQLite; one thread also keeps the
@@ -377,12 +376,6 @@ def make_app(
             return _refusal(exc)
         return Response(data, media_type="application/octet-stream")
 
-    async def fate(request: Request) -> Response:
-        try:
-            return JSONResponse(await worker.call(coordinator.fate, request.path_params["cid"]))
-        except Refused as exc:
-            return _refusal(exc)
-
     async def history(request: Request) -> Response:
         if request.method != "GET":  # Starlette routes HEAD here too: a page's work for no page
             return _refusal(Refused(405, f"{request.method} is not served on {request.url.path}"))
@@ -419,7 +412,6 @@ def make_app(
         Route("/head", head),
         Route("/status", status),
         Route("/block/{cid}", block),
-        Route("/update/{cid}", fate),
         Route("/history/{cid}", history),
     ]
     handlers = {404: _not_served, 405: _not_served}
