@@ -70,12 +70,15 @@ class Refused(BasinError):
         self.status = status
 
 
+DEFAULT_FRESHNESS = 2  # K
+
+
 @dataclass(frozen=True)
 class Settings:
     branch: str = "general"
     round_updates: int = 10  # M: a round closes once it holds this many updates
     round_seconds: float = 30.0  # T: or after this long, with at least one
-    freshness: int = 2  # an update's parent must be the head of one of the last K rounds
+    freshness: int = DEFAULT_FRESHNESS  # an update's parent: a head of one of the last K rounds
     rule: str = rules.DEFAULT_RULE
     optimizer: str = outer.DEFAULT_OPTIMIZER
     outlier_c: float = outliers.DEFAULT_C
@@ -184,6 +187,7 @@ class Coordinator:
             "key": format_key(ident.public_key),
             "chart": str(self.repo.config.chart),
             "max_update_bytes": self.max_update_bytes,
+            "freshness": self.settings.freshness,
         }
 
     def status(self) -> dict:

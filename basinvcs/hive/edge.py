@@ -50,6 +50,7 @@ from ..inputs import parse_json, read_file
 from ..objects import Commit, Entanglement
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
+from .coordinator import DEFAULT_FRESHNESS  # K, where a coordinator's /head does not say
 from .update import DEFAULT_ENCODING, MAX_LINKS, Compressor, Update, next_update
 
 STATE_FILE = "hive.json"
@@ -151,11 +152,13 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/octet-stream"} if data is not None else {}
     late = threading.Event()
     connection = kind(parts.hostname, parts.port, timeout=TIMEOUT)
+    sockets: list[socket.socket] = []  # the connection's, kept: an answer that closes the
+    # connection after it takes the socket from `connection` (http.client sets it to None)
 
     def cut() -> None:  # unblocks a read in progress: it fails, and `late` says why
         late.set()
         with contextlib.suppress(OSError, AttributeError):
-            connection.sock.shutdown(socket.SHUT_RDWR)
+            (sockets[0] if sockets else connection.sock).shutdown(socket.SHUT_RDWR)
 
     timer = threading.Timer(ANSWER_SECONDS, cut)
     timer.daemon = True
@@ -164,6 +167,7 @@ def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
     try:
         connection.request("POST" if data is not None else "GET", path, data, headers)
         sent = True
+        sockets.append(connection.sock)
         answer = connection.getresponse()
         body = answer.read(MAX_ANSWER + 1)
         if late.is_set():
@@ -476,7 +480,10 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     compressor = Compressor(len(change.z), encoding)
     if state.residual:
         compressor.residual = list(state.residual)
-    round_ = _round_of(state.url, request_json(f"{state.url}/head"))
+    doc = request_json(f"{state.url}/head")
+    round_ = _round_of(state.url, doc)
+    fresh = doc.get("freshness")
+    fresh = fresh if type(fresh) is int and 1 <= fresh <= 1 << 20 else DEFAULT_FRESHNESS
     seq = max(state.seq + 1, now_ms())
     update = signed_update(
         repo, synced, compressor, change, round_=round_, seq=seq, samples=samples
@@ -495,14 +502,17 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         answer = request_json(f"{state.url}/update", data)
     except AnswerLost as exc:
         # it went out and may have been taken: sending its change again would count it twice.
-        # Recorded as sent into the round after the one it names (a round may have closed
-        # between the two requests); a round that closes without it leaves the work merged back
+        # Recorded as sent into the last round that could take it (its parent must be a head
+        # of the last K rounds: however long it waits in the coordinator's intake, it is taken
+        # by then or never); once that round has closed and no signed head lists it, the work
+        # is merged back
+        last = round_ + fresh - 1
         state.unanswered.append(str(cid))
-        record(round_ + 1)
+        record(last)
         raise AnswerLost(
             f"{exc}; update {cid} went out and no answer came back: recorded as sent, and "
-            f"basin hive sync learns once round {round_ + 1} has closed whether it was taken "
-            "(if not, the work is kept and merged back)"
+            f"basin hive sync learns from the heads whether it was taken, by round {last} "
+            "at the latest (if not, the work is kept and merged back)"
         ) from None
     except Unreachable as exc:
         raise Unreachable(f"{exc}; nothing sent, nothing recorded") from None

@@ -464,9 +464,10 @@ def test_sync_refuses_a_head_not_signed_by_the_joined_key_or_older_than_synced(h
 
 
 @contextlib.contextmanager
-def raw_server(answer: bytes, drip: float = 0.0):
-    """A server on 127.0.0.1 that reads a request and writes `answer` (a byte every `drip`
-    seconds), for any number of connections until the block ends. Yields its URL."""
+def raw_server(answer: bytes, drip: float = 0.0, first: bytes = b""):
+    """A server on 127.0.0.1 that reads a request and writes `first` at once, then `answer` (a
+    byte every `drip` seconds), for any number of connections until the block ends. Yields its
+    URL."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     done = threading.Event()
@@ -479,6 +480,8 @@ def raw_server(answer: bytes, drip: float = 0.0):
                 continue
             with conn:
                 conn.recv(65536)
+                with contextlib.suppress(OSError):
+                    conn.sendall(first)
                 for k in range(len(answer)) if drip else [None]:
                     if done.is_set():
                         break
@@ -535,12 +538,13 @@ def test_what_a_hostile_coordinator_answers_is_checked_and_printed_harmlessly(
         err = cli.fails("hive", "sync").stderr
         assert err.startswith("error: cannot reach the hive coordinator") and err.count("\n") == 1
     monkeypatch.setattr(edge, "ANSWER_SECONDS", 1.0)
-    slow = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b" " * 100
-    with raw_server(slow, drip=0.05) as url:  # 7 s in all, no pause longer than 0.05 s
-        follow(url)
-        started = time.monotonic()
-        err = cli.fails("hive", "sync").stderr
-        assert "no whole answer within 1 s" in err and time.monotonic() - started < 3
+    for close in (b"", b"Connection: close\r\n"):  # closing: http.client hands the socket on
+        head = b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 100\r\n\r\n"
+        with raw_server(b" " * 100, drip=0.05, first=head) as url:  # the body: 5 s, a byte a time
+            follow(url)
+            started = time.monotonic()
+            err = cli.fails("hive", "sync").stderr
+            assert "no whole answer within 1 s" in err and time.monotonic() - started < 3
 
 
 def one_update_taken(hive) -> tuple[Edge, Edge]:
@@ -1202,11 +1206,15 @@ def test_basin_hive_join_depth_and_verify_say_what_is_held(hive):
 
 def test_an_update_whose_answer_was_lost_counts_once(hive, monkeypatch):
     """The update went out and the connection dropped before the 202: it is recorded as sent
-    (sending its change again would count it twice if it arrived), `sync` waits for its round
-    and resets once a head lists it taken; one that never arrived leaves the work merged back,
-    and the next submission sends it. A coordinator not reached at all records nothing."""
+    (sending its change again would count it twice if it arrived), `sync` resets once a head
+    lists it taken; one that never arrived is decided only once the last round that could take
+    it (its parent must be a head of the last K rounds; K = 3 here) has closed without it: the
+    work is merged back, and the next submission sends it. A coordinator not reached at all
+    records nothing."""
     hub, edges, start = hive
-    server = start("--round-updates", "2", "--rule", "mean", "--optimizer", "average")
+    server = start(
+        "--round-updates", "2", "--rule", "mean", "--optimizer", "average", "--freshness", "3"
+    )
     e0, e1, e2 = edges
     for e in edges:
         e("hive", "join", server.url)
@@ -1232,9 +1240,12 @@ def test_an_update_whose_answer_was_lost_counts_once(hive, monkeypatch):
 
     commit_z(e0.path, vec(c0=0.5, c1=0.5, c2=1.0), "more work")
     monkeypatch.setattr(edge, "_request", lambda u, d=None: answer_lost(u, d, deliver=False))
-    assert "recorded as sent" in e0("hive", "submit", ok=False).stderr  # it never arrived
+    err = e0("hive", "submit", ok=False).stderr  # it never arrived
+    assert "recorded as sent" in err and "by round 3 at the latest" in err  # round 1 + K - 1
     monkeypatch.setattr(edge, "_request", real)
-    for k in (1, 2):  # rounds 1 and 2 close without it (recorded into round 2)
+    for k in (1, 2, 3):  # rounds 1 to 3 close without it
+        if k == 3:
+            assert e0("hive", "sync").output.startswith("waiting: ")  # round 3 could take it
         for e in (e1, e2):
             commit_z(e.path, vec(c1=float(k + 1)), f"round {k}")
             e("hive", "submit")
