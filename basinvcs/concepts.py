@@ -21,7 +21,7 @@ No torch, numpy or networkx at import: `basin diff` must start fast (networkx is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .codec import dagcbor
@@ -136,7 +136,7 @@ class Concept:
         return math.sqrt(math.fsum(v * v for v in self.vector))
 
 
-def _fork_point(repo, head, shallow: set = frozenset()) -> tuple[str, Commit] | None:
+def _fork_point(repo, head, shallow: Collection = frozenset()) -> tuple[str, Commit] | None:
     """(label, fork commit) of the newest specialising commit on head's first-parent history,
     as far as it is held: none from a `shallow` commit down (its parents are not here)."""
     cid = head

@@ -596,7 +596,7 @@ def _check_shallow_marks(repo: Repository, report: VerifyReport) -> None:
             continue
         if repo.index_entry(cid) is None:
             report.problems.append((text, "marked shallow, but not a commit of this repository"))
-        elif all(repo.has_block(CID.parse(p)) for p in repo.parents(cid)):
+        elif repo.parents_held(cid):
             report.problems.append((text, "marked shallow, but its parents are all here"))
 
 

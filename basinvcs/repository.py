@@ -272,7 +272,7 @@ class Repository:
         try:
             data = self._store.get(cid)
         except BlockNotFound:
-            if self._store.shallow_commits():  # most likely below where the history held starts
+            if self.shallow_marks():  # most likely below where the history held starts
                 raise BlockNotFound(
                     f"commit {cid} is not here: this repository holds the history only from "
                     "where it was joined with --depth",
@@ -397,17 +397,18 @@ class Repository:
         an import of the rest): the history below them is walked, checked and sent again."""
         marks = self.shallow()
         if marks:
-            self._store.unmark_shallow(
-                str(c)
-                for c in marks
-                if all(self._store.is_indexed_commit(CID.parse(p)) for p in self.parents(c))
-            )
+            self._store.unmark_shallow(str(c) for c in marks if self.parents_held(c))
+
+    def parents_held(self, cid: CID) -> bool:
+        """Whether every parent of the indexed commit `cid` is a commit held here (a shallow
+        mark on such a commit is stale)."""
+        return all(self._store.is_indexed_commit(CID.parse(p)) for p in self.parents(cid))
 
     def require_whole(self, heads: Sequence[CID], doing: str) -> None:
         """Refuse (RepositoryError) to `doing` (push, export) a history below `heads` that this
         repository holds only from a shallow commit: the receiver would get commits whose
         parents nobody sent."""
-        shallow = self._store.shallow_commits()
+        shallow = self.shallow_marks()
         if not shallow:
             return
         for entry in self.log_entries(heads):

@@ -44,8 +44,8 @@ class Signer:
     whose summed direction has the lowest and the highest cosine with this one's, and that cosine;
     None where no other's points against (cosine < 0), or along (> 0), this one's, or this signer
     (or every other) has no counted update (taken, or refused as an outlier) with a nonzero
-    change. With one other signer, that one
-    is either the most against or the most along, not both."""
+    change. With one other signer, that one is either the most against or the most along, not
+    both."""
 
     author: bytes
     taken: int
