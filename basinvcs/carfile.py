@@ -29,14 +29,15 @@ def history_groups(
     repo: Repository, head: CID, limit: int = -1
 ) -> Iterator[list[tuple[CID, bytes]]]:
     """`history_blocks` a commit at a time (at most `limit` commits): [(commit CID, bytes)],
-    with (packet CID, bytes) after it the first time its packet appears."""
-    packets: set[CID] = set()
+    with (CID, bytes) of what it links besides its parents (`Commit.attached`: its packet, its
+    round record) after it, the first time each appears."""
+    seen: set[CID] = set()
     for cid, data in repo.walk_blocks([head], limit):
         group = [(cid, data)]
-        basin = Commit.decode(data, trusted=True).basin
-        if basin not in packets:
-            packets.add(basin)
-            group.append((basin, repo.get_block(basin)))
+        for linked in Commit.decode(data, trusted=True).attached:
+            if linked not in seen:
+                seen.add(linked)
+                group.append((linked, repo.get_block(linked)))
         yield group
 
 

@@ -453,11 +453,26 @@ def show(rev: str, fmt: str) -> None:
                 for key, value in sorted(obj.metrics.items()):
                     click.echo(f"    {key}: {value:.6g}")
             click.echo("")
+            if obj.record is not None:
+                record = repo.read_record(obj.record)
+                click.echo(
+                    f"record {obj.record} ({len(record.taken)} updates taken, "
+                    f"{len(record.refused)} refused: basin show {obj.record})"
+                )
             click.echo(f"basin {obj.basin}")
             _show_basin(repo.read_basin(obj.basin), repo.block_size(obj.basin))
         elif kind == "basin":
             click.echo(f"basin {cid}")
             _show_basin(obj, repo.block_size(cid))
+        elif kind == "round":
+            from .identity import format_key
+
+            taken, refused = len(obj.taken), len(obj.refused)
+            click.echo(f"round record {cid}: {taken} updates taken, {refused} refused")
+            for update, signer in obj.taken:
+                click.echo(f"taken {update} {format_key(signer)}")
+            for update, why in obj.refused:
+                click.echo(f"refused {update} {why}")
         else:
             click.echo(f"block {cid} ({cid.codec_name}, {repo.block_size(cid)} bytes)")
 
@@ -666,7 +681,11 @@ def verify(require_trusted: bool) -> None:
             err=True,
         )
     shallow = f", {report.shallow} held without their parents (shallow)" if report.shallow else ""
-    click.echo(f"checked {report.commits} commits and {report.packets} basin packets{shallow}")
+    plural = "s" if report.records != 1 else ""
+    records = f", {report.records} round record{plural}" if report.records else ""
+    click.echo(
+        f"checked {report.commits} commits and {report.packets} basin packets{records}{shallow}"
+    )
     if not report.ok or (require_trusted and report.untrusted):
         raise SystemExit(1)
     click.echo("ok")
@@ -1508,7 +1527,7 @@ def _int_or_float(text: str) -> int | float:
 @hive.command("serve")
 @click.option("--branch", default="general", show_default=True, help="The shared basin's branch.")
 @click.option("--listen", default="127.0.0.1:8765", show_default=True, help="HOST:PORT.")
-@click.option("--round-updates", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@click.option("--round-updates", type=click.IntRange(1, 5_000), default=10, show_default=True)
 @click.option(
     "--round-seconds", type=click.FloatRange(0.01, 86_400), default=30.0, show_default=True
 )

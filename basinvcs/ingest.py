@@ -27,7 +27,7 @@ from pathlib import Path
 from .cid import CID
 from .config import load_config
 from .errors import RefError, RepositoryError, SchemaError, SignatureError
-from .objects import Basin, Commit
+from .objects import Basin, Commit, RoundRecord
 from .refnames import branch_ref, check_branch_name
 from .repository import BASIN_DIR, DB_FILE, Repository
 from .store.sqlite import SQLiteStore
@@ -38,7 +38,8 @@ WRITE_BATCH = 256  # commits written together by write_history
 
 @dataclass
 class FetchPlan:
-    """What a fetch would write: (cid, bytes) of missing packets and commits, in write order."""
+    """What a fetch would write: (cid, bytes) of missing packets (and round records) and
+    commits, in write order."""
 
     heads: list[CID]
     packets: list[tuple[CID, bytes]] = field(default_factory=list)
@@ -60,9 +61,8 @@ def plan_fetch(
     `on_block(n)` is told the size of every block read from the source (for progress bars).
     """
     plan = FetchPlan(list(heads))
-    for cid, commit, data, packet in missing_history(repo, heads, get, on_block):
-        if packet is not None:
-            plan.packets.append(packet)
+    for cid, commit, data, attached in missing_history(repo, heads, get, on_block):
+        plan.packets += attached
         plan.commits.append((cid, commit, data))
     return plan
 
@@ -74,10 +74,11 @@ def missing_history(
     on_block: Callable[[int], None] | None = None,
     depth: int | None = None,
     deepen: bool = False,
-) -> Iterator[tuple[CID, Commit, bytes, tuple[CID, bytes] | None]]:
+) -> Iterator[tuple[CID, Commit, bytes, list[tuple[CID, bytes]]]]:
     """Every commit missing below `heads` (the heads first), read and validated, as (CID,
-    commit, its bytes, its packet (CID, bytes) where neither this repository nor an earlier
-    commit of the walk holds it). `depth`: only commits fewer than that many links below a
+    commit, its bytes, the blocks it links besides its parents (`Commit.attached`: its packet,
+    its round record) as (CID, bytes), those neither this repository nor an earlier commit of
+    the walk holds). `depth`: only commits fewer than that many links below a
     head, by the shortest path (the walk goes breadth first then). `deepen`: also everything
     missing below the commits this repository holds without their parents (shallow), which
     a walk from held heads never reaches: the whole history again."""
@@ -100,7 +101,7 @@ def missing_history(
             raise SchemaError(f"fetch refused: {cid} is not a valid commit: {exc}") from None
         if not commit.signature_valid():
             raise SignatureError(f"fetch refused: commit {cid} has a bad signature")
-        packet = None
+        attached = []
         if commit.basin not in seen_packets:
             seen_packets.add(commit.basin)
             have = repo.has_block(commit.basin)
@@ -117,8 +118,17 @@ def missing_history(
                     f"repository's is {chart}"
                 )
             if not have:
-                packet = (commit.basin, block)
-        yield cid, commit, data, packet
+                attached.append((commit.basin, block))
+        if commit.record is not None and not repo.has_block(commit.record):
+            block = _read(get, commit.record, on_block)
+            try:
+                RoundRecord.decode(block)
+            except SchemaError as exc:
+                raise SchemaError(
+                    f"fetch refused: {commit.record} (round record of {cid}) is not valid: {exc}"
+                ) from None
+            attached.append((commit.record, block))
+        yield cid, commit, data, attached
         stack.extend((parent, below + 1) for parent in commit.parents)
 
 
@@ -148,12 +158,11 @@ def write_history(
         packets: list[tuple[CID, bytes]] = []
         commits: list[tuple[CID, Commit, bytes]] = []
         walk = missing_history(repo, heads, get, depth=depth, deepen=deepen)
-        for cid, commit, data, packet in walk:
+        for cid, commit, data, attached in walk:
             check(cid, commit)
-            if packet is not None:
-                packets.append(packet)
+            packets += attached
             commits.append((cid, commit, data))
-            needed.append(commit.basin)
+            needed += commit.attached
             if depth is None:
                 needed += commit.parents
             else:

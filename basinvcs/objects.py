@@ -1,4 +1,4 @@
-"""The basin objects: chart, basin packet and commit, as versioned DAG-CBOR maps.
+"""The basin objects: chart, basin packet, commit and round record, as versioned DAG-CBOR maps.
 
 Each object converts to and from the IPLD data model (``to_node`` / ``from_node``) and validates
 everything on the way in, so a block that decodes is a block the rest of the code can trust.
@@ -18,10 +18,11 @@ from typing import Any
 from . import numeric
 from .cid import CID
 from .codec import dagcbor
-from .errors import SchemaError
+from .errors import CIDError, SchemaError
 
 PACKET_TYPE = "basin/packet"
 COMMIT_TYPE = "basin/commit"
+ROUND_TYPE = "basin/round"
 FORMAT_VERSION = 1
 MASKED_PACKET_VERSION = 2  # a packet whose chart leaves tensors out (chart field "exclude")
 
@@ -34,6 +35,8 @@ MAX_LABELS = 16
 MAX_ENTANGLEMENTS = 64
 MAX_MESSAGE_BYTES = 16384
 MAX_EXCLUDE = 16
+MAX_ROUND_ENTRIES = 5_000  # updates one round record lists: at most ~0.9 MiB, under the block limit
+MAX_REASON_BYTES = 120
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
 
@@ -381,6 +384,7 @@ class Commit:
     metrics: dict[str, float] = field(default_factory=dict)
     specialize: str | None = None
     strategy: str | None = None  # merge commits: how the sides were combined
+    record: CID | None = None  # a hive round's head: its RoundRecord, when the message is short
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -400,6 +404,12 @@ class Commit:
         if len(set(self.parents)) != len(self.parents):
             raise SchemaError("commit lists a parent twice")
 
+    @property
+    def attached(self) -> tuple[CID, ...]:
+        """The blocks this commit links besides its parents: its packet, and its round record
+        if it has one. History is whole where every commit's parents and these are held."""
+        return (self.basin,) if self.record is None else (self.basin, self.record)
+
     def unsigned_node(self) -> dict:
         node: dict[str, Any] = {
             "type": COMMIT_TYPE,
@@ -415,6 +425,8 @@ class Commit:
             node["specialize"] = self.specialize
         if self.strategy is not None:
             node["strategy"] = self.strategy
+        if self.record is not None:
+            node["record"] = self.record
         return node
 
     def signing_bytes(self) -> bytes:
@@ -453,7 +465,7 @@ class Commit:
                 "metrics",
                 "signature",
             },
-            {"specialize", "strategy"},
+            {"specialize", "strategy", "record"},
         )
         parents = tuple(
             _typed(p, CID, "commit parent") for p in _typed(node["parents"], list, "parents")
@@ -467,6 +479,7 @@ class Commit:
             metrics=dict(_typed(node["metrics"], dict, "metrics")),
             specialize=_optional_str(node, "specialize"),
             strategy=_optional_str(node, "strategy"),
+            record=_typed(node["record"], CID, "commit record") if "record" in node else None,
             signature=_signature(node["signature"], "commit"),
         )
 
@@ -496,6 +509,77 @@ class Commit:
         return replace(self, signature=sign(self.signing_bytes()))
 
 
+@dataclass(frozen=True)
+class RoundRecord:
+    """What a hive round did with every update it decided on: each taken, with its signer, and
+    each refused, with why. A round's head commit links it (`Commit.record`) when its message
+    cannot list them all, so the head's signature covers every update's fate (an edge that sent
+    one learns it exactly, however large the round).
+
+    Update CIDs are stored as bytes, not links: the updates are not part of the history (a
+    repository does not hold them), and a link would send IPFS looking for them when it pins."""
+
+    taken: tuple[tuple[CID, bytes], ...]  # (update, its signer's 32-byte key)
+    refused: tuple[tuple[CID, str], ...]  # (update, the one-line reason)
+
+    def __post_init__(self) -> None:
+        if len(self.taken) + len(self.refused) > MAX_ROUND_ENTRIES:
+            raise SchemaError(f"round record lists over {MAX_ROUND_ENTRIES:,} updates")
+        for _, signer in self.taken:
+            if len(signer) != 32:
+                raise SchemaError("round record: a signer must be a 32-byte Ed25519 public key")
+        for _, why in self.refused:
+            if not why or len(why.encode()) > MAX_REASON_BYTES or "\n" in why:
+                raise SchemaError(
+                    f"round record: a reason must be one line of 1-{MAX_REASON_BYTES} bytes"
+                )
+        updates = [cid for cid, _ in self.taken] + [cid for cid, _ in self.refused]
+        if len(set(updates)) != len(updates):
+            raise SchemaError("round record lists an update twice")
+
+    def fates(self) -> dict[CID, str]:
+        """Update → "taken" or "refused: REASON"."""
+        out = {cid: "taken" for cid, _ in self.taken}
+        out.update((cid, f"refused: {why}") for cid, why in self.refused)
+        return out
+
+    def to_node(self) -> dict:
+        return {
+            "type": ROUND_TYPE,
+            "version": FORMAT_VERSION,
+            "taken": [{"update": bytes(c), "signer": s} for c, s in self.taken],
+            "refused": [{"update": bytes(c), "reason": why} for c, why in self.refused],
+        }
+
+    def encode(self) -> bytes:
+        return dagcbor.encode(self.to_node())
+
+    @classmethod
+    def from_node(cls, node: Any) -> RoundRecord:
+        _check_type(node, ROUND_TYPE)
+        node = _fields(node, "round record", {"type", "version", "taken", "refused"})
+
+        def entries(key: str, second: str, kind: type) -> tuple:
+            out = []
+            for entry in _typed(node[key], list, f"round record {key}"):
+                entry = _fields(entry, f"round record {key} entry", {"update", second})
+                raw = _typed(entry["update"], bytes, "round record update")
+                try:
+                    cid = CID.from_bytes(raw)
+                except CIDError as exc:
+                    raise SchemaError(f"round record: an update is not a CID: {exc}") from None
+                out.append((cid, _typed(entry[second], kind, f"round record {second}")))
+            return tuple(out)
+
+        return cls(entries("taken", "signer", bytes), entries("refused", "reason", str))
+
+    @classmethod
+    def decode(cls, data: bytes) -> RoundRecord:
+        record = cls.from_node(dagcbor.decode(data))
+        _check_canonical(record, data)
+        return record
+
+
 _COMMIT_FIELDS = (
     "basin",
     "author",
@@ -504,6 +588,7 @@ _COMMIT_FIELDS = (
     "metrics",
     "specialize",
     "strategy",
+    "record",
     "signature",
 )
 
@@ -533,14 +618,14 @@ def _check_type(node: Any, expected: str, versions: tuple[int, ...] = (FORMAT_VE
         raise SchemaError(f"{expected} version {version!r} is not supported (this reads {known})")
 
 
-def _check_canonical(obj: Basin | Commit, data: bytes) -> None:
+def _check_canonical(obj: Basin | Commit | RoundRecord, data: bytes) -> None:
     """A block must be exactly the encoding of what it decodes to.
 
     Otherwise one signed commit could be re-encoded (a float 1.0 for the integer 1, a null for an
     absent field) into many blocks with different CIDs whose signatures all verify.
     """
     if obj.encode() != data:
-        what = "commit" if isinstance(obj, Commit) else "basin packet"
+        what = {Commit: "commit", Basin: "basin packet"}.get(type(obj), "round record")
         raise SchemaError(
             f"{what} is not in canonical form (a value of the wrong type or a null optional field)"
         )
@@ -549,5 +634,5 @@ def _check_canonical(obj: Basin | Commit, data: bytes) -> None:
 def kind_of(node: Any) -> str | None:
     """The `type` of a decoded block if it is one of ours, else None."""
     if isinstance(node, dict) and isinstance(node.get("type"), str):
-        return node["type"] if node["type"] in (PACKET_TYPE, COMMIT_TYPE) else None
+        return node["type"] if node["type"] in (PACKET_TYPE, COMMIT_TYPE, ROUND_TYPE) else None
     return None

@@ -31,7 +31,16 @@ from .identity import (
     parse_key,
 )
 from .metrics import mean_fisher
-from .objects import COMMIT_TYPE, PACKET_TYPE, Basin, Chart, Commit, kind_of
+from .objects import (
+    COMMIT_TYPE,
+    PACKET_TYPE,
+    ROUND_TYPE,
+    Basin,
+    Chart,
+    Commit,
+    RoundRecord,
+    kind_of,
+)
 from .refnames import HEAD, REMOTES, branch_ref, check_branch_name, short_name, shown
 from .repository import BASIN_DIR, IndexEntry, Repository
 
@@ -530,6 +539,7 @@ def log_range(
 class VerifyReport:
     commits: int = 0
     packets: int = 0
+    records: int = 0  # round records of hive heads (Commit.record)
     shallow: int = 0  # commits reached whose parents the repository does not hold (--depth)
     problems: list[tuple[str, str]] = field(default_factory=list)
     untrusted: dict[bytes, list[str]] = field(default_factory=dict)
@@ -575,6 +585,9 @@ def verify(repo: Repository) -> VerifyReport:
         if commit_.basin not in seen_packets:
             seen_packets.add(commit_.basin)
             _verify_packet(repo, commit_.basin, cid, report)
+        if commit_.record is not None:
+            report.records += 1
+            _verify_record(repo, commit_.record, cid, report)
     report.commits = len(seen_commits)
     report.packets = len(seen_packets)
     return report
@@ -650,6 +663,13 @@ def _verify_packet(repo: Repository, cid: CID, owner: CID, report: VerifyReport)
         return
     if basin.chart != repo.config.chart:
         report.problems.append((str(cid), f"basin chart {basin.chart} is not the repository's"))
+
+
+def _verify_record(repo: Repository, cid: CID, owner: CID, report: VerifyReport) -> None:
+    try:
+        RoundRecord.decode(repo.get_block(cid))
+    except BasinError as exc:
+        report.problems.append((str(cid), f"round record of commit {owner}: {exc}"))
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -778,13 +798,16 @@ def _encode(node, codec: str) -> bytes:
 
 
 def describe_block(repo: Repository, cid: CID) -> tuple[str, object]:
-    """What a stored block is: ('commit', Commit), ('basin', Basin) or ('block', node or bytes)."""
+    """What a stored block is: ('commit', Commit), ('basin', Basin), ('round', RoundRecord) or
+    ('block', node or bytes)."""
     node = _load_node(repo, cid)
     kind = kind_of(node)
     if kind == COMMIT_TYPE:
         return "commit", Commit.from_node(node)
     if kind == PACKET_TYPE:
         return "basin", Basin.from_node(node)
+    if kind == ROUND_TYPE:
+        return "round", RoundRecord.from_node(node)
     return "block", node
 
 

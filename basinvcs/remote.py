@@ -243,16 +243,16 @@ def missing_blocks(repo: Repository, node: Node, heads: list[CID]) -> list[tuple
     have_packets: set[CID] = set()
     for cid, commit in repo.walk(local_pins):
         have.add(cid)
-        have_packets.add(commit.basin)
+        have_packets.update(commit.attached)
     out: list[tuple[CID, bytes]] = []
     for cid, data in repo.walk_blocks(heads):
         if cid in have:
             continue
         out.append((cid, data))
-        basin = Commit.decode(data, trusted=True).basin
-        if basin not in have_packets:
-            have_packets.add(basin)
-            out.append((basin, repo.get_block(basin)))
+        for linked in Commit.decode(data, trusted=True).attached:
+            if linked not in have_packets:
+                have_packets.add(linked)
+                out.append((linked, repo.get_block(linked)))
     return out
 
 

@@ -28,7 +28,7 @@ from .cid import CID, DAG_CBOR
 from .config import CONFIG_FILE, Config, load_config, save_config
 from .errors import BasinError, BlockNotFound, RefError, RepositoryError, SchemaError
 from .identity import Identity, require_identity
-from .objects import Basin, Commit
+from .objects import Basin, Commit, RoundRecord
 from .refnames import HEAD, HEADS, REMOTES, TAGS, branch_ref, check_branch_name, shown
 from .store.base import IndexEntry, Ref, ReflogEntry, Store
 from .store.memory import MemoryStore
@@ -297,6 +297,17 @@ class Repository:
     def write_basin(self, basin: Basin) -> CID:
         return self._store.put(basin.encode())
 
+    def read_record(self, cid: CID) -> RoundRecord:
+        """A round record a commit links (validated when it came in, checked again: rare)."""
+        data = self._store.get(cid)
+        try:
+            return RoundRecord.decode(data)
+        except SchemaError as exc:
+            raise SchemaError(f"{cid} is not a valid round record: {exc}") from None
+
+    def write_record(self, record: RoundRecord) -> CID:
+        return self._store.put(record.encode())
+
     def write_commit(self, commit: Commit) -> CID:
         """Store a signed commit whose basin and parents are already stored, and index it."""
         data = commit.encode()
@@ -332,7 +343,7 @@ class Repository:
                 self.check_links(
                     needed
                     for cid, c, _ in commits
-                    for needed in (c.basin, *(() if cid in shallow else c.parents))
+                    for needed in (*c.attached, *(() if cid in shallow else c.parents))
                 )
 
     def check_links(self, needed: Iterable[CID]) -> None:

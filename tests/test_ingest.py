@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sqlite3
 from pathlib import Path
 
@@ -279,3 +280,71 @@ def test_verify_checks_the_shallow_marks(tmp_path, monkeypatch, hub):
             assert found[str(tip)] == "marked shallow, but its parents are all here"
             assert "not a commit of this repository" in found[str(CID.for_block(b"not a commit"))]
             assert porcelain.verify(mine).commits == len(chain) + 1  # below the mark too
+
+
+def _with_record(tmp_path, monkeypatch, hub: Path, how: str = "whole") -> Path:
+    """A specialist whose head commit links a round record (as a hive round's head does).
+    `how`: "whole"; "missing" (the record is not stored); "packet" (the commit names its
+    packet's CID as its record: a block, but not a round record)."""
+    from basinvcs.objects import RoundRecord
+
+    spec = _specialist(tmp_path, monkeypatch, hub, "hive", commits=1)
+    _as(monkeypatch, tmp_path / "home-hive")
+    ident = load_identity()
+    with Repository.open(spec) as repo:
+        parent = repo.branch_commit("hive")
+        basin = repo.read_commit(parent).basin
+        record = RoundRecord(
+            ((CID.for_block(b"an update"), ident.public_key),),
+            ((CID.for_block(b"x"), "outlier"),),
+        )
+        cid = {
+            "whole": lambda: repo.write_record(record),
+            "missing": lambda: CID.for_block(record.encode()),
+            "packet": lambda: basin,
+        }[how]()
+        commit = Commit(basin, (parent,), ident.public_key, 10**12, "round", record=cid)
+        commit = commit.signed(ident.sign)
+        if how == "missing":
+            with pytest.raises(SchemaError, match="commit links .* not in the repository"):
+                repo.write_commit(commit)
+        _install(repo, "hive", commit, parent)
+    _as(monkeypatch, tmp_path / "home-hub")
+    return spec
+
+
+def test_a_round_record_travels_with_its_commit_and_verify_checks_it(tmp_path, monkeypatch, hub):
+    from basinvcs.carfile import export_car, import_car
+
+    spec = _with_record(tmp_path, monkeypatch, hub)
+    with Repository.open(spec) as src:
+        record = src.read_commit(src.branch_commit("hive")).record
+        assert porcelain.verify(src).records == 1 and porcelain.verify(src).ok
+    with Repository.open(hub) as repo:
+        head = fetch(repo, spec, "hive", "hive")
+        assert repo.read_record(record).taken[0][0] == CID.for_block(b"an update")
+        assert porcelain.verify(repo).ok and porcelain.verify(repo).records == 1
+        export_car(repo, "hive", tmp_path / "hive.car")
+    other = tmp_path / "other"
+    porcelain.init(other, dim=DIM, seed=7, name="other").close()
+    with Repository.open(other) as repo:
+        import_car(repo, tmp_path / "hive.car", "hive")
+        assert repo.branch_commit("hive") == head and repo.has_block(record)
+        assert porcelain.verify(repo).ok
+
+
+@pytest.mark.parametrize(
+    "how, error, match, problem",
+    [
+        ("missing", Exception, "not found|missing", "not found|missing"),
+        ("packet", SchemaError, "round record of .* is not valid", "not a 'basin/round'"),
+    ],
+)
+def test_a_round_record_missing_or_not_one_is_refused(
+    tmp_path, monkeypatch, hub, how, error, match, problem
+):
+    spec = _with_record(tmp_path, monkeypatch, hub, how)
+    _refused(hub, spec, "hive", error, match)
+    with Repository.open(spec) as repo:
+        found = [p for _, p in porcelain.verify(repo).problems if "round record of commit" in p]
+        assert len(found) == 1 and re.search(problem, found[0])

@@ -6,10 +6,13 @@ from basinvcs.cid import CID
 from basinvcs.codec import dagcbor
 from basinvcs.errors import SchemaError
 from basinvcs.objects import (
+    MAX_REASON_BYTES,
+    MAX_ROUND_ENTRIES,
     Basin,
     Chart,
     Commit,
     Entanglement,
+    RoundRecord,
     SubstrateRef,
     packet_limit,
 )
@@ -221,3 +224,78 @@ def test_substrate_params_must_be_a_positive_int():
         SubstrateRef("tiny", bytes(32), 0)
     with pytest.raises(SchemaError, match="params must be int"):
         SubstrateRef("tiny", bytes(32), 1.0)
+
+
+UPDATES = [CID.for_block(bytes([k])) for k in range(4)]
+
+
+def test_a_round_record_round_trips_and_a_commit_links_it():
+    record = RoundRecord(
+        ((UPDATES[0], b"\1" * 32), (UPDATES[1], b"\2" * 32)), ((UPDATES[2], "outlier"),)
+    )
+    data = record.encode()
+    assert RoundRecord.decode(data) == record
+    assert dagcbor.decode(data)["taken"][0]["update"] == bytes(UPDATES[0])  # bytes, not a link
+    assert record.fates() == {
+        UPDATES[0]: "taken",
+        UPDATES[1]: "taken",
+        UPDATES[2]: "refused: outlier",
+    }
+    c = _commit(record=CID.for_block(data)).signed(lambda b: b"\2" * 64)
+    assert c.attached == (c.basin, CID.for_block(data))
+    assert Commit.decode(c.encode()) == c == Commit.decode(c.encode(), trusted=True)
+    assert _commit().attached == (_commit().basin,)
+
+
+@pytest.mark.parametrize(
+    "taken, refused, message",
+    [
+        (((UPDATES[0], b"\1" * 31),), (), "32-byte"),
+        ((), ((UPDATES[0], ""),), "one line"),
+        ((), ((UPDATES[0], "two\nlines"),), "one line"),
+        ((), ((UPDATES[0], "x" * (MAX_REASON_BYTES + 1)),), "one line"),
+        (((UPDATES[0], b"\1" * 32),), ((UPDATES[0], "outlier"),), "twice"),
+        (((UPDATES[0], b"\1" * 32),) * (MAX_ROUND_ENTRIES + 1), (), "over 5,000"),
+    ],
+)
+def test_bad_round_records_are_refused(taken, refused, message):
+    with pytest.raises(SchemaError, match=message):
+        RoundRecord(taken, refused)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda n: n.update(version=1.0), "version"),
+        (lambda n: n.update(extra=1), "unknown field"),
+        (lambda n: n["taken"][0].update(update=b"\1\2"), "not a CID"),
+        (lambda n: n["taken"][0].update(update=UPDATES[0]), "must be bytes"),
+        (lambda n: n["refused"][0].update(reason=b"outlier"), "must be str"),
+        (lambda n: n["refused"][0].pop("reason"), "lacks field"),
+        (lambda n: n.update(type="basin/commit"), "not a 'basin/round'"),
+    ],
+)
+def test_a_round_record_block_is_read_strictly(mutate, message):
+    node = RoundRecord(((UPDATES[0], b"\1" * 32),), ((UPDATES[1], "outlier"),)).to_node()
+    mutate(node)
+    with pytest.raises(SchemaError, match=message):
+        RoundRecord.decode(dagcbor.encode(node))
+
+
+def test_a_commit_whose_record_is_not_a_link_is_refused():
+    node = _commit().signed(lambda b: b"\2" * 64).to_node()
+    node["record"] = "bafy"
+    with pytest.raises(SchemaError, match="commit record"):
+        Commit.decode(dagcbor.encode(node))
+
+
+def test_the_largest_round_record_fits_in_a_block():
+    """MAX_ROUND_ENTRIES refusals with the longest reasons: under the 1 MiB block limit (a
+    coordinator writes one per round it closes, whatever the round held)."""
+    from basinvcs.store.base import MAX_BLOCK_SIZE
+
+    refused = tuple(
+        (CID.for_block(k.to_bytes(4, "big")), "x" * MAX_REASON_BYTES)
+        for k in range(MAX_ROUND_ENTRIES)
+    )
+    assert len(RoundRecord((), refused).encode()) < MAX_BLOCK_SIZE

@@ -314,3 +314,33 @@ def test_a_remote_is_bound_to_one_repository_and_never_moves_back(
     assert "would move refs/remotes/bob/general back" in err and "rollback" in err
     assert alice.state() == before
     assert first
+
+
+def test_a_round_record_goes_to_the_node_and_comes_back_with_its_commit(
+    alice, tmp_path, monkeypatch, ipfs_node
+):
+    """A hive round's head links its record: push sends it, the node pins and exports the
+    history without looking for the updates it names (they are bytes, not links, and no node
+    holds them), and a clone through the node gets it back, checked."""
+    from basinvcs.objects import Commit, RoundRecord
+
+    update = CID.for_block(b"an update no node holds")
+    with alice, Repository.open(alice.path) as repo:
+        ident = load_identity()
+        parent = repo.head_commit()
+        record = repo.write_record(RoundRecord(((update, ident.public_key),), ()))
+        basin = repo.read_commit(parent).basin
+        commit = Commit(basin, (parent,), ident.public_key, 10**12, "round", record=record)
+        head = repo.write_commit(commit.signed(ident.sign))
+        repo.set_ref("refs/heads/general", str(head), str(parent), "test")
+    alice("remote", "add", "origin", ipfs_node.api)
+    name = _field(alice("push").output, "IPNS name: ")
+    node = Node(ipfs_node.api)
+    _, blocks = read_car_bytes(node.dag_export(head))  # the node walks every link: all held
+    assert record in dict(blocks) and update not in dict(blocks)
+    bob = Person(tmp_path, "bob", monkeypatch)
+    with bob:
+        bob.cli("clone", name, str(bob.path), "--node", ipfs_node.api)
+    with bob, Repository.open(bob.path) as repo:
+        assert repo.read_record(record).taken == ((update, ident.public_key),)
+    assert "1 round record" in bob("verify").output

@@ -50,10 +50,10 @@ from ..cid import CID
 from ..config import TrustedKey
 from ..errors import BasinError
 from ..identity import format_key
-from ..objects import MAX_MESSAGE_BYTES, Basin, Commit
+from ..objects import MAX_ROUND_ENTRIES, Basin, Commit
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import adjust, outer, outliers, quarantine, rules
+from . import adjust, fates, outer, outliers, quarantine, rules
 from .journal import PENDING, REFUSED, TAKEN, Journal, Journaled
 from .signers import QUARANTINED, ROUND_FULL, UNTRUSTED, unit_sums
 from .update import Update, update_limit
@@ -99,6 +99,11 @@ class Settings:
             raise BasinError(f"outlier factor c {self.outlier_c} must be finite and > 0")
         if self.round_updates < 1 or not 0 < self.round_seconds < 1e6 or self.freshness < 1:
             raise BasinError("round_updates, round_seconds and freshness must be positive")
+        if self.round_updates > MAX_ROUND_ENTRIES:
+            raise BasinError(
+                f"round_updates {self.round_updates} is over {MAX_ROUND_ENTRIES:,}: the most one "
+                "round's record lists"
+            )
         if self.quarantine_tau is not None:
             quarantine.check(self.quarantine_tau, self.quarantine_after)
         if self.keep_rounds is not None and self.keep_rounds < 1:
@@ -256,11 +261,14 @@ class Coordinator:
         senders = len(index) - held - (self.repo.identity().public_key in index)
         return max(1, min(self.settings.round_updates, senders))
 
-    def _filled(self) -> int:
-        """The round's pending updates that will count: not those of signers removed or
-        quarantined since they sent (refused at the close), so that a round still closes with
-        its M. Counted again whenever the trust list, the quarantine or the pending updates
-        change (the objects themselves are kept, so a new one never passes for the old)."""
+    def _filled(self, staged: int = 0) -> int:
+        """The round's pending updates (and `staged` more) that will count: not those of
+        signers removed or quarantined since they sent (refused at the close), so that a round
+        still closes with its M. Counted again whenever the trust list, the quarantine or the
+        pending updates change (the objects themselves are kept, so a new one never passes for
+        the old). A round holding as many as its record can list is full, whatever they are."""
+        if len(self._pending) + staged >= MAX_ROUND_ENTRIES:
+            return MAX_ROUND_ENTRIES + self._round_size()
         index = self._trusted_index()
         held = self.journal.quarantined()
         sizes = (len(held), len(self._pending))
@@ -272,7 +280,7 @@ class Coordinator:
                 if u.author in held or (not self.settings.open and u.author not in index)
             )
             self._void = (index, held, sizes, void)
-        return len(self._pending) - self._void[3]
+        return len(self._pending) + staged - self._void[3]
 
     # -- intake
 
@@ -324,7 +332,7 @@ class Coordinator:
                                 answers[k] = checked[k]
                             else:
                                 answers[k] = self._take(bodies[k], checked[k], staged, k)
-                            if self._filled() + len(staged.rows) >= size:
+                            if self._filled(len(staged.rows)) >= size:
                                 break
                 except BasinError as exc:  # rolled back: none of it journaled, none acknowledged
                     rolled_back = {k for k, _, _ in staged.rows}
@@ -571,6 +579,11 @@ class Coordinator:
                 "outer": optimizer.to_dict(),
             },
         )
+        message, record = fates.round_parts(
+            f"hive round {current}: {len(taken)} updates taken, {len(refused)} refused",
+            [(CID.parse(pending[i].cid), pending[i].author) for i in taken],
+            [(CID.parse(pending[i].cid), why) for i, why in refused.items()],
+        )
         with self.repo.transaction():
             basin_cid = self.repo.write_basin(new_basin)
             commit = Commit(
@@ -578,8 +591,9 @@ class Coordinator:
                 (head,),
                 ident.public_key,
                 int(time.time() * 1000),
-                _message(current, pending, taken, refused),
+                message,
                 metrics,
+                record=None if record is None else self.repo.write_record(record),
             ).signed(ident.sign)
             cid = self.repo.write_commit(commit)
             self.repo.set_ref(branch_ref(self.settings.branch), cid, head, f"hive: round {current}")
@@ -682,14 +696,12 @@ class Coordinator:
             if "signed" in closing:
                 signed = [by_cid[c] for c in closing["signed"] if c in by_cid]
             self._pending_state = closing.get("outer")
-        else:  # a journal from before the decision was journaled: the commit's message
-            for line in commit.message.splitlines():
-                word, _, rest = line.partition(" ")
-                cid, _, why = rest.partition(" ")
-                if cid in by_cid and word == "taken":
+        else:  # a journal from before the decision was journaled: the head's own account
+            for cid, fate in fates.round_fates(commit, self.repo.read_record).items():
+                if cid in by_cid and fate == fates.TAKEN:
                     taken.append(by_cid[cid])
-                elif cid in by_cid and word == "refused":
-                    refused[by_cid[cid]] = why
+                elif cid in by_cid:
+                    refused[by_cid[cid]] = fate.removeprefix("refused: ")
         self.log(f"recovered round {current}: its head {self.head()} was written")
         previous = commit.parents[0] if commit.parents else self.head()
         directions = self._directions(  # an older journal's decision: its taken updates
@@ -741,34 +753,3 @@ def _fishers(updates: list[Update]) -> list[list[float] | None]:
             dense[i] = v
         out.append(dense)
     return out
-
-
-def _message(current: int, pending, taken: list[int], refused: dict[int, str]) -> str:
-    """The head commit's message: the round's counts, then a line per update taken (`taken CID
-    SIGNER`) and refused (`refused CID REASON`) while they fit in a commit message; past that,
-    refusals first and one last line saying how many more are in the journal (every decision is
-    there, and in the journal's "closing" record until the round is marked)."""
-    head = f"hive round {current}: {len(taken)} updates taken, {len(refused)} refused"
-    taken_lines = (f"taken {pending[i].cid} {format_key(pending[i].author)}" for i in taken)
-    refused_lines = (f"refused {pending[i].cid} {why}" for i, why in refused.items())
-    lines, size, budget = [head, ""], len(head.encode()) + 1, MAX_MESSAGE_BYTES
-    for line in itertools.chain(taken_lines, refused_lines):
-        size += 1 + len(line.encode())
-        if size > budget:
-            break
-        lines.append(line)
-    else:
-        return "\n".join(lines)
-    # too many for one message: refusals first, as many lines as leave room for the last one
-    listed = len(taken) + len(refused)
-    lines, size, budget = [head, ""], len(head.encode()) + 1, MAX_MESSAGE_BYTES - 100
-    refused_lines = (f"refused {pending[i].cid} {why}" for i, why in refused.items())
-    taken_lines = (f"taken {pending[i].cid} {format_key(pending[i].author)}" for i in taken)
-    for line in itertools.chain(refused_lines, taken_lines):
-        size += 1 + len(line.encode())
-        if size > budget:
-            break
-        lines.append(line)
-    more = listed - (len(lines) - 2)
-    lines.append(f"... and {more} more, in the coordinator's journal ({JOURNAL_FILE})")
-    return "\n".join(lines)

@@ -50,6 +50,7 @@ from ..inputs import parse_json, read_file
 from ..objects import Commit, Entanglement
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
+from . import fates
 from .coordinator import DEFAULT_FRESHNESS  # K, where a coordinator's /head does not say
 from .update import DEFAULT_ENCODING, MAX_LINKS, Compressor, Update, next_update
 
@@ -482,8 +483,7 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         compressor.residual = list(state.residual)
     doc = request_json(f"{state.url}/head")
     round_ = _round_of(state.url, doc)
-    fresh = doc.get("freshness")
-    fresh = fresh if type(fresh) is int and 1 <= fresh <= 1 << 20 else DEFAULT_FRESHNESS
+    fresh = freshness_of(doc)
     seq = max(state.seq + 1, now_ms())
     update = signed_update(
         repo, synced, compressor, change, round_=round_, seq=seq, samples=samples
@@ -528,6 +528,12 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         "bytes": len(data),
         "coordinates": update.change.k,
     }
+
+
+def freshness_of(doc: dict) -> int:
+    """K, from a coordinator's `/head` (older coordinators do not say: the default)."""
+    fresh = doc.get("freshness")
+    return fresh if type(fresh) is int and 1 <= fresh <= 1 << 20 else DEFAULT_FRESHNESS
 
 
 def _round_of(url: str, doc: dict) -> int:
@@ -627,29 +633,26 @@ def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> N
 
 def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str | None]:
     """What became of each update submitted since the sync, by the signed head commits from
-    `synced` to `head`: per CID "taken", "refused: REASON", or None where no head lists it (its
-    round, once closed, says: "refused: ..."). An update not listed where a round's commit
-    message lists too many to hold them all counts as taken, since refusals are listed first;
-    unless its answer was lost (it may never have arrived: the work is kept)."""
-    fates: dict[str, str] = {}
+    `synced` to `head` (`fates.round_fates`: each lists every update its round decided on):
+    per CID "taken", "refused: REASON", or None where no head lists it and its round is open
+    (once closed, "refused: ...": it never arrived, or came too late)."""
+    found: dict[str, str] = {}
     wanted = {cid for cid, _ in state.updates}
-    listed_all, cid = True, head
-    while cid != synced and len(fates) < len(wanted):
+    cid = head
+    while cid != synced and len(found) < len(wanted):
         commit = repo.read_commit(cid)
-        for line in commit.message.splitlines():
-            word, _, rest = line.partition(" ")
-            named, _, why = rest.partition(" ")
-            if named in wanted and named not in fates and word in ("taken", "refused"):
-                fates[named] = "taken" if word == "taken" else f"refused: {printable(why)}"
-            listed_all = listed_all and not line.startswith("... and ")
+        for update, fate in fates.round_fates(commit, repo.read_record).items():
+            if update in wanted and update not in found:
+                why = fate.removeprefix("refused: ")
+                found[update] = fate if fate == fates.TAKEN else f"refused: {printable(why)}"
         if not commit.parents:
             break
         cid = commit.parents[0]
     closed = repo.read_commit(head).metrics.get("round", -1.0)  # the round that made head
-    unlisted = "taken" if not listed_all else "refused: no round since lists it"
-    lost = "refused: no round since lists it (its answer was lost: it did not arrive)"
+    unlisted = "refused: no round since lists it"
+    lost = f"{unlisted} (its answer was lost: it did not arrive)"
     return {
-        cid: fates.get(cid)
+        cid: found.get(cid)
         or (None if round_ > closed else lost if cid in state.unanswered else unlisted)
         for cid, round_ in state.updates
     }

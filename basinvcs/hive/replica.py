@@ -48,11 +48,21 @@ from ..cid import CID
 from ..codec import dagcbor
 from ..errors import BasinError, RefError, RemoteError, RepositoryError, SchemaError
 from ..identity import Identity, format_key
-from ..objects import FORMAT_VERSION, Basin, Commit, _check_type, _fields, _signature, _typed
+from ..objects import (
+    FORMAT_VERSION,
+    MAX_ROUND_ENTRIES,
+    Basin,
+    Commit,
+    RoundRecord,
+    _check_type,
+    _fields,
+    _signature,
+    _typed,
+)
 from ..records import _Signed
 from ..refnames import branch_ref
 from ..repository import Repository
-from . import adjust, outliers, rules
+from . import adjust, fates, outliers, rules
 from .edge import local_change, signed_update
 from .update import DEFAULT_ENCODING, Compressor, Update
 
@@ -174,12 +184,11 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
     if new_basin is None:
         return parent
     refused |= {i: "unstorable" for i, _ in dropped}
-    lines = [
+    message, record = fates.round_parts(
         f"hive round after {parent}: {len(kept)} updates taken, {len(refused)} refused",
-        "",
-    ]
-    lines += [f"taken {taken[i][0]} {format_key(records[i].author)}" for i in kept]
-    lines += [f"refused {taken[i][0]} {why}" for i, why in sorted(refused.items())]
+        [(taken[i][0], records[i].author) for i in kept],
+        [(taken[i][0], why) for i, why in sorted(refused.items())],
+    )
     key = hive_identity(hive_genesis(repo, parent))
     metrics = {"taken": float(len(kept)), "refused": float(len(refused))}
     commit = Commit(
@@ -187,8 +196,9 @@ def round_head(repo: Repository, parent: CID, updates: Iterable[bytes], rule: st
         (parent,),
         key.public_key,
         head_commit.time + 1,
-        "\n".join(lines),
+        message,
         metrics,
+        record=None if record is None else repo.write_record(record),
     ).signed(key.sign)
     return repo.write_commit(commit)
 
@@ -214,25 +224,12 @@ def _eligible(repo: Repository, parent: CID, blocks: Iterable[bytes]) -> list[tu
         known = by_author.get(update.author)
         if known is None or cid.buffer < known[0].buffer:
             by_author[update.author] = (cid, update)
-    return sorted(by_author.values(), key=lambda t: t[0].buffer)
+    # the lowest CIDs, as many as a round's record lists (the same ones on every replica)
+    return sorted(by_author.values(), key=lambda t: t[0].buffer)[:MAX_ROUND_ENTRIES]
 
 
 MAX_CATCH_UP = 1000  # rounds a replica walks back to find where it left off
 MAX_PENDING = 64  # rounds after heads not yet here whose announcements a replica keeps
-
-
-def _listed(commit: Commit) -> set[CID] | None:
-    """The update CIDs a round's head commit lists (`taken CID ...`, `refused CID ...`), or
-    None where a line that says so does not name a CID."""
-    listed = set()
-    for line in commit.message.splitlines():
-        if line.startswith(("taken ", "refused ")):
-            words = line.split()
-            try:
-                listed.add(CID.parse(words[1]))
-            except (IndexError, BasinError):
-                return None
-    return listed
 
 
 class Replica:
@@ -369,6 +366,9 @@ class Replica:
         if head != current:
             self._move(head, current)
             if head != parent:
+                commit = self.repo.read_commit(head)
+                if commit.record is not None:  # before the commit: fetched after it
+                    self._store(self.repo.get_block(commit.record))
                 self._store(self.repo.get_block(head))
                 ordered = tuple(sorted(taken, key=lambda c: c.buffer))
                 announcement = Announcement(parent, head, ordered, self.identity.public_key)
@@ -411,7 +411,7 @@ class Replica:
             cid = commit.parents[0]
         for commit in reversed(chain):
             parent = self.head
-            listed = _listed(commit)
+            listed = self._listed(commit)
             if listed is None:
                 return self._refuse(target, "a commit of its history does not list its updates")
             blocks = self._blocks(listed).values()
@@ -421,6 +421,18 @@ class Replica:
             self._move(head, parent)
         self.not_adopted = None
         return True
+
+    def _listed(self, commit: Commit) -> set[CID] | None:
+        """The update CIDs a round's head commit names (`fates.round_fates`: its message, or
+        the round record it links, fetched), or None where they cannot be read."""
+
+        def read(cid: CID) -> RoundRecord:
+            return RoundRecord.decode(self._fetch(cid))
+
+        try:
+            return {CID.parse(c) for c in fates.round_fates(commit, read)}
+        except BasinError:
+            return None
 
     def _refuse(self, target: CID, why: str) -> bool:
         self.not_adopted = f"head {target} not adopted: {why}"

@@ -43,6 +43,13 @@ Failures are `HiveError` (a `RemoteError`), one line, and lose nothing local:
   `step()` checks the head (without waiting) and syncs when the round closes, carrying the steps
   made meanwhile onto the new head (z ← z_head + (z − z at sending)).
 
+An update whose answer was lost (it went out whole, no answer came back) is not an error: it may
+have been taken, so its change is not simply sent again (that would count it twice). It waits like
+any other; `sync` sends its bytes again first (the coordinator counts one sequence number once) and
+then goes by the signed heads alone: named (taken or refused) as any update, or, once the last round
+that could take it (K − 1 after the one it was sent into) closed without naming it, never arrived:
+its change is kept and goes out with the next update (`Synced.kept`).
+
 The signer's sequence number must grow across restarts, or the coordinator refuses the update as
 a replay (409): by default each is the time in milliseconds (or one more than the last, if
 higher), which grows across restarts and processes sharing an identity; `seq=N` counts up from N
@@ -55,7 +62,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -63,10 +70,11 @@ import torch
 from ..cid import CID
 from ..errors import BasinError, RemoteError, SchemaError
 from ..identity import Identity, format_key, parse_key
-from ..objects import Basin, Commit
+from ..objects import Basin, Commit, RoundRecord
 from ..porcelain import now_ms
 from ..repository import Repository
-from . import edge
+from . import edge, fates
+from .coordinator import DEFAULT_FRESHNESS
 from .update import DEFAULT_ENCODING, Compressor, next_update
 
 # H, local steps between syncs: 1 kept the most of joint training on MiniLM with three non-IID
@@ -81,6 +89,10 @@ class HiveError(RemoteError):
     nothing local was lost (see the module's docstring)."""
 
 
+class AnswerLost(HiveError):
+    """An update went out whole and no answer came back: it may have been taken."""
+
+
 @dataclass(frozen=True)
 class Head:
     """The coordinator's head commit, the round it has open (the next update joins that round)
@@ -89,18 +101,21 @@ class Head:
     cid: CID
     round: int
     chart: str
+    freshness: int = DEFAULT_FRESHNESS  # K: an update's parent must be a head of the last K rounds
 
 
 @dataclass(frozen=True)
 class Sent:
-    """An update taken in by the coordinator."""
+    """An update sent to the coordinator: taken in, or (`answered` False) gone out with its
+    answer lost, so that only the signed heads can say whether it arrived."""
 
     cid: str
-    round: int  # the round it joined
+    round: int  # the round it joined (answer lost: the round open when it was sent)
     seq: int
     bytes: int  # its encoded size
     coordinates: int  # k: coordinates it carries
     steps: int  # local steps behind it
+    answered: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class Synced:
     sent: Sent
     head: Head
     taken: bool | None  # combined into the head (False: refused, an outlier; None: unknown)
+    kept: bool = False  # it never arrived (its answer was lost): its change goes out again
 
 
 class Transport(Protocol):
@@ -123,8 +139,13 @@ class Transport(Protocol):
         """The head commit `cid` (signed by the coordinator) and its basin."""
         ...
 
+    def record(self, cid: CID) -> RoundRecord:
+        """The round record `cid` a head commit read links."""
+        ...
+
     def submit(self, data: bytes) -> dict:
-        """Send an encoded update; the coordinator's answer ({"cid", "round"}), or HiveError."""
+        """Send an encoded update; the coordinator's answer ({"cid", "round"}), or HiveError
+        (AnswerLost where the update went out and no answer came back)."""
         ...
 
     def wait(self, after: int, timeout: float) -> Head:
@@ -151,12 +172,17 @@ class LocalTransport:
 
     def head(self) -> Head:
         info = self.coordinator.head_info()
-        return Head(CID.parse(info["head"]), int(info["round"]), str(info["chart"]))
+        return Head(
+            CID.parse(info["head"]), int(info["round"]), str(info["chart"]), info["freshness"]
+        )
 
     def read(self, cid: CID) -> tuple[Commit, Basin]:
         repo = self.coordinator.repo
         commit = repo.read_commit(cid)
         return commit, repo.read_basin(commit.basin)
+
+    def record(self, cid: CID) -> RoundRecord:
+        return self.coordinator.repo.read_record(cid)
 
     def submit(self, data: bytes) -> dict:
         try:
@@ -192,6 +218,7 @@ class HttpTransport:
         self.key = parse_key(key) if key is not None else None
         self.poll = poll
         self._blocks = edge.block_source(self.url)
+        self._last: tuple[CID, tuple[Commit, Basin]] | None = None  # read again by `sync`
 
     @classmethod
     def joined(cls, repo: Repository, poll: float = 0.5) -> HttpTransport:
@@ -206,7 +233,12 @@ class HttpTransport:
             raise HiveError(str(exc)) from None
         try:
             key = parse_key(str(doc["key"]))
-            head = Head(CID.parse(str(doc["head"])), int(doc["round"]), str(doc["chart"]))
+            head = Head(
+                CID.parse(str(doc["head"])),
+                int(doc["round"]),
+                str(doc["chart"]),
+                edge.freshness_of(doc),
+            )
         except (KeyError, TypeError, ValueError, BasinError) as exc:
             raise HiveError(f"{self.url} is not a hive coordinator: {exc}") from None
         if self.key is None:
@@ -221,19 +253,30 @@ class HttpTransport:
     def read(self, cid: CID) -> tuple[Commit, Basin]:
         if self.key is None:
             self.head()
+        if self._last is not None and self._last[0] == cid:  # content-addressed: the same
+            return self._last[1]
         try:
             commit = Commit.decode(self._blocks(cid))
             if commit.author != self.key or not commit.signature_valid():
                 raise HiveError(f"head {cid} is not signed by the coordinator's key")
-            return commit, Basin.decode(self._blocks(commit.basin))
+            self._last = (cid, (commit, Basin.decode(self._blocks(commit.basin))))
+            return self._last[1]
         except HiveError:
             raise
         except BasinError as exc:
             raise HiveError(f"head {cid} from {self.url} is unusable: {exc}") from None
 
+    def record(self, cid: CID) -> RoundRecord:
+        try:  # the block re-hashed against `cid`, which the signed commit names
+            return RoundRecord.decode(self._blocks(cid))
+        except BasinError as exc:
+            raise HiveError(f"round record {cid} from {self.url} is unusable: {exc}") from None
+
     def submit(self, data: bytes) -> dict:
         try:
             answer = edge.request_json(f"{self.url}/update", data)
+        except edge.AnswerLost as exc:
+            raise AnswerLost(str(exc)) from None
         except RemoteError as exc:
             raise HiveError(str(exc)) from None
         if type(answer.get("round")) is not int or answer.get("cid") != str(CID.for_block(data)):
@@ -293,6 +336,9 @@ class HiveTrainer:
         self.history: list[Synced] = []
         self.bytes_sent = 0
         self.pending: Sent | None = None  # sent, its round not yet closed
+        # pending's answer lost: (its bytes, the residual and _since before it, the last round
+        # that could take it)
+        self._lost: tuple[bytes, list[float], int, int] | None = None
         self._since = 0  # self.steps at the last sync (or sending)
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, β) at sending `pending`
         self.head: Head | None = None  # the head last synced to (below: the coordinator's)
@@ -369,6 +415,7 @@ class HiveTrainer:
             raise HiveError(f"{exc}; {kept}") from None
         saved = list(self.compressor.residual)
         self.seq = max(self.seq + 1, now_ms()) if self.clock else self.seq + 1
+        answer = None
         try:
             update = next_update(
                 self.compressor,
@@ -384,18 +431,25 @@ class HiveTrainer:
             )
             data = update.signed(self.identity.sign).encode()
             answer = self.transport.submit(data)
+        except AnswerLost:
+            # it went out and may have been taken: sending its change again would count it
+            # twice. It waits like any other; `sync` learns from the signed heads whether it
+            # arrived (sending the same bytes again meanwhile, which the coordinator counts
+            # once: their sequence number is spent), and if it never did, its change is kept
+            self._lost = (data, saved, head.round + head.freshness - 1, self._since)
         except BaseException as exc:
             self.compressor.residual = saved  # nothing sent: the change is still all in z
             if isinstance(exc, HiveError):
                 raise HiveError(f"{exc}; {kept}") from None
             raise
         sent = Sent(
-            str(answer.get("cid", CID.for_block(data))),
-            int(answer.get("round", head.round)),
+            str(CID.for_block(data)),
+            head.round if answer is None else int(answer.get("round", head.round)),
             self.seq,
             len(data),
             update.change.k,
             steps,
+            answered=answer is not None,
         )
         self.bytes_sent += sent.bytes
         self.pending = sent
@@ -410,30 +464,72 @@ class HiveTrainer:
 
     def sync(self, timeout: float | None = None, *, quiet: bool = False) -> Synced | None:
         """Wait (up to `timeout`, default the trainer's) for the pending update's round to close,
-        then restart from the new head. `quiet`: return None instead of raising on a timeout."""
+        then restart from the new head. `quiet`: return None instead of raising on a timeout.
+
+        An update whose answer was lost is first sent again, the same bytes (taken now if it
+        never arrived; refused as a replay if it did: counted once either way), then waited for
+        until a signed head names it or the last round that could take it (its parent must be
+        a head of the last K rounds) has closed without one naming it: then it never arrived,
+        and its change is carried onto the head to go out with the next update."""
         if self.pending is None:
             raise HiveError("no update is waiting for its round")
-        sent = self.pending
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
-            head = self.transport.wait(sent.round, self.timeout if timeout is None else timeout)
+            if self._lost is not None:
+                self._resend()
+            sent = self.pending
+            head = self.transport.wait(sent.round, timeout)
+            fate = self._fate(head, sent)
+            while fate is None and self._lost is not None and head.round <= self._lost[2]:
+                head = self.transport.wait(head.round, max(0.0, deadline - time.monotonic()))
+                fate = self._fate(head, sent)
         except HiveError as exc:
             if quiet:
                 return None
+            went = "taken in" if self._lost is None else "sent (its answer was lost)"
             raise HiveError(
-                f"{exc}; update {sent.cid} was taken in: training may go on, and a later "
+                f"{exc}; update {self.pending.cid} was {went}: training may go on, and a later "
                 "step() syncs when the round closes"
             ) from None
-        commit = self._move_to(head, carry=self._sent)
-        taken = None
-        for line in commit.message.splitlines():
-            word, _, rest = line.partition(" ")
-            if rest.split(" ", 1)[0] == sent.cid and word in ("taken", "refused"):
-                taken = word == "taken"
-        self.pending = None
-        self._sent = None
-        record = Synced(sent, head, taken)
+        if fate is None and self._lost is not None:  # it never arrived: its change is kept
+            _, residual, _, since = self._lost
+            self._move_to(head, carry=(self._z_sync, self._beta_sync))
+            self.compressor.residual = residual
+            self._since = since
+            record = Synced(sent, head, False, kept=True)
+        else:
+            self._move_to(head, carry=self._sent)
+            record = Synced(sent, head, None if fate is None else fate == fates.TAKEN)
+        self.pending, self._sent, self._lost = None, None, None
         self.history.append(record)
         return record
+
+    def _resend(self) -> None:
+        """Send the bytes of the update whose answer was lost again. Answered: it had not
+        arrived, and is taken in now. Refused (a replay: it had; stale: its window is over) or
+        lost again: the signed heads say which."""
+        data = self._lost[0]
+        try:
+            answer = self.transport.submit(data)
+        except HiveError:
+            return
+        self.pending = replace(self.pending, round=int(answer["round"]), answered=True)
+        self._lost = None
+
+    def _fate(self, head: Head, sent: Sent) -> str | None:
+        """What the signed heads from `head` back to the round `sent` joined say of it:
+        "taken", "refused: REASON", or None where none of them names it."""
+        at = head.cid
+        while at != self.head.cid:
+            commit, _ = self.transport.read(at)
+            if commit.metrics.get("round", -1.0) < sent.round:
+                return None
+            fate = fates.round_fates(commit, self.transport.record).get(sent.cid)
+            if fate is not None or not commit.parents:
+                return fate
+            at = commit.parents[0]
+        return None
 
     def _move_to(self, head: Head, carry: tuple[torch.Tensor, torch.Tensor] | None) -> Commit:
         """z, β ← the head's (+ z − carry's z, β − carry's β: the local steps made since `carry`;

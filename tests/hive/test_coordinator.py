@@ -36,14 +36,15 @@ def coordinator(repo_dir, **settings) -> hc.Coordinator:
     return hc.Coordinator(repo, hc.Settings(**{"round_updates": 3, **settings}))
 
 
-def update(
-    c: hc.Coordinator, ident: Identity, delta, *, seq=1, parent=None, samples=10, chart=CHART
-):
+def signed_update(
+    ident: Identity, parent, delta, *, round_=0, seq=1, samples=10, chart=CHART
+) -> bytes:
+    """An update record by `ident` changing z by `delta`, signed and encoded."""
     return (
         Update(
             chart=chart,
-            parent=parent or c.head(),
-            round=c.round,
+            parent=parent,
+            round=round_,
             seq=seq,
             change=encode_change(delta),
             samples=samples,
@@ -51,6 +52,14 @@ def update(
         )
         .signed(ident.sign)
         .encode()
+    )
+
+
+def update(
+    c: hc.Coordinator, ident: Identity, delta, *, seq=1, parent=None, samples=10, chart=CHART
+):
+    return signed_update(
+        ident, parent or c.head(), delta, round_=c.round, seq=seq, samples=samples, chart=chart
     )
 
 

@@ -1,11 +1,16 @@
 """The coordinator's batched intake (submit_many), rounds of hundreds of updates whose commit
-message cannot list them all, and recovery from the journaled decision."""
+message cannot list them all (a round record lists them), and recovery from the journaled
+decision."""
 
 import pytest
 
+from basinvcs import porcelain
+from basinvcs.cid import CID
 from basinvcs.errors import BasinError, RepositoryError
+from basinvcs.hive.fates import round_fates
 from basinvcs.identity import Identity
 from basinvcs.objects import MAX_MESSAGE_BYTES
+from basinvcs.repository import Repository
 from tests.conftest import vec
 from tests.hive.test_coordinator import coordinator as make
 from tests.hive.test_coordinator import trusting, update
@@ -77,15 +82,39 @@ def test_a_journal_failure_rolls_the_batch_back_and_acknowledges_none(hub, monke
     c.repo.close()
 
 
-def test_a_round_of_300_closes_with_a_message_that_fits(hub):
+def test_a_round_of_300_closes_with_a_record_of_every_fate(hub):
     c = make(hub, round_updates=300, rule="mean", optimizer="average")
-    answers = c.submit_many([update(c, MANY[k], vec(c0=1.0)) for k in range(300)])
-    assert all(isinstance(a, dict) for a in answers) and c.round == 1
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(300)]
+    answers = c.submit_many(ups[:299])
+    with Repository.open(hub) as operator:  # 200 of them refused at the close: untrusted now
+        for k in range(99, 299):
+            porcelain.untrust(operator, f"e{k + 1}")
+    assert all(isinstance(a, dict) for a in answers) and c.round == 0
+    assert c.close_round() is not None and c.round == 1
     commit = c.repo.read_commit(c.head())
     assert len(commit.message.encode()) <= MAX_MESSAGE_BYTES
-    assert commit.message.startswith("hive round 0: 300 updates taken, 0 refused")
-    assert commit.message.rstrip().endswith("in the coordinator's journal (hive.db)")
-    assert c.status()["taken"] == 300
+    assert commit.message.startswith("hive round 0: 99 updates taken, 200 refused")
+    assert commit.message.rstrip().endswith("every update is in the round record this commit links")
+    record = c.repo.read_record(commit.record)
+    cids = [CID.for_block(u) for u in ups[:299]]
+    assert [cid for cid, _ in record.taken] == cids[:99]
+    assert [key for _, key in record.taken] == [m.public_key for m in MANY[:99]]
+    assert {cid for cid, _ in record.refused} == set(cids[99:])  # more than the message holds
+    fates = round_fates(commit, c.repo.read_record)
+    assert len(fates) == 299 and fates[str(cids[0])] == "taken"
+    assert fates[str(cids[298])].startswith("refused: ") and "trust" in fates[str(cids[298])]
+    assert c.status()["taken"] == 99
+    assert porcelain.verify(c.repo).records == 1 and porcelain.verify(c.repo).ok
+    c.repo.close()
+
+
+def test_a_round_that_fits_its_message_links_no_record(hub):
+    c = make(hub, round_updates=20, rule="mean", optimizer="average")
+    ups = [update(c, MANY[k], vec(c0=1.0)) for k in range(20)]
+    c.submit_many(ups)
+    commit = c.repo.read_commit(c.head())
+    assert commit.record is None
+    assert round_fates(commit, c.repo.read_record) == {str(CID.for_block(u)): "taken" for u in ups}
     c.repo.close()
 
 
@@ -150,3 +179,16 @@ def test_keep_rounds_forgets_old_updates_but_not_their_counts_or_sequence_number
 def test_keep_rounds_below_one_is_refused(hub):
     with pytest.raises(BasinError, match="keep_rounds 0 must be at least 1"):
         make(hub, keep_rounds=0)
+
+
+def test_a_round_closes_once_it_holds_what_a_record_can_list(hub, monkeypatch):
+    from basinvcs.hive import coordinator as hc
+
+    with pytest.raises(BasinError, match="over 5,000: the most one round's record lists"):
+        hc.Settings(round_updates=5001).check()
+    c = make(hub, round_updates=10, rule="mean", optimizer="average")
+    monkeypatch.setattr(hc, "MAX_ROUND_ENTRIES", 4)  # M is 10: the record's bound closes it
+    answers = c.submit_many([update(c, MANY[k], vec(c0=1.0)) for k in range(4)])
+    assert [a["round"] for a in answers] == [0, 0, 0, 0] and c.round == 1
+    assert c.repo.read_commit(c.head()).metrics["taken"] == 4.0
+    c.repo.close()

@@ -12,10 +12,10 @@ from basinvcs.cid import CID
 from basinvcs.codec import dagcbor
 from basinvcs.errors import BasinError, BlockNotFound
 from basinvcs.hive.replica import Announcement, Replica, hive_genesis, hive_identity
-from basinvcs.hive.update import Update, encode_change
 from basinvcs.identity import Identity, format_key
 from basinvcs.repository import Repository
 from tests.conftest import CHART, vec
+from tests.hive.test_coordinator import signed_update
 
 SIGNERS = [Identity(bytes([k]) * 32, f"r{k}") for k in (1, 2, 3)]
 
@@ -77,16 +77,8 @@ def offer_all(replicas, values) -> None:
     for replica, ident, v in zip(replicas, SIGNERS, values, strict=True):
         if v is None:
             continue
-        update = Update(
-            chart=CHART,
-            parent=replica.head,
-            round=0,
-            seq=1,
-            change=encode_change(vec(**{f"c{SIGNERS.index(ident)}": v})),
-            samples=1,
-            author=ident.public_key,
-        ).signed(ident.sign)
-        replica.offer(update.encode())
+        delta = vec(**{f"c{SIGNERS.index(ident)}": v})
+        replica.offer(signed_update(ident, replica.head, delta, samples=1))
 
 
 def z(replica) -> list[float]:
@@ -166,17 +158,9 @@ def test_what_untrusted_peers_publish_is_dropped_without_a_fetch(replicas):
     start = c.head
     fake = [CID.for_block(bytes([k])) for k in range(50)]
     lure = Announcement(fake[0], fake[1], tuple(fake), stranger.public_key)
-    untrusted_update = Update(
-        chart=CHART,
-        parent=start,
-        round=0,
-        seq=1,
-        change=encode_change(vec(c0=100.0)),
-        samples=1,
-        author=stranger.public_key,
-    ).signed(stranger.sign)
+    untrusted_update = signed_update(stranger, start, vec(c0=100.0), samples=1)
     half = dagcbor.encode({"type": "basin/hive-head", "parent": fake[0]})
-    said = [c.hear(m) for m in (b"junk", half, untrusted_update.encode())]
+    said = [c.hear(m) for m in (b"junk", half, untrusted_update)]
     said.append(c.hear(lure.signed(stranger.sign).encode()))
     said.append(c.hear(lure.signed(stranger.sign).encode()))  # said once
     forged = Announcement(fake[0], fake[1], tuple(fake), SIGNERS[0].public_key)
@@ -434,19 +418,7 @@ def test_an_update_no_node_serves_is_asked_for_once_and_sets_off_no_storm(replic
 def test_an_honest_update_whose_node_went_away_is_left_out_without_a_loop(replicas):
     bus, (a, b, c) = replicas
     edge = SIGNERS[0]
-    update = (
-        Update(
-            chart=CHART,
-            parent=a.head,
-            round=0,
-            seq=1,
-            change=encode_change(vec(c5=1.0)),
-            samples=1,
-            author=edge.public_key,
-        )
-        .signed(edge.sign)
-        .encode()
-    )
+    update = signed_update(edge, a.head, vec(c5=1.0), samples=1)
     a.hear(update)  # only a heard it, and no node serves it any more
     offer_all([None, b, c], [None, 2.0, 3.0])
     publishes = bus.published
@@ -511,3 +483,26 @@ def test_a_replica_that_closed_a_round_empty_takes_up_the_others_announcement(re
     bus.offline = set()
     a.close()  # its announcement reaches c, which makes the round from it
     assert c.head == a.head != start
+
+
+def test_a_round_of_more_updates_than_a_message_holds_links_a_record_and_recomputes(replicas):
+    """200 signers: the head's message cannot list them all, so it links a round record, the
+    same block on every replica (made deterministically); a replica that missed the round
+    fetches the record with the commit and recomputes the head from the updates it lists.
+    (Before the record, a round of ~150 updates made a commit message over 16 KiB: refused.)"""
+    bus, (a, b, c) = replicas
+    many = [Identity(k.to_bytes(4, "big") + bytes(28), f"m{k}") for k in range(1, 201)]
+    for replica in (a, b, c):
+        for ident in many:
+            porcelain.trust(replica.repo, format_key(ident.public_key), ident.name)
+    bus.offline = {2}
+    for ident in many:
+        a.offer(signed_update(ident, a.head, vec(c0=1.0), samples=1))
+    assert a.close() == b.close() != c.head
+    commit = a.repo.read_commit(a.head)
+    record = a.repo.read_record(commit.record)
+    assert len(record.taken) == 200 and "... and " in commit.message
+    assert commit.record in bus.blocks  # stored where the others fetch it
+    bus.offline = set()
+    assert c.catch_up(a.head) and c.head == a.head
+    assert c.repo.read_record(commit.record) == record

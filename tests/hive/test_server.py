@@ -1278,3 +1278,47 @@ def test_a_request_that_went_out_without_an_answer_is_told_from_one_that_did_not
     with pytest.raises(edge.Unreachable) as refused:
         edge._request(f"http://127.0.0.1:{free_port()}/update", b"an update")
     assert not isinstance(refused.value, edge.AnswerLost)
+
+
+def test_an_edge_learns_its_fate_from_the_round_record_when_the_message_cannot_hold_it(hive):
+    """A round of 202 updates, 201 of them refused at the close (their signers removed while
+    it was open): the head's message lists the first ~170 refusals, and e0's, sent after them,
+    only in the round record the head links. e0's sync finds it refused there (it used to
+    count an unlisted update as taken, and reset its branch past work the hive never took)."""
+    from basinvcs.identity import Identity
+    from tests.hive.test_coordinator import signed_update
+
+    hub, (e0, e1, e2), start = hive
+    many = [Identity(k.to_bytes(4, "big") + bytes(28), f"m{k}") for k in range(1, 201)]
+    with Repository.open(hub.path) as repo:
+        for ident in many:
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+    server = start("--round-updates", "300", "--round-seconds", "600", "--rule", "mean")
+    for e in (e0, e1):
+        e("hive", "join", server.url)
+    doc = status_of(server)
+    for ident in many:
+        data = signed_update(ident, CID.parse(doc["head"]), vec(c3=1.0), samples=1)
+        assert post(f"{server.url}/update", data)[0] == 202
+    commit_z(e0.path, vec(c0=1.0), "e0's work")
+    cid = e0("hive", "submit").output.split()[2]
+    commit_z(e1.path, vec(c1=1.0), "e1's work")
+    e1("hive", "submit")
+    with Repository.open(hub.path) as repo:  # the round now fills with e1's alone
+        for name in [i.name for i in many] + ["e0", "e2"]:
+            porcelain.untrust(repo, name)
+    status = wait_for(lambda: (s := status_of(server))["round"] == 1 and s, "the round closed")
+    with Repository.open(hub.path) as repo:
+        head = repo.read_commit(CID.parse(status["head"]))
+        assert cid not in head.message and head.record is not None
+        assert len(repo.read_record(head.record).refused) == 201
+    shown = hub("show", status["head"]).output
+    assert f"record {head.record} (1 updates taken, 201 refused: basin show" in shown
+    listed = hub("show", str(head.record)).output.splitlines()
+    assert listed[0] == f"round record {head.record}: 1 updates taken, 201 refused"
+    assert f"refused {cid} signer no longer trusted" in listed and len(listed) == 203
+    out = e0("hive", "sync").output
+    assert out.startswith("refused: ") and f"update {cid} refused: " in out
+    assert "e0's work" in e0("log", "--oneline").output  # kept, merged with the head
+    assert "1 round record" in e0("verify").output
+    assert e1("hive", "sync").output.startswith("reset: ")

@@ -414,3 +414,131 @@ def test_the_http_transport_against_a_served_coordinator(hub, sub, proj):
         c.repo.close()
     with pytest.raises(ht.HiveError, match="cannot reach the hive coordinator"):
         ht.HiveTrainer(inst.model, ht.HttpTransport(url), EDGES[0])
+
+
+class Losing:
+    """A transport that loses the answer to every update while `lose` is set: after passing it
+    on (`deliver`) or without (it never arrived), as a dropped connection would."""
+
+    def __init__(self, inner):
+        self.inner, self.lose, self.deliver, self.sent = inner, False, True, 0
+
+    def submit(self, data: bytes) -> dict:
+        self.sent += 1
+        if not self.lose:
+            return self.inner.submit(data)
+        if self.deliver:
+            self.inner.submit(data)
+        raise ht.AnswerLost("cannot reach the hive coordinator: connection reset")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_an_update_whose_answer_was_lost_after_it_arrived_counts_once(hub, sub, proj):
+    """Sent again before waiting: the coordinator refuses the bytes as a replay; the signed
+    head names it taken, so its change is not carried again."""
+    c = coordinator(hub, round_updates=2)
+    losing = Losing(ht.LocalTransport(c))
+    a = Instance(sub, proj, losing, EDGES[0], "cipher", every=1, k=8, timeout=5)
+    b = Instance(sub, proj, ht.LocalTransport(c), EDGES[1], "reverse", every=1, k=8, timeout=5)
+    a.train_step()
+    losing.lose = True
+    sent = a.hive.submit()
+    assert not sent.answered and a.hive.pending == sent
+    b.train_step()
+    b.hive.submit()  # round 0 closes with both
+    synced = a.hive.sync()
+    assert losing.sent == 2  # sent again, refused as a replay
+    assert synced.taken is True and not synced.kept and c.status()["taken"] == 2
+    assert torch.equal(a.model.z.detach(), head_z(c))  # its change is in the head, once
+    with pytest.raises(ht.HiveError, match="no update is waiting"):
+        a.hive.sync()
+    c.repo.close()
+
+
+def test_a_lone_instance_whose_update_never_arrived_gets_it_taken_by_sending_it_again(
+    hub, sub, proj
+):
+    """No one else sends: the round would never close without it. Sending the same bytes
+    again is safe (one sequence number counts once) and gets it taken."""
+    c = coordinator(hub, round_updates=1)
+    losing = Losing(ht.LocalTransport(c))
+    a = Instance(sub, proj, losing, EDGES[0], "cipher", every=1, k=8, timeout=5)
+    a.train_step()
+    losing.lose, losing.deliver = True, False
+    a.hive.submit()
+    assert c.status().get("pending", 0) == 0 and c.round == 0  # it never arrived
+    losing.lose = False
+    synced = a.hive.sync()
+    assert synced.taken is True and synced.sent.answered and c.round == 1
+    assert c.status()["taken"] == 1
+    c.repo.close()
+
+
+def test_an_update_that_never_arrived_is_kept_once_its_window_closed(hub, sub, proj):
+    """Still lost when sent again, and rounds 0 and 1 (K = 2) close without it: no signed head
+    names it, so it never arrived. Its whole change is carried onto the head (residual as
+    before it) and goes out with the next update."""
+    c = coordinator(hub, round_updates=2, freshness=2)
+    losing = Losing(ht.LocalTransport(c))
+    a = Instance(sub, proj, losing, EDGES[0], "cipher", every=1, k=8, timeout=5)
+    others = [
+        Instance(sub, proj, ht.LocalTransport(c), e, t, every=1, k=8, timeout=5)
+        for e, t in zip(EDGES[1:], TASKS[1:], strict=True)
+    ]
+    residual = a.hive.residual
+    a.train_step()
+    a.hive.steps += 1  # as step() counts (it would also send)
+    losing.lose, losing.deliver = True, False
+    a.hive.submit()
+    change = a.model.z.detach().double() - a.hive._z_sync
+    with pytest.raises(ht.HiveError, match="round 0 has not closed.*its answer was lost"):
+        a.hive.sync(timeout=0.05)
+    for _ in range(2):  # rounds 0 and 1 close without it
+        for o in others:
+            o.train_step()
+            o.hive.submit()
+        for o in others:
+            o.hive.sync()
+    assert c.round == 2
+    synced = a.hive.sync(timeout=1)
+    assert synced.kept and synced.taken is False and a.hive.pending is None
+    assert a.hive.residual == residual  # as before the lost update
+    expected = (head_z(c).double() + change).float()
+    assert torch.allclose(a.model.z.detach(), expected, atol=1e-6)  # its change kept
+    losing.lose = False
+    a.train_step()
+    a.hive.steps += 1
+    sent = a.hive.submit()  # the kept change goes out, with the steps since
+    assert sent.steps == 2 and sent.answered
+    assert c.status()["taken"] == 4
+    c.repo.close()
+
+
+def test_the_http_transport_says_when_an_answer_was_lost(hub, sub, proj, monkeypatch):
+    """Over HTTP: the update arrived and the 202 was lost; the trainer learns from the signed
+    head that it was taken, and it counts once."""
+    from basinvcs.hive import edge
+
+    c = coordinator(hub, round_updates=1)
+    real = edge._request
+
+    def lost(url, data=None):
+        answer = real(url, data)
+        if data is not None and lost.on:
+            lost.on = False
+            raise edge.AnswerLost(f"cannot reach the hive coordinator at {url}: reset")
+        return answer
+
+    lost.on = True
+    try:
+        with serving(c) as url:
+            inst = Instance(sub, proj, ht.HttpTransport(url, poll=0.05), EDGES[0], "cipher")
+            monkeypatch.setattr(edge, "_request", lost)
+            inst.train_step()
+            synced = inst.hive.step()
+            assert not synced.sent.answered and synced.taken is True and not synced.kept
+            assert c.status()["taken"] == 1 and c.round == 1
+    finally:
+        c.repo.close()
