@@ -91,11 +91,20 @@ def check(
 def _distances(x: np.ndarray, median: np.ndarray, fbar: list[float] | None) -> list[float]:
     """metrics.distance of each row of x to `median`, to the same bits: the terms elementwise
     (one IEEE operation each, as metrics.distance does them), each row's sum exactly rounded
-    (fsum), so every replica of a hive scores a round alike; about 20 times faster at n = 1,000."""
+    (fsum), so every replica of a hive scores a round alike. Only a row's nonzero terms are
+    summed (an exact sum does not change by adding zeros): top-k updates leave most of a row
+    at the median, zero, so this reads an eighth of the terms. About 20 times faster than the
+    plain loop at n = 1,000, and that again about 3 times for top-k rows."""
     with np.errstate(over="ignore", invalid="ignore"):
         diff = x - median
         terms = diff * diff if fbar is None else np.asarray(fbar) * (diff * diff)
+    nonzero = terms != 0  # NaN included: it reaches fsum, as before
+    flat = terms[nonzero].tolist()  # row by row, in order
+    out, start = [], 0
     try:
-        return [math.sqrt(math.fsum(row)) for row in terms.tolist()]
+        for count in nonzero.sum(axis=1).tolist():
+            out.append(math.sqrt(math.fsum(flat[start : start + count])))
+            start += count
     except (OverflowError, ValueError):  # fsum's intermediate sum, or inf − inf
         raise AggregationError("outlier check refused: a distance overflowed") from None
+    return out

@@ -509,9 +509,9 @@ def guarded_protocol(header_seconds: float, max_connections: int) -> type[asynci
     trickles a header byte now and then resets that); and with `max_connections` open, a new
     one is answered 503 with a one-line reason and closed at once. A request the parser cannot
     read is answered 400 in JSON, as every other refusal is, not in uvicorn's plain text."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class Guarded(H11Protocol):
+    class Guarded(HttpToolsProtocol):
         _headers_due: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:

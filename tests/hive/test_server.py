@@ -664,8 +664,11 @@ def test_abusive_requests_get_a_status_and_let_go_of_their_connection(hive):
     # a client gone mid-body, a huge declared length, another method: the server goes on
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(head + b"\xa1")
-    huge = b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n"
+    huge = b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"
     assert raw_exchange(server.port, huge, wait=3)[0].startswith(b"HTTP/1.1 413")
+    past = huge.replace(b"999999999999", b"99999999999999999999")  # past 2^64: unreadable
+    out = raw_exchange(server.port, past, wait=3)[0]
+    assert out.startswith(b"HTTP/1.1 400") and b"not an HTTP request the coordinator" in out
     put = b"PUT /update HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     assert raw_exchange(server.port, put)[0].startswith(b"HTTP/1.1 405")
     # what the HTTP parser cannot read: 400 with a JSON reason like every refusal, closed
@@ -1322,3 +1325,27 @@ def test_an_edge_learns_its_fate_from_the_round_record_when_the_message_cannot_h
     assert "e0's work" in e0("log", "--oneline").output  # kept, merged with the head
     assert "1 round record" in e0("verify").output
     assert e1("hive", "sync").output.startswith("reset: ")
+
+
+def test_pipelined_requests_are_each_answered(hive):
+    """Requests sent back to back on one connection, before any answer (HTTP/1.1 pipelining):
+    each is taken and answered, in order."""
+    from basinvcs.identity import Identity
+    from tests.hive.test_coordinator import signed_update
+
+    hub, _, start = hive
+    idents = [Identity(bytes([k]) * 32, f"p{k}") for k in (1, 2)]
+    with Repository.open(hub.path) as repo:
+        for ident in idents:
+            porcelain.trust(repo, format_key(ident.public_key), ident.name)
+    server = start("--round-updates", "10")
+    head = CID.parse(json.loads(urllib.request.urlopen(f"{server.url}/head").read())["head"])
+    requests = b""
+    for ident in idents:
+        body = signed_update(ident, head, vec(c0=1.0))
+        requests += b"POST /update HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        requests += body
+    requests += b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out, closed = raw_exchange(server.port, requests)
+    assert out.count(b"HTTP/1.1 202") == 2 and out.count(b"HTTP/1.1 200") == 1 and closed
+    assert json.loads(out.rsplit(b"\r\n\r\n", 1)[1])["pending"] == 2
