@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .cid import CID
 from .config import load_config
-from .errors import RefError, RepositoryError, SchemaError, SignatureError
+from .errors import BasinError, RefError, RepositoryError, SchemaError, SignatureError
 from .objects import Basin, Commit, RoundRecord
 from .refnames import branch_ref, check_branch_name
 from .repository import BASIN_DIR, DB_FILE, Repository
@@ -85,6 +85,7 @@ def missing_history(
     chart = repo.config.chart
     seen_commits: set[CID] = set()
     seen_packets: set[CID] = set()
+    seen_records: set[CID] = set()
     stack = deque((cid, 0) for cid in heads)
     if deepen:
         stack.extend((CID.parse(p), 1) for mark in repo.shallow() for p in repo.parents(mark))
@@ -119,15 +120,19 @@ def missing_history(
                 )
             if not have:
                 attached.append((commit.basin, block))
-        if commit.record is not None and not repo.has_block(commit.record):
-            block = _read(get, commit.record, on_block)
+        if commit.record is not None and commit.record not in seen_records:
+            # checked even when the block is here: a record CID may name any block held
+            seen_records.add(commit.record)
+            have = repo.has_block(commit.record)
+            block = repo.get_block(commit.record) if have else _read(get, commit.record, on_block)
             try:
                 RoundRecord.decode(block)
-            except SchemaError as exc:
+            except BasinError as exc:  # the codec's errors too (non-canonical, oversized)
                 raise SchemaError(
                     f"fetch refused: {commit.record} (round record of {cid}) is not valid: {exc}"
                 ) from None
-            attached.append((commit.record, block))
+            if not have:
+                attached.append((commit.record, block))
         yield cid, commit, data, attached
         stack.extend((parent, below + 1) for parent in commit.parents)
 

@@ -285,7 +285,8 @@ def test_verify_checks_the_shallow_marks(tmp_path, monkeypatch, hub):
 def _with_record(tmp_path, monkeypatch, hub: Path, how: str = "whole") -> Path:
     """A specialist whose head commit links a round record (as a hive round's head does).
     `how`: "whole"; "missing" (the record is not stored); "packet" (the commit names its
-    packet's CID as its record: a block, but not a round record)."""
+    packet's CID as its record: a block, but not a round record); "held" (it names the genesis
+    commit, a block the fetching repository holds already)."""
     from basinvcs.objects import RoundRecord
 
     spec = _specialist(tmp_path, monkeypatch, hub, "hive", commits=1)
@@ -302,6 +303,7 @@ def _with_record(tmp_path, monkeypatch, hub: Path, how: str = "whole") -> Path:
             "whole": lambda: repo.write_record(record),
             "missing": lambda: CID.for_block(record.encode()),
             "packet": lambda: basin,
+            "held": lambda: [c for c, _ in repo.walk_blocks([parent])][-1],  # the hub has it
         }[how]()
         commit = Commit(basin, (parent,), ident.public_key, 10**12, "round", record=cid)
         commit = commit.signed(ident.sign)
@@ -338,6 +340,7 @@ def test_a_round_record_travels_with_its_commit_and_verify_checks_it(tmp_path, m
     [
         ("missing", Exception, "not found|missing", "not found|missing"),
         ("packet", SchemaError, "round record of .* is not valid", "not a 'basin/round'"),
+        ("held", SchemaError, "round record of .* is not valid", "not a 'basin/round'"),
     ],
 )
 def test_a_round_record_missing_or_not_one_is_refused(

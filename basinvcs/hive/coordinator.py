@@ -70,7 +70,7 @@ class Refused(BasinError):
         self.status = status
 
 
-DEFAULT_FRESHNESS = 2  # K
+DEFAULT_FRESHNESS = fates.DEFAULT_FRESHNESS  # K
 
 
 @dataclass(frozen=True)
@@ -566,6 +566,7 @@ class Coordinator:
             "taken": float(len(taken)),
             "refused": float(len(refused)),
             "samples": float(sum(u.samples for u in chosen)),
+            "freshness": float(self.settings.freshness),  # K, signed: edges time lost answers by it
         }
         # the round's decision, journaled before its commit: what `recover` finishes from
         self.journal.put(

@@ -483,7 +483,7 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         compressor.residual = list(state.residual)
     doc = request_json(f"{state.url}/head")
     round_ = _round_of(state.url, doc)
-    fresh = freshness_of(doc)
+    fresh = _freshness_of(doc)
     seq = max(state.seq + 1, now_ms())
     update = signed_update(
         repo, synced, compressor, change, round_=round_, seq=seq, samples=samples
@@ -502,17 +502,16 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
         answer = request_json(f"{state.url}/update", data)
     except AnswerLost as exc:
         # it went out and may have been taken: sending its change again would count it twice.
-        # Recorded as sent into the last round that could take it (its parent must be a head
-        # of the last K rounds: however long it waits in the coordinator's intake, it is taken
-        # by then or never); once that round has closed and no signed head lists it, the work
-        # is merged back
-        last = round_ + fresh - 1
+        # Recorded as sent into the round it names; `sync` waits until a signed head names it
+        # or shows round R + K − 1 closed (its parent must be a head of the last K rounds:
+        # however long it waits in the coordinator's intake, it is taken by then or never;
+        # `fates.window_closed`), then merges the work back
         state.unanswered.append(str(cid))
-        record(last)
+        record(round_)
         raise AnswerLost(
             f"{exc}; update {cid} went out and no answer came back: recorded as sent, and "
-            f"basin hive sync learns from the heads whether it was taken, by round {last} "
-            "at the latest (if not, the work is kept and merged back)"
+            "basin hive sync learns from the signed heads whether it was taken, by round "
+            f"{round_ + fresh - 1} at the latest (if not, the work is kept and merged back)"
         ) from None
     except Unreachable as exc:
         raise Unreachable(f"{exc}; nothing sent, nothing recorded") from None
@@ -530,8 +529,9 @@ def submit(repo: Repository, samples: int = 1, encoding: str = DEFAULT_ENCODING)
     }
 
 
-def freshness_of(doc: dict) -> int:
-    """K, from a coordinator's `/head` (older coordinators do not say: the default)."""
+def _freshness_of(doc: dict) -> int:
+    """K, from a coordinator's `/head` (older coordinators do not say: the default). Unsigned:
+    only for telling the user when to expect an answer, never for deciding one."""
     fresh = doc.get("freshness")
     return fresh if type(fresh) is int and 1 <= fresh <= 1 << 20 else DEFAULT_FRESHNESS
 
@@ -589,6 +589,10 @@ def sync(repo: Repository) -> SyncResult:
     elif str(local) == state.submitted:
         fates = _fates(repo, state, synced, head)
         for cid, round_ in state.updates:
+            if fates[cid] is None and cid in state.unanswered:
+                note = f"update {cid} (its answer was lost) could still be taken after round "
+                note += f"{round_}: no signed head names it or shows its window over yet"
+                return SyncResult("waiting", head, note)
             if fates[cid] is None:  # no head lists it, and its round is open
                 note = f"update {cid} is in round {round_}, not closed yet"
                 return SyncResult("waiting", head, note)
@@ -613,9 +617,11 @@ def sync(repo: Repository) -> SyncResult:
 
 
 def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> None:
-    """`head` (its history just written, in a transaction this undoes) is signed by the
-    coordinator's key and contains `synced`; else RemoteError. The walk from `head` visits the
-    rounds since `synced`, not the repository's whole history (as a graph of it would)."""
+    """`head` (its history just written, in a transaction this undoes) contains `synced`, and
+    the rounds between are a chain of commits the coordinator's key signed, one parent each
+    (what a coordinator makes: each round's head on the last); else RemoteError. The walks
+    from `head` visit the rounds since `synced`, not the repository's whole history (as a
+    graph of it would)."""
     from .. import history
 
     author = format_key(repo.read_commit(head).author)
@@ -629,13 +635,30 @@ def _check_head(repo: Repository, state: EdgeState, head: CID, synced: CID) -> N
             f"the hive's head {head} does not contain the head synced last, {synced}: an older "
             "head or another history, refused (basin hive join --force follows it)"
         )
+    cid = head
+    while cid != synced:
+        commit = repo.read_commit(cid)
+        author = format_key(commit.author)
+        if author != state.key:
+            raise RemoteError(
+                f"the hive's head {head} holds {cid} since the head synced, signed by "
+                f"{author}, not by the coordinator's key {state.key}: refused"
+            )
+        if len(commit.parents) != 1:
+            raise RemoteError(
+                f"the hive's head {head} holds since the head synced {cid}, a commit with "
+                f"{len(commit.parents)} parents, not a round: refused"
+            )
+        cid = commit.parents[0]
 
 
 def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[str, str | None]:
-    """What became of each update submitted since the sync, by the signed head commits from
-    `synced` to `head` (`fates.round_fates`: each lists every update its round decided on):
-    per CID "taken", "refused: REASON", or None where no head lists it and its round is open
-    (once closed, "refused: ...": it never arrived, or came too late)."""
+    """What became of each update submitted since the sync, by the head commits from `synced`
+    to `head`, each signed by the coordinator's key (`_check_head`; `fates.round_fates`: each
+    lists every update its round decided on): per CID "taken", "refused: REASON", or None
+    where no head lists it and its round is open (once closed, "refused: ...": it never
+    arrived, or came too late; for one whose answer was lost, once the newest head shows its
+    window over: `fates.window_closed`)."""
     found: dict[str, str] = {}
     wanted = {cid for cid, _ in state.updates}
     cid = head
@@ -648,14 +671,17 @@ def _fates(repo: Repository, state: EdgeState, synced: CID, head: CID) -> dict[s
         if not commit.parents:
             break
         cid = commit.parents[0]
-    closed = repo.read_commit(head).metrics.get("round", -1.0)  # the round that made head
+    newest = repo.read_commit(head)  # signed by the coordinator's key (_check_head)
+    closed = newest.metrics.get("round", -1.0)  # the round that made it
     unlisted = "refused: no round since lists it"
     lost = f"{unlisted} (its answer was lost: it did not arrive)"
-    return {
-        cid: found.get(cid)
-        or (None if round_ > closed else lost if cid in state.unanswered else unlisted)
-        for cid, round_ in state.updates
-    }
+
+    def unnamed(cid: str, round_: int) -> str | None:
+        if cid in state.unanswered:
+            return lost if fates.window_closed(newest, round_) else None
+        return unlisted if round_ <= closed else None
+
+    return {cid: found.get(cid) or unnamed(cid, round_) for cid, round_ in state.updates}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from ..identity import format_key
 from ..objects import MAX_MESSAGE_BYTES, MAX_REASON_BYTES, Commit, RoundRecord
 
 TAKEN = "taken"
+DEFAULT_FRESHNESS = 2  # K where a head does not say (coordinator.DEFAULT_FRESHNESS)
 
 
 def reason(why: str) -> str:
@@ -80,3 +81,16 @@ def round_fates(commit: Commit, read_record: Callable[[CID], RoundRecord]) -> di
         if word in (TAKEN, "refused"):  # `named` as written: a reader checks it is a CID
             fates[named] = TAKEN if word == TAKEN else f"refused: {why}"
     return fates
+
+
+def window_closed(head: Commit, sent_into: int) -> bool:
+    """Whether the signed head commit `head` shows that an update sent into round `sent_into`
+    can no longer be taken: the round it closed is at least sent_into + K − 1, K the freshness
+    it records (an update's parent must be a head of the last K rounds, so past that round the
+    update is refused as stale if it ever arrives). K is read from the signed head, never from
+    an unsigned answer, and from the newest one: a coordinator restarted with another K says so
+    in its next head."""
+    closed = head.metrics.get("round", -1.0)
+    k = head.metrics.get("freshness", float(DEFAULT_FRESHNESS))
+    k = int(k) if k == int(k) and 1 <= k <= 1 << 20 else DEFAULT_FRESHNESS
+    return closed >= sent_into + k - 1

@@ -414,6 +414,13 @@ class Replica:
             listed = self._listed(commit)
             if listed is None:
                 return self._refuse(target, "a commit of its history does not list its updates")
+            signers = len(self.repo.config.trusted)  # a round counts one update per signer
+            if len(listed) > signers:  # so no round made here lists more: fetch none of them
+                return self._refuse(
+                    target,
+                    f"a commit of its history lists {len(listed)} updates, more than "
+                    f"the {signers} signers trusted here could send in one round",
+                )
             blocks = self._blocks(listed).values()
             head = round_head(self.repo, parent, blocks, self.rule)
             if head != CID.for_block(commit.encode()):

@@ -74,7 +74,6 @@ from ..objects import Basin, Commit, RoundRecord
 from ..porcelain import now_ms
 from ..repository import Repository
 from . import edge, fates
-from .coordinator import DEFAULT_FRESHNESS
 from .update import DEFAULT_ENCODING, Compressor, next_update
 
 # H, local steps between syncs: 1 kept the most of joint training on MiniLM with three non-IID
@@ -101,7 +100,6 @@ class Head:
     cid: CID
     round: int
     chart: str
-    freshness: int = DEFAULT_FRESHNESS  # K: an update's parent must be a head of the last K rounds
 
 
 @dataclass(frozen=True)
@@ -130,6 +128,8 @@ class Synced:
 
 class Transport(Protocol):
     """How an instance talks to its coordinator."""
+
+    poll: float  # seconds between looks while waiting for a round
 
     def head(self) -> Head:
         """The current head and open round."""
@@ -172,9 +172,7 @@ class LocalTransport:
 
     def head(self) -> Head:
         info = self.coordinator.head_info()
-        return Head(
-            CID.parse(info["head"]), int(info["round"]), str(info["chart"]), info["freshness"]
-        )
+        return Head(CID.parse(info["head"]), int(info["round"]), str(info["chart"]))
 
     def read(self, cid: CID) -> tuple[Commit, Basin]:
         repo = self.coordinator.repo
@@ -233,12 +231,7 @@ class HttpTransport:
             raise HiveError(str(exc)) from None
         try:
             key = parse_key(str(doc["key"]))
-            head = Head(
-                CID.parse(str(doc["head"])),
-                int(doc["round"]),
-                str(doc["chart"]),
-                edge.freshness_of(doc),
-            )
+            head = Head(CID.parse(str(doc["head"])), int(doc["round"]), str(doc["chart"]))
         except (KeyError, TypeError, ValueError, BasinError) as exc:
             raise HiveError(f"{self.url} is not a hive coordinator: {exc}") from None
         if self.key is None:
@@ -336,9 +329,8 @@ class HiveTrainer:
         self.history: list[Synced] = []
         self.bytes_sent = 0
         self.pending: Sent | None = None  # sent, its round not yet closed
-        # pending's answer lost: (its bytes, the residual and _since before it, the last round
-        # that could take it)
-        self._lost: tuple[bytes, list[float], int, int] | None = None
+        # pending's answer lost: (its bytes, the residual and _since before it)
+        self._lost: tuple[bytes, list[float], int] | None = None
         self._since = 0  # self.steps at the last sync (or sending)
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, β) at sending `pending`
         self.head: Head | None = None  # the head last synced to (below: the coordinator's)
@@ -436,7 +428,7 @@ class HiveTrainer:
             # twice. It waits like any other; `sync` learns from the signed heads whether it
             # arrived (sending the same bytes again meanwhile, which the coordinator counts
             # once: their sequence number is spent), and if it never did, its change is kept
-            self._lost = (data, saved, head.round + head.freshness - 1, self._since)
+            self._lost = (data, saved, self._since)
         except BaseException as exc:
             self.compressor.residual = saved  # nothing sent: the change is still all in z
             if isinstance(exc, HiveError):
@@ -466,24 +458,35 @@ class HiveTrainer:
         """Wait (up to `timeout`, default the trainer's) for the pending update's round to close,
         then restart from the new head. `quiet`: return None instead of raising on a timeout.
 
-        An update whose answer was lost is first sent again, the same bytes (taken now if it
-        never arrived; refused as a replay if it did: counted once either way), then waited for
-        until a signed head names it or the last round that could take it (its parent must be
-        a head of the last K rounds) has closed without one naming it: then it never arrived,
-        and its change is carried onto the head to go out with the next update."""
+        An update whose answer was lost is first sent again (by a sync that waits, not by the
+        quiet checks of `step()`), the same bytes: taken now if it never arrived, refused as a
+        replay if it did, counted once either way. Then it is waited for until a signed head
+        names it, or a signed head shows the last round that could take it closed without one
+        naming it (`fates.window_closed`: its parent must be a head of the last K rounds, K as
+        the head records it): then it never arrived, and its change is carried onto the head
+        to go out with the next update. Round numbers and K from unsigned answers decide
+        nothing here: they only say when to look again."""
         if self.pending is None:
             raise HiveError("no update is waiting for its round")
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         try:
-            if self._lost is not None:
+            if self._lost is not None and not quiet:
                 self._resend()
             sent = self.pending
             head = self.transport.wait(sent.round, timeout)
-            fate = self._fate(head, sent)
-            while fate is None and self._lost is not None and head.round <= self._lost[2]:
+            fate, newest = self._fate(head, sent)
+            while (
+                fate is None
+                and self._lost is not None
+                and not fates.window_closed(newest, sent.round)
+            ):
+                seen = head.cid
                 head = self.transport.wait(head.round, max(0.0, deadline - time.monotonic()))
-                fate = self._fate(head, sent)
+                if head.cid == seen:  # a round closed without a new head (or said it did)
+                    _deadline_passed(deadline, f"round {sent.round}'s window", timeout)
+                    time.sleep(min(self.transport.poll, max(0.0, deadline - time.monotonic())))
+                fate, newest = self._fate(head, sent)
         except HiveError as exc:
             if quiet:
                 return None
@@ -493,7 +496,7 @@ class HiveTrainer:
                 "step() syncs when the round closes"
             ) from None
         if fate is None and self._lost is not None:  # it never arrived: its change is kept
-            _, residual, _, since = self._lost
+            _, residual, since = self._lost
             self._move_to(head, carry=(self._z_sync, self._beta_sync))
             self.compressor.residual = residual
             self._since = since
@@ -517,19 +520,22 @@ class HiveTrainer:
         self.pending = replace(self.pending, round=int(answer["round"]), answered=True)
         self._lost = None
 
-    def _fate(self, head: Head, sent: Sent) -> str | None:
+    def _fate(self, head: Head, sent: Sent) -> tuple[str | None, Commit]:
         """What the signed heads from `head` back to the round `sent` joined say of it:
-        "taken", "refused: REASON", or None where none of them names it."""
-        at = head.cid
-        while at != self.head.cid:
-            commit, _ = self.transport.read(at)
-            if commit.metrics.get("round", -1.0) < sent.round:
-                return None
+        "taken", "refused: REASON", or None where none of them names it; and `head`'s commit
+        (signed by the coordinator, as every commit a transport reads)."""
+        newest, _ = self.transport.read(head.cid)
+        commit, at = newest, head.cid
+        while at != self.head.cid and commit.metrics.get("round", -1.0) >= sent.round:
             fate = fates.round_fates(commit, self.transport.record).get(sent.cid)
-            if fate is not None or not commit.parents:
-                return fate
+            if fate is not None:
+                return fate, newest
+            if not commit.parents:
+                break
             at = commit.parents[0]
-        return None
+            if at != self.head.cid:
+                commit, _ = self.transport.read(at)
+        return None, newest
 
     def _move_to(self, head: Head, carry: tuple[torch.Tensor, torch.Tensor] | None) -> Commit:
         """z, β ← the head's (+ z − carry's z, β − carry's β: the local steps made since `carry`;

@@ -506,3 +506,32 @@ def test_a_round_of_more_updates_than_a_message_holds_links_a_record_and_recompu
     bus.offline = set()
     assert c.catch_up(a.head) and c.head == a.head
     assert c.repo.read_record(commit.record) == record
+
+
+def test_a_forged_head_listing_more_updates_than_signers_costs_no_fetch_of_them(replicas):
+    """A head signed with the public hive key whose record lists 5,000 updates no node holds:
+    no round made here lists more than one update per trusted signer, so the replica refuses
+    it after fetching the commit and its record, not the 5,000 (each a wait on the node)."""
+    from basinvcs.objects import Commit, RoundRecord
+
+    bus, (a, b, c) = replicas
+    start = c.head
+    commit = c.repo.read_commit(start)
+    key = hive_identity(hive_genesis(c.repo, start))
+    fake = tuple((CID.for_block(k.to_bytes(4, "big")), key.public_key) for k in range(5000))
+    record = RoundRecord(fake, ()).encode()
+    bus.blocks[CID.for_block(record)] = record
+    forged = Commit(
+        commit.basin,
+        (start,),
+        key.public_key,
+        commit.time + 1,
+        "round",
+        record=CID.for_block(record),
+    ).signed(key.sign)
+    cid = CID.for_block(forged.encode())
+    bus.blocks[cid] = forged.encode()
+    before = len(bus.fetched)
+    assert not c.catch_up(cid) and c.head == start
+    assert "lists 5000 updates, more than the 4 signers trusted here" in c.not_adopted
+    assert len(bus.fetched) - before == 2  # the commit and its record

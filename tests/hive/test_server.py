@@ -424,9 +424,10 @@ def test_sync_keeps_an_earlier_refused_update_when_a_later_one_was_taken(hive):
 
 
 def test_sync_refuses_a_head_not_signed_by_the_joined_key_or_older_than_synced(hive, tmp_path):
-    """A coordinator's address answering with an older head, a head signed by another key, or
-    naming another key: each is one line, and nothing in the edge's repository changes (not even
-    a block stored). A join to an address whose head is not signed by the key it names fails."""
+    """A coordinator's address answering with an older head, a head signed by another key (or
+    one on top of a commit another key signed), or naming another key: each is one line, and
+    nothing in the edge's repository changes (not even a block stored). A join to an address
+    whose head is not signed by the key it names fails."""
     from tests.conftest import state
 
     hub, edges, start = hive
@@ -442,11 +443,14 @@ def test_sync_refuses_a_head_not_signed_by_the_joined_key_or_older_than_synced(h
     server.kill()
     with stranger:  # a commit on the hub's head signed by someone else
         forged = str(commit_z(hub.path, vec(c0=9.0), "not the coordinator's"))
+    with hub:  # and the coordinator's key on top of it: its rounds are its commits alone
+        on_top = str(commit_z(hub.path, vec(c0=9.5), "the coordinator's, on the stranger's"))
     with Repository.open(hub.path) as repo:
         older = str(repo.read_commit(CID.parse(info["head"])).parents[0])
         for doc, words in [
             ({**info, "head": older}, "does not contain the head synced last"),
             ({**info, "head": forged}, f"is signed by {stranger.key}, not by the coordinator's"),
+            ({**info, "head": on_top}, f"holds {forged} since the head synced, signed by"),
             ({**info, "key": stranger.key}, f"now names key {stranger.key}"),
         ]:
             with answering(doc, blocks=repo) as url:
@@ -1349,3 +1353,28 @@ def test_pipelined_requests_are_each_answered(hive):
     out, closed = raw_exchange(server.port, requests)
     assert out.count(b"HTTP/1.1 202") == 2 and out.count(b"HTTP/1.1 200") == 1 and closed
     assert json.loads(out.rsplit(b"\r\n\r\n", 1)[1])["pending"] == 2
+
+
+def test_oversized_headers_and_upgrades_are_refused_in_one_line(hive):
+    """A request line and headers past 16 KiB are 431 at once (the parser would buffer them
+    without a bound: 316 MiB in 9 s from four connections), however they are split; an HTTP
+    upgrade (curl --http2 on http://) is a 400 that names it, with nothing journaled (the
+    parser stops at it and the body would never reach the update's checks)."""
+    hub, _, start = hive
+    server = start()
+    for request in (
+        b"POST /update HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000,
+        b"GET /" + b"a" * 40_000,
+        b"GET /head HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 3000,
+    ):
+        out, closed = raw_exchange(server.port, request, wait=5)
+        assert out.startswith(b"HTTP/1.1 431") and b"over 16,384 bytes" in out and closed
+    upgrade = (
+        b"POST /update HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    out, closed = raw_exchange(server.port, upgrade, wait=5)
+    assert out.startswith(b"HTTP/1.1 400") and b"upgrades" in out and closed
+    big_but_fine = b"GET /head HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000 + b"\r\n\r\n"
+    assert raw_exchange(server.port, big_but_fine, wait=2)[0].startswith(b"HTTP/1.1 200")
+    assert status_of(server)["pending"] == 0

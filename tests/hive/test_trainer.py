@@ -542,3 +542,45 @@ def test_the_http_transport_says_when_an_answer_was_lost(hub, sub, proj, monkeyp
             assert c.status()["taken"] == 1 and c.round == 1
     finally:
         c.repo.close()
+
+
+class Forging:
+    """A transport whose answers to "which round is open" are forged once `on` (a man in the
+    middle on plain HTTP): the round it reports is 10 ahead. Heads themselves are signed."""
+
+    def __init__(self, inner):
+        self.inner, self.on = inner, False
+
+    def head(self) -> ht.Head:
+        head = self.inner.head()
+        return ht.Head(head.cid, head.round + 10, head.chart) if self.on else head
+
+    def wait(self, after: int, timeout: float) -> ht.Head:
+        return self.head() if self.on else self.inner.wait(after, timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_forged_round_number_does_not_make_a_lost_update_count_as_never_arrived(hub, sub, proj):
+    """Only a signed head may end a lost update's window: with the round numbers forged, the
+    trainer keeps waiting (it times out, training goes on), and once the round closes the
+    signed head names the update taken: its change is not carried again."""
+    c = coordinator(hub, round_updates=2)
+    forging = Forging(ht.LocalTransport(c))
+    losing = Losing(forging)
+    a = Instance(sub, proj, losing, EDGES[0], "cipher", every=1, k=8, timeout=5)
+    b = Instance(sub, proj, ht.LocalTransport(c), EDGES[1], "reverse", every=1, k=8, timeout=5)
+    a.train_step()
+    losing.lose = True
+    a.hive.submit()  # it arrived; its answer did not
+    forging.on = True
+    with pytest.raises(ht.HiveError, match="window"):
+        a.hive.sync(timeout=0.3)
+    assert a.hive.pending is not None and c.round == 0
+    b.train_step()
+    b.hive.submit()  # round 0 closes with both
+    synced = a.hive.sync()
+    assert synced.taken is True and not synced.kept
+    assert torch.equal(a.model.z.detach(), head_z(c))  # its change in the head once, not kept
+    c.repo.close()
