@@ -1329,6 +1329,8 @@ def test_an_edge_learns_its_fate_from_the_round_record_when_the_message_cannot_h
     assert "e0's work" in e0("log", "--oneline").output  # kept, merged with the head
     assert "1 round record" in e0("verify").output
     assert e1("hive", "sync").output.startswith("reset: ")
+    e2("hive", "join", server.url)  # by pages of history: the record comes in one too
+    assert "1 round record" in e2("verify").output
 
 
 def test_pipelined_requests_are_each_answered(hive):
