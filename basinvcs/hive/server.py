@@ -679,4 +679,5 @@ def serve(
         )
     app = make_app(coordinator, publisher, body_seconds)
     protocol = guarded_protocol(header_seconds, connection_limit(max_connections))
-    uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning")).run(sockets=[sock])
+    config = uvicorn.Config(app, http=protocol, ws="none", log_level="warning")  # no upgrades
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1377,6 +1377,11 @@ def test_oversized_headers_and_upgrades_are_refused_in_one_line(hive):
     )
     out, closed = raw_exchange(server.port, upgrade, wait=5)
     assert out.startswith(b"HTTP/1.1 400") and b"upgrades" in out and closed
+    websocket = upgrade.replace(
+        b"Upgrade: h2c", b"Upgrade: websocket"
+    )  # none, whatever is installed
+    out, closed = raw_exchange(server.port, websocket, wait=5)
+    assert out.startswith(b"HTTP/1.1 400") and b"upgrades" in out and closed
     big_but_fine = b"GET /head HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000 + b"\r\n\r\n"
     assert raw_exchange(server.port, big_but_fine, wait=2)[0].startswith(b"HTTP/1.1 200")
     assert status_of(server)["pending"] == 0
