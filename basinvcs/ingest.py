@@ -105,8 +105,7 @@ def missing_history(
         attached = []
         if commit.basin not in seen_packets:
             seen_packets.add(commit.basin)
-            have = repo.has_block(commit.basin)
-            block = repo.get_block(commit.basin) if have else _read(get, commit.basin, on_block)
+            block, have = _linked(repo, get, commit.basin, on_block)
             try:
                 basin = Basin.decode(block)
             except SchemaError as exc:
@@ -123,8 +122,7 @@ def missing_history(
         if commit.record is not None and commit.record not in seen_records:
             # checked even when the block is here: a record CID may name any block held
             seen_records.add(commit.record)
-            have = repo.has_block(commit.record)
-            block = repo.get_block(commit.record) if have else _read(get, commit.record, on_block)
+            block, have = _linked(repo, get, commit.record, on_block)
             try:
                 RoundRecord.decode(block)
             except BasinError as exc:  # the codec's errors too (non-canonical, oversized)
@@ -185,6 +183,15 @@ def write_history(
         repo.add_history(packets, commits, linked=False, shallow=shallow)
         repo.check_links(needed)
     return written + len(commits)
+
+
+def _linked(
+    repo: Repository, get: BlockSource, cid: CID, on_block: Callable[[int], None] | None
+) -> tuple[bytes, bool]:
+    """A block a commit links and whether this repository holds it already: held, it is not
+    read from the source, but its caller checks it all the same (a CID may name any block)."""
+    have = repo.has_block(cid)
+    return (repo.get_block(cid) if have else _read(get, cid, on_block)), have
 
 
 def _read(get: BlockSource, cid: CID, on_block: Callable[[int], None] | None) -> bytes:

@@ -51,7 +51,6 @@ from ..objects import Commit, Entanglement
 from ..refnames import branch_ref, remote_ref
 from ..repository import Repository
 from . import fates
-from .coordinator import DEFAULT_FRESHNESS  # K, where a coordinator's /head does not say
 from .update import DEFAULT_ENCODING, MAX_LINKS, Compressor, Update, next_update
 
 STATE_FILE = "hive.json"
@@ -533,7 +532,7 @@ def _freshness_of(doc: dict) -> int:
     """K, from a coordinator's `/head` (older coordinators do not say: the default). Unsigned:
     only for telling the user when to expect an answer, never for deciding one."""
     fresh = doc.get("freshness")
-    return fresh if type(fresh) is int and 1 <= fresh <= 1 << 20 else DEFAULT_FRESHNESS
+    return fresh if type(fresh) is int and 1 <= fresh <= 1 << 20 else fates.DEFAULT_FRESHNESS
 
 
 def _round_of(url: str, doc: dict) -> int:
