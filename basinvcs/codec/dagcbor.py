@@ -153,6 +153,15 @@ def decode(data: bytes) -> Any:
         raise CodecError("invalid DAG-CBOR: nesting too deep for the Python stack") from None
 
 
+def parse(data: bytes) -> Any:
+    """cbor2's parse of untrusted bytes, links checked, but not that the bytes are canonical
+    (cbor2 accepts duplicate keys, short floats, trailing bytes...): only for a caller that
+    re-encodes what it builds from the value and compares that with `data` (Update.decode),
+    which proves them canonical. Any error is cbor2's, unchecked: such a caller goes on to
+    `decode` for the precise one."""
+    return cbor2.loads(data, tag_hook=_strict_link, **_CBOR2_OPTIONS)
+
+
 def decode_trusted(data: bytes) -> Any:
     """Decode bytes whose hash matched a CID that was strictly validated when stored.
 

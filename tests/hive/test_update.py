@@ -24,6 +24,8 @@ from basinvcs.hive.update import (
     Compressor,
     SentFisher,
     Update,
+    _pack,
+    _unpack,
     encode_change,
     fitting_k,
     index_bits,
@@ -517,6 +519,20 @@ def test_value_codes_must_be_canonical(encoding, codes, message):
     refused(resigned(node), message)
 
 
+@given(st.integers(1, 16), st.data())
+def test_bit_packing_is_most_significant_bit_first_and_reads_back(bits, data):
+    """_pack against its definition (the fields as one big-endian integer, zero-padded to whole
+    bytes), and _unpack its inverse."""
+    values = data.draw(st.lists(st.integers(0, (1 << bits) - 1), max_size=300))
+    nbytes = (bits * len(values) + 7) // 8
+    number = 0
+    for v in values:
+        number = number << bits | v
+    expected = (number << (8 * nbytes - bits * len(values))).to_bytes(nbytes, "big")
+    assert _pack(values, bits) == expected
+    assert _unpack(expected, len(values), bits, "fields") == values
+
+
 def test_padding_bits_must_be_zero():
     base = make(encoding="topk-q4", fisher=False, k=3)
     node = node_of(base)
@@ -547,6 +563,29 @@ def test_non_canonical_encodings_are_refused():
     with pytest.raises(BasinError) as info:
         Update.decode(data[:at] + b"\x18\x03" + data[at + 1 :])
     assert_one_line(info.value)
+
+
+def test_bytes_that_are_not_canonical_dag_cbor_are_refused_with_the_codecs_reason():
+    """cbor2 reads much that DAG-CBOR forbids; `decode` refuses it all, and says what is wrong
+    as the codec does (it re-encodes what it read only where the record's own encoding does not
+    give back the bytes)."""
+    data = make().encode()
+    at = data.index(dagcbor.encode("round")) + len(dagcbor.encode("round"))
+    head = bytes([data[0] + 1])  # one more entry in the map
+    f = data.index(b"\xfb")  # the first float, 64-bit
+    variants = {
+        "non-minimal integer": data[:at] + b"\x18\x03" + data[at + 1 :],
+        "trailing byte": data + b"\x00",
+        "duplicate key": head + data[1:] + dagcbor.encode("round") + b"\x03",
+        "short float": data[:f] + b"\xf9\x3c\x00" + data[f + 9 :],
+    }
+    for name, bad in variants.items():
+        with pytest.raises(BasinError) as codec:
+            dagcbor.decode(bad)
+        with pytest.raises(BasinError) as info:
+            Update.decode(bad)
+        assert str(info.value) == str(codec.value), name
+        assert_one_line(info.value)
 
 
 # -- fuzzing -------------------------------------------------------------------------------------
