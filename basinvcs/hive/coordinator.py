@@ -144,6 +144,7 @@ class Coordinator:
         self.on_head: Callable[[CID], None] | None = None
         self._trusted: tuple[object, int, dict[bytes, TrustedKey]] = (None, 0, {})
         self._head_packet: tuple[CID, Basin] | None = None  # _head_basin's
+        self._heads_by_cid: tuple[dict | None, dict[CID, int]] = (None, {})  # _head_rounds's
         self._load()
         self.recover()
         self._judge()  # a coordinator stopped between a round's close and its judgement
@@ -226,6 +227,14 @@ class Coordinator:
         """Head CID -> the round it opened, for the last `freshness` rounds."""
         return self._heads or {str(self.head()): self._round}
 
+    def _head_rounds(self) -> dict[CID, int]:
+        """`_recent_heads` by CID (kept while the heads stay): an update's parent is looked up
+        without writing it out as a string."""
+        heads = self._recent_heads()
+        if self._heads_by_cid[0] is not heads:
+            self._heads_by_cid = (heads, {CID.parse(h): r for h, r in heads.items()})
+        return self._heads_by_cid[1]
+
     def _refresh_trust(self) -> None:
         """Take up the trust list as `basin key add/remove` left it on disk (one stat per
         call while it is unchanged); an unusable config is logged once, the list kept."""
@@ -306,12 +315,13 @@ class Coordinator:
         answer for each update after it is None, not taken in yet (the server answers the others
         first, then closes the round, then submits those again).
 
-        `decoded`: `decode_many(bodies)`, done elsewhere (the server's decoding process); each
+        `decoded`: `decode_many(bodies)`, done elsewhere (the server's decoding processes); each
         is then checked here for everything else, as if decoded here."""
         decoded = decoded or [None] * len(bodies)
         self._refresh_trust()
         # outside the lock: decoding, signature
-        checked = [self._check(data, d) for data, d in zip(bodies, decoded, strict=True)]
+        held = self.journal.quarantined()
+        checked = [self._check(data, d, held) for data, d in zip(bodies, decoded, strict=True)]
         answers: list = [None] * len(checked)
         size = self._round_size()
         with self._lock:
@@ -374,9 +384,12 @@ class Coordinator:
                 return self.close_round()
         return None
 
-    def _check(self, data: bytes, decoded: Update | str | None = None) -> Update | Refused:
+    def _check(
+        self, data: bytes, decoded: Update | str | None, held: dict[bytes, tuple[int, str]]
+    ) -> Update | Refused:
         """The checks that need no journal: size, strict decoding and signature (or their
-        result, `decoded`, from `decode_many`), chart, trust."""
+        result, `decoded`, from `decode_many`), chart, trust, quarantine (`held`: the journal's
+        quarantined signers, read once for a batch)."""
         chart = self.repo.config.chart
         if len(data) > self.max_update_bytes:
             return Refused(413, f"update of {len(data)} bytes is over the limit")
@@ -394,12 +407,12 @@ class Coordinator:
         trusted = self._trusted_key(update.author)
         if trusted is None and not self.settings.open:
             return Refused(403, f"signer {format_key(update.author)} is not trusted by this hive")
-        held = self.journal.quarantined().get(update.author)
-        if held is not None:
+        since = held.get(update.author)
+        if since is not None:
             return Refused(
                 403,
-                f"signer {format_key(update.author)} is quarantined since round {held[0]}: "
-                f"{held[1]} (the operator lifts it: basin hive release)",
+                f"signer {format_key(update.author)} is quarantined since round {since[0]}: "
+                f"{since[1]} (the operator lifts it: basin hive release)",
             )
         if update.beta is not None:
             why = adjust.refusal(update, self._head_basin())
@@ -415,7 +428,7 @@ class Coordinator:
         last = self.journal.last_seq(update.author)  # sees the open transaction's rows too
         if last is not None and update.seq <= last:
             return Refused(409, f"sequence {update.seq} replayed: {last} already seen")
-        opened = self._recent_heads().get(str(update.parent))
+        opened = self._head_rounds().get(update.parent)
         if opened is None or opened < current - self.settings.freshness + 1:
             return Refused(
                 409,
@@ -715,7 +728,7 @@ class Coordinator:
 def decode_many(bodies: list[bytes], limit: int) -> list[Update | str | None]:
     """`Update.decode` (strict, signature verified) of each body: the record, or why it is not
     one; None for a body over `limit` (refused before decoding). Stateless: the server runs it
-    in a process of its own, beside the coordinator's thread, and hands the result to
+    in processes of their own, beside the coordinator's thread, and hands the result to
     `submit_many`."""
     out: list[Update | str | None] = []
     for data in bodies:

@@ -81,6 +81,9 @@ class Journal:
         self.path = path
         self._lock = threading.RLock()
         self._batch = False
+        # inside a batch (which holds the write lock), the sequence numbers read or written in
+        # it: `last_seq` and `accept` read each signer's once
+        self._seqs: dict[bytes, int | None] = {}
         self._quarantined: tuple[int, dict[bytes, tuple[int, str]]] | None = None
 
     def close(self) -> None:
@@ -114,8 +117,13 @@ class Journal:
 
     def last_seq(self, author: bytes) -> int | None:
         with self._lock:
+            if self._batch and author in self._seqs:
+                return self._seqs[author]
             rows = self._run("SELECT seq FROM signers WHERE author = ?", (author,))
-        return rows[0][0] if rows else None
+            last = rows[0][0] if rows else None
+            if self._batch:
+                self._seqs[author] = last
+            return last
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -136,6 +144,7 @@ class Journal:
                 raise
             finally:
                 self._batch = False
+                self._seqs.clear()
 
     def accept(
         self,
@@ -174,12 +183,15 @@ class Journal:
                 " ON CONFLICT (author) DO UPDATE SET seq = max(seq, excluded.seq)",
                 (author, seq),
             )
+            self._seqs.pop(author, None)  # read again when asked
 
     def _accept(self, cid, round_, author, seq, data, opened) -> bool:
-        last = self._run("SELECT seq FROM signers WHERE author = ?", (author,))
-        if last and seq <= last[0][0]:
+        last = self.last_seq(author)
+        if last is not None and seq <= last:
             return False
         self._run("INSERT OR REPLACE INTO signers (author, seq) VALUES (?, ?)", (author, seq))
+        if self._batch:
+            self._seqs[author] = seq
         self._run(
             "INSERT INTO updates (cid, round, author, seq, data, received, status)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -289,6 +301,8 @@ class Journal:
         """Signer -> (round, why) of every quarantined signer; read again only when another
         connection (`basin hive release`) has changed the journal since."""
         with self._lock:
+            if self._batch and self._quarantined is not None:
+                return self._quarantined[1]  # a batch holds the write lock: no one else wrote
             version = self._run("PRAGMA data_version")[0][0]
             if self._quarantined is None or self._quarantined[0] != version:
                 rows = self._run("SELECT author, round, reason FROM quarantine")
