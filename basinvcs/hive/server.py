@@ -14,8 +14,9 @@ allocator to one arena, so the memory a round's close takes is reused by the nex
 timer closes rounds after T seconds; a round also closes as soon as it holds M updates.
 
 Updates go through two stages, each taking in a batch of whatever has arrived while it was busy,
-in arrival order: decoding and signature verification in a process of its own (`Decoder`, a third
-of an update's cost, on another core than the GIL's), then every other check by `submit_many` in
+in arrival order: decoding and signature verification in two processes of their own, each batch
+split between them (`Decoder`, about 40% of an update's cost, beside the GIL of the server's
+process; one process had been the intake's bottleneck), then every other check by `submit_many` in
 the coordinator's thread, all of a batch journaled in one transaction and each answered only once
 that transaction is committed (group commit: one sync to disk per batch, not per update). One
 batch is decoded while the one before it is journaled. A round that fills up is closed after its
@@ -31,10 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import json
 import math
 import os
 import pickle
+import platform
 import signal
 import socket
 import struct
@@ -60,22 +64,31 @@ from .coordinator import Coordinator, Refused, decode_many
 
 TICK = 0.2  # seconds between checks of the round timer
 BATCH = 256  # the most updates taken in (and journaled) together
-DECODE_TIMEOUT = 60.0  # seconds the decoding process may take for a batch before it is dropped
+DECODE_TIMEOUT = 10.0  # seconds a decoding process may take for a batch (tens of ms) before it is
+# killed, its share decoded in the coordinator's thread, and another started (RESTART_SECONDS)
+RESTART_SECONDS = 10.0  # a failed decoding process is replaced at most this often
 PUBLISH_GRACE = 10.0  # seconds a stopping server waits for a push under way
 BODY_SECONDS = 30.0  # an update's body must arrive within this, once its headers have
 HEADER_SECONDS = 10.0  # a request's headers must arrive within this (of opening or last answer)
 MAX_CONNECTIONS = 4096  # open at once; past it a new connection is answered 503 and closed
 MAX_HEAD_BYTES = 16384  # a request's line and headers (h11's bound; httptools has none)
 FD_RESERVE = 128  # file descriptors kept for everything but connections (journal, pipes, blocks)
+# processes decoding updates beside the coordinator's: two share a batch (Worker._decoded)
+DECODERS = 2
+GC_THRESHOLD = (50_000, 20, 10)  # gc.set_threshold in the server: _tune_memory
+MALLOC_THRESHOLD = 128 * 1024  # glibc's trim and mmap thresholds, fixed: _tune_memory
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 
 
 class Decoder:
     """A process of its own that decodes updates and verifies their signatures (`decode_many`,
-    a third of an update's cost) on another core, beside the GIL of the server's process: this
+    about 40% of an update's cost) beside the GIL of the server's process: this
     Python, started afresh (`_decoder_main`), a batch of bodies in on its stdin and their
     decodings out on its stdout (pickled, length-prefixed). It exits at EOF on its stdin: when
-    the server stops, even by SIGKILL. Used from the event loop: a batch is sent, and its answer
-    read once the pipe is readable, so nothing waits for it but the batch itself."""
+    the server stops, even by SIGKILL. Used from the event loop, its pipes non-blocking: a
+    batch is written and its answer read as the pipes let them, so a process that stops
+    answering (or reading) holds up its own batch, for DECODE_TIMEOUT at most, and nothing
+    else: the server goes on serving."""
 
     def __init__(self):
         root = str(Path(__file__).resolve().parents[2])  # where this basinvcs is imported from
@@ -86,22 +99,26 @@ class Decoder:
             stdout=subprocess.PIPE,
             env=dict(os.environ, PYTHONPATH=path),
         )
+        os.set_blocking(self.process.stdin.fileno(), False)
+        os.set_blocking(self.process.stdout.fileno(), False)
 
     async def decode(self, bodies: list[bytes], limit: int) -> list:
-        """`decode_many(bodies, limit)` there (one batch at a time: the caller waits for it)."""
-        loop = asyncio.get_running_loop()
-        readable = loop.create_future()
-        out = self.process.stdout.fileno()
-        loop.add_reader(out, lambda: readable.done() or readable.set_result(None))
-        try:
-            _send(self.process.stdin.fileno(), (bodies, limit))
-            await asyncio.wait_for(readable, DECODE_TIMEOUT)
-            answer = _receive(out)
-        finally:
-            loop.remove_reader(out)
+        """`decode_many(bodies, limit)` there (one batch at a time: the caller waits for it);
+        TimeoutError past DECODE_TIMEOUT, OSError or EOFError if the process went away."""
+        async with asyncio.timeout(DECODE_TIMEOUT):
+            await _write_all(self.process.stdin.fileno(), _frame((bodies, limit)))
+            (size,) = struct.unpack("!Q", await _read_exactly(self.process.stdout.fileno(), 8))
+            answer = pickle.loads(await _read_exactly(self.process.stdout.fileno(), size))
         if not isinstance(answer, list) or len(answer) != len(bodies):
             raise ValueError("the decoding process answered something else")
         return answer
+
+    def kill(self) -> None:
+        """Stop a process that failed, at once (it may be stopped or stuck: not waited for)."""
+        self.process.kill()
+        self.process.wait()
+        self.process.stdin.close()
+        self.process.stdout.close()
 
     def close(self) -> None:
         self.process.stdin.close()  # EOF: it exits
@@ -113,9 +130,14 @@ class Decoder:
         self.process.stdout.close()
 
 
-def _send(fd: int, value: object) -> None:
+def _frame(value: object) -> bytes:
+    """A message between the server and a decoding process: its length, then the pickle."""
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(struct.pack("!Q", len(data)) + data)
+    return struct.pack("!Q", len(data)) + data
+
+
+def _send(fd: int, value: object) -> None:
+    view = memoryview(_frame(value))
     while view:
         view = view[os.write(fd, view) :]
 
@@ -135,6 +157,46 @@ def _receive(fd: int) -> object:
 
     (size,) = struct.unpack("!Q", exactly(8))
     return pickle.loads(exactly(size))
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` into the non-blocking pipe `fd`, waiting (in the loop) while it is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await _ready(fd, writing=True)
+
+
+async def _read_exactly(fd: int, n: int) -> bytes:
+    """`n` bytes from the non-blocking pipe `fd`, waiting (in the loop) while it is empty."""
+    chunks = []
+    while n:
+        try:
+            chunk = os.read(fd, min(n, 1 << 20))
+        except BlockingIOError:
+            await _ready(fd, writing=False)
+            continue
+        if not chunk:
+            raise EOFError("the pipe closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+async def _ready(fd: int, writing: bool) -> None:
+    """Until `fd` can be written (or read) without blocking."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    add, remove = (
+        (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
+    )
+    add(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        remove(fd)
 
 
 def _decoder_main() -> None:
@@ -159,30 +221,37 @@ def _decoder_main() -> None:
 
 
 class Worker:
-    """The coordinator's one thread, the process that decodes updates for it, and the updates
+    """The coordinator's one thread, the processes that decode updates for it, and the updates
     on their way: a pipeline of two stages, so that one batch is decoded while the one before it
     is journaled. Both keep arrival order."""
 
-    def __init__(self, coordinator: Coordinator):
+    def __init__(self, coordinator: Coordinator, decoders: int = DECODERS):
         self.coordinator = coordinator
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hive-coordinator")
-        self.decoder: Decoder | None = None
+        self.wanted = decoders
+        self.decoders: list[Decoder] = []
+        self.restart_after = 0.0  # time.monotonic() from when failed processes may be replaced
         self.arrived: list[tuple[bytes, asyncio.Future]] = []  # waiting to be decoded
         self.decoded: list[tuple[bytes, asyncio.Future, object]] = []  # waiting to go in
         self.decoding: asyncio.Task | None = None
         self.taking: asyncio.Task | None = None
 
     def start(self) -> None:
-        """Start the decoding process; without one, the coordinator's thread decodes."""
+        """Start the decoding processes; without any, the coordinator's thread decodes."""
         try:
-            self.decoder = Decoder()
+            while len(self.decoders) < self.wanted:
+                self.decoders.append(Decoder())
         except OSError as exc:
-            self.coordinator.log(f"no decoding process ({exc}): decoding in the server")
+            self.coordinator.log(f"{len(self.decoders)} decoding processes ({exc})")
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def submit(self, body: bytes) -> dict:
+    async def submit(self, body: bytes) -> dict | BasinError:
+        """The update's answer: its CID and round, or why it was refused (Refused) or not
+        journaled (BasinError), as a value: an exception raised through a future keeps its
+        traceback, its frames and the future in a cycle, garbage that only the collector's
+        rare full pass frees (a flood of refused requests grew the server by 1.5 MiB/s)."""
         future = asyncio.get_running_loop().create_future()
         self.arrived.append((body, future))
         if self.decoding is None or self.decoding.done():
@@ -190,23 +259,43 @@ class Worker:
         return await future
 
     async def _decode(self) -> None:
-        """Stage one: decode the updates that arrived, a batch at a time, in the decoding
-        process (or not: None, and the coordinator's thread decodes)."""
+        """Stage one: decode the updates that arrived, a batch at a time, split between the
+        decoding processes (or not: None, and the coordinator's thread decodes)."""
         while self.arrived:
             batch, self.arrived = self.arrived[:BATCH], self.arrived[BATCH:]
             bodies = [body for body, _ in batch]
-            decoded: list = [None] * len(batch)
-            if self.decoder is not None:
-                try:
-                    decoded = await self.decoder.decode(bodies, self.coordinator.max_update_bytes)
-                except Exception as exc:  # EOF, a broken pipe, a timeout, a bad answer
-                    self.coordinator.log(f"decoding process failed ({exc!r}): decoding here")
-                    self.decoder.close()
-                    self.decoder = None
-                    decoded = [None] * len(batch)
+            decoded = await self._decoded(bodies)
             self.decoded += [(b, f, d) for (b, f), d in zip(batch, decoded, strict=True)]
             if self.taking is None or self.taking.done():
                 self.taking = asyncio.create_task(self._take())
+
+    async def _decoded(self, bodies: list[bytes]) -> list:
+        """`decode_many(bodies)`, a share of them in each decoding process at once; Nones where
+        a process failed (it is killed, the coordinator's thread decodes its share, and another
+        process takes its place, at most every RESTART_SECONDS)."""
+        if len(self.decoders) < self.wanted and time.monotonic() >= self.restart_after:
+            self.restart_after = time.monotonic() + RESTART_SECONDS
+            self.start()
+            self.coordinator.log(f"decoding processes started again: {len(self.decoders)}")
+        decoders = list(self.decoders)
+        if not decoders:
+            return [None] * len(bodies)
+        size = -(-len(bodies) // len(decoders))
+        shares = [bodies[i : i + size] for i in range(0, len(bodies), size)]
+        limit = self.coordinator.max_update_bytes
+        answers = await asyncio.gather(
+            *(d.decode(share, limit) for d, share in zip(decoders, shares, strict=False)),
+            return_exceptions=True,
+        )
+        out: list = []
+        for decoder, share, answer in zip(decoders, shares, answers, strict=False):
+            if isinstance(answer, BaseException):  # EOF, a broken pipe, a timeout, a bad answer
+                self.coordinator.log(f"a decoding process failed ({answer!r}): decoding here")
+                decoder.kill()
+                self.decoders.remove(decoder)
+                answer = [None] * len(share)
+            out += answer
+        return out
 
     async def _take(self) -> None:
         """Stage two: take the decoded updates in (`submit_many`, in the coordinator's thread),
@@ -221,7 +310,11 @@ class Worker:
                 answers = await self.call(coordinator.submit_many, bodies, False, decoded)
             except BaseException as exc:  # not one of them is acknowledged
                 for _, future, _ in batch:
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(exc, BasinError):
+                        future.set_result(exc.with_traceback(None))
+                    else:
                         future.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
@@ -231,11 +324,7 @@ class Worker:
                 future = item[1]
                 if answer is None:
                     later.append(item)
-                elif future.done():  # the client went away
-                    continue
-                elif isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
+                elif not future.done():  # (done: the client went away)
                     future.set_result(answer)
             self.decoded[:0] = later
             if coordinator.room() == 0:
@@ -246,8 +335,8 @@ class Worker:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
-        if self.decoder is not None:
-            self.decoder.close()
+        for decoder in self.decoders:
+            decoder.close()
 
 
 class Pages:
@@ -431,11 +520,16 @@ def make_app(
         else:
             try:
                 body = await _bounded_body(scope, receive, limit, body_seconds)
-                status, answer = 202, await worker.submit(body)
-            except Refused as exc:
+            except Refused as exc:  # too large, or too slow to arrive
                 status, answer = exc.status, {"error": str(exc)}
-            except BasinError as exc:  # the journal failed: nothing was acknowledged
-                status, answer = 500, {"error": str(exc)}
+            else:
+                result = await worker.submit(body)
+                if isinstance(result, Refused):
+                    status, answer = result.status, {"error": str(result)}
+                elif isinstance(result, BasinError):  # the journal failed: none acknowledged
+                    status, answer = 500, {"error": str(result)}
+                else:
+                    status, answer = 202, result
         data = json.dumps(answer).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -625,6 +719,28 @@ def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
     return max(1, min(wanted, soft - FD_RESERVE))
 
 
+def _tune_memory() -> None:
+    """Memory settings for a server that holds a round of decoded updates and answers thousands
+    of requests a second, both measured (scripts/bench/hive, and floods of refused requests):
+
+    - Python's cycle collector leaves what is loaded at start out of every collection
+      (gc.freeze) and collects young objects every GC_THRESHOLD[0] allocations instead of 700.
+      A round holds some 200,000 objects until it closes, without cycles; at the default
+      thresholds the collector went through them again and again while updates came in
+      (unpickling a batch took 2.5 times as long). Full collections keep Python's default rate.
+    - glibc's malloc returns freed memory above MALLOC_THRESHOLD to the system, and serves
+      allocations above it by mmap, fixed: by default it raises both thresholds as large blocks
+      (a decoded batch's pickle) are freed, and then kept what it freed: a flood of refused
+      requests grew the server by 0.1 MiB/s (80 → 146 MiB in ten minutes; flat with this)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD)
+            libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD)
+
+
 class ServeError(BasinError):
     """The coordinator cannot start: its address cannot be bound."""
 
@@ -678,6 +794,7 @@ def serve(
             coordinator.repo, publish, coordinator.settings.branch, coordinator.log
         )
     app = make_app(coordinator, publisher, body_seconds)
+    _tune_memory()
     protocol = guarded_protocol(header_seconds, connection_limit(max_connections))
     config = uvicorn.Config(app, http=protocol, ws="none", log_level="warning")  # no upgrades
     uvicorn.Server(config).run(sockets=[sock])

@@ -170,7 +170,7 @@ class Server:
             return json.loads(answer.read())
 
     def pids(self) -> list[int]:
-        """The server's process, then its children (its decoding process)."""
+        """The server's process, then its children (its decoding processes)."""
         out = [self.proc.pid]
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
             with contextlib.suppress(OSError):
@@ -516,7 +516,7 @@ def report(args, connections: int, cores: set, setup_s: float, res: dict) -> Non
             mark(rss[-1] <= rss[warm_at] * (1 + RSS_FLAT)),
         ),
         (
-            "its decoding process: first / last / max",
+            "its decoding processes, together: first / last / max",
             f"{children[0]:.0f} / {children[-1]:.0f} / {max(children):.0f} MiB",
             "",
             "",

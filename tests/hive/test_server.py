@@ -1385,3 +1385,144 @@ def test_oversized_headers_and_upgrades_are_refused_in_one_line(hive):
     big_but_fine = b"GET /head HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000 + b"\r\n\r\n"
     assert raw_exchange(server.port, big_but_fine, wait=2)[0].startswith(b"HTTP/1.1 200")
     assert status_of(server)["pending"] == 0
+
+
+def test_updates_are_decoded_in_two_processes_and_a_dead_ones_share_here(repo_dir):
+    """The server's intake decodes a batch in two processes at once (`Worker._decoded`), in
+    arrival order; a process that dies is dropped and its share of the batch decoded in the
+    coordinator's thread, every update answered as it would have been."""
+    import asyncio
+
+    from basinvcs.hive import server
+    from basinvcs.hive.coordinator import Refused
+    from tests.hive.test_coordinator import EDGES, coordinator, trusting, update
+
+    c = coordinator(trusting(repo_dir, EDGES[:4]), round_updates=4)
+    worker = server.Worker(c)
+
+    async def main() -> list:
+        worker.start()
+        assert len(worker.decoders) == server.DECODERS == 2
+        first = [update(c, e, vec(c0=1.0 + k)) for k, e in enumerate(EDGES[:2])]
+        answers = await asyncio.gather(*(worker.submit(b) for b in first))
+        dead = worker.decoders[0]
+        dead.process.kill()
+        dead.process.wait()
+        rest = [update(c, e, vec(c1=1.0)) for e in EDGES[2:4]] + [b"\xa1\x61a\x01"]
+        answers += await asyncio.gather(*(worker.submit(b) for b in rest), return_exceptions=True)
+        assert dead not in worker.decoders  # its share, the two updates, went in all the same
+        return answers
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        worker.close()
+    assert [a["round"] for a in answers[:4]] == [0, 0, 0, 0]
+    assert isinstance(answers[4], Refused) and answers[4].status == 400
+    assert "not a valid update" in str(answers[4])
+    assert c.round == 1 and c.repo.read_commit(c.head()).metrics["taken"] == 4.0
+    assert any("a decoding process failed" in line for line in c.messages)
+    assert len(worker.decoders) == 1
+
+
+def test_refused_updates_leave_no_garbage_for_the_cycle_collector(repo_dir):
+    """Refusals travel as values, not exceptions raised through futures: a traceback keeps its
+    frames and the future in a cycle, and the server's collector, tuned for rounds of live
+    objects (`_tune_memory`), frees cycles late: a flood of refused requests grew it by 1.5
+    MiB/s. Through the real application (its lifespan: two decoding processes), in process."""
+    import asyncio
+    import gc
+
+    from basinvcs.hive import server
+    from tests.hive.test_coordinator import EDGES, coordinator, trusting, update
+
+    c = coordinator(trusting(repo_dir, EDGES[:4]), round_updates=4)
+    app = server.make_app(c)
+    taken = update(c, EDGES[0], vec(c0=1.0))
+
+    async def post(body: bytes) -> int:
+        sent, inbox = [], [{"type": "http.request", "body": body, "more_body": False}]
+        scope = {"type": "http", "method": "POST", "path": "/update", "headers": []}
+
+        async def receive() -> dict:
+            return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent[0]["status"]
+
+    async def main() -> tuple[list[int], int]:
+        inbox, outbox = asyncio.Queue(), asyncio.Queue()
+        await inbox.put({"type": "lifespan.startup"})
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        life = asyncio.create_task(app(scope, inbox.get, outbox.put))
+        assert (await outbox.get())["type"] == "lifespan.startup.complete"
+        try:
+            statuses = [await post(taken)]
+            gc.collect()
+            gc.disable()
+            for k in range(100):
+                statuses += [await post(b"\xa1\x61a" + bytes([k % 24])), await post(taken)]
+                statuses.append(await post(bytes(100_000)))  # refused before it is read
+            garbage = gc.collect()
+        finally:
+            gc.enable()
+            await inbox.put({"type": "lifespan.shutdown"})
+            await outbox.get()
+            await life
+        return statuses, garbage
+
+    statuses, garbage = asyncio.run(main())
+    assert statuses[0] == 202 and sorted(set(statuses[1:])) == [400, 409, 413]
+    assert garbage < 100  # 300 refusals: about 2,000 when each left its cycle
+
+
+def test_a_stopped_decoding_process_holds_up_only_its_batch_and_is_replaced(repo_dir, monkeypatch):
+    """A decoding process that stops reading (SIGSTOP) while its share of a batch is larger
+    than a pipe holds: the server's loop goes on (its pipes are non-blocking), the share is
+    decoded in the coordinator's thread after DECODE_TIMEOUT, the process is killed, and
+    another takes its place. (Writing to it had blocked the whole server until it woke.)"""
+    import asyncio
+
+    from basinvcs.hive import server
+    from basinvcs.hive.coordinator import Refused
+    from tests.hive.test_coordinator import EDGES, coordinator, trusting, update
+
+    monkeypatch.setattr(server, "DECODE_TIMEOUT", 1.0)
+    monkeypatch.setattr(server, "RESTART_SECONDS", 0.0)
+    c = coordinator(trusting(repo_dir, EDGES[:4]), round_updates=4)
+    worker = server.Worker(c)
+    valid = [update(c, e, vec(c0=1.0 + k)) for k, e in enumerate(EDGES[:4])]
+    bodies = valid[:2] + [bytes(600)] * 250 + valid[2:]  # shares of 127: over 64 KiB each
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    async def main() -> tuple[list, server.Decoder]:
+        worker.start()
+        stopped = worker.decoders[0]
+        os.kill(stopped.process.pid, signal.SIGSTOP)
+        ticker = asyncio.create_task(tick())
+        answers = await asyncio.gather(*(worker.submit(b) for b in bodies))
+        ticker.cancel()
+        await worker.submit(bytes(600))  # the next batch starts another process
+        return answers, stopped
+
+    try:
+        answers, stopped = asyncio.run(main())
+    finally:
+        worker.close()
+    assert [answers[k]["round"] for k in (0, 1, -2, -1)] == [0, 0, 0, 0]
+    refused = answers[2:-2]
+    assert all(isinstance(a, Refused) and a.status == 400 for a in refused)
+    assert ticks >= 10  # the loop ran all through the second it waited
+    assert stopped.process.returncode == -signal.SIGKILL
+    assert len(worker.decoders) == 2 and stopped not in worker.decoders
+    assert c.round == 1
+    assert any("decoding processes started again: 2" in line for line in c.messages)
