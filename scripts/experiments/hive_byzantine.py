@@ -309,8 +309,9 @@ def report(data: dict) -> str:
             v = m(run)
             ratio = ""
             if rule in honest and attack != "none":
-                kept = (v - base) / (honest[rule] - base)
-                ratio = f" ({v / honest[rule]:.2f}; {kept:.2f})"
+                gain = honest[rule] - base  # none: the part kept is undefined
+                kept = f"{(v - base) / gain:.2f}" if gain else "–"
+                ratio = f" ({v / honest[rule]:.2f}; {kept})"
             cells.append(f"{v:.3f}{ratio}")
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     lines += [

@@ -299,6 +299,7 @@ def probe_heads(folder: Path, out: Path, tokenizer, overrides: dict, seed: int) 
 
     from basinvcs.model.texttasks import fit_probe_heads
 
+    transformers.utils.logging.disable_progress_bar()  # its bar prints off a terminal too
     model = transformers.BertForSequenceClassification.from_pretrained(str(folder), **overrides)
     fit_probe_heads(model, tokenizer, TASKS, seed)
     model.save_pretrained(str(out))

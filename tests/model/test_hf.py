@@ -139,6 +139,28 @@ def test_llama_inv_freq_is_supplied(tmp_path):
     assert not model.model.rotary_emb.inv_freq.is_meta
 
 
+def test_threads_building_at_once_print_no_bar_and_leave_the_setting_as_it_was(tmp_path, capfd):
+    """transformers' progress-bar switch is process-wide; `build` turns it off around its load
+    and back on after, one thread at a time (hive instances are threads that build at once: a
+    thread finishing turned the bars back on under another's load, and they printed)."""
+    import threading
+
+    from transformers.utils import logging
+
+    from basinvcs.model.registry import add_hf_substrate
+
+    sub = add_hf_substrate("g", make_folder(tmp_path / "g", "gpt2"))
+    capfd.readouterr()
+    assert logging.is_progress_bar_enabled()
+    threads = [threading.Thread(target=sub.build) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert logging.is_progress_bar_enabled()
+    assert "Loading weights" not in capfd.readouterr().err
+
+
 def test_depth_rule():
     names = [
         "embed.weight",

@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
@@ -67,6 +68,8 @@ DEPTH_RULE = "stacks/v1"
 _STACK = re.compile(r"(?:^|\.)(layers|layer|h|blocks|block)\.(\d+)\.")
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 _SKIP_FILES = {"meta.json", CONFIG, INDEX_FILE}
+# transformers' progress-bar switch is process-wide: `build` turns it off and back under this
+_QUIET = threading.Lock()
 MAX_COPIED_FILE = 64 * 1024**2  # tokenizers and small configs; anything larger is not one
 _BY_NAME = {code: dtype for dtype, code in ST_NAMES.items()}  # safetensors name -> torch dtype
 
@@ -136,13 +139,16 @@ class HFSubstrate(Substrate):
         from transformers.utils import logging
 
         cls = architecture_class(self.architecture)
-        bars = logging.is_progress_bar_enabled()
-        logging.disable_progress_bar()  # ours show on a terminal only; its own would not
-        try:
-            model = cls.from_pretrained(str(self.path), dtype=torch.float32, local_files_only=True)
-        finally:
-            if bars:
-                logging.enable_progress_bar()
+        with _QUIET:  # threads building at once (hive instances) restore the setting in turn
+            bars = logging.is_progress_bar_enabled()
+            logging.disable_progress_bar()  # ours show on a terminal only; its own would not
+            try:
+                model = cls.from_pretrained(
+                    str(self.path), dtype=torch.float32, local_files_only=True
+                )
+            finally:
+                if bars:
+                    logging.enable_progress_bar()
         return model.eval()
 
     def skeleton(self) -> nn.Module:
